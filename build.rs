@@ -1,0 +1,29 @@
+//! Compiles the public contract in `proto/` with protox (pure Rust, no system
+//! `protoc`), generates the tonic/prost code, and writes the encoded
+//! descriptor set that server reflection serves.
+
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "proto/linkd/v1/link.proto",
+    "proto/linkd/v1/connection.proto",
+    "proto/linkd/v1/authorize.proto",
+    "proto/linkd/v1/flow.proto",
+    "proto/linkd/v1/client_app.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("linkd_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

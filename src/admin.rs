@@ -1,0 +1,144 @@
+//! `linkd admin …`: operator commands against the same database.
+
+use crate::app::{Api, parse_id};
+use crate::config::AdminCommand;
+use crate::domain::Tenant;
+use crate::domain::client_app::NewClientApp;
+use crate::ids::IdKind;
+use crate::store::tenancy;
+use anyhow::bail;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+async fn existing_organization(api: &Api, public_id: &str) -> anyhow::Result<uuid::Uuid> {
+    let id = parse_id(IdKind::Organization, "--organization", public_id)?;
+    if !tenancy::organization_exists(api.db(), id).await? {
+        bail!("organization {public_id} does not exist");
+    }
+    Ok(id)
+}
+
+fn print(json_output: bool, value: serde_json::Value, text: String) {
+    if json_output {
+        println!("{value:#}");
+    } else {
+        println!("{text}");
+    }
+}
+
+pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::CreateApp {
+            name,
+            environment,
+            redirect_uris,
+            webhook_url,
+            organization,
+            json,
+        } => {
+            let app = NewClientApp::parse(&name, &redirect_uris, webhook_url.as_deref())?;
+            let organization_id = match organization {
+                Some(public) => existing_organization(api, &public).await?,
+                None => {
+                    let id = IdKind::Organization.new_uuid();
+                    tenancy::create_organization(api.db(), id, &app.name).await?;
+                    id
+                }
+            };
+            let tenant = Tenant {
+                organization_id,
+                environment,
+            };
+            let created = api.create_client_app(tenant, &app).await?;
+            let key = crate::auth::issue_key(api.db(), tenant).await?;
+            let (org, app_id) = (
+                IdKind::Organization.format(organization_id),
+                IdKind::ClientApp.format(created.app.id),
+            );
+            print(
+                json,
+                json!({
+                    "organizationId": org,
+                    "clientAppId": app_id,
+                    "environment": environment,
+                    "apiKeyId": key.public_id(),
+                    "apiKey": key.key.expose_secret(),
+                    "webhookSecret": created.webhook_secret.expose_secret(),
+                }),
+                format!(
+                    "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\n(the key and secret are shown only now)",
+                    key.public_id(),
+                    key.key.expose_secret(),
+                    created.webhook_secret.expose_secret()
+                ),
+            );
+        }
+        AdminCommand::CreateKey {
+            organization,
+            environment,
+            json,
+        } => {
+            let organization_id = existing_organization(api, &organization).await?;
+            let key = crate::auth::issue_key(
+                api.db(),
+                Tenant {
+                    organization_id,
+                    environment,
+                },
+            )
+            .await?;
+            print(
+                json,
+                json!({ "apiKeyId": key.public_id(), "apiKey": key.key.expose_secret(), "environment": environment }),
+                format!(
+                    "api key id  {}\napi key     {}\n(shown only now)",
+                    key.public_id(),
+                    key.key.expose_secret()
+                ),
+            );
+        }
+        AdminCommand::RevokeKey { key_id } => {
+            let id = parse_id(IdKind::ApiKey, "key_id", &key_id)?;
+            if !tenancy::revoke_api_key(api.db(), id).await? {
+                bail!("no active API key {key_id}");
+            }
+            println!("revoked {key_id}");
+        }
+        AdminCommand::ListApps { organization, json } => {
+            let organization_id = match organization {
+                Some(public) => Some(parse_id(IdKind::Organization, "--organization", &public)?),
+                None => None,
+            };
+            let apps = tenancy::list_all_client_apps(api.db(), organization_id).await?;
+            if json {
+                let apps: Vec<_> = apps
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "clientAppId": IdKind::ClientApp.format(a.id),
+                            "organizationId": IdKind::Organization.format(a.organization_id),
+                            "environment": a.environment(),
+                            "name": a.name,
+                            "redirectUris": a.redirect_uris,
+                            "webhookUrl": a.webhook_url,
+                            "createdAt": a.created_at.to_rfc3339(),
+                        })
+                    })
+                    .collect();
+                println!("{:#}", json!(apps));
+            } else {
+                for a in &apps {
+                    println!(
+                        "{}  {}  {:<10}  {}  {}",
+                        IdKind::ClientApp.format(a.id),
+                        IdKind::Organization.format(a.organization_id),
+                        a.environment(),
+                        a.name,
+                        a.redirect_uris.join(" ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

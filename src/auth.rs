@@ -1,0 +1,149 @@
+//! API keys: `lk_<environment>_<lookup id>_<secret>`.
+//!
+//! The lookup id finds the row; the secret (256 random bits) is stored only as
+//! its SHA-256 hash and compared in constant time. A missing, malformed,
+//! unknown or revoked key all produce the same `UNAUTHENTICATED`, with no
+//! hint which.
+
+use crate::domain::{Environment, Tenant};
+use crate::error::{Error, Result};
+use crate::ids::{IdKind, random_hex, random_token, token_hash};
+use crate::store::tenancy;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{PgExecutor, PgPool};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+const KEY_PREFIX: &str = "lk";
+
+/// The authenticated caller of a tenant-scoped API.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub tenant: Tenant,
+    pub api_key_id: Uuid,
+}
+
+/// A freshly created key: shown once, never stored in clear.
+#[derive(Debug)]
+pub struct IssuedKey {
+    pub id: Uuid,
+    pub key: SecretString,
+}
+
+impl IssuedKey {
+    pub fn public_id(&self) -> String {
+        IdKind::ApiKey.format(self.id)
+    }
+}
+
+struct ParsedKey<'a> {
+    environment: Environment,
+    lookup_id: &'a str,
+    secret: &'a str,
+}
+
+fn parse_key(key: &str) -> Option<ParsedKey<'_>> {
+    let mut parts = key.splitn(4, '_');
+    if parts.next()? != KEY_PREFIX {
+        return None;
+    }
+    let environment = Environment::parse(parts.next()?)?;
+    let lookup_id = parts.next()?;
+    let secret = parts.next()?;
+    (lookup_id.len() == 16 && !secret.is_empty()).then_some(ParsedKey {
+        environment,
+        lookup_id,
+        secret,
+    })
+}
+
+/// Creates and stores a key for `tenant`; returns the only copy of it.
+pub async fn issue_key(db: impl PgExecutor<'_>, tenant: Tenant) -> Result<IssuedKey> {
+    let id = IdKind::ApiKey.new_uuid();
+    let lookup_id = random_hex(8);
+    let secret = random_token();
+    tenancy::insert_api_key(db, id, tenant, &lookup_id, &token_hash(&secret)).await?;
+    let key = format!("{KEY_PREFIX}_{}_{lookup_id}_{secret}", tenant.environment);
+    Ok(IssuedKey {
+        id,
+        key: SecretString::from(key),
+    })
+}
+
+/// The key a request carries: `authorization: Bearer KEY` or `apikey: KEY`
+/// (header or gRPC metadata).
+pub fn presented_key(headers: &http::HeaderMap) -> Option<SecretString> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| SecretString::from(token.trim().to_string()));
+    }
+    let value = headers.get("apikey")?.to_str().ok()?;
+    Some(SecretString::from(value.trim().to_string()))
+}
+
+/// Resolves a presented key to its tenant.
+pub async fn authenticate(db: &PgPool, key: Option<&SecretString>) -> Result<Caller> {
+    let key = key.ok_or(Error::Unauthenticated)?;
+    let parsed = parse_key(key.expose_secret()).ok_or(Error::Unauthenticated)?;
+    let row = tenancy::find_api_key(db, parsed.lookup_id).await?;
+    let presented_hash = token_hash(parsed.secret);
+    // Compare against a dummy hash when the row is missing so timing does not
+    // reveal whether a lookup id exists.
+    let stored_hash = row.as_ref().map_or(&[0u8; 32][..], |r| &r.secret_hash[..]);
+    let hash_matches: bool = presented_hash.ct_eq(stored_hash).into();
+    match row {
+        Some(row)
+            if hash_matches
+                && row.revoked_at.is_none()
+                && row.environment == parsed.environment.as_str() =>
+        {
+            Ok(Caller {
+                tenant: Tenant {
+                    organization_id: row.organization_id,
+                    environment: parsed.environment,
+                },
+                api_key_id: row.id,
+            })
+        }
+        _ => Err(Error::Unauthenticated),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_format_parses_and_rejects_lookalikes() {
+        let secret = random_token();
+        let key = format!("lk_sandbox_{}_{secret}", "0123456789abcdef");
+        let parsed = parse_key(&key).unwrap();
+        assert_eq!(parsed.environment, Environment::Sandbox);
+        assert_eq!(parsed.secret, secret);
+        for bad in [
+            "",
+            "lk_sandbox_short_x",
+            "sk_sandbox_0123456789abcdef_x",
+            "lk_staging_0123456789abcdef_x",
+            "lk_sandbox_0123456789abcdef_",
+        ] {
+            assert!(parse_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn both_documented_headers_are_accepted() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(presented_key(&h).unwrap().expose_secret(), "abc");
+        let mut h = http::HeaderMap::new();
+        h.insert("apikey", "xyz".parse().unwrap());
+        assert_eq!(presented_key(&h).unwrap().expose_secret(), "xyz");
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert!(presented_key(&h).is_none());
+    }
+}

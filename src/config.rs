@@ -1,0 +1,252 @@
+//! Command line and environment configuration. Every setting is a flag and a
+//! `LINKD_*` variable (plus the conventional `DATABASE_URL`); a bad value
+//! stops start-up with one line naming the setting.
+
+use crate::crypto::EncryptionKey;
+use crate::domain::Environment;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "linkd",
+    version,
+    about = "Account-linking service: gRPC and REST over Postgres",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Serve options, when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC and REST on one listener (the default).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage organizations, client apps and API keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Print a fresh random encryption key for LINKD_ENCRYPTION_KEY.
+    GenKey,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL. When unset, linkd runs its own local Postgres under --data-dir.
+    #[arg(long, env = "DATABASE_URL", global = true, value_parser = parse_database_url, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the local Postgres cluster and development key.
+    #[arg(long, env = "LINKD_DATA_DIR", default_value = ".linkd", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Maximum database connections per process.
+    #[arg(long, env = "LINKD_DB_MAX_CONNECTIONS", default_value_t = 16, global = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a database connection before failing
+    /// with UNAVAILABLE / 503.
+    #[arg(long, env = "LINKD_DB_ACQUIRE_TIMEOUT", default_value = "3s", global = true, value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// AES-256-GCM key (base64 of 32 bytes) for secrets at rest. Required with
+    /// DATABASE_URL; the local development database keeps a generated one in
+    /// --data-dir.
+    #[arg(
+        long,
+        env = "LINKD_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub encryption_key: Option<EncryptionKey>,
+
+    /// Older keys, comma-separated, still accepted for decryption during a
+    /// key rotation.
+    #[arg(
+        long,
+        env = "LINKD_PREVIOUS_ENCRYPTION_KEYS",
+        value_delimiter = ',',
+        global = true,
+        hide_env_values = true
+    )]
+    pub previous_encryption_keys: Vec<EncryptionKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(
+        long,
+        env = "LINKD_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `linkd=debug,info`.
+    #[arg(long, env = "LINKD_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address of the one listener for gRPC and HTTP.
+    #[arg(long, env = "LINKD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Public base URL of this service, used in links sent to end users.
+    /// Defaults to http://<listen>.
+    #[arg(long, env = "LINKD_PUBLIC_URL", value_parser = parse_http_url)]
+    pub public_url: Option<Url>,
+
+    /// Largest accepted request body (gRPC message or REST body), in bytes.
+    #[arg(long, env = "LINKD_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_request_bytes: u64,
+
+    /// After SIGTERM/SIGINT, how long health reports NOT_SERVING while new
+    /// requests are still accepted, so load balancers stop routing here.
+    #[arg(long, env = "LINKD_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_drain_delay: Duration,
+
+    /// After the drain delay, how long in-flight calls may take to finish
+    /// before they are cut off.
+    #[arg(long, env = "LINKD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+
+    /// How often the database is probed to drive health status.
+    #[arg(long, env = "LINKD_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+}
+
+impl ServeArgs {
+    pub fn public_url(&self, bound: SocketAddr) -> Url {
+        self.public_url.clone().unwrap_or_else(|| {
+            Url::parse(&format!("http://{bound}")).expect("socket address forms a URL")
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a client app and an API key for its environment.
+    CreateApp {
+        /// Display name shown to end users.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        environment: Environment,
+        /// Allowed redirect URI (repeat for several; the first is the default).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Default webhook URL.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Organization (`org_…`); a new one is created when omitted.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create another API key for an organization and environment.
+    CreateKey {
+        #[arg(long)]
+        organization: String,
+        #[arg(long, value_enum)]
+        environment: Environment,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key by its id (`key_…`).
+    RevokeKey { key_id: String },
+    /// List client apps.
+    ListApps {
+        /// Only this organization (`org_…`).
+        #[arg(long)]
+        organization: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m)"))
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an absolute http:// or https:// URL".into());
+    }
+    Ok(url)
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    let url = Url::parse(s).map_err(|_| "not a valid URL".to_string())?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err("must be a postgres:// URL".into());
+    }
+    Ok(s.to_string())
+}
+
+impl Cli {
+    /// Parses arguments; on a bad value prints one line naming the setting
+    /// (flag and environment variable) without echoing the value, and exits 2.
+    pub fn parse_or_exit() -> Self {
+        match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(err) => exit_with_config_error(err),
+        }
+    }
+}
+
+fn exit_with_config_error(err: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        err.exit();
+    }
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.clone(),
+        _ => err.exit(),
+    };
+    let long = arg.split_whitespace().next().unwrap_or(&arg).to_string();
+    let env = Cli::command()
+        .get_subcommands()
+        .flat_map(|s| s.get_arguments().cloned().collect::<Vec<_>>())
+        .chain(Cli::command().get_arguments().cloned())
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+        .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
+    let setting = match env {
+        Some(env) => format!("{long} / {env}"),
+        None => long,
+    };
+    let reason = std::error::Error::source(&err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "invalid value".into());
+    eprintln!("linkd: invalid configuration: {setting}: {reason}");
+    std::process::exit(2);
+}

@@ -1,0 +1,155 @@
+//! Client app rules: names, redirect URIs, webhook URLs and signing secrets.
+
+use crate::error::Error;
+use crate::validate::{Violations, limits};
+use base64::Engine as _;
+use rand::RngCore;
+use url::Url;
+
+/// Most redirect URIs one app may register.
+pub const MAX_REDIRECT_URIS: usize = 20;
+
+/// A client app's registration, checked.
+#[derive(Debug, Clone)]
+pub struct NewClientApp {
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub webhook_url: Option<String>,
+}
+
+impl NewClientApp {
+    /// Checks every field and reports every problem at once. Redirect URIs are
+    /// kept exactly as given: they are compared by exact string later.
+    pub fn parse(
+        name: &str,
+        redirect_uris: &[String],
+        webhook_url: Option<&str>,
+    ) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        v.require_len("name", name.trim(), limits::NAME);
+        if redirect_uris.is_empty() {
+            v.add("redirect_uris", "at least one redirect URI is required");
+        }
+        if redirect_uris.len() > MAX_REDIRECT_URIS {
+            v.add(
+                "redirect_uris",
+                format!("at most {MAX_REDIRECT_URIS} redirect URIs"),
+            );
+        }
+        for (i, uri) in redirect_uris.iter().enumerate() {
+            let path = format!("redirect_uris[{i}]");
+            if v.max_len(&path, uri, limits::URL) {
+                if let Err(msg) = check_redirect_uri(uri) {
+                    v.add(path, msg);
+                }
+            }
+        }
+        if let Some(url) = webhook_url {
+            if v.max_len("webhook_url", url, limits::URL) && !is_web_url(url) {
+                v.add("webhook_url", "must be a valid http:// or https:// URL");
+            }
+        }
+        v.finish()?;
+        Ok(NewClientApp {
+            name: name.trim().to_string(),
+            redirect_uris: redirect_uris.to_vec(),
+            webhook_url: webhook_url.map(str::to_string),
+        })
+    }
+}
+
+pub fn is_web_url(s: &str) -> bool {
+    Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A redirect target end users are sent to: https, http on a loopback host,
+/// or a custom app scheme. Script-capable and local-file schemes are refused,
+/// and fragments are not allowed (RFC 6749 §3.1.2).
+pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
+    let url = Url::parse(uri).map_err(|_| "must be an absolute URL or app scheme")?;
+    if url.fragment().is_some() {
+        return Err("must not contain a fragment");
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if is_loopback_host(&url) => Ok(()),
+        "http" => Err("http:// is only allowed for loopback hosts; use https://"),
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "ftp" | "ws" | "wss"
+        | "https" => Err("scheme not allowed"),
+        _ => Ok(()), // custom app scheme such as myapp://callback
+    }
+}
+
+/// A Standard Webhooks signing secret: `whsec_` and base64 of 32 random bytes.
+pub fn generate_webhook_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_accept_https_loopback_and_app_schemes() {
+        for ok in [
+            "https://app.example.com/cb",
+            "http://127.0.0.1:5000/cb",
+            "http://localhost/cb",
+            "http://[::1]:9/x",
+            "myapp://callback",
+        ] {
+            assert_eq!(check_redirect_uri(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "file:///etc/passwd",
+            "http://example.com/cb",
+            "https://a.example/cb#frag",
+            "/relative",
+            "",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_app_lists_every_problem() {
+        let err = NewClientApp::parse(
+            " ",
+            &["javascript:x".into(), "https://ok.example/cb".into()],
+            Some("nope"),
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.violations().iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(paths, ["name", "redirect_uris[0]", "webhook_url"]);
+    }
+
+    #[test]
+    fn webhook_secrets_follow_standard_webhooks() {
+        let secret = generate_webhook_secret();
+        let raw = secret.strip_prefix("whsec_").unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .unwrap()
+                .len(),
+            32
+        );
+        assert_ne!(secret, generate_webhook_secret());
+    }
+}

@@ -1,0 +1,211 @@
+//! The one place that maps domain errors to gRPC codes and HTTP statuses.
+//!
+//! Every layer returns [`Error`]; the gRPC adapter turns it into a
+//! `tonic::Status` with `google.rpc` details and the REST shim into the
+//! documented JSON shape. Internal causes are logged here, once, with their
+//! cause chain, and never reach the caller.
+
+use http::StatusCode;
+use std::collections::HashMap;
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `google.rpc.ErrorInfo.domain` of every linkd error.
+pub const ERROR_DOMAIN: &str = "linkd";
+
+/// One invalid field: where it is (`operations[1].arguments.cvv`) and what is
+/// wrong with it. The message never repeats the value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldViolation {
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a request does not fit the current state of a resource. Each reason
+/// has its own HTTP status so REST clients can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The resource's lifetime is over (HTTP 410).
+    Expired,
+    /// A single-use thing was already used (HTTP 409).
+    AlreadyUsed,
+    /// The call does not fit the current step (HTTP 409).
+    WrongState,
+}
+
+impl Precondition {
+    fn http_status(self) -> StatusCode {
+        match self {
+            Precondition::Expired => StatusCode::GONE,
+            Precondition::AlreadyUsed | Precondition::WrongState => StatusCode::CONFLICT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more fields are invalid; every violation is listed.
+    #[error("{}", validation_summary(.0))]
+    Validation(Vec<FieldViolation>),
+    /// Missing, unknown or revoked credential. Deliberately says no more.
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    /// No such resource in the caller's tenant (another tenant's ids land
+    /// here too).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    FailedPrecondition {
+        precondition: Precondition,
+        /// Machine-readable reason, `UPPER_SNAKE`, e.g. `LINK_EXPIRED`.
+        reason: &'static str,
+        message: String,
+    },
+    /// A concurrent request holds the resource (e.g. same idempotency key).
+    #[error("{message}")]
+    Aborted {
+        reason: &'static str,
+        message: String,
+    },
+    /// The RPC exists in the contract but its behaviour is not built yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// A dependency (the database) cannot be reached; retry later.
+    #[error("service temporarily unavailable, retry later")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected failure; details are logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    /// A single-field validation error.
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Validation(vec![FieldViolation {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Error::Internal(err.into())
+    }
+
+    /// The code table: gRPC code, HTTP status and machine-readable reason.
+    pub fn classify(&self) -> (Code, StatusCode, &'static str) {
+        match self {
+            Error::Validation(_) => (
+                Code::InvalidArgument,
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_FAILED",
+            ),
+            Error::Unauthenticated => (
+                Code::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+            ),
+            Error::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Error::FailedPrecondition {
+                precondition,
+                reason,
+                ..
+            } => (Code::FailedPrecondition, precondition.http_status(), reason),
+            Error::Aborted { reason, .. } => (Code::Aborted, StatusCode::CONFLICT, reason),
+            Error::Unimplemented(_) => (
+                Code::Unimplemented,
+                StatusCode::NOT_IMPLEMENTED,
+                "UNIMPLEMENTED",
+            ),
+            Error::Unavailable(_) => (
+                Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+            ),
+            Error::Internal(_) => (
+                Code::Internal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+            ),
+        }
+    }
+
+    /// Logs what the caller will not see: the cause chain of internal and
+    /// availability errors.
+    pub fn log(&self) {
+        match self {
+            Error::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error")
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "dependency unavailable")
+            }
+            _ => {}
+        }
+    }
+
+    pub fn violations(&self) -> &[FieldViolation] {
+        match self {
+            Error::Validation(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        err.log();
+        let (code, _, reason) = err.classify();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        if let Error::Validation(violations) = &err {
+            details.set_bad_request(
+                violations
+                    .iter()
+                    .map(|v| tonic_types::FieldViolation::new(v.path.clone(), v.message.clone()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        tonic::Status::with_error_details(code, err.to_string(), details)
+    }
+}
+
+/// Short human-readable summary of a validation error for the gRPC message;
+/// the full list is in the `BadRequest` detail.
+fn validation_summary(violations: &[FieldViolation]) -> String {
+    match violations {
+        [one] => format!("Validation failed: {}: {}", one.path, one.message),
+        many => format!(
+            "Validation failed: {}",
+            many.iter()
+                .map(|v| format!("{}: {}", v.path, v.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// Postgres SQLSTATE classes and codes that mean "cannot reach or use the
+/// database right now" rather than "this query is wrong".
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources (too many connections, disk full)
+        || matches!(code, "57P01" | "57P02" | "57P03") // shutdown / cannot connect now
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(err.into()),
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| is_unavailable_sqlstate(&c)) => {
+                Error::Unavailable(err.into())
+            }
+            _ => Error::Internal(err.into()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

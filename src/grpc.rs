@@ -1,0 +1,157 @@
+//! gRPC adapters: authenticate from metadata, call [`Api`], map errors
+//! through the one code table.
+
+use crate::app::Api;
+use crate::auth::{Caller, presented_key};
+use crate::pb;
+use tonic::{Request, Response, Status};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+async fn caller<T>(api: &Api, req: &Request<T>) -> Result<Caller, Status> {
+    let headers = req.metadata().clone().into_headers();
+    Ok(api.authenticate(presented_key(&headers).as_ref()).await?)
+}
+
+/// Authenticates, then answers `UNIMPLEMENTED`: the contract is public, the
+/// behaviour arrives with a later release.
+async fn authenticated_not_yet<T, R>(api: &Api, req: &Request<T>, rpc: &'static str) -> Reply<R> {
+    caller(api, req).await?;
+    Err(api.not_yet(rpc).into())
+}
+
+#[tonic::async_trait]
+impl pb::link_service_server::LinkService for Api {
+    async fn create_link(
+        &self,
+        req: Request<pb::CreateLinkRequest>,
+    ) -> Reply<pb::CreateLinkResponse> {
+        authenticated_not_yet(self, &req, "LinkService.CreateLink").await
+    }
+
+    async fn get_link(&self, req: Request<pb::GetLinkRequest>) -> Reply<pb::GetLinkResponse> {
+        authenticated_not_yet(self, &req, "LinkService.GetLink").await
+    }
+
+    async fn list_providers(
+        &self,
+        req: Request<pb::ListProvidersRequest>,
+    ) -> Reply<pb::ListProvidersResponse> {
+        authenticated_not_yet(self, &req, "LinkService.ListProviders").await
+    }
+
+    async fn init_link_session(
+        &self,
+        req: Request<pb::InitLinkSessionRequest>,
+    ) -> Reply<pb::InitLinkSessionResponse> {
+        authenticated_not_yet(self, &req, "LinkService.InitLinkSession").await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::connection_service_server::ConnectionService for Api {
+    async fn list_connections(
+        &self,
+        req: Request<pb::ListConnectionsRequest>,
+    ) -> Reply<pb::ListConnectionsResponse> {
+        authenticated_not_yet(self, &req, "ConnectionService.ListConnections").await
+    }
+
+    async fn get_connection(
+        &self,
+        req: Request<pb::GetConnectionRequest>,
+    ) -> Reply<pb::GetConnectionResponse> {
+        authenticated_not_yet(self, &req, "ConnectionService.GetConnection").await
+    }
+
+    async fn delete_connection(
+        &self,
+        req: Request<pb::DeleteConnectionRequest>,
+    ) -> Reply<pb::DeleteConnectionResponse> {
+        authenticated_not_yet(self, &req, "ConnectionService.DeleteConnection").await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authorize_service_server::AuthorizeService for Api {
+    async fn authorize(&self, _req: Request<pb::AuthorizeRequest>) -> Reply<pb::AuthorizeResponse> {
+        Err(self.not_yet("AuthorizeService.Authorize").into())
+    }
+
+    async fn exchange_code(
+        &self,
+        _req: Request<pb::ExchangeCodeRequest>,
+    ) -> Reply<pb::ExchangeCodeResponse> {
+        Err(self.not_yet("AuthorizeService.ExchangeCode").into())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::link_flow_service_server::LinkFlowService for Api {
+    async fn claim_link(
+        &self,
+        _req: Request<pb::ClaimLinkRequest>,
+    ) -> Reply<pb::ClaimLinkResponse> {
+        Err(self.not_yet("LinkFlowService.ClaimLink").into())
+    }
+
+    async fn get_flow(&self, _req: Request<pb::GetFlowRequest>) -> Reply<pb::GetFlowResponse> {
+        Err(self.not_yet("LinkFlowService.GetFlow").into())
+    }
+
+    async fn select_integration(
+        &self,
+        _req: Request<pb::SelectIntegrationRequest>,
+    ) -> Reply<pb::SelectIntegrationResponse> {
+        Err(self.not_yet("LinkFlowService.SelectIntegration").into())
+    }
+
+    async fn approve_access(
+        &self,
+        _req: Request<pb::ApproveAccessRequest>,
+    ) -> Reply<pb::ApproveAccessResponse> {
+        Err(self.not_yet("LinkFlowService.ApproveAccess").into())
+    }
+
+    async fn submit_credentials(
+        &self,
+        _req: Request<pb::SubmitCredentialsRequest>,
+    ) -> Reply<pb::SubmitCredentialsResponse> {
+        Err(self.not_yet("LinkFlowService.SubmitCredentials").into())
+    }
+
+    async fn submit_second_factor(
+        &self,
+        _req: Request<pb::SubmitSecondFactorRequest>,
+    ) -> Reply<pb::SubmitSecondFactorResponse> {
+        Err(self.not_yet("LinkFlowService.SubmitSecondFactor").into())
+    }
+
+    async fn cancel_flow(
+        &self,
+        _req: Request<pb::CancelFlowRequest>,
+    ) -> Reply<pb::CancelFlowResponse> {
+        Err(self.not_yet("LinkFlowService.CancelFlow").into())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::client_app_service_server::ClientAppService for Api {
+    async fn list_client_apps(
+        &self,
+        req: Request<pb::ListClientAppsRequest>,
+    ) -> Reply<pb::ListClientAppsResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(Api::list_client_apps(self, &caller).await?))
+    }
+
+    async fn get_client_app(
+        &self,
+        req: Request<pb::GetClientAppRequest>,
+    ) -> Reply<pb::GetClientAppResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::get_client_app(self, &caller, req.into_inner()).await?,
+        ))
+    }
+}

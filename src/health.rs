@@ -1,0 +1,88 @@
+//! Serving status, shared by gRPC health (`grpc.health.v1`) and `/readyz`.
+//!
+//! A probe pings the database on an interval: unreachable → every service
+//! `NOT_SERVING`, reachable again → `SERVING`, without a restart. Once
+//! shutdown starts the status stays `NOT_SERVING`.
+
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    /// Fully qualified names of the services reported on (plus "" for the
+    /// server as a whole).
+    services: Arc<Vec<&'static str>>,
+    database_up: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn new(reporter: HealthReporter, services: Vec<&'static str>) -> Self {
+        Health {
+            reporter,
+            services: Arc::new(services),
+            database_up: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.database_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    async fn publish(&self) {
+        let status = if self.is_serving() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in std::iter::once(&"").chain(self.services.iter()) {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+
+    pub async fn set_database_up(&self, up: bool) {
+        let was = self.database_up.swap(up, Ordering::SeqCst);
+        if was != up {
+            if up {
+                tracing::info!("database reachable; serving");
+            } else {
+                tracing::warn!("database unreachable; health NOT_SERVING until it returns");
+            }
+        }
+        self.publish().await;
+    }
+
+    /// First step of shutdown: report `NOT_SERVING` for good.
+    pub async fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.publish().await;
+    }
+
+    /// Probes the database every `interval` until the task is dropped.
+    pub fn spawn_database_probe(
+        &self,
+        db: PgPool,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let ping = sqlx::query("SELECT 1").execute(&db);
+                let up = matches!(
+                    tokio::time::timeout(interval.max(Duration::from_secs(1)), ping).await,
+                    Ok(Ok(_))
+                );
+                health.set_database_up(up).await;
+            }
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! linkd: an account-linking service. See README.md for the architecture.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod ids;
+pub mod local_postgres;
+pub mod rest;
+pub mod server;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+/// Generated code of the public contract in `proto/linkd/v1`.
+#[allow(clippy::all)]
+pub mod pb {
+    tonic::include_proto!("linkd.v1");
+
+    /// Encoded descriptors of the contract, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("linkd_descriptor");
+}

@@ -1,0 +1,66 @@
+use linkd::config::{Cli, Command};
+use linkd::crypto::EncryptionKey;
+use linkd::server::{Server, shutdown_signal};
+use linkd::startup;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_or_exit();
+    if let Some(Command::GenKey) = cli.command {
+        println!("{}", EncryptionKey::generate().to_base64());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("linkd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _telemetry = linkd::telemetry::init(&cli.log)?;
+    // Check the key before touching the database, so a bad key fails fast.
+    let cipher = cli.database.cipher()?;
+    let serve_args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+        Some(command) => {
+            let database = cli.database.open().await?;
+            let api = startup::api(database.pool.clone(), cipher, "http://localhost".parse()?);
+            return match command {
+                Command::Migrate => {
+                    tracing::info!("migrations applied");
+                    Ok(())
+                }
+                Command::Admin(admin) => linkd::admin::run(&api, admin).await,
+                Command::Serve(_) | Command::GenKey => unreachable!("handled above"),
+            };
+        }
+    };
+    let listener = Server::bind(&serve_args).await?;
+    let addr = listener.local_addr()?;
+    let database = cli.database.open().await?;
+    let api = startup::api(database.pool.clone(), cipher, serve_args.public_url(addr));
+    if database.local.is_some() {
+        match startup::bootstrap_sandbox(&api).await? {
+            Some(sandbox) => startup::print_sandbox_banner(&sandbox, addr),
+            None => println!(
+                "linkd: using the development database in {}; create another API key with `cargo run --release -- admin create-key --organization org_… --environment sandbox`",
+                cli.database.data_dir.display()
+            ),
+        }
+    }
+    let server = Server::new(listener, api, serve_args).await?;
+    tracing::info!(%addr, "linkd serving gRPC and HTTP");
+    println!("linkd listening on {addr} (gRPC and HTTP)");
+    server.run(shutdown_signal()).await?;
+    database.pool.close().await;
+    drop(database); // stops the local Postgres this process started
+    Ok(())
+}

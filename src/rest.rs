@@ -1,0 +1,216 @@
+//! The HTTP/JSON shim: the same RPCs under the documented REST paths and
+//! shapes. Handlers authenticate from headers, call [`Api`] exactly as the
+//! gRPC services do, and render the documented JSON.
+
+use crate::app::Api;
+use crate::auth::{Caller, presented_key};
+use crate::error::Error;
+use crate::health::Health;
+use crate::pb;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, get};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Clone)]
+pub struct RestState {
+    pub api: Api,
+    pub health: Health,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.log();
+        let (_, status, reason) = self.classify();
+        let body = match &self {
+            Error::Validation(issues) => json!({ "error": "Validation failed", "issues": issues }),
+            other => json!({ "error": other.to_string(), "code": reason.to_ascii_lowercase() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The authenticated API-key caller of a REST request.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<RestState> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &RestState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = presented_key(&parts.headers);
+        Ok(Authenticated(state.api.authenticate(key.as_ref()).await?))
+    }
+}
+
+pub fn iso8601(ts: &prost_types::Timestamp) -> String {
+    chrono::DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientAppJson {
+    id: String,
+    name: String,
+    environment: &'static str,
+    redirect_uris: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<String>,
+    created_at: String,
+}
+
+impl From<pb::ClientApp> for ClientAppJson {
+    fn from(app: pb::ClientApp) -> Self {
+        let environment = match app.environment() {
+            pb::Environment::Production => "production",
+            _ => "sandbox",
+        };
+        ClientAppJson {
+            id: app.id,
+            name: app.name,
+            environment,
+            redirect_uris: app.redirect_uris,
+            webhook_url: app.webhook_url,
+            created_at: app.created_at.as_ref().map(iso8601).unwrap_or_default(),
+        }
+    }
+}
+
+async fn list_client_apps(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, Error> {
+    let apps = state.api.list_client_apps(&caller).await?;
+    let apps: Vec<ClientAppJson> = apps.client_apps.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "clientApps": apps })).into_response())
+}
+
+async fn get_client_app(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(client_app_id): Path<String>,
+) -> Result<Response, Error> {
+    let app = state
+        .api
+        .get_client_app(&caller, pb::GetClientAppRequest { client_app_id })
+        .await?
+        .client_app
+        .expect("get_client_app returns the app");
+    Ok(Json(ClientAppJson::from(app)).into_response())
+}
+
+/// REST route of an RPC whose behaviour is not built yet: authenticates like
+/// the real one will, then answers 501.
+fn authenticated_not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
+    axum::routing::on(
+        method,
+        move |State(state): State<RestState>, Authenticated(_): Authenticated| async move {
+            state.api.not_yet(rpc).into_response()
+        },
+    )
+}
+
+/// Route of an unauthenticated RPC (OAuth, end-user flow) not built yet.
+fn not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
+    axum::routing::on(method, move |State(state): State<RestState>| async move {
+        state.api.not_yet(rpc).into_response()
+    })
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the database is reachable and the server is not draining.
+async fn readyz(State(state): State<RestState>) -> Response {
+    if state.health.is_serving() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+pub fn router(state: RestState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/client-apps", get(list_client_apps))
+        .route("/v1/client-apps/{client_app_id}", get(get_client_app))
+        .route(
+            "/v1/links",
+            authenticated_not_yet(MethodFilter::POST, "LinkService.CreateLink"),
+        )
+        .route(
+            "/v1/links/{link_id}",
+            authenticated_not_yet(MethodFilter::GET, "LinkService.GetLink"),
+        )
+        .route(
+            "/v1/providers",
+            authenticated_not_yet(MethodFilter::GET, "LinkService.ListProviders"),
+        )
+        .route(
+            "/v2/link/init",
+            authenticated_not_yet(MethodFilter::POST, "LinkService.InitLinkSession"),
+        )
+        .route(
+            "/v2/connections",
+            authenticated_not_yet(MethodFilter::GET, "ConnectionService.ListConnections"),
+        )
+        .route(
+            "/v2/connections/{connection_id}",
+            authenticated_not_yet(MethodFilter::GET, "ConnectionService.GetConnection").merge(
+                authenticated_not_yet(MethodFilter::DELETE, "ConnectionService.DeleteConnection"),
+            ),
+        )
+        .route(
+            "/v3/oauth/authorize",
+            not_yet(MethodFilter::GET, "AuthorizeService.Authorize"),
+        )
+        .route(
+            "/v3/oauth/token",
+            not_yet(MethodFilter::POST, "AuthorizeService.ExchangeCode"),
+        )
+        .route(
+            "/v1/flow",
+            not_yet(MethodFilter::GET, "LinkFlowService.GetFlow"),
+        )
+        .route(
+            "/v1/flow/claim",
+            not_yet(MethodFilter::POST, "LinkFlowService.ClaimLink"),
+        )
+        .route(
+            "/v1/flow/integration",
+            not_yet(MethodFilter::POST, "LinkFlowService.SelectIntegration"),
+        )
+        .route(
+            "/v1/flow/approve",
+            not_yet(MethodFilter::POST, "LinkFlowService.ApproveAccess"),
+        )
+        .route(
+            "/v1/flow/credentials",
+            not_yet(MethodFilter::POST, "LinkFlowService.SubmitCredentials"),
+        )
+        .route(
+            "/v1/flow/second-factor",
+            not_yet(MethodFilter::POST, "LinkFlowService.SubmitSecondFactor"),
+        )
+        .route(
+            "/v1/flow/cancel",
+            not_yet(MethodFilter::POST, "LinkFlowService.CancelFlow"),
+        )
+        .with_state(state)
+}

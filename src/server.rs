@@ -1,0 +1,200 @@
+//! One listener for gRPC (HTTP/2, h2c), gRPC health and reflection, and the
+//! REST shim (HTTP/1.1 or HTTP/2), with graceful shutdown:
+//!
+//! 1. the shutdown signal arrives → health reports `NOT_SERVING`;
+//! 2. for the drain delay new requests are still served (load balancers and
+//!    meshes notice the health change and stop routing here);
+//! 3. the listener closes and in-flight calls get the grace period to finish.
+
+use crate::app::Api;
+use crate::config::ServeArgs;
+use crate::error::Error;
+use crate::health::Health;
+use crate::pb;
+use crate::rest::{self, RestState};
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::{IntoResponse, Response};
+use std::future::Future;
+use std::net::SocketAddr;
+use tonic::server::NamedService;
+use tower_http::trace::TraceLayer;
+
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    health: Health,
+    api: Api,
+    args: ServeArgs,
+}
+
+/// Unknown route: gRPC clients get `UNIMPLEMENTED`, REST clients a JSON 404.
+async fn fallback(request: Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if is_grpc {
+        tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()))
+            .into_http::<axum::body::Body>()
+            .into_response()
+    } else {
+        Error::NotFound("route").into_response()
+    }
+}
+
+fn name<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+impl Server {
+    /// Binds the listener. `public_url` for the [`Api`] depends on the bound
+    /// address (port 0 in tests), so the caller builds the Api from it.
+    pub async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen / LINKD_LISTEN)", args.listen))
+    }
+
+    pub async fn new(
+        listener: tokio::net::TcpListener,
+        api: Api,
+        args: ServeArgs,
+    ) -> anyhow::Result<Self> {
+        let max = args.max_request_bytes as usize;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+
+        let link = pb::link_service_server::LinkServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
+        let connection = pb::connection_service_server::ConnectionServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
+        let authorize = pb::authorize_service_server::AuthorizeServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
+        let flow = pb::link_flow_service_server::LinkFlowServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
+        let client_app = pb::client_app_service_server::ClientAppServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
+        let health = Health::new(
+            reporter,
+            vec![
+                name(&link),
+                name(&connection),
+                name(&authorize),
+                name(&flow),
+                name(&client_app),
+            ],
+        );
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service")?;
+
+        let mut grpc = tonic::service::Routes::builder();
+        grpc.add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(link)
+            .add_service(connection)
+            .add_service(authorize)
+            .add_service(flow)
+            .add_service(client_app);
+
+        let router = grpc
+            .routes()
+            .into_axum_router()
+            .merge(rest::router(RestState {
+                api: api.clone(),
+                health: health.clone(),
+            }))
+            .fallback(fallback)
+            .layer(DefaultBodyLimit::max(max))
+            .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span));
+
+        Ok(Server {
+            listener,
+            router,
+            health,
+            api,
+            args,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains as described above.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            router,
+            health,
+            api,
+            args,
+        } = self;
+        let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
+        let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_accepting_rx.await;
+                })
+                .into_future(),
+        );
+        tokio::pin!(serve);
+
+        tokio::select! {
+            result = &mut serve => {
+                probe.abort();
+                return result.context("server task failed")?.context("server failed");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(
+            drain_delay = ?args.shutdown_drain_delay,
+            grace_period = ?args.shutdown_grace_period,
+            "shutdown requested; reporting NOT_SERVING"
+        );
+        probe.abort();
+        health.start_draining().await;
+        tokio::time::sleep(args.shutdown_drain_delay).await;
+        let _ = stop_accepting.send(());
+        match tokio::time::timeout(args.shutdown_grace_period, &mut serve).await {
+            Ok(result) => {
+                result
+                    .context("server task failed")?
+                    .context("server failed")?;
+                tracing::info!("in-flight calls finished; stopped");
+            }
+            Err(_) => {
+                serve.abort();
+                tracing::warn!("grace period over; cutting off the calls still running");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,152 @@
+//! Turning configuration into running parts: the database (external or the
+//! local development cluster), the encryption key ring, and the sandbox
+//! tenant created on a development database's first start.
+
+use crate::app::{Api, AppState};
+use crate::auth::IssuedKey;
+use crate::config::DatabaseArgs;
+use crate::crypto::{Cipher, EncryptionKey};
+use crate::domain::client_app::NewClientApp;
+use crate::domain::{Environment, Tenant};
+use crate::ids::IdKind;
+use crate::local_postgres::{Durability, LocalPostgres};
+use crate::store::{self, PoolSettings, tenancy};
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use std::os::unix::fs::PermissionsExt as _;
+use url::Url;
+
+/// The database linkd runs on, and the local cluster behind it if any (kept
+/// alive for as long as this value lives).
+#[derive(Debug)]
+pub struct Database {
+    pub pool: PgPool,
+    pub local: Option<LocalPostgres>,
+}
+
+const LOCAL_DATABASE: &str = "linkd";
+const DEV_KEY_FILE: &str = "encryption.key";
+
+impl DatabaseArgs {
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+
+    /// The key ring. Required with `DATABASE_URL`; the local development
+    /// database keeps a generated key next to its data.
+    pub fn cipher(&self) -> anyhow::Result<Cipher> {
+        let current = match (&self.encryption_key, &self.database_url) {
+            (Some(key), _) => key.clone(),
+            (None, None) => self.development_key()?,
+            (None, Some(_)) => bail!(
+                "invalid configuration: --encryption-key / LINKD_ENCRYPTION_KEY is required with DATABASE_URL (generate one with `linkd gen-key`)"
+            ),
+        };
+        Ok(Cipher::new(&current, &self.previous_encryption_keys))
+    }
+
+    fn development_key(&self) -> anyhow::Result<EncryptionKey> {
+        let path = self.data_dir.join(DEV_KEY_FILE);
+        if path.exists() {
+            let raw = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return raw
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {}: {e}", path.display()));
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
+        let key = EncryptionKey::generate();
+        std::fs::write(&path, key.to_base64())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        tracing::info!(path = %path.display(), "generated a development encryption key");
+        Ok(key)
+    }
+
+    /// Connects to `DATABASE_URL`, or starts (and first initialises) the local
+    /// cluster under the data directory. Migrations are applied either way.
+    pub async fn open(&self) -> anyhow::Result<Database> {
+        let (url, local) = match &self.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let root = self.data_dir.clone();
+                let local = tokio::task::spawn_blocking(move || {
+                    LocalPostgres::start(&root, Durability::Durable)
+                })
+                .await??;
+                store::ensure_database(&local.url("postgres"), LOCAL_DATABASE).await?;
+                (local.url(LOCAL_DATABASE), Some(local))
+            }
+        };
+        let pool = store::pool(&url, &self.pool_settings())?;
+        store::migrate(&pool).await?;
+        Ok(Database { pool, local })
+    }
+}
+
+pub fn api(pool: PgPool, cipher: Cipher, public_url: Url) -> Api {
+    Api::new(AppState {
+        db: pool,
+        cipher,
+        public_url,
+    })
+}
+
+/// What the first start of a development database created.
+pub struct SandboxTenant {
+    pub organization_id: uuid::Uuid,
+    pub app_id: uuid::Uuid,
+    pub key: IssuedKey,
+}
+
+/// On an empty development database, creates a sandbox organization, client
+/// app and API key so the service can be called right away.
+pub async fn bootstrap_sandbox(api: &Api) -> anyhow::Result<Option<SandboxTenant>> {
+    let mut tx = api.db().begin().await?;
+    // Serialise concurrent first starts.
+    sqlx::query("SELECT pg_advisory_xact_lock(7131001)")
+        .execute(&mut *tx)
+        .await?;
+    if tenancy::count_organizations(&mut *tx).await? > 0 {
+        return Ok(None);
+    }
+    let organization_id = IdKind::Organization.new_uuid();
+    tenancy::create_organization(&mut *tx, organization_id, "Sandbox").await?;
+    tx.commit().await?;
+    let tenant = Tenant {
+        organization_id,
+        environment: Environment::Sandbox,
+    };
+    let app = NewClientApp::parse(
+        "Sandbox app",
+        &["http://localhost:3000/callback".to_string()],
+        None,
+    )?;
+    let created = api.create_client_app(tenant, &app).await?;
+    let key = crate::auth::issue_key(api.db(), tenant).await?;
+    Ok(Some(SandboxTenant {
+        organization_id,
+        app_id: created.app.id,
+        key,
+    }))
+}
+
+/// The first-start banner: the key (shown once) and calls to paste.
+pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr) {
+    let key = sandbox.key.key.expose_secret();
+    let port = addr.port();
+    println!(
+        "\n\
+         linkd created a sandbox organization on this new development database:\n\
+         \n  organization  {org}\n  client app    {app}\n  API key       {key}\n\
+         \nThe key is shown only now. Try it:\n\
+         \n  grpcurl -plaintext -H 'authorization: Bearer {key}' localhost:{port} linkd.v1.ClientAppService/ListClientApps\
+         \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\n",
+        org = IdKind::Organization.format(sandbox.organization_id),
+        app = IdKind::ClientApp.format(sandbox.app_id),
+    );
+}
