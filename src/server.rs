@@ -13,12 +13,13 @@ use crate::health::Health;
 use crate::pb;
 use crate::rest::{self, RestState};
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::net::SocketAddr;
 use tonic::server::NamedService;
-use tower_http::trace::TraceLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub struct Server {
     listener: tokio::net::TcpListener,
@@ -110,13 +111,19 @@ impl Server {
         let router = grpc
             .routes()
             .into_axum_router()
-            .merge(rest::router(RestState {
-                api: api.clone(),
-                health: health.clone(),
-            }))
+            .merge(
+                rest::router(RestState {
+                    api: api.clone(),
+                    health: health.clone(),
+                })
+                .layer(RequestBodyLimitLayer::new(max)),
+            )
             .fallback(fallback)
-            .layer(DefaultBodyLimit::max(max))
-            .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span));
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(crate::telemetry::request_span)
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            );
 
         Ok(Server {
             listener,

@@ -1,0 +1,122 @@
+use crate::helpers::{spawn_app, with_key};
+use linkd::domain::Environment;
+use linkd::pb::ListClientAppsRequest;
+use linkd::pb::client_app_service_client::ClientAppServiceClient;
+use reqwest::StatusCode;
+use tonic::Code;
+
+#[tokio::test]
+async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let revoked = app.add_app(tenant.tenant, "Second").await;
+    assert!(
+        linkd::store::tenancy::revoke_api_key(app.api.db(), revoked.api_key_id)
+            .await
+            .unwrap()
+    );
+
+    // Same lookup id with another secret; an unknown lookup id; garbage; and
+    // the sandbox key relabelled as a production key.
+    let mut wrong_secret = tenant.key.clone();
+    wrong_secret.pop();
+    wrong_secret.push('A');
+    let unknown =
+        "lk_sandbox_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    let relabelled = tenant.key.replacen("lk_sandbox_", "lk_production_", 1);
+    let bad_keys = [
+        wrong_secret,
+        unknown,
+        "not-a-key".into(),
+        relabelled,
+        revoked.key.clone(),
+    ];
+
+    let mut grpc = ClientAppServiceClient::new(app.channel().await);
+    let missing = grpc
+        .list_client_apps(ListClientAppsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    let rest_missing = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest_missing.status(), StatusCode::UNAUTHORIZED);
+    let missing_body: serde_json::Value = rest_missing.json().await.unwrap();
+
+    for key in &bad_keys {
+        let status = grpc
+            .list_client_apps(with_key(ListClientAppsRequest {}, key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{key}");
+        assert_eq!(
+            status.message(),
+            missing.message(),
+            "no hint which check failed"
+        );
+        assert!(!status.message().contains(key.as_str()));
+
+        let response = app
+            .http
+            .get(app.url("/v1/client-apps"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap(),
+            missing_body
+        );
+    }
+
+    // The valid key still works, by either documented header.
+    grpc.list_client_apps(with_key(ListClientAppsRequest {}, &tenant.key))
+        .await
+        .unwrap();
+    let bearer = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    let apikey = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .header("apikey", &tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(apikey.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn api_keys_are_stored_only_as_hashes() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let secret = tenant
+        .key
+        .rsplit_once('_')
+        .map(|(_, s)| s)
+        .unwrap()
+        .to_string();
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT lookup_id, secret_hash FROM api_keys")
+            .fetch_all(app.api.db())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        tenant.key.contains(&rows[0].0),
+        "lookup id is the public part"
+    );
+    assert!(!String::from_utf8_lossy(&rows[0].1).contains(&secret));
+    assert_eq!(rows[0].1, linkd::ids::token_hash(&secret));
+}

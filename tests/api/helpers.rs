@@ -1,0 +1,260 @@
+//! Test harness: one throwaway Postgres cluster for the whole run (or the
+//! server behind `DATABASE_URL`), a migrated template database, a fresh copy
+//! of it per test, and the real server on port 0.
+
+use linkd::app::Api;
+use linkd::config::ServeArgs;
+use linkd::crypto::{Cipher, EncryptionKey};
+use linkd::domain::client_app::NewClientApp;
+use linkd::domain::{Environment, Tenant};
+use linkd::ids::IdKind;
+use linkd::local_postgres::{Durability, LocalPostgres};
+use linkd::server::Server;
+use linkd::store::{self, PoolSettings, tenancy};
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tonic::transport::Channel;
+use url::Url;
+
+/// The Postgres server tests run against.
+enum TestPostgres {
+    Local(LocalPostgres),
+    External(Url),
+}
+
+static POSTGRES: OnceLock<TestPostgres> = OnceLock::new();
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+fn postgres() -> &'static TestPostgres {
+    POSTGRES.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) => TestPostgres::External(Url::parse(&url).expect("DATABASE_URL is a URL")),
+        Err(_) => {
+            let root = std::env::temp_dir().join(format!("linkd-test-{}", std::process::id()));
+            TestPostgres::Local(
+                LocalPostgres::start(&root, Durability::Throwaway).expect("starting test Postgres"),
+            )
+        }
+    })
+}
+
+/// URL of `database` on the test server.
+pub fn database_url(database: &str) -> String {
+    match postgres() {
+        TestPostgres::Local(local) => local.url(database),
+        TestPostgres::External(url) => {
+            let mut url = url.clone();
+            url.set_path(database);
+            url.to_string()
+        }
+    }
+}
+
+async fn admin_connection() -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&database_url("postgres"))
+        .await
+        .expect("connecting to the test Postgres")
+}
+
+/// A migrated template, made once per test process.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("linkd_template_{}", std::process::id());
+            let mut conn = admin_connection().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let pool = sqlx::PgPool::connect(&database_url(&name)).await.unwrap();
+            store::migrate(&pool).await.unwrap();
+            pool.close().await;
+            name
+        })
+        .await
+}
+
+/// A new, migrated, empty database for one test; returns its URL.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("linkd_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = admin_connection().await;
+    // Creating from one template is serialised by Postgres; retry if two
+    // creations collide.
+    for attempt in 0.. {
+        match sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {template}"
+        )))
+        .execute(&mut conn)
+        .await
+        {
+            Ok(_) => break,
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("creating test database: {e}"),
+        }
+    }
+    database_url(&name)
+}
+
+pub fn test_key() -> EncryptionKey {
+    static KEY: OnceLock<EncryptionKey> = OnceLock::new();
+    KEY.get_or_init(EncryptionKey::generate).clone()
+}
+
+pub fn serve_args() -> ServeArgs {
+    ServeArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        max_request_bytes: 64 * 1024,
+        shutdown_drain_delay: Duration::ZERO,
+        shutdown_grace_period: Duration::from_secs(5),
+        health_check_interval: Duration::from_millis(200),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub api: Api,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A tenant with one client app and one API key.
+pub struct TestTenant {
+    pub tenant: Tenant,
+    pub app_id: String,
+    pub api_key_id: uuid::Uuid,
+    pub key: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(&fresh_database().await, Duration::from_secs(2)).await
+}
+
+/// Starts the server on `db_url` with the given database acquire timeout and
+/// waits until its health reports SERVING.
+pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
+    let args = serve_args();
+    let listener = Server::bind(&args).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = store::pool(
+        db_url,
+        &PoolSettings {
+            max_connections: 10,
+            acquire_timeout,
+        },
+    )
+    .unwrap();
+    let api = linkd::startup::api(pool, Cipher::new(&test_key(), &[]), args.public_url(addr));
+    let server = Server::new(listener, api.clone(), args).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let app = TestApp {
+        addr,
+        api,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+    };
+    app.wait_for_readiness(true).await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connect")
+    }
+
+    /// Polls `/readyz` until it reports `ready` (or not), for up to 10 s.
+    pub async fn wait_for_readiness(&self, ready: bool) {
+        for _ in 0..200 {
+            let status = self
+                .http
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success());
+            if status.ok() == Some(ready) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "server never became {}",
+            if ready { "ready" } else { "unready" }
+        );
+    }
+
+    pub async fn create_tenant(&self, environment: Environment) -> TestTenant {
+        let organization_id = IdKind::Organization.new_uuid();
+        tenancy::create_organization(self.api.db(), organization_id, "Test org")
+            .await
+            .unwrap();
+        self.add_app(
+            Tenant {
+                organization_id,
+                environment,
+            },
+            "Test app",
+        )
+        .await
+    }
+
+    /// Adds an app and a key to an existing organization and environment.
+    pub async fn add_app(&self, tenant: Tenant, name: &str) -> TestTenant {
+        let app = NewClientApp::parse(
+            name,
+            &[
+                "https://app.example.com/callback".into(),
+                "myapp://callback".into(),
+            ],
+            Some("https://hooks.example.com/linkd"),
+        )
+        .unwrap();
+        let created = self.api.create_client_app(tenant, &app).await.unwrap();
+        let key = linkd::auth::issue_key(self.api.db(), tenant).await.unwrap();
+        TestTenant {
+            tenant,
+            app_id: IdKind::ClientApp.format(created.app.id),
+            api_key_id: key.id,
+            key: key.key.expose_secret().to_string(),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A gRPC request carrying `key` as `authorization: Bearer`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on a real socket, a real Postgres, real
+//! gRPC and HTTP clients. One test binary, so one Postgres cluster per run.
+
+mod auth;
+mod client_apps;
+mod helpers;
+mod outage;
+mod polyglot;
+mod process;
+mod surface;

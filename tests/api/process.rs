@@ -1,0 +1,540 @@
+//! The `linkd` binary as operators run it: configuration errors, the admin
+//! CLI, graceful shutdown, the local Postgres, and trace propagation.
+
+use crate::helpers::{fresh_database, spawn_app_on, test_key};
+use linkd::pb::ListClientAppsRequest;
+use linkd::pb::client_app_service_client::ClientAppServiceClient;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+fn linkd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkd"));
+    for (var, _) in std::env::vars() {
+        if var.starts_with("LINKD_") || var == "DATABASE_URL" || var.starts_with("OTEL_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("LINKD_LOG_FORMAT", "json");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running linkd")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_with_one_line_naming_the_setting() {
+    let secret_looking = "c2VjcmV0LXRoYXQtaXMtbm90LTMyLWJ5dGVz";
+    /// Environment, arguments, and what the one error line must say.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("LINKD_LISTEN", "not-an-address")],
+            vec![],
+            "--listen / LINKD_LISTEN",
+        ),
+        (
+            vec![],
+            vec!["--listen", "1.2.3.4:99999"],
+            "--listen / LINKD_LISTEN",
+        ),
+        (
+            vec![("LINKD_PUBLIC_URL", "ftp://x")],
+            vec![],
+            "--public-url / LINKD_PUBLIC_URL",
+        ),
+        (
+            vec![("DATABASE_URL", "mysql://x")],
+            vec![],
+            "--database-url / DATABASE_URL",
+        ),
+        (
+            vec![("LINKD_ENCRYPTION_KEY", secret_looking)],
+            vec![],
+            "--encryption-key / LINKD_ENCRYPTION_KEY",
+        ),
+        (
+            vec![("DATABASE_URL", "postgres://u@127.0.0.1:1/db")],
+            vec![],
+            "LINKD_ENCRYPTION_KEY is required with DATABASE_URL",
+        ),
+        (
+            vec![("LINKD_SHUTDOWN_GRACE_PERIOD", "soon")],
+            vec![],
+            "--shutdown-grace-period / LINKD_SHUTDOWN_GRACE_PERIOD",
+        ),
+        (vec![("LINKD_LOG", "linkd=loud")], vec![], "LINKD_LOG"),
+    ];
+    for (env, args, expected) in cases {
+        let out = run(linkd().envs(env.clone()).args(&args));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{env:?} {args:?} should fail");
+        assert!(
+            err.contains(expected),
+            "{env:?}: expected {expected:?} in {err:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+        assert!(!err.contains(secret_looking), "never echoes the key");
+    }
+}
+
+#[test]
+fn gen_key_prints_a_usable_key() {
+    let out = run(linkd().arg("gen-key"));
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert!(key.trim().parse::<linkd::crypto::EncryptionKey>().is_ok());
+}
+
+fn admin(db_url: &str, args: &[&str]) -> Output {
+    run(linkd()
+        .env("DATABASE_URL", db_url)
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+        .arg("admin")
+        .args(args))
+}
+
+#[tokio::test]
+async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
+    let db = fresh_database().await;
+    let out = admin(
+        &db,
+        &[
+            "create-app",
+            "--name",
+            "Acme",
+            "--environment",
+            "sandbox",
+            "--redirect-uri",
+            "https://acme.example/cb",
+            "--redirect-uri",
+            "acme://cb",
+            "--webhook-url",
+            "https://acme.example/hooks",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["apiKey"].as_str().unwrap();
+    assert!(key.starts_with("lk_sandbox_"));
+    assert!(
+        created["webhookSecret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    assert!(created["clientAppId"].as_str().unwrap().starts_with("app_"));
+    let org = created["organizationId"].as_str().unwrap();
+
+    let app = spawn_app_on(&db, Duration::from_secs(2)).await;
+    let apps: serde_json::Value = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(apps["clientApps"][0]["id"], created["clientAppId"]);
+    assert_eq!(
+        apps["clientApps"][0]["redirectUris"],
+        serde_json::json!(["https://acme.example/cb", "acme://cb"])
+    );
+
+    let listed = admin(&db, &["list-apps", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["clientAppId"], created["clientAppId"]);
+
+    let out = admin(
+        &db,
+        &[
+            "create-key",
+            "--organization",
+            org,
+            "--environment",
+            "production",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prod_key = prod["apiKey"].as_str().unwrap();
+    assert!(prod_key.starts_with("lk_production_"));
+    let prod_apps: serde_json::Value = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .bearer_auth(prod_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        prod_apps["clientApps"],
+        serde_json::json!([]),
+        "the sandbox app is not visible to production"
+    );
+
+    let out = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revoked = app
+        .http
+        .get(app.url("/v1/client-apps"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let again = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
+    assert!(!again.status.success());
+
+    let bad = admin(
+        &db,
+        &[
+            "create-app",
+            "--name",
+            "Bad",
+            "--environment",
+            "sandbox",
+            "--redirect-uri",
+            "javascript:alert(1)",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("redirect_uris[0]"),
+        "{}",
+        stderr(&bad)
+    );
+    let unknown_org = admin(
+        &db,
+        &[
+            "create-key",
+            "--organization",
+            "org_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa",
+            "--environment",
+            "sandbox",
+        ],
+    );
+    assert!(
+        stderr(&unknown_org).contains("does not exist"),
+        "{}",
+        stderr(&unknown_org)
+    );
+}
+
+/// A running `linkd serve` child process and the lines it printed.
+struct Running {
+    child: Child,
+    port: u16,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn spawn_linkd(mut cmd: Command) -> Running {
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "linkd did not start: {printed:?} {:?}",
+                    stderr.lock().unwrap()
+                )
+            });
+        if let Some(addr) = line.strip_prefix("linkd listening on ") {
+            let addr = addr.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+        printed.push(line);
+    };
+    let stdout = {
+        let (tx2, rx2) = std::sync::mpsc::channel();
+        for line in printed {
+            tx2.send(line).unwrap();
+        }
+        std::thread::spawn(move || {
+            while let Ok(line) = rx.recv() {
+                if tx2.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx2
+    };
+    Running {
+        child,
+        port,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.stderr.lock().unwrap().clone());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!("linkd did not exit: {:?}", self.stderr.lock().unwrap());
+    }
+}
+
+/// SIGTERM with a call in flight: health flips to NOT_SERVING first, the
+/// call completes, the process exits 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_and_exits_zero() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let db = fresh_database().await;
+    let helper = spawn_app_on(&db, Duration::from_secs(2)).await;
+    let tenant = helper
+        .create_tenant(linkd::domain::Environment::Sandbox)
+        .await;
+    let mut cmd = linkd();
+    cmd.env("DATABASE_URL", &db)
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+        .env("LINKD_SHUTDOWN_DRAIN_DELAY", "1s")
+        .env("LINKD_SHUTDOWN_GRACE_PERIOD", "20s")
+        .env("LINKD_DB_ACQUIRE_TIMEOUT", "20s");
+    let server = spawn_linkd(cmd);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut apps = ClientAppServiceClient::new(channel);
+    apps.list_client_apps(crate::helpers::with_key(
+        ListClientAppsRequest {},
+        &tenant.key,
+    ))
+    .await
+    .unwrap();
+
+    // Hold a lock that the call's key lookup must wait for: the call is now
+    // in flight for as long as we keep it.
+    let mut blocker = helper.api.db().begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let key = tenant.key.clone();
+    let mut in_flight_client = apps.clone();
+    let in_flight = tokio::spawn(async move {
+        in_flight_client
+            .list_client_apps(crate::helpers::with_key(ListClientAppsRequest {}, &key))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished());
+
+    server.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        ServingStatus::NotServing,
+        "NOT_SERVING as soon as shutdown starts"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!in_flight.is_finished(), "still waiting on the lock");
+    blocker.rollback().await.unwrap();
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(reply.into_inner().client_apps.len(), 1);
+
+    let (status, _) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// With no DATABASE_URL: first start initialises a local cluster, creates a
+/// sandbox tenant and prints a working key; SIGTERM stops that cluster; a
+/// second start reuses it without a new banner.
+#[tokio::test]
+async fn without_database_url_linkd_runs_and_stops_its_own_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = spawn_linkd({
+        let mut cmd = linkd();
+        cmd.env("LINKD_DATA_DIR", &data_dir);
+        cmd
+    });
+    let mut banner = Vec::new();
+    while let Ok(line) = server.stdout.recv_timeout(Duration::from_millis(200)) {
+        banner.push(line);
+    }
+    let banner = banner.join("\n");
+    let key = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("lk_sandbox_"))
+        .unwrap_or_else(|| panic!("no key printed: {banner}"))
+        .to_string();
+    assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+    assert!(banner.contains("curl -H"), "{banner}");
+
+    let mut apps = ClientAppServiceClient::new(server.channel().await);
+    let listed = apps
+        .list_client_apps(crate::helpers::with_key(ListClientAppsRequest {}, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.client_apps.len(), 1);
+    let anonymous = apps
+        .list_client_apps(ListClientAppsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+
+    let pid_file = data_dir.join("pgdata/postmaster.pid");
+    assert!(pid_file.exists(), "local Postgres is running");
+    server.sigterm();
+    let (status, _) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    for _ in 0..100 {
+        if !pid_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pid_file.exists(), "local Postgres was stopped");
+
+    let again = spawn_linkd({
+        let mut cmd = linkd();
+        cmd.env("LINKD_DATA_DIR", &data_dir);
+        cmd
+    });
+    let mut printed = Vec::new();
+    while let Ok(line) = again.stdout.recv_timeout(Duration::from_millis(200)) {
+        printed.push(line);
+    }
+    assert!(
+        !printed.iter().any(|l| l.contains("lk_sandbox_")),
+        "no second sandbox: {printed:?}"
+    );
+    let mut apps = ClientAppServiceClient::new(again.channel().await);
+    let listed = apps
+        .list_client_apps(crate::helpers::with_key(ListClientAppsRequest {}, &key))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.into_inner().client_apps.len(),
+        1,
+        "same data, same key"
+    );
+    again.sigterm();
+    let (status, _) = tokio::task::spawn_blocking(move || again.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The caller's W3C `traceparent` (HTTP header or gRPC metadata) becomes the
+/// trace of the request, visible in its log lines.
+#[tokio::test]
+async fn traceparent_from_http_and_grpc_reaches_the_logs() {
+    let db = fresh_database().await;
+    let mut cmd = linkd();
+    cmd.env("DATABASE_URL", &db)
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64());
+    let server = spawn_linkd(cmd);
+    let rest_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/v1/client-apps", server.port))
+        .header(
+            "traceparent",
+            format!("00-{rest_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let mut apps = ClientAppServiceClient::new(server.channel().await);
+    let mut request = tonic::Request::new(ListClientAppsRequest {});
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{grpc_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    let _ = apps.list_client_apps(request).await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.sigterm();
+    let (_, logs) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    for trace in [rest_trace, grpc_trace] {
+        let line = logs
+            .iter()
+            .find(|l| l.contains(trace))
+            .unwrap_or_else(|| panic!("no log line with trace {trace}: {logs:#?}"));
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        assert_eq!(parsed["span"]["trace_id"], trace);
+    }
+}

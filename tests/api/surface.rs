@@ -1,0 +1,182 @@
+use crate::helpers::{spawn_app, with_key};
+use linkd::domain::Environment;
+use linkd::pb;
+use reqwest::StatusCode;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const SERVICES: [&str; 5] = [
+    "linkd.v1.LinkService",
+    "linkd.v1.ConnectionService",
+    "linkd.v1.AuthorizeService",
+    "linkd.v1.LinkFlowService",
+    "linkd.v1.ClientAppService",
+];
+
+#[tokio::test]
+async fn health_reports_every_service_serving() {
+    let app = spawn_app().await;
+    let mut health = HealthClient::new(app.channel().await);
+    for service in std::iter::once("").chain(SERVICES) {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn reflection_lists_the_contract() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = spawn_app().await;
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
+        assert!(names.contains(service), "{service} missing from {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn rpcs_of_later_releases_authenticate_then_answer_unimplemented() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut links = pb::link_service_client::LinkServiceClient::new(app.channel().await);
+
+    let anonymous = links
+        .get_link(pb::GetLinkRequest {
+            link_id: "link_x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let authenticated = links
+        .get_link(with_key(
+            pb::GetLinkRequest {
+                link_id: "link_x".into(),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(authenticated.code(), Code::Unimplemented);
+    assert!(authenticated.message().contains("GetLink"));
+
+    let rest = app
+        .http
+        .post(app.url("/v1/links"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
+    let rest = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::NOT_IMPLEMENTED);
+    let body: serde_json::Value = rest.json().await.unwrap();
+    assert_eq!(body["code"], "unimplemented");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_clear_answers() {
+    let app = spawn_app().await;
+    let missing = app.http.get(app.url("/v9/nothing")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap()["code"],
+        "not_found"
+    );
+    let wrong_method = app.http.put(app.url("/v1/links")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_on_both_surfaces() {
+    let app = spawn_app().await; // cap: 64 KiB
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let big = "x".repeat(100 * 1024);
+
+    let rest = app
+        .http
+        .post(app.url("/v2/link/init"))
+        .bearer_auth(&tenant.key)
+        .header("content-type", "application/json")
+        .body(format!("{{\"clientReferenceId\":\"{big}\"}}"))
+        .send()
+        .await;
+    // Either an explicit 413 or the connection closed on the oversized body;
+    // never a success.
+    if let Ok(response) = rest {
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    let mut links = pb::link_service_client::LinkServiceClient::new(app.channel().await);
+    let status = links
+        .init_link_session(with_key(
+            pb::InitLinkSessionRequest {
+                client_reference_id: Some(big),
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+}
