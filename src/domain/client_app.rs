@@ -38,16 +38,17 @@ impl NewClientApp {
         }
         for (i, uri) in redirect_uris.iter().enumerate() {
             let path = format!("redirect_uris[{i}]");
-            if v.max_len(&path, uri, limits::URL) {
-                if let Err(msg) = check_redirect_uri(uri) {
-                    v.add(path, msg);
-                }
+            if v.max_len(&path, uri, limits::URL)
+                && let Err(msg) = check_redirect_uri(uri)
+            {
+                v.add(path, msg);
             }
         }
-        if let Some(url) = webhook_url {
-            if v.max_len("webhook_url", url, limits::URL) && !is_web_url(url) {
-                v.add("webhook_url", "must be a valid http:// or https:// URL");
-            }
+        if let Some(url) = webhook_url
+            && v.max_len("webhook_url", url, limits::URL)
+            && !is_web_url(url)
+        {
+            v.add("webhook_url", "must be a valid http:// or https:// URL");
         }
         v.finish()?;
         Ok(NewClientApp {

@@ -492,24 +492,68 @@ async fn without_database_url_linkd_runs_and_stops_its_own_postgres() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// An OTLP/gRPC trace collector: records every exported span.
+async fn start_collector() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<opentelemetry_proto::tonic::trace::v1::Span>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    struct Collector(
+        tokio::sync::mpsc::UnboundedSender<opentelemetry_proto::tonic::trace::v1::Span>,
+    );
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        let _ = self.0.send(span);
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, rx)
+}
+
 /// The caller's W3C `traceparent` (HTTP header or gRPC metadata) becomes the
-/// trace of the request, visible in its log lines.
+/// parent of the request's span: visible in its log lines and exported by
+/// OTLP to the configured collector.
 #[tokio::test]
-async fn traceparent_from_http_and_grpc_reaches_the_logs() {
+async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
     let db = fresh_database().await;
+    let (collector, mut spans) = start_collector().await;
     let mut cmd = linkd();
     cmd.env("DATABASE_URL", &db)
-        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64());
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"));
     let server = spawn_linkd(cmd);
-    let rest_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let (rest_trace, rest_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let (grpc_trace, grpc_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
 
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/v1/client-apps", server.port))
-        .header(
-            "traceparent",
-            format!("00-{rest_trace}-00f067aa0ba902b7-01"),
-        )
+        .header("traceparent", format!("00-{rest_trace}-{rest_parent}-01"))
         .send()
         .await
         .unwrap();
@@ -518,17 +562,16 @@ async fn traceparent_from_http_and_grpc_reaches_the_logs() {
     let mut request = tonic::Request::new(ListClientAppsRequest {});
     request.metadata_mut().insert(
         "traceparent",
-        format!("00-{grpc_trace}-b7ad6b7169203331-01")
-            .parse()
-            .unwrap(),
+        format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap(),
     );
     let _ = apps.list_client_apps(request).await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.sigterm();
-    let (_, logs) = tokio::task::spawn_blocking(move || server.wait())
+    server.sigterm(); // flushes the span exporter on the way out
+    let (status, logs) = tokio::task::spawn_blocking(move || server.wait())
         .await
         .unwrap();
+    assert_eq!(status.code(), Some(0));
     for trace in [rest_trace, grpc_trace] {
         let line = logs
             .iter()
@@ -536,5 +579,22 @@ async fn traceparent_from_http_and_grpc_reaches_the_logs() {
             .unwrap_or_else(|| panic!("no log line with trace {trace}: {logs:#?}"));
         let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
         assert_eq!(parsed["span"]["trace_id"], trace);
+    }
+
+    let mut exported = Vec::new();
+    while let Ok(span) = spans.try_recv() {
+        exported.push((
+            hex::encode(&span.trace_id),
+            hex::encode(&span.parent_span_id),
+            span.name,
+        ));
+    }
+    for (trace, parent) in [(rest_trace, rest_parent), (grpc_trace, grpc_parent)] {
+        assert!(
+            exported
+                .iter()
+                .any(|(t, p, name)| t == trace && p == parent && name == "request"),
+            "no exported request span in trace {trace} under {parent}: {exported:?}"
+        );
     }
 }
