@@ -101,12 +101,8 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
 async fn api_keys_are_stored_only_as_hashes() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let secret = tenant
-        .key
-        .rsplit_once('_')
-        .map(|(_, s)| s)
-        .unwrap()
-        .to_string();
+    // lk_<environment>_<lookup id>_<secret>; the secret may itself contain '_'.
+    let secret = tenant.key.splitn(4, '_').nth(3).unwrap().to_string();
     let rows: Vec<(String, Vec<u8>)> =
         sqlx::query_as("SELECT lookup_id, secret_hash FROM api_keys")
             .fetch_all(app.api.db())
