@@ -66,12 +66,17 @@ async fn reflection_lists_the_contract() {
 
     let app = spawn_app().await;
     let mut client = ServerReflectionClient::new(app.channel().await);
-    let request = ServerReflectionRequest {
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        // Clients such as grpcurl decode error details through reflection.
+        MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into()),
+    ]
+    .map(|message| ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
+        message_request: Some(message),
+    });
     let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
+        .server_reflection_info(tokio_stream::iter(requests))
         .await
         .unwrap()
         .into_inner();
@@ -83,6 +88,14 @@ async fn reflection_lists_the_contract() {
     for service in SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
         assert!(names.contains(service), "{service} missing from {names:?}");
     }
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!(
+            "google.rpc.ErrorInfo is not known to reflection: {:?}",
+            response.message_response
+        );
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
 }
 
 #[tokio::test]
