@@ -60,13 +60,7 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
         );
         assert!(!status.message().contains(key.as_str()));
 
-        let response = app
-            .http
-            .get(app.url("/v1/client-apps"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get("/v1/client-apps", key).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         assert_eq!(
@@ -79,13 +73,7 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
     grpc.list_client_apps(with_key(ListClientAppsRequest {}, &tenant.key))
         .await
         .unwrap();
-    let bearer = app
-        .http
-        .get(app.url("/v1/client-apps"))
-        .bearer_auth(&tenant.key)
-        .send()
-        .await
-        .unwrap();
+    let bearer = app.get("/v1/client-apps", &tenant.key).await;
     assert_eq!(bearer.status(), StatusCode::OK);
     let apikey = app
         .http

@@ -51,12 +51,8 @@ async fn client_apps_are_listed_and_fetched_over_grpc_and_rest() {
     );
 
     let rest: Value = app
-        .http
-        .get(app.url(&format!("/v1/client-apps/{}", second.app_id)))
-        .bearer_auth(&tenant.key)
-        .send()
+        .get(&format!("/v1/client-apps/{}", second.app_id), &tenant.key)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -120,19 +116,9 @@ async fn another_tenants_ids_behave_exactly_like_unknown_ones() {
         );
 
         let foreign_rest = app
-            .http
-            .get(app.url(&format!("/v1/client-apps/{}", alice.app_id)))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        let missing_rest = app
-            .http
-            .get(app.url(&format!("/v1/client-apps/{unknown}")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+            .get(&format!("/v1/client-apps/{}", alice.app_id), key)
+            .await;
+        let missing_rest = app.get(&format!("/v1/client-apps/{unknown}"), key).await;
         assert_eq!(foreign_rest.status(), StatusCode::NOT_FOUND);
         assert_eq!(missing_rest.status(), StatusCode::NOT_FOUND);
         assert_eq!(
@@ -176,13 +162,7 @@ async fn malformed_ids_are_invalid_arguments_naming_the_field() {
     let info = status.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, "VALIDATION_FAILED");
 
-    let response = app
-        .http
-        .get(app.url("/v1/client-apps/nope"))
-        .bearer_auth(&tenant.key)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/v1/client-apps/nope", &tenant.key).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "Validation failed");

@@ -177,6 +177,16 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET path` with `key` as `Authorization: Bearer`.
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("HTTP request")
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()

@@ -60,13 +60,7 @@ async fn database_outage_is_unavailable_then_recovers_without_restart() {
         !status.message().contains("127.0.0.1"),
         "no internals in the message"
     );
-    let rest = app
-        .http
-        .get(app.url("/v1/client-apps"))
-        .bearer_auth(&tenant.key)
-        .send()
-        .await
-        .unwrap();
+    let rest = app.get("/v1/client-apps", &tenant.key).await;
     assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     app.wait_for_readiness(false).await;

@@ -134,16 +134,7 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
     let org = created["organizationId"].as_str().unwrap();
 
     let app = spawn_app_on(&db, Duration::from_secs(2)).await;
-    let apps: serde_json::Value = app
-        .http
-        .get(app.url("/v1/client-apps"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apps: serde_json::Value = app.get("/v1/client-apps", key).await.json().await.unwrap();
     assert_eq!(apps["clientApps"][0]["id"], created["clientAppId"]);
     assert_eq!(
         apps["clientApps"][0]["redirectUris"],
@@ -170,12 +161,8 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
     let prod_key = prod["apiKey"].as_str().unwrap();
     assert!(prod_key.starts_with("lk_production_"));
     let prod_apps: serde_json::Value = app
-        .http
-        .get(app.url("/v1/client-apps"))
-        .bearer_auth(prod_key)
-        .send()
+        .get("/v1/client-apps", prod_key)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -187,13 +174,7 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
 
     let out = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let revoked = app
-        .http
-        .get(app.url("/v1/client-apps"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let revoked = app.get("/v1/client-apps", key).await;
     assert_eq!(revoked.status(), reqwest::StatusCode::UNAUTHORIZED);
     let again = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
     assert!(!again.status.success());
