@@ -3,13 +3,16 @@
 //! convert, and call these methods, so both surfaces always behave the same.
 
 use crate::auth::Caller;
+use crate::catalog::{Catalog, Category};
 use crate::crypto::Cipher;
 use crate::domain::Tenant;
 use crate::domain::client_app::NewClientApp;
 use crate::error::{Error, Result};
 use crate::ids::IdKind;
 use crate::pb;
+use crate::proto_json;
 use crate::store::tenancy::{self, ClientAppRow};
+use crate::validate::{Violations, limits};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use url::Url;
 #[derive(Debug)]
 pub struct AppState {
     pub db: PgPool,
+    pub catalog: Arc<Catalog>,
     pub cipher: Cipher,
     pub public_url: Url,
 }
@@ -121,6 +125,48 @@ impl Api {
             app,
             webhook_secret: SecretString::from(secret),
         })
+    }
+
+    // ---- LinkService: provider discovery -----------------------------------
+
+    pub fn list_providers(
+        &self,
+        req: pb::ListProvidersRequest,
+    ) -> Result<pb::ListProvidersResponse> {
+        let mut v = Violations::new();
+        if let Some(id) = &req.integration_id {
+            v.max_len("integration_id", id, limits::ID);
+        }
+        v.finish()?;
+        let wanted = req.integration_id.as_deref().filter(|id| !id.is_empty());
+        let providers = self
+            .state
+            .catalog
+            .providers()
+            .filter(|p| wanted.is_none_or(|id| id == p.id))
+            .map(|p| pb::Provider {
+                integration_id: p.id.clone(),
+                name: p.name.clone(),
+                category: match p.category {
+                    Category::MobileCarrier => pb::ProviderCategory::MobileCarrier,
+                    Category::Delivery => pb::ProviderCategory::Delivery,
+                    Category::Creator => pb::ProviderCategory::Creator,
+                    Category::Bank => pb::ProviderCategory::Bank,
+                } as i32,
+                capabilities: p
+                    .capabilities
+                    .iter()
+                    .map(|c| pb::Capability {
+                        resource: c.resource.clone(),
+                        action: c.action.to_proto() as i32,
+                        description: c.description.clone(),
+                        arguments_schema: Some(proto_json::to_struct(&c.arguments_schema)),
+                        result_description: c.result_description.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(pb::ListProvidersResponse { providers })
     }
 
     // ---- Behaviour that later issues fill in --------------------------------

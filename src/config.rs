@@ -19,7 +19,7 @@ use url::Url;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub shared: SharedArgs,
     #[command(flatten)]
     pub log: LogArgs,
     /// Serve options, when no subcommand is given.
@@ -43,7 +43,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct DatabaseArgs {
+pub struct SharedArgs {
     /// Postgres URL. When unset, linkd runs its own local Postgres under --data-dir.
     #[arg(long, env = "DATABASE_URL", global = true, value_parser = parse_database_url, hide_env_values = true)]
     pub database_url: Option<String>,
@@ -71,6 +71,11 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub encryption_key: Option<EncryptionKey>,
+
+    /// Directory of provider catalog files (`<integration>.json`) to use
+    /// instead of the built-in catalog.
+    #[arg(long, env = "LINKD_CATALOG_DIR", global = true)]
+    pub catalog_dir: Option<PathBuf>,
 
     /// Older keys, comma-separated, still accepted for decryption during a
     /// key rotation.

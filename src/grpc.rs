@@ -37,7 +37,8 @@ impl pb::link_service_server::LinkService for Api {
         &self,
         req: Request<pb::ListProvidersRequest>,
     ) -> Reply<pb::ListProvidersResponse> {
-        authenticated_not_yet(self, &req, "LinkService.ListProviders").await
+        caller(self, &req).await?;
+        Ok(Response::new(Api::list_providers(self, req.into_inner())?))
     }
 
     async fn init_link_session(

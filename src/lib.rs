@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod domain;
@@ -11,6 +12,7 @@ pub mod grpc;
 pub mod health;
 pub mod ids;
 pub mod local_postgres;
+pub mod proto_json;
 pub mod rest;
 pub mod server;
 pub mod startup;

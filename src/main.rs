@@ -26,13 +26,19 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = linkd::telemetry::init(&cli.log)?;
     // Check the key before touching the database, so a bad key fails fast.
-    let cipher = cli.database.cipher()?;
+    let cipher = cli.shared.cipher()?;
+    let catalog = startup::load_catalog(cli.shared.catalog_dir.as_deref())?;
     let serve_args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
         Some(command) => {
-            let database = cli.database.open().await?;
-            let api = startup::api(database.pool.clone(), cipher, "http://localhost".parse()?);
+            let database = cli.shared.open().await?;
+            let api = startup::api(
+                database.pool.clone(),
+                catalog,
+                cipher,
+                "http://localhost".parse()?,
+            );
             return match command {
                 Command::Migrate => {
                     tracing::info!("migrations applied");
@@ -45,14 +51,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let listener = Server::bind(&serve_args).await?;
     let addr = listener.local_addr()?;
-    let database = cli.database.open().await?;
-    let api = startup::api(database.pool.clone(), cipher, serve_args.public_url(addr));
+    let database = cli.shared.open().await?;
+    let api = startup::api(
+        database.pool.clone(),
+        catalog,
+        cipher,
+        serve_args.public_url(addr),
+    );
     if database.local.is_some() {
         match startup::bootstrap_sandbox(&api).await? {
             Some(sandbox) => startup::print_sandbox_banner(&sandbox, addr),
             None => println!(
                 "linkd: using the development database in {}; create another API key with `cargo run --release -- admin create-key --organization org_… --environment sandbox`",
-                cli.database.data_dir.display()
+                cli.shared.data_dir.display()
             ),
         }
     }

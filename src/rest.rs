@@ -7,7 +7,8 @@ use crate::auth::{Caller, presented_key};
 use crate::error::Error;
 use crate::health::Health;
 use crate::pb;
-use axum::extract::{FromRequestParts, Path, State};
+use crate::proto_json;
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get};
@@ -112,6 +113,83 @@ async fn get_client_app(
     Ok(Json(ClientAppJson::from(app)).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct ListProvidersQuery {
+    #[serde(alias = "integration_id", rename = "integrationId")]
+    integration_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CapabilityJson {
+    resource: String,
+    action: &'static str,
+    description: String,
+    arguments_schema: serde_json::Value,
+    result_description: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderJson {
+    integration_id: String,
+    name: String,
+    category: &'static str,
+    capabilities: Vec<CapabilityJson>,
+}
+
+fn action_name(action: pb::OperationAction) -> &'static str {
+    match action {
+        pb::OperationAction::Write => "write",
+        _ => "read",
+    }
+}
+
+fn category_name(category: pb::ProviderCategory) -> &'static str {
+    match category {
+        pb::ProviderCategory::MobileCarrier => "mobile_carrier",
+        pb::ProviderCategory::Delivery => "delivery",
+        pb::ProviderCategory::Creator => "creator",
+        pb::ProviderCategory::Bank => "bank",
+        pb::ProviderCategory::Unspecified => "unspecified",
+    }
+}
+
+async fn list_providers(
+    State(state): State<RestState>,
+    Authenticated(_): Authenticated,
+    Query(query): Query<ListProvidersQuery>,
+) -> Result<Response, Error> {
+    let providers = state.api.list_providers(pb::ListProvidersRequest {
+        integration_id: query.integration_id,
+    })?;
+    let providers: Vec<ProviderJson> = providers
+        .providers
+        .into_iter()
+        .map(|p| ProviderJson {
+            category: category_name(p.category()),
+            integration_id: p.integration_id,
+            name: p.name,
+            capabilities: p
+                .capabilities
+                .into_iter()
+                .map(|c| CapabilityJson {
+                    action: action_name(c.action()),
+                    resource: c.resource,
+                    description: c.description,
+                    arguments_schema: c
+                        .arguments_schema
+                        .as_ref()
+                        .map(proto_json::from_struct)
+                        .unwrap_or_default(),
+                    result_description: c.result_description,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(json!({ "providers": providers })).into_response())
+}
+
 /// REST route of an RPC whose behaviour is not built yet: authenticates like
 /// the real one will, then answers 501.
 fn authenticated_not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
@@ -158,10 +236,7 @@ pub fn router(state: RestState) -> Router {
             "/v1/links/{link_id}",
             authenticated_not_yet(MethodFilter::GET, "LinkService.GetLink"),
         )
-        .route(
-            "/v1/providers",
-            authenticated_not_yet(MethodFilter::GET, "LinkService.ListProviders"),
-        )
+        .route("/v1/providers", get(list_providers))
         .route(
             "/v2/link/init",
             authenticated_not_yet(MethodFilter::POST, "LinkService.InitLinkSession"),

@@ -4,7 +4,8 @@
 
 use crate::app::{Api, AppState};
 use crate::auth::IssuedKey;
-use crate::config::DatabaseArgs;
+use crate::catalog::Catalog;
+use crate::config::SharedArgs;
 use crate::crypto::{Cipher, EncryptionKey};
 use crate::domain::client_app::NewClientApp;
 use crate::domain::{Environment, Tenant};
@@ -15,6 +16,8 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
 use url::Url;
 
 /// The database linkd runs on, and the local cluster behind it if any (kept
@@ -28,7 +31,7 @@ pub struct Database {
 const LOCAL_DATABASE: &str = "linkd";
 const DEV_KEY_FILE: &str = "encryption.key";
 
-impl DatabaseArgs {
+impl SharedArgs {
     pub fn pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.db_max_connections,
@@ -88,9 +91,10 @@ impl DatabaseArgs {
     }
 }
 
-pub fn api(pool: PgPool, cipher: Cipher, public_url: Url) -> Api {
+pub fn api(pool: PgPool, catalog: Arc<Catalog>, cipher: Cipher, public_url: Url) -> Api {
     Api::new(AppState {
         db: pool,
+        catalog,
         cipher,
         public_url,
     })
@@ -149,4 +153,13 @@ pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr)
         org = IdKind::Organization.format(sandbox.organization_id),
         app = IdKind::ClientApp.format(sandbox.app_id),
     );
+}
+
+/// The built-in catalog, or the one in `dir` (`LINKD_CATALOG_DIR`).
+pub fn load_catalog(dir: Option<&Path>) -> anyhow::Result<Arc<Catalog>> {
+    let catalog = match dir {
+        Some(dir) => Catalog::load_dir(dir),
+        None => Catalog::builtin(),
+    };
+    Ok(Arc::new(catalog.context("invalid provider catalog")?))
 }

@@ -1,5 +1,6 @@
 //! Domain rules as plain types and functions: no tonic, no axum, no SQL.
 
+pub mod card;
 pub mod client_app;
 
 use crate::pb;
@@ -49,4 +50,36 @@ impl std::fmt::Display for Environment {
 pub struct Tenant {
     pub organization_id: uuid::Uuid,
     pub environment: Environment,
+}
+
+/// What an operation does to its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Write,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Action::Read),
+            "write" => Some(Action::Write),
+            _ => None,
+        }
+    }
+
+    pub fn to_proto(self) -> pb::OperationAction {
+        match self {
+            Action::Read => pb::OperationAction::Read,
+            Action::Write => pb::OperationAction::Write,
+        }
+    }
 }

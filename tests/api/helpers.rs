@@ -156,7 +156,13 @@ pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
         },
     )
     .unwrap();
-    let api = linkd::startup::api(pool, Cipher::new(&test_key(), &[]), args.public_url(addr));
+    let catalog = linkd::startup::load_catalog(None).unwrap();
+    let api = linkd::startup::api(
+        pool,
+        catalog,
+        Cipher::new(&test_key(), &[]),
+        args.public_url(addr),
+    );
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {

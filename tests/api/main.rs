@@ -7,4 +7,5 @@ mod helpers;
 mod outage;
 mod polyglot;
 mod process;
+mod providers;
 mod surface;

@@ -85,6 +85,33 @@ fn invalid_configuration_stops_start_up_with_one_line_naming_the_setting() {
 }
 
 #[test]
+fn an_invalid_catalog_stops_start_up_naming_file_and_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let builtin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog/tmobile.json");
+    let broken = std::fs::read_to_string(builtin).unwrap().replacen(
+        "\"action\": \"write\"",
+        "\"action\": \"erase\"",
+        1,
+    );
+    std::fs::write(dir.path().join("tmobile.json"), broken).unwrap();
+    let out = run(linkd()
+        .env("LINKD_CATALOG_DIR", dir.path())
+        .env("LINKD_DATA_DIR", dir.path().join("data")));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("tmobile.json"), "{err}");
+    assert!(
+        err.contains("capabilities[1] (paymentMethod erase)"),
+        "{err}"
+    );
+    assert!(err.contains("read or write"), "{err}");
+    assert!(
+        !dir.path().join("data/pgdata").exists(),
+        "fails before touching the database"
+    );
+}
+
+#[test]
 fn gen_key_prints_a_usable_key() {
     let out = run(linkd().arg("gen-key"));
     assert!(out.status.success());

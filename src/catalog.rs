@@ -1,0 +1,397 @@
+//! The provider catalog: which integrations exist, what they can do, and the
+//! JSON Schema each operation's `arguments` must match.
+//!
+//! It is data (`catalog/<integration>.json`), compiled into the binary and
+//! checked at start-up; `LINKD_CATALOG_DIR` loads another directory instead.
+//! Any problem stops start-up with an error naming the file and entry.
+
+use crate::domain::Action;
+use anyhow::{Context, anyhow, bail};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+static BUILTIN: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/catalog");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    MobileCarrier,
+    Delivery,
+    Creator,
+    Bank,
+}
+
+/// A field of the provider's login form.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialField {
+    pub name: String,
+    pub label: String,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// One valid resource / action of an integration.
+#[derive(Debug)]
+pub struct Capability {
+    pub resource: String,
+    pub action: Action,
+    pub description: String,
+    /// The key of this operation's data in a single-operation result, e.g.
+    /// `billing` for `{"billing": [...]}`.
+    pub result_key: String,
+    pub result_description: String,
+    pub arguments_schema: serde_json::Value,
+    validator: jsonschema::Validator,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub category: Category,
+    pub credentials: Vec<CredentialField>,
+    pub capabilities: Vec<Capability>,
+}
+
+/// The file format of one catalog entry.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ProviderFile {
+    id: String,
+    name: String,
+    category: Category,
+    credentials: Vec<CredentialField>,
+    capabilities: Vec<CapabilityFile>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CapabilityFile {
+    resource: String,
+    action: String,
+    description: String,
+    result_key: String,
+    result_description: String,
+    arguments: serde_json::Value,
+}
+
+/// An argument that failed its schema, as a path below `arguments` and a
+/// message that never contains the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgumentProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Capability {
+    /// Checks `arguments` (absent → `{}`) against the schema; every problem.
+    pub fn check_arguments(&self, arguments: &serde_json::Value) -> Vec<ArgumentProblem> {
+        self.validator
+            .iter_errors(arguments)
+            .map(|error| {
+                let path = error
+                    .instance_path()
+                    .into_iter()
+                    .map(|segment| match segment {
+                        jsonschema::paths::LocationSegment::Property(p) => format!(".{p}"),
+                        jsonschema::paths::LocationSegment::Index(i) => format!("[{i}]"),
+                    })
+                    .collect::<String>();
+                let (path, message) = match error.kind() {
+                    jsonschema::error::ValidationErrorKind::Required { property } => (
+                        format!("{path}.{}", property.as_str().unwrap_or_default()),
+                        "is required".to_string(),
+                    ),
+                    jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                        (
+                            path,
+                            format!("unknown argument(s): {}", unexpected.join(", ")),
+                        )
+                    }
+                    jsonschema::error::ValidationErrorKind::Format { format } => (
+                        path,
+                        crate::domain::card::format_message(format).to_string(),
+                    ),
+                    _ => (path, error.masked().to_string()),
+                };
+                ArgumentProblem { path, message }
+            })
+            .collect()
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::validate::limits::ID
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+fn compile_schema(schema: &serde_json::Value) -> anyhow::Result<jsonschema::Validator> {
+    jsonschema::meta::validate(schema)
+        .map_err(|e| anyhow!("arguments is not a valid JSON Schema: {e}"))?;
+    if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+        bail!("arguments schema must have \"type\": \"object\"");
+    }
+    crate::domain::card::register_formats(jsonschema::options())
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| anyhow!("arguments schema does not compile: {e}"))
+}
+
+fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
+    let file: ProviderFile = serde_json::from_str(contents).context("not a valid catalog entry")?;
+    let expected_name = format!("{}.json", file.id);
+    if !valid_identifier(&file.id) {
+        bail!(
+            "id {:?} must be lowercase letters, digits and _ (at most 64)",
+            file.id
+        );
+    }
+    if file_name != expected_name {
+        bail!("entry {:?} must live in {expected_name}", file.id);
+    }
+    if file.name.trim().is_empty() {
+        bail!("entry {}: name is empty", file.id);
+    }
+    if file.credentials.is_empty() {
+        bail!("entry {}: at least one credential field is needed", file.id);
+    }
+    let mut capabilities: Vec<Capability> = Vec::new();
+    for (i, cap) in file.capabilities.into_iter().enumerate() {
+        let entry = format!(
+            "entry {}: capabilities[{i}] ({} {})",
+            file.id, cap.resource, cap.action
+        );
+        let action = Action::parse(&cap.action)
+            .ok_or_else(|| anyhow!("{entry}: action must be read or write"))?;
+        if !valid_identifier(&cap.resource) || !valid_identifier(&cap.result_key) {
+            bail!("{entry}: resource and resultKey must be identifiers");
+        }
+        if capabilities
+            .iter()
+            .any(|c| c.resource == cap.resource && c.action == action)
+        {
+            bail!("{entry}: listed twice");
+        }
+        let validator = compile_schema(&cap.arguments).with_context(|| entry.clone())?;
+        capabilities.push(Capability {
+            resource: cap.resource,
+            action,
+            description: cap.description,
+            result_key: cap.result_key,
+            result_description: cap.result_description,
+            arguments_schema: cap.arguments,
+            validator,
+        });
+    }
+    if capabilities.is_empty() {
+        bail!("entry {}: no capabilities", file.id);
+    }
+    Ok(Provider {
+        id: file.id,
+        name: file.name,
+        category: file.category,
+        credentials: file.credentials,
+        capabilities,
+    })
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    providers: BTreeMap<String, Provider>,
+}
+
+impl Catalog {
+    /// The catalog compiled into the binary.
+    pub fn builtin() -> anyhow::Result<Self> {
+        Self::from_files(BUILTIN.files().map(|f| {
+            (
+                f.path().display().to_string(),
+                f.contents_utf8().map(str::to_string).unwrap_or_default(),
+            )
+        }))
+    }
+
+    /// Every `*.json` file of `dir`.
+    pub fn load_dir(dir: &Path) -> anyhow::Result<Self> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .with_context(|| format!("reading catalog directory {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let contents = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                files.push((
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    contents,
+                ));
+            }
+        }
+        Self::from_files(files).with_context(|| format!("catalog {}", dir.display()))
+    }
+
+    fn from_files(files: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut providers = BTreeMap::new();
+        for (name, contents) in files {
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let provider =
+                parse_provider(&name, &contents).with_context(|| format!("catalog file {name}"))?;
+            providers.insert(provider.id.clone(), provider);
+        }
+        if providers.is_empty() {
+            bail!("the catalog has no integrations");
+        }
+        Ok(Catalog { providers })
+    }
+
+    /// Integrations ordered by id.
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id)
+    }
+
+    pub fn capability(
+        &self,
+        integration: &str,
+        resource: &str,
+        action: Action,
+    ) -> Option<&Capability> {
+        self.provider(integration)?
+            .capabilities
+            .iter()
+            .find(|c| c.resource == resource && c.action == action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_has_the_documented_integrations() {
+        let catalog = Catalog::builtin().unwrap();
+        for id in ["tmobile", "att", "verizon", "ubereats"] {
+            let p = catalog
+                .provider(id)
+                .unwrap_or_else(|| panic!("{id} missing"));
+            assert!(
+                catalog
+                    .capability(id, "paymentMethod", Action::Read)
+                    .is_some(),
+                "{id}"
+            );
+            assert!(
+                catalog
+                    .capability(id, "paymentMethod", Action::Write)
+                    .is_some(),
+                "{id}"
+            );
+            assert!(!p.credentials.is_empty());
+        }
+        for id in ["tmobile", "att", "verizon"] {
+            let bill = catalog
+                .capability(id, "mobileBillingStatement", Action::Read)
+                .unwrap();
+            assert_eq!(bill.result_key, "billing");
+        }
+        assert!(
+            catalog
+                .capability("ubereats", "orderHistory", Action::Read)
+                .is_some()
+        );
+        assert_eq!(
+            catalog
+                .providers()
+                .filter(|p| p.category == Category::Creator)
+                .count(),
+            1
+        );
+        let banks: Vec<_> = catalog
+            .providers()
+            .filter(|p| p.category == Category::Bank)
+            .collect();
+        assert_eq!(banks.len(), 2);
+        for bank in banks {
+            assert!(
+                catalog
+                    .capability(&bank.id, "accounts", Action::Read)
+                    .is_some()
+            );
+            assert!(
+                catalog
+                    .capability(&bank.id, "transactions", Action::Read)
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn card_arguments_are_checked_without_echoing_them() {
+        let catalog = Catalog::builtin().unwrap();
+        let write = catalog
+            .capability("tmobile", "paymentMethod", Action::Write)
+            .unwrap();
+        let ok = serde_json::json!({"cardNumber": "4111111111111111", "expirationDate": "12/99", "cvv": "123", "nameOnCard": "John Doe", "billingZip": "10001"});
+        assert_eq!(write.check_arguments(&ok), []);
+        let bad = serde_json::json!({"cardNumber": "4111111111111112", "expirationDate": "01/20", "cvv": "12", "billingZip": "x", "extra": 1});
+        let problems = write.check_arguments(&bad);
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [".cardNumber", ".expirationDate", ".cvv", ".billingZip", ""] {
+            assert!(paths.contains(&expected), "{expected} in {paths:?}");
+        }
+        for p in &problems {
+            assert!(
+                !p.message.contains("4111111111111112") && !p.message.contains("\"12\""),
+                "{p:?}"
+            );
+        }
+        let missing = write.check_arguments(&serde_json::json!({}));
+        assert!(
+            missing
+                .iter()
+                .any(|p| p.path == ".cardNumber" && p.message == "is required")
+        );
+    }
+
+    #[test]
+    fn invalid_entries_name_the_file_and_entry() {
+        let broken = r#"{"id":"acme","name":"Acme","category":"bank","credentials":[{"name":"u","label":"U"}],
+            "capabilities":[{"resource":"accounts","action":"delete","description":"d","resultKey":"accounts","resultDescription":"r","arguments":{"type":"object"}}]}"#;
+        let err = Catalog::from_files([("acme.json".to_string(), broken.to_string())]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("acme.json")
+                && msg.contains("capabilities[0]")
+                && msg.contains("read or write"),
+            "{msg}"
+        );
+
+        let bad_schema = broken.replace("delete", "read").replace(
+            r#"{"type":"object"}"#,
+            r#"{"type":"object","properties":{"a":{"type":"nope"}}}"#,
+        );
+        let msg = format!(
+            "{:#}",
+            Catalog::from_files([("acme.json".to_string(), bad_schema)]).unwrap_err()
+        );
+        assert!(
+            msg.contains("acme.json") && msg.contains("JSON Schema"),
+            "{msg}"
+        );
+
+        let misnamed = broken.replace("delete", "read");
+        let msg = format!(
+            "{:#}",
+            Catalog::from_files([("other.json".to_string(), misnamed)]).unwrap_err()
+        );
+        assert!(msg.contains("acme.json"), "{msg}");
+    }
+}
