@@ -7,12 +7,16 @@ use crate::catalog::{Catalog, Category};
 use crate::crypto::Cipher;
 use crate::domain::Tenant;
 use crate::domain::client_app::NewClientApp;
+use crate::domain::link::{LinkStatus, NewLink, return_url_with_link_id};
 use crate::error::{Error, Result};
-use crate::ids::IdKind;
+use crate::ids::{IdKind, random_token, token_hash};
 use crate::pb;
 use crate::proto_json;
+use crate::store::idempotency::{self, Claim, IdempotencyKey};
+use crate::store::links;
 use crate::store::tenancy::{self, ClientAppRow};
 use crate::validate::{Violations, limits};
+use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -25,6 +29,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub cipher: Cipher,
     pub public_url: Url,
+    /// Base of `app_clip_url`: `<base>/<link id>?code=<claim code>`.
+    pub app_clip_base_url: Url,
 }
 
 /// The application, cheap to clone.
@@ -100,7 +106,7 @@ impl Api {
         caller: &Caller,
         req: pb::GetClientAppRequest,
     ) -> Result<pb::GetClientAppResponse> {
-        let id = parse_id(IdKind::ClientApp, "client_app_id", &req.client_app_id)?;
+        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
         let app = tenancy::get_client_app(self.db(), caller.tenant, id).await?;
         Ok(pb::GetClientAppResponse {
             client_app: Some(client_app_to_proto(app)),
@@ -135,7 +141,7 @@ impl Api {
     ) -> Result<pb::ListProvidersResponse> {
         let mut v = Violations::new();
         if let Some(id) = &req.integration_id {
-            v.max_len("integration_id", id, limits::ID);
+            v.max_len("integrationId", id, limits::ID);
         }
         v.finish()?;
         let wanted = req.integration_id.as_deref().filter(|id| !id.is_empty());
@@ -169,11 +175,162 @@ impl Api {
         Ok(pb::ListProvidersResponse { providers })
     }
 
+    // ---- LinkService: link intents -------------------------------------------
+
+    /// Creates a link record (no session until it is claimed). With an
+    /// idempotency key, a repeat of the same request returns the first
+    /// response and creates nothing.
+    pub async fn create_link(
+        &self,
+        caller: &Caller,
+        req: pb::CreateLinkRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<pb::CreateLinkResponse> {
+        let new = NewLink::parse(&req, &self.state.catalog)?;
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            tenant: caller.tenant,
+            operation: "LinkService.CreateLink",
+            key,
+            request_hash: token_hash_bytes(&req.encode_to_vec()),
+        });
+        if let Some(key) = &key
+            && let Claim::Replay(encoded) =
+                idempotency::claim(self.db(), &self.state.cipher, key).await?
+        {
+            return pb::CreateLinkResponse::decode(encoded.as_slice()).map_err(Error::internal);
+        }
+        let result = self.insert_link(caller, &new, key.as_ref()).await;
+        if result.is_err()
+            && let Some(key) = &key
+        {
+            idempotency::release(self.db(), key).await.ok();
+        }
+        result
+    }
+
+    async fn insert_link(
+        &self,
+        caller: &Caller,
+        new: &NewLink,
+        idempotency_key: Option<&IdempotencyKey<'_>>,
+    ) -> Result<pb::CreateLinkResponse> {
+        let id = IdKind::Link.new_uuid();
+        let link_id = IdKind::Link.format(id);
+        let claim_code = format!("clm_{}", random_token());
+        let arguments = serde_json::to_vec(&new.arguments).map_err(Error::internal)?;
+        let sealed = self
+            .state
+            .cipher
+            .encrypt(&arguments, &link_arguments_context(id));
+        let mut tx = self.db().begin().await?;
+        let row = links::insert_link(
+            &mut *tx,
+            links::LinkInsert {
+                id,
+                tenant: caller.tenant,
+                new,
+                arguments_ciphertext: &sealed,
+                claim_code_hash: &token_hash(&claim_code),
+            },
+        )
+        .await?;
+        let mut app_clip_url = self.state.app_clip_base_url.clone();
+        app_clip_url
+            .path_segments_mut()
+            .expect("http(s) base URL")
+            .pop_if_empty()
+            .push(&link_id);
+        app_clip_url
+            .query_pairs_mut()
+            .append_pair("code", &claim_code);
+        let response = pb::CreateLinkResponse {
+            link_id: link_id.clone(),
+            claim_code,
+            integration_id: row.integration_id.clone(),
+            operations: operation_summaries(&row),
+            status: pb::LinkStatus::Pending as i32,
+            app_clip_url: app_clip_url.to_string(),
+            return_url: row
+                .return_url
+                .as_deref()
+                .map(|url| return_url_with_link_id(url, &link_id))
+                .unwrap_or_default(),
+            expires_at: Some(timestamp(row.expires_at)),
+            created_at: Some(timestamp(row.created_at)),
+        };
+        if let Some(key) = idempotency_key {
+            idempotency::store_response(
+                &mut tx,
+                &self.state.cipher,
+                key,
+                &response.encode_to_vec(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    pub async fn get_link(
+        &self,
+        caller: &Caller,
+        req: pb::GetLinkRequest,
+    ) -> Result<pb::GetLinkResponse> {
+        let id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
+        let row = links::get_link(self.db(), caller.tenant, id).await?;
+        let link_id = IdKind::Link.format(row.id);
+        let status = LinkStatus::parse(&row.status)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("bad status {}", row.status)))?;
+        Ok(pb::GetLinkResponse {
+            link: Some(pb::Link {
+                operations: operation_summaries(&row),
+                status: status.to_proto() as i32,
+                return_url: row
+                    .return_url
+                    .as_deref()
+                    .map(|url| return_url_with_link_id(url, &link_id)),
+                link_id,
+                integration_id: row.integration_id,
+                webhook_url: row.webhook_url,
+                external_user_id: row.external_user_id,
+                debug: row.debug,
+                error_code: row.error_code,
+                error_message: row.error_message,
+                result: row.result.as_ref().map(proto_json::to_struct),
+                debug_trace: Vec::new(),
+                created_at: Some(timestamp(row.created_at)),
+                expires_at: Some(timestamp(row.expires_at)),
+                claimed_at: row.claimed_at.map(timestamp),
+                finished_at: row.finished_at.map(timestamp),
+            }),
+        })
+    }
+
     // ---- Behaviour that later issues fill in --------------------------------
 
     pub fn not_yet(&self, rpc: &'static str) -> Error {
         Error::Unimplemented(rpc)
     }
+}
+
+fn operation_summaries(row: &links::LinkRow) -> Vec<pb::OperationSummary> {
+    row.operations
+        .iter()
+        .map(|op| pb::OperationSummary {
+            resource: op.resource.clone(),
+            action: op.action.to_proto() as i32,
+        })
+        .collect()
+}
+
+fn token_hash_bytes(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// Associated data binding a link's encrypted arguments to the link.
+pub fn link_arguments_context(link_id: uuid::Uuid) -> String {
+    format!("links.arguments:{}", IdKind::Link.format(link_id))
 }
 
 /// Associated data binding a webhook secret's ciphertext to its app.

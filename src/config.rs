@@ -125,6 +125,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_PUBLIC_URL", value_parser = parse_http_url)]
     pub public_url: Option<Url>,
 
+    /// Base URL of the app clip that claims links; `app_clip_url` is
+    /// `<base>/<link id>?code=<claim code>`. Defaults to <public URL>/appclip.
+    #[arg(long, env = "LINKD_APP_CLIP_BASE_URL", value_parser = parse_http_url)]
+    pub app_clip_base_url: Option<Url>,
+
     /// Largest accepted request body (gRPC message or REST body), in bytes.
     #[arg(long, env = "LINKD_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_request_bytes: u64,

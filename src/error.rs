@@ -61,6 +61,9 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// An idempotency key was reused with a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
     /// A concurrent request holds the resource (e.g. same idempotency key).
     #[error("{message}")]
     Aborted {
@@ -110,6 +113,11 @@ impl Error {
                 reason,
                 ..
             } => (Code::FailedPrecondition, precondition.http_status(), reason),
+            Error::IdempotencyMismatch => (
+                Code::InvalidArgument,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+            ),
             Error::Aborted { reason, .. } => (Code::Aborted, StatusCode::CONFLICT, reason),
             Error::Unimplemented(_) => (
                 Code::Unimplemented,

@@ -13,6 +13,15 @@ async fn caller<T>(api: &Api, req: &Request<T>) -> Result<Caller, Status> {
     Ok(api.authenticate(presented_key(&headers).as_ref()).await?)
 }
 
+/// The `idempotency-key` metadata of a creating call.
+fn idempotency_key<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get("idempotency-key").map(|v| {
+        v.to_str()
+            .map(str::to_string)
+            .unwrap_or_else(|_| "\u{0}".into())
+    })
+}
+
 /// Authenticates, then answers `UNIMPLEMENTED`: the contract is public, the
 /// behaviour arrives with a later release.
 async fn authenticated_not_yet<T, R>(api: &Api, req: &Request<T>, rpc: &'static str) -> Reply<R> {
@@ -26,11 +35,18 @@ impl pb::link_service_server::LinkService for Api {
         &self,
         req: Request<pb::CreateLinkRequest>,
     ) -> Reply<pb::CreateLinkResponse> {
-        authenticated_not_yet(self, &req, "LinkService.CreateLink").await
+        let caller = caller(self, &req).await?;
+        let key = idempotency_key(&req);
+        Ok(Response::new(
+            Api::create_link(self, &caller, req.into_inner(), key.as_deref()).await?,
+        ))
     }
 
     async fn get_link(&self, req: Request<pb::GetLinkRequest>) -> Reply<pb::GetLinkResponse> {
-        authenticated_not_yet(self, &req, "LinkService.GetLink").await
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::get_link(self, &caller, req.into_inner()).await?,
+        ))
     }
 
     async fn list_providers(

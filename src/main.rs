@@ -38,6 +38,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 catalog,
                 cipher,
                 "http://localhost".parse()?,
+                None,
             );
             return match command {
                 Command::Migrate => {
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         catalog,
         cipher,
         serve_args.public_url(addr),
+        serve_args.app_clip_base_url.clone(),
     );
     if database.local.is_some() {
         match startup::bootstrap_sandbox(&api).await? {

@@ -91,12 +91,21 @@ impl SharedArgs {
     }
 }
 
-pub fn api(pool: PgPool, catalog: Arc<Catalog>, cipher: Cipher, public_url: Url) -> Api {
+pub fn api(
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    cipher: Cipher,
+    public_url: Url,
+    app_clip_base_url: Option<Url>,
+) -> Api {
+    let app_clip_base_url = app_clip_base_url
+        .unwrap_or_else(|| public_url.join("appclip").expect("public URL is a base"));
     Api::new(AppState {
         db: pool,
         catalog,
         cipher,
         public_url,
+        app_clip_base_url,
     })
 }
 

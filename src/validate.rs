@@ -52,6 +52,10 @@ impl Violations {
         }
     }
 
+    pub fn into_vec(self) -> Vec<FieldViolation> {
+        self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

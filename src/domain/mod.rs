@@ -2,6 +2,7 @@
 
 pub mod card;
 pub mod client_app;
+pub mod link;
 
 use crate::pb;
 
@@ -53,7 +54,7 @@ pub struct Tenant {
 }
 
 /// What an operation does to its resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Read,

@@ -157,7 +157,7 @@ async fn malformed_ids_are_invalid_arguments_naming_the_field() {
         .expect("BadRequest detail")
         .field_violations;
     assert_eq!(violations.len(), 1);
-    assert_eq!(violations[0].field, "client_app_id");
+    assert_eq!(violations[0].field, "clientAppId");
     assert!(violations[0].description.contains("app_"));
     let info = status.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, "VALIDATION_FAILED");
@@ -166,7 +166,7 @@ async fn malformed_ids_are_invalid_arguments_naming_the_field() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "Validation failed");
-    assert_eq!(body["issues"][0]["path"], "client_app_id");
+    assert_eq!(body["issues"][0]["path"], "clientAppId");
     assert!(
         body["issues"][0]["message"]
             .as_str()

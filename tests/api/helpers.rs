@@ -116,6 +116,7 @@ pub fn serve_args() -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,
+        app_clip_base_url: None,
         max_request_bytes: 64 * 1024,
         shutdown_drain_delay: Duration::ZERO,
         shutdown_grace_period: Duration::from_secs(5),
@@ -162,6 +163,7 @@ pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
         catalog,
         Cipher::new(&test_key(), &[]),
         args.public_url(addr),
+        Some("https://appclip.example.com".parse().unwrap()),
     );
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

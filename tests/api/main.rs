@@ -4,6 +4,7 @@
 mod auth;
 mod client_apps;
 mod helpers;
+mod links;
 mod outage;
 mod polyglot;
 mod process;

@@ -141,7 +141,7 @@ async fn rest_providers_render_the_documented_names() {
         .await;
     assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
     let body: Value = too_long.json().await.unwrap();
-    assert_eq!(body["issues"][0]["path"], "integration_id");
+    assert_eq!(body["issues"][0]["path"], "integrationId");
     let anonymous = app.http.get(app.url("/v1/providers")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }

@@ -102,40 +102,35 @@ async fn reflection_lists_the_contract() {
 async fn rpcs_of_later_releases_authenticate_then_answer_unimplemented() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let mut links = pb::link_service_client::LinkServiceClient::new(app.channel().await);
+    let mut connections =
+        pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
+    let request = || pb::GetConnectionRequest {
+        connection_id: "conn_x".into(),
+    };
 
-    let anonymous = links
-        .get_link(pb::GetLinkRequest {
-            link_id: "link_x".into(),
-        })
-        .await
-        .unwrap_err();
+    let anonymous = connections.get_connection(request()).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let authenticated = links
-        .get_link(with_key(
-            pb::GetLinkRequest {
-                link_id: "link_x".into(),
-            },
-            &tenant.key,
-        ))
+    let authenticated = connections
+        .get_connection(with_key(request(), &tenant.key))
         .await
         .unwrap_err();
     assert_eq!(authenticated.code(), Code::Unimplemented);
-    assert!(authenticated.message().contains("GetLink"));
+    assert!(authenticated.message().contains("GetConnection"));
 
+    let init = serde_json::json!({});
     let rest = app
         .http
-        .post(app.url("/v1/links"))
-        .json(&serde_json::json!({}))
+        .post(app.url("/v2/link/init"))
+        .json(&init)
         .send()
         .await
         .unwrap();
     assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
     let rest = app
         .http
-        .post(app.url("/v1/links"))
+        .post(app.url("/v2/link/init"))
         .bearer_auth(&tenant.key)
-        .json(&serde_json::json!({}))
+        .json(&init)
         .send()
         .await
         .unwrap();

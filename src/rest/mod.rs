@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get};
 use axum::{Json, Router};
 use serde::Serialize;
+
+mod links;
 use serde_json::json;
 
 #[derive(Clone)]
@@ -138,7 +140,7 @@ struct ProviderJson {
     capabilities: Vec<CapabilityJson>,
 }
 
-fn action_name(action: pb::OperationAction) -> &'static str {
+pub(crate) fn action_name(action: pb::OperationAction) -> &'static str {
     match action {
         pb::OperationAction::Write => "write",
         _ => "read",
@@ -228,14 +230,8 @@ pub fn router(state: RestState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/client-apps", get(list_client_apps))
         .route("/v1/client-apps/{client_app_id}", get(get_client_app))
-        .route(
-            "/v1/links",
-            authenticated_not_yet(MethodFilter::POST, "LinkService.CreateLink"),
-        )
-        .route(
-            "/v1/links/{link_id}",
-            authenticated_not_yet(MethodFilter::GET, "LinkService.GetLink"),
-        )
+        .route("/v1/links", axum::routing::post(links::create_link))
+        .route("/v1/links/{link_id}", get(links::get_link))
         .route("/v1/providers", get(list_providers))
         .route(
             "/v2/link/init",

@@ -1,0 +1,233 @@
+//! Link intents: the rules of `CreateLink`, and how links are rendered.
+
+use crate::catalog::Catalog;
+use crate::domain::Action;
+use crate::domain::client_app::{check_redirect_uri, is_web_url};
+use crate::error::Error;
+use crate::pb;
+use crate::proto_json;
+use crate::validate::{Violations, limits};
+
+/// Most operations one link may carry.
+pub const MAX_OPERATIONS: usize = 10;
+/// Default link lifetime: 4 hours.
+pub const DEFAULT_EXPIRES_IN_SECS: i64 = 4 * 60 * 60;
+/// Longest link lifetime: 30 days.
+pub const MAX_EXPIRES_IN_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// The lifecycle of a link (stored as the lowercase name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    Pending,
+    Claimed,
+    Awaiting2fa,
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl LinkStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LinkStatus::Pending => "pending",
+            LinkStatus::Claimed => "claimed",
+            LinkStatus::Awaiting2fa => "awaiting_2fa",
+            LinkStatus::Completed => "completed",
+            LinkStatus::Failed => "failed",
+            LinkStatus::Expired => "expired",
+            LinkStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            LinkStatus::Pending,
+            LinkStatus::Claimed,
+            LinkStatus::Awaiting2fa,
+            LinkStatus::Completed,
+            LinkStatus::Failed,
+            LinkStatus::Expired,
+            LinkStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+
+    pub fn to_proto(self) -> pb::LinkStatus {
+        match self {
+            LinkStatus::Pending => pb::LinkStatus::Pending,
+            LinkStatus::Claimed => pb::LinkStatus::Claimed,
+            LinkStatus::Awaiting2fa => pb::LinkStatus::Awaiting2fa,
+            LinkStatus::Completed => pb::LinkStatus::Completed,
+            LinkStatus::Failed => pb::LinkStatus::Failed,
+            LinkStatus::Expired => pb::LinkStatus::Expired,
+            LinkStatus::Cancelled => pb::LinkStatus::Cancelled,
+        }
+    }
+}
+
+/// One checked operation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkOperation {
+    pub resource: String,
+    pub action: Action,
+}
+
+/// A checked `CreateLink` request.
+#[derive(Debug)]
+pub struct NewLink {
+    pub integration_id: String,
+    pub operations: Vec<LinkOperation>,
+    /// Arguments per operation (`{}` when none), kept only encrypted.
+    pub arguments: Vec<serde_json::Value>,
+    pub webhook_url: Option<String>,
+    pub return_url: Option<String>,
+    pub external_user_id: Option<String>,
+    pub debug: bool,
+    pub expires_in_secs: i64,
+}
+
+impl NewLink {
+    /// Checks every field of the request against the documented rules and
+    /// the catalog, reporting every problem at once. Paths use the JSON names
+    /// (`webhookUrl`, `operations[1].arguments.cvv`) on both surfaces.
+    pub fn parse(req: &pb::CreateLinkRequest, catalog: &Catalog) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let integration_known = if v.require_len("integrationId", &req.integration_id, limits::ID) {
+            let known = catalog.provider(&req.integration_id).is_some();
+            if !known {
+                v.add(
+                    "integrationId",
+                    "is not a known integration (see GET /v1/providers)",
+                );
+            }
+            known
+        } else {
+            false
+        };
+
+        if req.operations.is_empty() {
+            v.add("operations", "must contain at least one operation");
+        } else if req.operations.len() > MAX_OPERATIONS {
+            v.add(
+                "operations",
+                format!("must contain at most {MAX_OPERATIONS} operations"),
+            );
+        }
+        let mut operations = Vec::new();
+        let mut arguments = Vec::new();
+        for (i, op) in req.operations.iter().enumerate().take(MAX_OPERATIONS) {
+            let path = format!("operations[{i}]");
+            let resource_ok = v.require_len(&format!("{path}.resource"), &op.resource, limits::ID);
+            let action = match op.action() {
+                pb::OperationAction::Read => Some(Action::Read),
+                pb::OperationAction::Write => Some(Action::Write),
+                pb::OperationAction::Unspecified => {
+                    v.add(format!("{path}.action"), "is required: read or write");
+                    None
+                }
+            };
+            let args = op.arguments.as_ref().map_or_else(
+                || serde_json::Value::Object(Default::default()),
+                proto_json::from_struct,
+            );
+            if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
+                match catalog.capability(&req.integration_id, &op.resource, action) {
+                    None => v.add(
+                        path.clone(),
+                        format!(
+                            "{} {} {} is not a valid combination (see GET /v1/providers)",
+                            req.integration_id,
+                            op.resource,
+                            action.as_str()
+                        ),
+                    ),
+                    Some(capability) => {
+                        for problem in capability.check_arguments(&args) {
+                            v.add(format!("{path}.arguments{}", problem.path), problem.message);
+                        }
+                    }
+                }
+            }
+            if let Some(action) = action {
+                operations.push(LinkOperation {
+                    resource: op.resource.clone(),
+                    action,
+                });
+            }
+            arguments.push(args);
+        }
+
+        if let Some(url) = &req.webhook_url
+            && v.max_len("webhookUrl", url, limits::URL)
+            && !is_web_url(url)
+        {
+            v.add("webhookUrl", "must be a valid URL");
+        }
+        if let Some(url) = &req.return_url
+            && v.max_len("returnUrl", url, limits::URL)
+            && let Err(why) = check_redirect_uri(url)
+        {
+            v.add(
+                "returnUrl",
+                format!("must be a valid https:// URL or app scheme: {why}"),
+            );
+        }
+        if let Some(id) = &req.external_user_id {
+            v.max_len("externalUserId", id, limits::REFERENCE);
+        }
+        let expires_in_secs = req.expires_in.unwrap_or(DEFAULT_EXPIRES_IN_SECS);
+        if expires_in_secs <= 0 {
+            v.add("expiresIn", "must be a positive integer");
+        } else if expires_in_secs > MAX_EXPIRES_IN_SECS {
+            v.add(
+                "expiresIn",
+                format!("must be at most {MAX_EXPIRES_IN_SECS} seconds (30 days)"),
+            );
+        }
+        v.finish()?;
+        Ok(NewLink {
+            integration_id: req.integration_id.clone(),
+            operations,
+            arguments,
+            webhook_url: req.webhook_url.clone(),
+            return_url: req.return_url.clone(),
+            external_user_id: req.external_user_id.clone(),
+            debug: req.debug,
+            expires_in_secs,
+        })
+    }
+}
+
+/// `return_url` with `linkId` appended, keeping any query it had.
+pub fn return_url_with_link_id(return_url: &str, link_id: &str) -> String {
+    match url::Url::parse(return_url) {
+        Ok(mut url) => {
+            url.query_pairs_mut().append_pair("linkId", link_id);
+            url.to_string()
+        }
+        Err(_) => return_url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_url_keeps_its_query() {
+        assert_eq!(
+            return_url_with_link_id("https://your-app.com/done", "link_1"),
+            "https://your-app.com/done?linkId=link_1"
+        );
+        assert_eq!(
+            return_url_with_link_id("https://a.example/done?x=1&y=%20", "link_1"),
+            "https://a.example/done?x=1&y=%20&linkId=link_1"
+        );
+        assert_eq!(
+            return_url_with_link_id("myapp://callback", "link_1"),
+            "myapp://callback?linkId=link_1"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
+//! (camelCase, epoch milliseconds).
+
+use super::{Authenticated, RestState};
+use crate::domain::link::NewLink;
+use crate::error::{Error, FieldViolation};
+use crate::pb;
+use crate::proto_json;
+use crate::validate::Violations;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// Reads fields of a JSON object, recording a violation for each value of
+/// the wrong type.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    prefix: String,
+    problems: &'a mut Violations,
+}
+
+impl<'a> Fields<'a> {
+    fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.object.get(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, name: &str) -> Option<String> {
+        match self.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                self.problems.add(self.path(name), "must be a string");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.problems.add(self.path(name), "must be a boolean");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, name: &str, message: &str) -> Option<i64> {
+        match self.get(name)?.as_i64() {
+            Some(n) => Some(n),
+            None => {
+                self.problems.add(self.path(name), message);
+                None
+            }
+        }
+    }
+
+    fn reject_unknown(&mut self, known: &[&str]) {
+        for name in self.object.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.problems.add(self.path(name), "is not a known field");
+        }
+    }
+}
+
+/// The body as a `CreateLinkRequest`, plus the type problems found on the way.
+fn create_link_request(body: &Value) -> (pb::CreateLinkRequest, Violations) {
+    let mut problems = Violations::new();
+    let mut req = pb::CreateLinkRequest::default();
+    let Some(object) = body.as_object() else {
+        problems.add("", "the body must be a JSON object");
+        return (req, problems);
+    };
+    let mut fields = Fields {
+        object,
+        prefix: String::new(),
+        problems: &mut problems,
+    };
+    fields.reject_unknown(&[
+        "integrationId",
+        "operations",
+        "webhookUrl",
+        "returnUrl",
+        "externalUserId",
+        "debug",
+        "expiresIn",
+    ]);
+    req.integration_id = fields.string("integrationId").unwrap_or_default();
+    req.webhook_url = fields.string("webhookUrl");
+    req.return_url = fields.string("returnUrl");
+    req.external_user_id = fields.string("externalUserId");
+    req.debug = fields.boolean("debug").unwrap_or_default();
+    req.expires_in = fields.integer("expiresIn", "must be a positive integer");
+    match object.get("operations").filter(|v| !v.is_null()) {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut op = pb::Operation::default();
+                match item.as_object() {
+                    None => problems.add(format!("operations[{i}]"), "must be an object"),
+                    Some(object) => {
+                        let mut fields = Fields {
+                            object,
+                            prefix: format!("operations[{i}]."),
+                            problems: &mut problems,
+                        };
+                        fields.reject_unknown(&["resource", "action", "arguments"]);
+                        op.resource = fields.string("resource").unwrap_or_default();
+                        match fields.string("action").as_deref() {
+                            Some("read") => op.set_action(pb::OperationAction::Read),
+                            Some("write") => op.set_action(pb::OperationAction::Write),
+                            Some(_) => fields
+                                .problems
+                                .add(format!("operations[{i}].action"), "must be read or write"),
+                            None => {}
+                        }
+                        match fields.get("arguments") {
+                            None => {}
+                            Some(args @ Value::Object(_)) => {
+                                op.arguments = Some(proto_json::to_struct(args))
+                            }
+                            Some(_) => fields
+                                .problems
+                                .add(format!("operations[{i}].arguments"), "must be an object"),
+                        }
+                    }
+                }
+                req.operations.push(op);
+            }
+        }
+        Some(_) => problems.add("operations", "must be an array"),
+    }
+    (req, problems)
+}
+
+/// Type problems first; then the domain's own findings for every other path.
+fn merge(type_problems: Violations, domain: Result<NewLink, Error>) -> Error {
+    let mut all: Vec<FieldViolation> = type_problems.into_vec();
+    let typed: Vec<String> = all.iter().map(|v| v.path.clone()).collect();
+    if let Err(err) = domain {
+        all.extend(
+            err.violations()
+                .iter()
+                .filter(|v| {
+                    !typed
+                        .iter()
+                        .any(|t| v.path == *t || v.path.starts_with(&format!("{t}.")))
+                })
+                .cloned(),
+        );
+    }
+    Error::Validation(all)
+}
+
+fn epoch_ms(ts: &Option<prost_types::Timestamp>) -> Value {
+    ts.as_ref().map_or(Value::Null, |t| {
+        json!(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    })
+}
+
+fn operations_json(ops: &[pb::OperationSummary]) -> Value {
+    ops.iter()
+        .map(|op| json!({ "resource": op.resource, "action": super::action_name(op.action()) }))
+        .collect()
+}
+
+pub(super) async fn create_link(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid("", format!("the body is not valid JSON: {e}")))?;
+    let (req, type_problems) = create_link_request(&body);
+    if !type_problems.is_empty() {
+        return Err(merge(
+            type_problems,
+            NewLink::parse(&req, &state.api.state.catalog),
+        ));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::invalid("Idempotency-Key", "must be visible ASCII"))?,
+        ),
+    };
+    let link = state.api.create_link(&caller, req, key).await?;
+    let mut body = json!({
+        "linkId": link.link_id,
+        "claimCode": link.claim_code,
+        "integrationId": link.integration_id,
+        "operations": operations_json(&link.operations),
+        "status": "pending",
+        "appClipUrl": link.app_clip_url,
+        "expiresAt": epoch_ms(&link.expires_at),
+        "createdAt": epoch_ms(&link.created_at),
+    });
+    if !link.return_url.is_empty() {
+        body["returnUrl"] = json!(link.return_url);
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(super) async fn get_link(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(link_id): Path<String>,
+) -> Result<Response, Error> {
+    let link = state
+        .api
+        .get_link(&caller, pb::GetLinkRequest { link_id })
+        .await?
+        .link
+        .expect("get_link returns the link");
+    let status = link
+        .status()
+        .as_str_name()
+        .trim_start_matches("LINK_STATUS_")
+        .to_ascii_lowercase();
+    let mut body = json!({
+        "linkId": link.link_id,
+        "integrationId": link.integration_id,
+        "operations": operations_json(&link.operations),
+        "status": status,
+        "debug": link.debug,
+        "createdAt": epoch_ms(&link.created_at),
+        "expiresAt": epoch_ms(&link.expires_at),
+        "claimedAt": epoch_ms(&link.claimed_at),
+        "finishedAt": epoch_ms(&link.finished_at),
+        "errorCode": link.error_code,
+        "errorMessage": link.error_message,
+        "result": link.result.as_ref().map(proto_json::from_struct),
+    });
+    for (name, value) in [
+        ("returnUrl", link.return_url),
+        ("webhookUrl", link.webhook_url),
+        ("externalUserId", link.external_user_id),
+    ] {
+        if let Some(value) = value {
+            body[name] = json!(value);
+        }
+    }
+    Ok(Json(body).into_response())
+}

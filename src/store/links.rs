@@ -1,0 +1,96 @@
+//! Link intents.
+
+use crate::domain::Tenant;
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LinkRow {
+    pub id: Uuid,
+    pub integration_id: String,
+    pub operations: sqlx::types::Json<Vec<crate::domain::link::LinkOperation>>,
+    pub webhook_url: Option<String>,
+    pub return_url: Option<String>,
+    pub external_user_id: Option<String>,
+    pub debug: bool,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub debug_trace: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! link_columns {
+    () => {
+        "id, integration_id, operations, webhook_url, return_url, external_user_id, debug, status, \
+         error_code, error_message, result, debug_trace, created_at, expires_at, claimed_at, finished_at"
+    };
+}
+
+/// What `insert_link` stores.
+pub struct LinkInsert<'a> {
+    pub id: Uuid,
+    pub tenant: Tenant,
+    pub new: &'a crate::domain::link::NewLink,
+    pub arguments_ciphertext: &'a [u8],
+    pub claim_code_hash: &'a [u8],
+}
+
+pub async fn insert_link(db: impl PgExecutor<'_>, link: LinkInsert<'_>) -> Result<LinkRow> {
+    Ok(sqlx::query_as(concat!(
+        "INSERT INTO links (id, organization_id, environment, integration_id, operations, arguments_ciphertext,
+             webhook_url, return_url, external_user_id, debug, claim_code_hash, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))
+         RETURNING ",
+        link_columns!()
+    ))
+    .bind(link.id)
+    .bind(link.tenant.organization_id)
+    .bind(link.tenant.environment.as_str())
+    .bind(&link.new.integration_id)
+    .bind(sqlx::types::Json(&link.new.operations))
+    .bind(link.arguments_ciphertext)
+    .bind(&link.new.webhook_url)
+    .bind(&link.new.return_url)
+    .bind(&link.new.external_user_id)
+    .bind(link.new.debug)
+    .bind(link.claim_code_hash)
+    .bind(link.new.expires_in_secs as f64)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The tenant's link; an unfinished link past its expiry is marked `expired`
+/// (and its arguments purged) first, so expiry holds on read even between
+/// sweeps.
+pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
+    sqlx::query(
+        "UPDATE links SET status = 'expired', error_code = 'link_expired',
+             error_message = 'The link expired before it was completed.',
+             finished_at = expires_at, arguments_ciphertext = NULL
+         WHERE id = $1 AND organization_id = $2 AND environment = $3
+           AND status IN ('pending', 'claimed', 'awaiting_2fa') AND expires_at <= now()",
+    )
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .execute(db)
+    .await?;
+    sqlx::query_as(concat!(
+        "SELECT ",
+        link_columns!(),
+        " FROM links WHERE id = $1 AND organization_id = $2 AND environment = $3"
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound("link"))
+}
