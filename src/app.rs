@@ -27,6 +27,7 @@ use url::Url;
 pub struct AppState {
     pub db: PgPool,
     pub catalog: Arc<Catalog>,
+    pub connectors: crate::connectors::Connectors,
     pub cipher: Cipher,
     pub public_url: Url,
     /// Base of `app_clip_url`: `<base>/<link id>?code=<claim code>`.

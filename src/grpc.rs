@@ -103,17 +103,22 @@ impl pb::authorize_service_server::AuthorizeService for Api {
     }
 }
 
+/// The flow token (`authorization: Bearer lft_…`) of an end-user call.
+fn flow_token<T>(req: &Request<T>) -> Option<secrecy::SecretString> {
+    presented_key(&req.metadata().clone().into_headers())
+}
+
 #[tonic::async_trait]
 impl pb::link_flow_service_server::LinkFlowService for Api {
-    async fn claim_link(
-        &self,
-        _req: Request<pb::ClaimLinkRequest>,
-    ) -> Reply<pb::ClaimLinkResponse> {
-        Err(self.not_yet("LinkFlowService.ClaimLink").into())
+    async fn claim_link(&self, req: Request<pb::ClaimLinkRequest>) -> Reply<pb::ClaimLinkResponse> {
+        Ok(Response::new(
+            Api::claim_link(self, req.into_inner()).await?,
+        ))
     }
 
-    async fn get_flow(&self, _req: Request<pb::GetFlowRequest>) -> Reply<pb::GetFlowResponse> {
-        Err(self.not_yet("LinkFlowService.GetFlow").into())
+    async fn get_flow(&self, req: Request<pb::GetFlowRequest>) -> Reply<pb::GetFlowResponse> {
+        let flow = Api::get_flow(self, flow_token(&req).as_ref()).await?;
+        Ok(Response::new(pb::GetFlowResponse { flow: Some(flow) }))
     }
 
     async fn select_integration(
@@ -132,23 +137,33 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
 
     async fn submit_credentials(
         &self,
-        _req: Request<pb::SubmitCredentialsRequest>,
+        req: Request<pb::SubmitCredentialsRequest>,
     ) -> Reply<pb::SubmitCredentialsResponse> {
-        Err(self.not_yet("LinkFlowService.SubmitCredentials").into())
+        let token = flow_token(&req);
+        let flow = Api::submit_credentials(self, token.as_ref(), req.into_inner()).await?;
+        Ok(Response::new(pb::SubmitCredentialsResponse {
+            flow: Some(flow),
+        }))
     }
 
     async fn submit_second_factor(
         &self,
-        _req: Request<pb::SubmitSecondFactorRequest>,
+        req: Request<pb::SubmitSecondFactorRequest>,
     ) -> Reply<pb::SubmitSecondFactorResponse> {
-        Err(self.not_yet("LinkFlowService.SubmitSecondFactor").into())
+        let token = flow_token(&req);
+        let flow = Api::submit_second_factor(self, token.as_ref(), req.into_inner()).await?;
+        Ok(Response::new(pb::SubmitSecondFactorResponse {
+            flow: Some(flow),
+        }))
     }
 
     async fn cancel_flow(
         &self,
-        _req: Request<pb::CancelFlowRequest>,
+        req: Request<pb::CancelFlowRequest>,
     ) -> Reply<pb::CancelFlowResponse> {
-        Err(self.not_yet("LinkFlowService.CancelFlow").into())
+        let token = flow_token(&req);
+        let flow = Api::cancel_flow(self, token.as_ref(), req.into_inner()).await?;
+        Ok(Response::new(pb::CancelFlowResponse { flow: Some(flow) }))
     }
 }
 

@@ -100,9 +100,13 @@ pub fn api(
 ) -> Api {
     let app_clip_base_url = app_clip_base_url
         .unwrap_or_else(|| public_url.join("appclip").expect("public URL is a base"));
+    let connectors = crate::connectors::Connectors::new(Arc::new(
+        crate::connectors::sandbox::SandboxConnector::new(pool.clone()),
+    ));
     Api::new(AppState {
         db: pool,
         catalog,
+        connectors,
         cipher,
         public_url,
         app_clip_base_url,

@@ -15,6 +15,7 @@ use axum::routing::{MethodFilter, MethodRouter, get};
 use axum::{Json, Router};
 use serde::Serialize;
 
+mod flow;
 mod links;
 use serde_json::json;
 
@@ -255,14 +256,8 @@ pub fn router(state: RestState) -> Router {
             "/v3/oauth/token",
             not_yet(MethodFilter::POST, "AuthorizeService.ExchangeCode"),
         )
-        .route(
-            "/v1/flow",
-            not_yet(MethodFilter::GET, "LinkFlowService.GetFlow"),
-        )
-        .route(
-            "/v1/flow/claim",
-            not_yet(MethodFilter::POST, "LinkFlowService.ClaimLink"),
-        )
+        .route("/v1/flow", get(flow::get))
+        .route("/v1/flow/claim", axum::routing::post(flow::claim))
         .route(
             "/v1/flow/integration",
             not_yet(MethodFilter::POST, "LinkFlowService.SelectIntegration"),
@@ -273,15 +268,12 @@ pub fn router(state: RestState) -> Router {
         )
         .route(
             "/v1/flow/credentials",
-            not_yet(MethodFilter::POST, "LinkFlowService.SubmitCredentials"),
+            axum::routing::post(flow::credentials),
         )
         .route(
             "/v1/flow/second-factor",
-            not_yet(MethodFilter::POST, "LinkFlowService.SubmitSecondFactor"),
+            axum::routing::post(flow::second_factor),
         )
-        .route(
-            "/v1/flow/cancel",
-            not_yet(MethodFilter::POST, "LinkFlowService.CancelFlow"),
-        )
+        .route("/v1/flow/cancel", axum::routing::post(flow::cancel))
         .with_state(state)
 }

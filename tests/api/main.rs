@@ -3,6 +3,7 @@
 
 mod auth;
 mod client_apps;
+mod flow;
 mod helpers;
 mod links;
 mod outage;

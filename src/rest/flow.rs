@@ -1,0 +1,162 @@
+//! The end-user flow over REST (`/v1/flow/…`), authenticated by the flow
+//! token as `Authorization: Bearer lft_…`.
+
+use super::RestState;
+use crate::auth::presented_key;
+use crate::error::Error;
+use crate::pb;
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+fn step_name(step: pb::FlowStep) -> &'static str {
+    match step {
+        pb::FlowStep::PreLogin => "pre-login",
+        pb::FlowStep::Authorization => "authorization",
+        pb::FlowStep::Login => "login",
+        pb::FlowStep::TwoFactor => "2fa",
+        pb::FlowStep::Processing => "processing",
+        pb::FlowStep::Done => "done",
+        pb::FlowStep::Unspecified => "unspecified",
+    }
+}
+
+pub(super) fn flow_json(flow: &pb::Flow) -> Value {
+    let outcome = match flow.outcome() {
+        pb::FlowOutcome::Success => json!("success"),
+        pb::FlowOutcome::Cancelled => json!("cancelled"),
+        pb::FlowOutcome::Error => json!("error"),
+        pb::FlowOutcome::Unspecified => Value::Null,
+    };
+    let empty_to_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    json!({
+        "step": step_name(flow.step()),
+        "outcome": outcome,
+        "integrationId": empty_to_null(&flow.integration_id),
+        "integrationName": empty_to_null(&flow.integration_name),
+        "credentialFields": flow.credential_fields.iter()
+            .map(|f| json!({ "name": f.name, "label": f.label, "secret": f.secret }))
+            .collect::<Vec<_>>(),
+        "secondFactorPrompt": empty_to_null(&flow.second_factor_prompt),
+        "errorCode": empty_to_null(&flow.error_code),
+        "errorMessage": empty_to_null(&flow.error_message),
+        "redirectUrl": empty_to_null(&flow.redirect_url),
+        "linkId": empty_to_null(&flow.link_id),
+        "expiresAt": flow.expires_at.as_ref().map(super::iso8601),
+        "lang": flow.lang,
+    })
+}
+
+fn body_object(body: &axum::body::Bytes) -> Result<serde_json::Map<String, Value>, Error> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        _ => Err(Error::invalid("", "the body must be a JSON object")),
+    }
+}
+
+fn string_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, Error> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(Error::invalid(name, "must be a string")),
+    }
+}
+
+pub(super) async fn claim(
+    State(state): State<RestState>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let object = body_object(&body)?;
+    let claimed = state
+        .api
+        .claim_link(pb::ClaimLinkRequest {
+            link_id: string_field(&object, "linkId")?,
+            claim_code: string_field(&object, "claimCode")?,
+        })
+        .await?;
+    let flow = claimed.flow.expect("claim returns the flow");
+    Ok(Json(json!({ "flowToken": claimed.flow_token, "flow": flow_json(&flow) })).into_response())
+}
+
+pub(super) async fn get(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let flow = state.api.get_flow(presented_key(&headers).as_ref()).await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn credentials(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let object = body_object(&body)?;
+    let fields: HashMap<String, String> = match object.get("fields") {
+        Some(Value::Object(fields)) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(Error::invalid(format!("fields.{k}"), "must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        None | Some(Value::Null) => HashMap::new(),
+        Some(_) => return Err(Error::invalid("fields", "must be an object")),
+    };
+    let flow = state
+        .api
+        .submit_credentials(
+            presented_key(&headers).as_ref(),
+            pb::SubmitCredentialsRequest { fields },
+        )
+        .await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn second_factor(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let object = body_object(&body)?;
+    let code = string_field(&object, "code")?;
+    let flow = state
+        .api
+        .submit_second_factor(
+            presented_key(&headers).as_ref(),
+            pb::SubmitSecondFactorRequest { code },
+        )
+        .await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn cancel(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let object = body_object(&body)?;
+    let step = match string_field(&object, "step")?.as_str() {
+        "pre-login" => pb::FlowStep::PreLogin,
+        "authorization" => pb::FlowStep::Authorization,
+        "login" => pb::FlowStep::Login,
+        "2fa" => pb::FlowStep::TwoFactor,
+        _ => {
+            return Err(Error::invalid(
+                "step",
+                "must be pre-login, authorization, login or 2fa",
+            ));
+        }
+    };
+    let flow = state
+        .api
+        .cancel_flow(
+            presented_key(&headers).as_ref(),
+            pb::CancelFlowRequest { step: step as i32 },
+        )
+        .await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}

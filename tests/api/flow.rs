@@ -1,0 +1,449 @@
+//! Claiming a link and running it through the end-user flow, with the
+//! sandbox connector's magic credentials.
+
+use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
+use linkd::domain::Environment;
+use linkd::pb;
+use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
+use linkd::pb::link_service_client::LinkServiceClient;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+const CARD: &str = "5555555555554444";
+const CVV: &str = "987";
+
+async fn create(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
+    let response = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+fn billing_link() -> Value {
+    json!({ "integrationId": "verizon", "operations": [{ "resource": "mobileBillingStatement", "action": "read" }],
+            "returnUrl": "https://your-app.com/done?tab=billing", "externalUserId": "user-42" })
+}
+
+fn card_link() -> Value {
+    json!({ "integrationId": "tmobile", "operations": [
+        { "resource": "paymentMethod", "action": "write", "arguments": {
+            "cardNumber": CARD, "expirationDate": "12/99", "cvv": CVV, "nameOnCard": "Ada L", "billingZip": "10001" } },
+        { "resource": "paymentMethod", "action": "read" } ] })
+}
+
+/// A REST client of the flow, as the app clip would use it.
+struct Flow<'a> {
+    app: &'a TestApp,
+    token: String,
+}
+
+impl Flow<'_> {
+    async fn claim<'a>(app: &'a TestApp, link: &Value) -> Flow<'a> {
+        let response = app
+            .http
+            .post(app.url("/v1/flow/claim"))
+            .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["flow"]["step"], "login");
+        Flow {
+            app,
+            token: body["flowToken"].as_str().unwrap().to_string(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .app
+            .http
+            .post(self.app.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn login(&self, username: &str, password: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/flow/credentials",
+                json!({ "fields": { "username": username, "password": password } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+async fn link_json(app: &TestApp, tenant: &TestTenant, link: &Value) -> Value {
+    app.get(
+        &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
+        &tenant.key,
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+async fn events(app: &TestApp) -> Vec<Value> {
+    sqlx::query_scalar("SELECT payload FROM events ORDER BY created_at, id")
+        .fetch_all(app.api.db())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn single_operation_result_is_flat_and_completion_is_recorded() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let flow = Flow::claim(&app, &link).await;
+    assert_eq!(link_json(&app, &tenant, &link).await["status"], "claimed");
+
+    let done = flow.login("user_good", "pass_good").await;
+    assert_eq!(done["step"], "done");
+    assert_eq!(done["outcome"], "success");
+    let link_id = link["linkId"].as_str().unwrap();
+    assert_eq!(
+        done["redirectUrl"],
+        format!("https://your-app.com/done?tab=billing&linkId={link_id}")
+    );
+
+    let stored = link_json(&app, &tenant, &link).await;
+    assert_eq!(stored["status"], "completed");
+    let billing = stored["result"]["billing"]
+        .as_array()
+        .expect("flat {billing: [...]}");
+    assert_eq!(billing.len(), 3, "default months");
+    assert_eq!(stored["result"].as_object().unwrap().len(), 1);
+    assert!(billing[0]["amountDue"].as_f64().unwrap() > 0.0);
+    assert!(stored["finishedAt"].as_i64().is_some() && stored["claimedAt"].as_i64().is_some());
+
+    // Deterministic sandbox data: the same account gives the same statements.
+    let again = create(&app, &tenant, billing_link()).await;
+    Flow::claim(&app, &again)
+        .await
+        .login("user_good", "pass_good")
+        .await;
+    assert_eq!(
+        link_json(&app, &tenant, &again).await["result"],
+        stored["result"]
+    );
+
+    let events = events(&app).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["type"], "link.completed");
+    assert_eq!(events[0]["data"]["linkId"], link["linkId"]);
+    assert_eq!(events[0]["data"]["externalUserId"], "user-42");
+    assert_eq!(events[0]["data"]["result"], stored["result"]);
+
+    // The finished flow accepts nothing more.
+    let (status, body) = flow
+        .post(
+            "/v1/flow/credentials",
+            json!({ "fields": { "username": "user_good", "password": "pass_good" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "flow_finished");
+}
+
+#[tokio::test]
+async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, card_link()).await;
+
+    // Over gRPC this time.
+    let channel = app.channel().await;
+    let mut flows = LinkFlowServiceClient::new(channel.clone());
+    let claimed = flows
+        .claim_link(pb::ClaimLinkRequest {
+            link_id: link["linkId"].as_str().unwrap().into(),
+            claim_code: link["claimCode"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fields = [("username", "user_good"), ("password", "pass_good")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    let flow = flows
+        .submit_credentials(with_key(
+            pb::SubmitCredentialsRequest { fields },
+            &claimed.flow_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .flow
+        .unwrap();
+    assert_eq!(flow.outcome(), pb::FlowOutcome::Success);
+
+    let mut links = LinkServiceClient::new(channel);
+    let got = links
+        .get_link(with_key(
+            pb::GetLinkRequest {
+                link_id: link["linkId"].as_str().unwrap().into(),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .link
+        .unwrap();
+    assert_eq!(got.status(), pb::LinkStatus::Completed);
+    let result = linkd::proto_json::from_struct(got.result.as_ref().unwrap());
+    let ops = result["operations"]
+        .as_array()
+        .expect("wrapped {operations: [...]}");
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        (ops[0]["resource"].as_str(), ops[0]["action"].as_str()),
+        (Some("paymentMethod"), Some("write"))
+    );
+    assert_eq!(ops[0]["data"]["last4"], "4444");
+    assert_eq!(ops[0]["data"]["brand"], "mastercard");
+    let listed = ops[1]["data"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["last4"] == "4444" && c["isDefault"] == true),
+        "the write is visible to the read: {listed:?}"
+    );
+    assert!(!result.to_string().contains(CARD) && !result.to_string().contains(CVV));
+
+    // A later link reading the same sandbox account sees the card too.
+    let read = create(&app, &tenant, json!({ "integrationId": "tmobile", "operations": [{ "resource": "paymentMethod", "action": "read" }] })).await;
+    Flow::claim(&app, &read)
+        .await
+        .login("user_good", "pass_good")
+        .await;
+    let cards = link_json(&app, &tenant, &read).await["result"]["paymentMethods"].clone();
+    assert!(
+        cards
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["last4"] == "4444"),
+        "{cards}"
+    );
+
+    // After the link finished, nothing in the database holds the card number
+    // or the CVV.
+    let dump = std::process::Command::new("pg_dump")
+        .arg("--data-only")
+        .arg(app_database_url(&app).await)
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("sandbox_accounts") || dump.contains("4444"),
+        "the dump has data"
+    );
+    assert!(!dump.contains(CARD), "card number in pg_dump");
+    assert!(!dump.contains(&format!("\"{CVV}\"")), "CVV in pg_dump");
+}
+
+async fn app_database_url(app: &TestApp) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+    crate::helpers::database_url(&name)
+}
+
+#[tokio::test]
+async fn two_factor_and_wrong_password_then_right() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let flow = Flow::claim(&app, &link).await;
+
+    let wrong = flow.login("user_2fa", "hunter2").await;
+    assert_eq!(wrong["step"], "login");
+    assert_eq!(wrong["errorCode"], "invalid_credentials");
+    assert!(!wrong.to_string().contains("hunter2"));
+
+    let asked = flow.login("user_2fa", "pass_good").await;
+    assert_eq!(asked["step"], "2fa");
+    assert!(
+        asked["secondFactorPrompt"]
+            .as_str()
+            .unwrap()
+            .contains("code")
+    );
+    assert_eq!(
+        link_json(&app, &tenant, &link).await["status"],
+        "awaiting_2fa"
+    );
+
+    let (_, bad_code) = flow
+        .post("/v1/flow/second-factor", json!({ "code": "000000" }))
+        .await;
+    assert_eq!(bad_code["step"], "2fa");
+    assert_eq!(bad_code["errorCode"], "invalid_code");
+    let (status, done) = flow
+        .post("/v1/flow/second-factor", json!({ "code": "123456" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["outcome"], "success");
+    assert_eq!(link_json(&app, &tenant, &link).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+
+    let locked = create(&app, &tenant, billing_link()).await;
+    let done = Flow::claim(&app, &locked)
+        .await
+        .login("user_locked", "pass_good")
+        .await;
+    assert_eq!(
+        (done["outcome"].as_str(), done["errorCode"].as_str()),
+        (Some("error"), Some("account_locked"))
+    );
+    let stored = link_json(&app, &tenant, &locked).await;
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["errorCode"], "account_locked");
+
+    let failing = create(&app, &tenant, card_link()).await;
+    let done = Flow::claim(&app, &failing)
+        .await
+        .login("user_opfail", "pass_good")
+        .await;
+    assert_eq!(done["errorCode"], "operation_failed");
+    let stored = link_json(&app, &tenant, &failing).await;
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["result"], Value::Null, "no partial result");
+    let purged: Option<Vec<u8>> = sqlx::query_scalar("SELECT arguments_ciphertext FROM links WHERE status = 'failed' AND operations @> '[{\"action\":\"write\"}]'")
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+    assert!(purged.is_none(), "arguments purged on failure");
+
+    let types: Vec<Value> = events(&app)
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, [json!("link.failed"), json!("link.failed")]);
+}
+
+#[tokio::test]
+async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let claim = |code: Value| {
+        let body = json!({ "linkId": link["linkId"], "claimCode": code });
+        let request = app.http.post(app.url("/v1/flow/claim")).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let wrong = claim(json!("clm_nope")).await;
+    assert_eq!(wrong.status(), StatusCode::NOT_FOUND);
+
+    let attempts =
+        futures_util::future::join_all((0..10).map(|_| claim(link["claimCode"].clone()))).await;
+    let statuses: Vec<_> = attempts.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT),
+        "{statuses:?}"
+    );
+
+    let mut flows = LinkFlowServiceClient::new(app.channel().await);
+    let again = flows
+        .claim_link(pb::ClaimLinkRequest {
+            link_id: link["linkId"].as_str().unwrap().into(),
+            claim_code: link["claimCode"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let mut short = billing_link();
+    short["expiresIn"] = json!(1);
+    let expiring = create(&app, &tenant, short).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let late = app
+        .http
+        .post(app.url("/v1/flow/claim"))
+        .json(&json!({ "linkId": expiring["linkId"], "claimCode": expiring["claimCode"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::GONE);
+    assert_eq!(late.json::<Value>().await.unwrap()["code"], "link_expired");
+}
+
+#[tokio::test]
+async fn cancelling_and_flow_authentication() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let flow = Flow::claim(&app, &link).await;
+
+    let (status, _) = flow.post("/v1/flow/cancel", json!({ "step": "2fa" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not at that step");
+    let (status, body) = flow
+        .post("/v1/flow/cancel", json!({ "step": "login" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "cancelled");
+    let stored = link_json(&app, &tenant, &link).await;
+    assert_eq!(stored["status"], "cancelled");
+    assert_eq!(events(&app).await[0]["data"]["errorCode"], "cancelled");
+
+    let anonymous = app.http.get(app.url("/v1/flow")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let api_key_is_not_a_flow_token = app
+        .http
+        .get(app.url("/v1/flow"))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_key_is_not_a_flow_token.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let current: Value = app
+        .http
+        .get(app.url("/v1/flow"))
+        .bearer_auth(&flow.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["step"], "done");
+}
