@@ -144,6 +144,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
 
+    /// How often unfinished links past their expiry are marked expired.
+    #[arg(long, env = "LINKD_LINK_EXPIRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub link_expiry_interval: Duration,
+
     /// How often the database is probed to drive health status.
     #[arg(long, env = "LINKD_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_check_interval: Duration,

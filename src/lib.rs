@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod ids;
+pub mod jobs;
 pub mod link_flow;
 pub mod local_postgres;
 pub mod proto_json;

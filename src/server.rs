@@ -153,6 +153,7 @@ impl Server {
             args,
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
+        let expiry = crate::jobs::spawn_link_expiry(api.db().clone(), args.link_expiry_interval);
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener, router)
@@ -166,6 +167,7 @@ impl Server {
         tokio::select! {
             result = &mut serve => {
                 probe.abort();
+                expiry.abort();
                 return result.context("server task failed")?.context("server failed");
             }
             () = shutdown => {}
@@ -176,6 +178,7 @@ impl Server {
             "shutdown requested; reporting NOT_SERVING"
         );
         probe.abort();
+        expiry.abort();
         health.start_draining().await;
         tokio::time::sleep(args.shutdown_drain_delay).await;
         let _ = stop_accepting.send(());

@@ -66,22 +66,62 @@ pub async fn insert_link(db: impl PgExecutor<'_>, link: LinkInsert<'_>) -> Resul
     .await?)
 }
 
-/// The tenant's link; an unfinished link past its expiry is marked `expired`
-/// (and its arguments purged) first, so expiry holds on read even between
-/// sweeps.
-pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
-    sqlx::query(
-        "UPDATE links SET status = 'expired', error_code = 'link_expired',
-             error_message = 'The link expired before it was completed.',
-             finished_at = expires_at, arguments_ciphertext = NULL
-         WHERE id = $1 AND organization_id = $2 AND environment = $3
-           AND status IN ('pending', 'claimed', 'awaiting_2fa') AND expires_at <= now()",
+/// Marks unfinished links past their expiry `expired`, purges their
+/// arguments and writes a `link.expired` event for each, in one statement.
+/// `only` limits it to one link (expiry on read); otherwise it takes up to
+/// `batch` links, skipping rows another replica is already expiring.
+/// Returns how many links expired.
+pub async fn expire_links(
+    db: impl PgExecutor<'_>,
+    only: Option<(Tenant, Uuid)>,
+    batch: i64,
+) -> Result<u64> {
+    let (organization, environment, id) = match only {
+        Some((tenant, id)) => (
+            Some(tenant.organization_id),
+            Some(tenant.environment.as_str()),
+            Some(id),
+        ),
+        None => (None, None, None),
+    };
+    let expired = sqlx::query(
+        "WITH due AS (
+             SELECT id FROM links
+             WHERE status IN ('pending', 'claimed', 'awaiting_2fa') AND expires_at <= now()
+               AND ($1::uuid IS NULL OR (id = $1 AND organization_id = $2 AND environment = $3))
+             ORDER BY expires_at
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED
+         ), expired AS (
+             UPDATE links SET status = 'expired', error_code = 'link_expired',
+                 error_message = 'The link expired before it was completed.',
+                 finished_at = expires_at, arguments_ciphertext = NULL
+             FROM due WHERE links.id = due.id
+             RETURNING links.id, links.organization_id, links.environment, links.integration_id, links.external_user_id
+         )
+         INSERT INTO events (id, organization_id, environment, type, link_id, payload)
+         SELECT gen_random_uuid(), organization_id, environment, 'link.expired', id,
+                jsonb_build_object('type', 'link.expired', 'data', jsonb_build_object(
+                    'linkId', 'link_' || replace(id::text, '-', ''),
+                    'integrationId', integration_id,
+                    'status', 'expired',
+                    'externalUserId', external_user_id,
+                    'errorCode', 'link_expired'))
+         FROM expired",
     )
     .bind(id)
-    .bind(tenant.organization_id)
-    .bind(tenant.environment.as_str())
+    .bind(organization)
+    .bind(environment)
+    .bind(batch)
     .execute(db)
     .await?;
+    Ok(expired.rows_affected())
+}
+
+/// The tenant's link; an unfinished link past its expiry is expired first
+/// (see [`expire_links`]), so expiry holds on read even between sweeps.
+pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
+    expire_links(db, Some((tenant, id)), 1).await?;
     sqlx::query_as(concat!(
         "SELECT ",
         link_columns!(),

@@ -447,3 +447,38 @@ async fn cancelling_and_flow_authentication() {
         .unwrap();
     assert_eq!(current["step"], "done");
 }
+
+#[tokio::test]
+async fn a_background_sweep_expires_links_and_records_events() {
+    let app = spawn_app().await; // sweep every 300 ms
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut short = card_link();
+    short["expiresIn"] = json!(1);
+    let link = create(&app, &tenant, short).await;
+    let _flow = Flow::claim(&app, &link).await; // claimed, never finished
+    let keep = create(&app, &tenant, billing_link()).await;
+
+    let mut expired = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        expired = events(&app).await;
+        if !expired.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["type"], "link.expired");
+    assert_eq!(expired[0]["data"]["linkId"], link["linkId"]);
+    let (status, arguments): (String, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT status, arguments_ciphertext FROM links WHERE claim_code_hash = $1")
+            .bind(linkd::ids::token_hash(link["claimCode"].as_str().unwrap()))
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+    assert_eq!(status, "expired", "expired without anyone reading it");
+    assert!(arguments.is_none(), "card and CVV purged on expiry");
+    assert_eq!(link_json(&app, &tenant, &keep).await["status"], "pending");
+    // Reading it again does not expire it twice.
+    assert_eq!(link_json(&app, &tenant, &link).await["status"], "expired");
+    assert_eq!(events(&app).await.len(), 1);
+}

@@ -121,6 +121,7 @@ pub fn serve_args() -> ServeArgs {
         shutdown_drain_delay: Duration::ZERO,
         shutdown_grace_period: Duration::from_secs(5),
         health_check_interval: Duration::from_millis(200),
+        link_expiry_interval: Duration::from_millis(300),
     }
 }
 
