@@ -298,7 +298,7 @@ impl Api {
                 error_code: row.error_code,
                 error_message: row.error_message,
                 result: row.result.as_ref().map(proto_json::to_struct),
-                debug_trace: Vec::new(),
+                debug_trace: debug_steps(&row.debug_trace),
                 created_at: Some(timestamp(row.created_at)),
                 expires_at: Some(timestamp(row.expires_at)),
                 claimed_at: row.claimed_at.map(timestamp),
@@ -312,6 +312,25 @@ impl Api {
     pub fn not_yet(&self, rpc: &'static str) -> Error {
         Error::Unimplemented(rpc)
     }
+}
+
+fn debug_steps(trace: &serde_json::Value) -> Vec<pb::DebugStep> {
+    trace
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|step| pb::DebugStep {
+                    at: step["at"]
+                        .as_str()
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                        .map(|at| timestamp(at.with_timezone(&chrono::Utc))),
+                    event: step["event"].as_str().unwrap_or_default().to_string(),
+                    details: Some(proto_json::to_struct(&step["details"])),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn operation_summaries(row: &links::LinkRow) -> Vec<pb::OperationSummary> {

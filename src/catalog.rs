@@ -85,6 +85,35 @@ pub struct ArgumentProblem {
 }
 
 impl Capability {
+    /// `arguments` safe to show in a debug trace: a value whose schema format
+    /// is `card-number` keeps its last four digits, a `card-cvv` is removed.
+    pub fn redact_arguments(&self, arguments: &serde_json::Value) -> serde_json::Value {
+        let Some(object) = arguments.as_object() else {
+            return serde_json::Value::Null;
+        };
+        let format_of = |name: &str| {
+            self.arguments_schema["properties"][name]["format"]
+                .as_str()
+                .unwrap_or_default()
+        };
+        object
+            .iter()
+            .map(|(name, value)| {
+                let shown = match (format_of(name), value.as_str()) {
+                    (crate::domain::card::CARD_NUMBER, Some(number)) => {
+                        serde_json::json!(format!(
+                            "•••• {}",
+                            &number[number.len().saturating_sub(4)..]
+                        ))
+                    }
+                    (crate::domain::card::CARD_CVV, _) => serde_json::json!("[redacted]"),
+                    _ => value.clone(),
+                };
+                (name.clone(), shown)
+            })
+            .collect()
+    }
+
     /// Checks `arguments` (absent → `{}`) against the schema; every problem.
     pub fn check_arguments(&self, arguments: &serde_json::Value) -> Vec<ArgumentProblem> {
         self.validator

@@ -55,6 +55,7 @@ struct LinkForFlow {
     arguments_ciphertext: Option<Vec<u8>>,
     return_url: Option<String>,
     external_user_id: Option<String>,
+    debug: bool,
 }
 
 const FLOW_COLUMNS: &str = "id, organization_id, environment, link_id, integration_id, step, outcome, error_code, \
@@ -154,6 +155,24 @@ enum Finish {
 }
 
 impl Api {
+    /// Appends a step to the link's debug trace when the link has `debug` on.
+    /// `details` must already be free of secrets.
+    async fn trace(&self, link: &LinkForFlow, event: &str, details: Value) -> Result<()> {
+        if link.debug {
+            sqlx::query(
+                "UPDATE links SET debug_trace = debug_trace || jsonb_build_array(
+                     jsonb_build_object('at', now(), 'event', $2::text, 'details', $3::jsonb))
+                 WHERE id = $1",
+            )
+            .bind(link.id)
+            .bind(event)
+            .bind(details)
+            .execute(self.db())
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn load_flow(&self, token: Option<&SecretString>) -> Result<FlowRow> {
         let token = token.ok_or(Error::Unauthenticated)?;
         let token = token.expose_secret();
@@ -175,7 +194,7 @@ impl Api {
             .link_id
             .ok_or_else(|| wrong_step("this flow has no link"))?;
         Ok(sqlx::query_as(
-            "SELECT id, integration_id, operations, arguments_ciphertext, return_url, external_user_id
+            "SELECT id, integration_id, operations, arguments_ciphertext, return_url, external_user_id, debug
              FROM links WHERE id = $1",
         )
         .bind(link_id)
@@ -411,6 +430,13 @@ impl Api {
             provider,
             geolocation: None,
         };
+        let fields: Vec<&String> = req.fields.keys().collect();
+        self.trace(
+            &link,
+            "login.started",
+            json!({ "integrationId": provider.id, "fields": fields }),
+        )
+        .await?;
         let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
             Ok(connector) => connector.login(&ctx, &credentials).await,
             Err(unavailable) => Err(unavailable),
@@ -448,6 +474,8 @@ impl Api {
             provider,
             geolocation: None,
         };
+        self.trace(&link, "second_factor.submitted", json!({}))
+            .await?;
         let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
             Ok(connector) => connector.second_factor(&ctx, &pending, &req.code).await,
             Err(unavailable) => Err(unavailable),
@@ -478,6 +506,14 @@ impl Api {
         ctx: &LoginContext<'_>,
         outcome: Result<LoginOutcome, ConnectorError>,
     ) -> Result<pb::Flow> {
+        let traced = match &outcome {
+            Ok(LoginOutcome::LoggedIn(_)) => ("login.succeeded", json!({})),
+            Ok(LoginOutcome::SecondFactorRequired { .. }) => {
+                ("login.second_factor_required", json!({}))
+            }
+            Err(err) => ("login.failed", json!({ "errorCode": err.code() })),
+        };
+        self.trace(link, traced.0, traced.1).await?;
         match outcome {
             Ok(LoginOutcome::LoggedIn(session)) => {
                 let finish = self.run_operations(link, ctx, &session).await?;
@@ -554,13 +590,30 @@ impl Api {
             Err(err) => return Ok(Finish::Failed(err.code(), err.to_string())),
         };
         let mut data = Vec::new();
-        for (op, args) in link.operations.iter().zip(&arguments) {
+        for (index, (op, args)) in link.operations.iter().zip(&arguments).enumerate() {
+            let step = json!({ "index": index, "resource": op.resource, "action": op.action });
+            if link.debug {
+                let shown = self
+                    .state
+                    .catalog
+                    .capability(&link.integration_id, &op.resource, op.action)
+                    .map_or(Value::Null, |c| c.redact_arguments(args));
+                let mut details = step.clone();
+                details["arguments"] = shown;
+                self.trace(link, "operation.started", details).await?;
+            }
             match connector
                 .execute(ctx, session, &op.resource, op.action, args)
                 .await
             {
-                Ok(value) => data.push(value),
+                Ok(value) => {
+                    self.trace(link, "operation.completed", step).await?;
+                    data.push(value);
+                }
                 Err(err) => {
+                    let mut details = step;
+                    details["errorCode"] = json!(err.code());
+                    self.trace(link, "operation.failed", details).await?;
                     return Ok(Finish::Failed(
                         err.code(),
                         format!("{} {}: {err}", op.resource, op.action.as_str()),
@@ -612,6 +665,12 @@ impl Api {
                 "link.failed",
             ),
         };
+        self.trace(
+            link,
+            &format!("link.{status}"),
+            json!({ "errorCode": error_code }),
+        )
+        .await?;
         let mut tx = self.db().begin().await?;
         let finished = sqlx::query(
             "UPDATE links SET status = $2, error_code = $3, error_message = $4, result = $5,

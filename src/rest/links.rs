@@ -237,6 +237,19 @@ pub(super) async fn get_link(
         "errorMessage": link.error_message,
         "result": link.result.as_ref().map(proto_json::from_struct),
     });
+    if link.debug {
+        body["debugTrace"] = link
+            .debug_trace
+            .iter()
+            .map(|step| {
+                json!({
+                    "at": step.at.as_ref().map(super::iso8601),
+                    "event": step.event,
+                    "details": step.details.as_ref().map(proto_json::from_struct),
+                })
+            })
+            .collect();
+    }
     for (name, value) in [
         ("returnUrl", link.return_url),
         ("webhookUrl", link.webhook_url),

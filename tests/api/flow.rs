@@ -482,3 +482,63 @@ async fn a_background_sweep_expires_links_and_records_events() {
     assert_eq!(link_json(&app, &tenant, &link).await["status"], "expired");
     assert_eq!(events(&app).await.len(), 1);
 }
+
+#[tokio::test]
+async fn debug_links_record_a_redacted_step_by_step_trace() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut body = card_link();
+    body["debug"] = json!(true);
+    let link = create(&app, &tenant, body).await;
+    let flow = Flow::claim(&app, &link).await;
+    flow.login("user_good", "wrong").await;
+    flow.login("user_good", "pass_good").await;
+
+    let stored = link_json(&app, &tenant, &link).await;
+    let trace = stored["debugTrace"].as_array().expect("debugTrace");
+    let events: Vec<&str> = trace.iter().map(|s| s["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "login.started",
+            "login.failed",
+            "login.started",
+            "login.succeeded",
+            "operation.started",
+            "operation.completed",
+            "operation.started",
+            "operation.completed",
+            "link.completed"
+        ]
+    );
+    assert!(
+        trace
+            .iter()
+            .all(|s| s["at"].as_str().is_some_and(|at| at.ends_with('Z')))
+    );
+    assert_eq!(trace[1]["details"]["errorCode"], "invalid_credentials");
+    let write_args = &trace[4]["details"]["arguments"];
+    assert_eq!(write_args["cardNumber"], "•••• 4444");
+    assert_eq!(write_args["cvv"], "[redacted]");
+    assert_eq!(write_args["billingZip"], "10001");
+    let text = stored.to_string();
+    assert!(
+        !text.contains(CARD)
+            && !text.contains(CVV)
+            && !text.contains("pass_good")
+            && !text.contains("\"wrong\"")
+    );
+
+    // Without debug there is no trace.
+    let plain = create(&app, &tenant, billing_link()).await;
+    Flow::claim(&app, &plain)
+        .await
+        .login("user_good", "pass_good")
+        .await;
+    assert!(
+        link_json(&app, &tenant, &plain)
+            .await
+            .get("debugTrace")
+            .is_none()
+    );
+}
