@@ -542,3 +542,16 @@ async fn debug_links_record_a_redacted_step_by_step_trace() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_slow_sandbox_provider_answers_late_but_completes() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let flow = Flow::claim(&app, &link).await;
+    let started = std::time::Instant::now();
+    let done = flow.login("user_slow", "pass_good").await;
+    assert!(started.elapsed() >= linkd::connectors::sandbox::SLOW_LOGIN);
+    assert_eq!(done["outcome"], "success");
+    assert_eq!(link_json(&app, &tenant, &link).await["status"], "completed");
+}
