@@ -7,8 +7,8 @@ use std::time::Duration;
 /// Links expired per statement.
 const EXPIRY_BATCH: i64 = 500;
 
-/// Marks links past their expiry `expired` (with their `link.expired`
-/// events) every `interval`.
+/// Every `interval`: marks links past their expiry `expired` (with their
+/// `link.expired` events) and forgets idempotency keys past their retention.
 pub fn spawn_link_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -28,6 +28,9 @@ pub fn spawn_link_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHan
                         break;
                     }
                 }
+            }
+            if let Err(err) = crate::store::idempotency::prune(&db).await {
+                err.log();
             }
         }
     })

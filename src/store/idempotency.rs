@@ -13,6 +13,9 @@ use crate::domain::Tenant;
 use crate::error::{Error, Result};
 use sqlx::{PgConnection, PgPool};
 
+/// How long a key is remembered; a later request with it is a new request.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// Longest accepted key.
 pub const MAX_KEY_LEN: usize = 255;
 /// A claim without a response older than this belongs to a dead request.
@@ -135,4 +138,15 @@ pub async fn release(db: &PgPool, k: &IdempotencyKey<'_>) -> Result<()> {
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Forgets keys older than [`RETENTION`]; returns how many.
+pub async fn prune(db: &PgPool) -> Result<u64> {
+    let pruned = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(RETENTION.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(pruned.rows_affected())
 }

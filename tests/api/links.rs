@@ -553,3 +553,37 @@ async fn links_are_tenant_scoped_and_expire_on_read() {
         "arguments (card, CVV) purged once expired"
     );
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_their_retention() {
+    let app = spawn_app().await; // background jobs every 300 ms
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let first: Value = post_link(&app, &tenant.key, &documented_request(), Some("old"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(app.api.db())
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let again: Value = post_link(&app, &tenant.key, &documented_request(), Some("old"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        again["linkId"], first["linkId"],
+        "an expired key is a new request"
+    );
+}
