@@ -355,7 +355,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let mut cmd = linkd();
     cmd.env("DATABASE_URL", &db)
         .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
-        .env("LINKD_SHUTDOWN_DRAIN_DELAY", "1s")
+        .env("LINKD_SHUTDOWN_DRAIN_DELAY", "3s")
         .env("LINKD_SHUTDOWN_GRACE_PERIOD", "20s")
         .env("LINKD_DB_ACQUIRE_TIMEOUT", "20s");
     let server = spawn_linkd(cmd);
@@ -387,22 +387,32 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     assert!(!in_flight.is_finished());
 
     server.sigterm();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
+    let signalled = std::time::Instant::now();
+    // Within the drain delay the server still answers, and reports
+    // NOT_SERVING from the moment shutdown starts.
+    let mut status = ServingStatus::Serving;
+    while signalled.elapsed() < Duration::from_millis(2500) {
+        status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         status,
         ServingStatus::NotServing,
-        "NOT_SERVING as soon as shutdown starts"
+        "NOT_SERVING once shutdown starts"
     );
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the drain delay the listener is closed; the call still waits.
+    tokio::time::sleep(Duration::from_millis(3500).saturating_sub(signalled.elapsed())).await;
     assert!(!in_flight.is_finished(), "still waiting on the lock");
     blocker.rollback().await.unwrap();
     let reply = in_flight
