@@ -192,7 +192,7 @@ impl Api {
             tenant: caller.tenant,
             operation: "LinkService.CreateLink",
             key,
-            request_hash: token_hash_bytes(&req.encode_to_vec()),
+            request_hash: token_hash(req.encode_to_vec()),
         });
         if let Some(key) = &key
             && let Claim::Replay(encoded) =
@@ -341,11 +341,6 @@ fn operation_summaries(row: &links::LinkRow) -> Vec<pb::OperationSummary> {
             action: op.action.to_proto() as i32,
         })
         .collect()
-}
-
-fn token_hash_bytes(bytes: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).to_vec()
 }
 
 /// Associated data binding a link's encrypted arguments to the link.

@@ -8,9 +8,13 @@ use tonic::{Request, Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// The bearer credential of a call: an API key, or an end user's flow token.
+fn bearer<T>(req: &Request<T>) -> Option<secrecy::SecretString> {
+    presented_key(&req.metadata().clone().into_headers())
+}
+
 async fn caller<T>(api: &Api, req: &Request<T>) -> Result<Caller, Status> {
-    let headers = req.metadata().clone().into_headers();
-    Ok(api.authenticate(presented_key(&headers).as_ref()).await?)
+    Ok(api.authenticate(bearer(req).as_ref()).await?)
 }
 
 /// The `idempotency-key` metadata of a creating call.
@@ -103,11 +107,6 @@ impl pb::authorize_service_server::AuthorizeService for Api {
     }
 }
 
-/// The flow token (`authorization: Bearer lft_…`) of an end-user call.
-fn flow_token<T>(req: &Request<T>) -> Option<secrecy::SecretString> {
-    presented_key(&req.metadata().clone().into_headers())
-}
-
 #[tonic::async_trait]
 impl pb::link_flow_service_server::LinkFlowService for Api {
     async fn claim_link(&self, req: Request<pb::ClaimLinkRequest>) -> Reply<pb::ClaimLinkResponse> {
@@ -117,7 +116,7 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
     }
 
     async fn get_flow(&self, req: Request<pb::GetFlowRequest>) -> Reply<pb::GetFlowResponse> {
-        let flow = Api::get_flow(self, flow_token(&req).as_ref()).await?;
+        let flow = Api::get_flow(self, bearer(&req).as_ref()).await?;
         Ok(Response::new(pb::GetFlowResponse { flow: Some(flow) }))
     }
 
@@ -139,7 +138,7 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         &self,
         req: Request<pb::SubmitCredentialsRequest>,
     ) -> Reply<pb::SubmitCredentialsResponse> {
-        let token = flow_token(&req);
+        let token = bearer(&req);
         let flow = Api::submit_credentials(self, token.as_ref(), req.into_inner()).await?;
         Ok(Response::new(pb::SubmitCredentialsResponse {
             flow: Some(flow),
@@ -150,7 +149,7 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         &self,
         req: Request<pb::SubmitSecondFactorRequest>,
     ) -> Reply<pb::SubmitSecondFactorResponse> {
-        let token = flow_token(&req);
+        let token = bearer(&req);
         let flow = Api::submit_second_factor(self, token.as_ref(), req.into_inner()).await?;
         Ok(Response::new(pb::SubmitSecondFactorResponse {
             flow: Some(flow),
@@ -161,7 +160,7 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         &self,
         req: Request<pb::CancelFlowRequest>,
     ) -> Reply<pb::CancelFlowResponse> {
-        let token = flow_token(&req);
+        let token = bearer(&req);
         let flow = Api::cancel_flow(self, token.as_ref(), req.into_inner()).await?;
         Ok(Response::new(pb::CancelFlowResponse { flow: Some(flow) }))
     }

@@ -67,8 +67,8 @@ pub fn random_hex(len: usize) -> String {
 }
 
 /// The stored form of a secret token.
-pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+pub fn token_hash(token: impl AsRef<[u8]>) -> Vec<u8> {
+    Sha256::digest(token.as_ref()).to_vec()
 }
 
 #[cfg(test)]

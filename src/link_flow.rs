@@ -65,26 +65,36 @@ fn session_context(flow_id: Uuid) -> String {
     format!("flows.session:{flow_id}")
 }
 
-fn flow_step(step: &str) -> pb::FlowStep {
-    match step {
-        "pre-login" => pb::FlowStep::PreLogin,
-        "authorization" => pb::FlowStep::Authorization,
-        "login" => pb::FlowStep::Login,
-        "2fa" => pb::FlowStep::TwoFactor,
-        "processing" => pb::FlowStep::Processing,
-        "done" => pb::FlowStep::Done,
-        _ => pb::FlowStep::Unspecified,
-    }
+/// Flow steps and their names: stored in `flows.step` and rendered by REST.
+const FLOW_STEPS: [(pb::FlowStep, &str); 6] = [
+    (pb::FlowStep::PreLogin, "pre-login"),
+    (pb::FlowStep::Authorization, "authorization"),
+    (pb::FlowStep::Login, "login"),
+    (pb::FlowStep::TwoFactor, "2fa"),
+    (pb::FlowStep::Processing, "processing"),
+    (pb::FlowStep::Done, "done"),
+];
+
+/// The steps an end user can cancel at.
+pub const CANCELLABLE_STEPS: [pb::FlowStep; 4] = [
+    pb::FlowStep::PreLogin,
+    pb::FlowStep::Authorization,
+    pb::FlowStep::Login,
+    pb::FlowStep::TwoFactor,
+];
+
+pub fn flow_step(name: &str) -> pb::FlowStep {
+    FLOW_STEPS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or(pb::FlowStep::Unspecified, |(step, _)| *step)
 }
 
-fn step_name(step: pb::FlowStep) -> Option<&'static str> {
-    match step {
-        pb::FlowStep::PreLogin => Some("pre-login"),
-        pb::FlowStep::Authorization => Some("authorization"),
-        pb::FlowStep::Login => Some("login"),
-        pb::FlowStep::TwoFactor => Some("2fa"),
-        _ => None,
-    }
+pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
+    FLOW_STEPS
+        .iter()
+        .find(|(s, _)| *s == step)
+        .map(|(_, name)| *name)
 }
 
 fn error_message(code: &str) -> &'static str {
@@ -488,12 +498,15 @@ impl Api {
         token: Option<&SecretString>,
         req: pb::CancelFlowRequest,
     ) -> Result<pb::Flow> {
-        let step = step_name(req.step()).ok_or_else(|| {
-            Error::invalid(
-                "step",
-                "must be the current step: pre-login, authorization, login or 2fa",
-            )
-        })?;
+        let step = Some(req.step())
+            .filter(|step| CANCELLABLE_STEPS.contains(step))
+            .and_then(step_name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "step",
+                    "must be the current step: pre-login, authorization, login or 2fa",
+                )
+            })?;
         let (flow, link) = self.flow_at(token, step).await?;
         self.finish(&flow, &link, Finish::Cancelled).await?;
         self.flow_view(flow.id).await

@@ -299,14 +299,6 @@ impl LocalPostgres {
         )
     }
 
-    pub fn port(&self) -> u16 {
-        self.state.port
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Stops the cluster (if this handle started it) and waits until it is
     /// down.
     pub fn stop(mut self) {

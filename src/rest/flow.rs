@@ -4,6 +4,7 @@
 use super::RestState;
 use crate::auth::presented_key;
 use crate::error::Error;
+use crate::link_flow::{CANCELLABLE_STEPS, flow_step, step_name};
 use crate::pb;
 use axum::Json;
 use axum::extract::State;
@@ -11,18 +12,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-
-fn step_name(step: pb::FlowStep) -> &'static str {
-    match step {
-        pb::FlowStep::PreLogin => "pre-login",
-        pb::FlowStep::Authorization => "authorization",
-        pb::FlowStep::Login => "login",
-        pb::FlowStep::TwoFactor => "2fa",
-        pb::FlowStep::Processing => "processing",
-        pb::FlowStep::Done => "done",
-        pb::FlowStep::Unspecified => "unspecified",
-    }
-}
 
 pub(super) fn flow_json(flow: &pb::Flow) -> Value {
     let outcome = match flow.outcome() {
@@ -33,7 +22,7 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
     };
     let empty_to_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
     json!({
-        "step": step_name(flow.step()),
+        "step": step_name(flow.step()).unwrap_or("unspecified"),
         "outcome": outcome,
         "integrationId": empty_to_null(&flow.integration_id),
         "integrationName": empty_to_null(&flow.integration_name),
@@ -139,18 +128,13 @@ pub(super) async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
     let object = body_object(&body)?;
-    let step = match string_field(&object, "step")?.as_str() {
-        "pre-login" => pb::FlowStep::PreLogin,
-        "authorization" => pb::FlowStep::Authorization,
-        "login" => pb::FlowStep::Login,
-        "2fa" => pb::FlowStep::TwoFactor,
-        _ => {
-            return Err(Error::invalid(
-                "step",
-                "must be pre-login, authorization, login or 2fa",
-            ));
-        }
-    };
+    let step = flow_step(&string_field(&object, "step")?);
+    if !CANCELLABLE_STEPS.contains(&step) {
+        return Err(Error::invalid(
+            "step",
+            "must be pre-login, authorization, login or 2fa",
+        ));
+    }
     let flow = state
         .api
         .cancel_flow(

@@ -164,7 +164,7 @@ fn epoch_ms(ts: &Option<prost_types::Timestamp>) -> Value {
 
 fn operations_json(ops: &[pb::OperationSummary]) -> Value {
     ops.iter()
-        .map(|op| json!({ "resource": op.resource, "action": super::action_name(op.action()) }))
+        .map(|op| json!({ "resource": op.resource, "action": super::enum_name(op.action().as_str_name()) }))
         .collect()
 }
 
@@ -218,11 +218,7 @@ pub(super) async fn get_link(
         .await?
         .link
         .expect("get_link returns the link");
-    let status = link
-        .status()
-        .as_str_name()
-        .trim_start_matches("LINK_STATUS_")
-        .to_ascii_lowercase();
+    let status = super::enum_name(link.status().as_str_name());
     let mut body = json!({
         "linkId": link.link_id,
         "integrationId": link.integration_id,

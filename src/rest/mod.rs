@@ -69,7 +69,7 @@ pub fn iso8601(ts: &prost_types::Timestamp) -> String {
 struct ClientAppJson {
     id: String,
     name: String,
-    environment: &'static str,
+    environment: String,
     redirect_uris: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_url: Option<String>,
@@ -78,14 +78,10 @@ struct ClientAppJson {
 
 impl From<pb::ClientApp> for ClientAppJson {
     fn from(app: pb::ClientApp) -> Self {
-        let environment = match app.environment() {
-            pb::Environment::Production => "production",
-            _ => "sandbox",
-        };
         ClientAppJson {
+            environment: enum_name(app.environment().as_str_name()),
             id: app.id,
             name: app.name,
-            environment,
             redirect_uris: app.redirect_uris,
             webhook_url: app.webhook_url,
             created_at: app.created_at.as_ref().map(iso8601).unwrap_or_default(),
@@ -126,7 +122,7 @@ struct ListProvidersQuery {
 #[serde(rename_all = "camelCase")]
 struct CapabilityJson {
     resource: String,
-    action: &'static str,
+    action: String,
     description: String,
     arguments_schema: serde_json::Value,
     result_description: String,
@@ -137,25 +133,25 @@ struct CapabilityJson {
 struct ProviderJson {
     integration_id: String,
     name: String,
-    category: &'static str,
+    category: String,
     capabilities: Vec<CapabilityJson>,
 }
 
-pub(crate) fn action_name(action: pb::OperationAction) -> &'static str {
-    match action {
-        pb::OperationAction::Write => "write",
-        _ => "read",
-    }
-}
-
-fn category_name(category: pb::ProviderCategory) -> &'static str {
-    match category {
-        pb::ProviderCategory::MobileCarrier => "mobile_carrier",
-        pb::ProviderCategory::Delivery => "delivery",
-        pb::ProviderCategory::Creator => "creator",
-        pb::ProviderCategory::Bank => "bank",
-        pb::ProviderCategory::Unspecified => "unspecified",
-    }
+/// The documented REST name of a proto enum value: its name without the
+/// enum prefix, lowercased (`LINK_STATUS_AWAITING_2FA` → `awaiting_2fa`,
+/// `OPERATION_ACTION_READ` → `read`).
+pub(crate) fn enum_name(proto_name: &str) -> String {
+    const PREFIXES: [&str; 4] = [
+        "LINK_STATUS_",
+        "OPERATION_ACTION_",
+        "PROVIDER_CATEGORY_",
+        "ENVIRONMENT_",
+    ];
+    let bare = PREFIXES
+        .iter()
+        .find_map(|p| proto_name.strip_prefix(p))
+        .unwrap_or(proto_name);
+    bare.to_ascii_lowercase()
 }
 
 async fn list_providers(
@@ -170,14 +166,14 @@ async fn list_providers(
         .providers
         .into_iter()
         .map(|p| ProviderJson {
-            category: category_name(p.category()),
+            category: enum_name(p.category().as_str_name()),
             integration_id: p.integration_id,
             name: p.name,
             capabilities: p
                 .capabilities
                 .into_iter()
                 .map(|c| CapabilityJson {
-                    action: action_name(c.action()),
+                    action: enum_name(c.action().as_str_name()),
                     resource: c.resource,
                     description: c.description,
                     arguments_schema: c

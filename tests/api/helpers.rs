@@ -196,6 +196,22 @@ impl TestApp {
             .expect("HTTP request")
     }
 
+    /// `LinkService.GetLink` over gRPC.
+    pub async fn grpc_link(&self, key: &str, link_id: &str) -> linkd::pb::Link {
+        linkd::pb::link_service_client::LinkServiceClient::new(self.channel().await)
+            .get_link(with_key(
+                linkd::pb::GetLinkRequest {
+                    link_id: link_id.into(),
+                },
+                key,
+            ))
+            .await
+            .expect("GetLink")
+            .into_inner()
+            .link
+            .expect("GetLink returns the link")
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()

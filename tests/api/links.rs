@@ -166,19 +166,7 @@ async fn created_link_has_exactly_the_documented_shape() {
     assert_eq!(got["expiresAt"], body["expiresAt"]);
     assert_eq!(got["webhookUrl"], "https://your-server.com/webhook");
     assert!(!got.to_string().contains(CARD) && !got.to_string().contains("clm_"));
-    let mut grpc = LinkServiceClient::new(app.channel().await);
-    let link = grpc
-        .get_link(with_key(
-            pb::GetLinkRequest {
-                link_id: link_id.into(),
-            },
-            &tenant.key,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .link
-        .unwrap();
+    let link = app.grpc_link(&tenant.key, link_id).await;
     assert_eq!(link.status(), pb::LinkStatus::Pending);
     assert_eq!(
         link.return_url.as_deref(),
