@@ -32,6 +32,8 @@ pub struct AppState {
     pub public_url: Url,
     /// Base of `app_clip_url`: `<base>/<link id>?code=<claim code>`.
     pub app_clip_base_url: Url,
+    /// How long a Link session accepts input.
+    pub session_ttl: std::time::Duration,
 }
 
 /// The application, cheap to clone.
@@ -47,7 +49,7 @@ pub struct CreatedClientApp {
     pub webhook_secret: SecretString,
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -194,13 +196,26 @@ impl Api {
             key,
             request_hash: token_hash(req.encode_to_vec()),
         });
+        self.idempotent(key, async |key| self.insert_link(caller, &new, key).await)
+            .await
+    }
+
+    /// Runs a creating call under an optional idempotency key. A repeat of a
+    /// finished request gets the stored response; `work` stores its response
+    /// under the key in the same transaction as its writes. A failed call
+    /// releases the key so the client can retry.
+    pub(crate) async fn idempotent<R: prost::Message + Default>(
+        &self,
+        key: Option<IdempotencyKey<'_>>,
+        work: impl AsyncFnOnce(Option<&IdempotencyKey<'_>>) -> Result<R>,
+    ) -> Result<R> {
         if let Some(key) = &key
             && let Claim::Replay(encoded) =
                 idempotency::claim(self.db(), &self.state.cipher, key).await?
         {
-            return pb::CreateLinkResponse::decode(encoded.as_slice()).map_err(Error::internal);
+            return R::decode(encoded.as_slice()).map_err(Error::internal);
         }
-        let result = self.insert_link(caller, &new, key.as_ref()).await;
+        let result = work(key.as_ref()).await;
         if result.is_err()
             && let Some(key) = &key
         {

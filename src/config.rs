@@ -144,9 +144,15 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
 
-    /// How often unfinished links past their expiry are marked expired.
-    #[arg(long, env = "LINKD_LINK_EXPIRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub link_expiry_interval: Duration,
+    /// How often every replica sweeps what has expired: links and Link
+    /// sessions past their lifetime, connections whose provider session
+    /// ended. Safe in several replicas at once.
+    #[arg(long, env = "LINKD_EXPIRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub expiry_interval: Duration,
+
+    /// How long a Link session (`InitLinkSession`) accepts input.
+    #[arg(long, env = "LINKD_LINK_SESSION_TTL", default_value = "30m", value_parser = parse_session_ttl)]
+    pub link_session_ttl: Duration,
 
     /// How often the database is probed to drive health status.
     #[arg(long, env = "LINKD_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
@@ -263,4 +269,12 @@ fn exit_with_config_error(err: clap::Error) -> ! {
         .unwrap_or_else(|| "invalid value".into());
     eprintln!("linkd: invalid configuration: {setting}: {reason}");
     std::process::exit(2);
+}
+
+fn parse_session_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60)).contains(&ttl) {
+        return Err("must be between 1s and 24h".into());
+    }
+    Ok(ttl)
 }

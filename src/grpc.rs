@@ -26,13 +26,6 @@ fn idempotency_key<T>(req: &Request<T>) -> Option<String> {
     })
 }
 
-/// Authenticates, then answers `UNIMPLEMENTED`: the contract is public, the
-/// behaviour arrives with a later release.
-async fn authenticated_not_yet<T, R>(api: &Api, req: &Request<T>, rpc: &'static str) -> Reply<R> {
-    caller(api, req).await?;
-    Err(api.not_yet(rpc).into())
-}
-
 #[tonic::async_trait]
 impl pb::link_service_server::LinkService for Api {
     async fn create_link(
@@ -65,7 +58,11 @@ impl pb::link_service_server::LinkService for Api {
         &self,
         req: Request<pb::InitLinkSessionRequest>,
     ) -> Reply<pb::InitLinkSessionResponse> {
-        authenticated_not_yet(self, &req, "LinkService.InitLinkSession").await
+        let caller = caller(self, &req).await?;
+        let key = idempotency_key(&req);
+        Ok(Response::new(
+            Api::init_link_session(self, &caller, req.into_inner(), key.as_deref()).await?,
+        ))
     }
 }
 
@@ -75,21 +72,30 @@ impl pb::connection_service_server::ConnectionService for Api {
         &self,
         req: Request<pb::ListConnectionsRequest>,
     ) -> Reply<pb::ListConnectionsResponse> {
-        authenticated_not_yet(self, &req, "ConnectionService.ListConnections").await
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::list_connections(self, &caller, req.into_inner()).await?,
+        ))
     }
 
     async fn get_connection(
         &self,
         req: Request<pb::GetConnectionRequest>,
     ) -> Reply<pb::GetConnectionResponse> {
-        authenticated_not_yet(self, &req, "ConnectionService.GetConnection").await
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::get_connection(self, &caller, req.into_inner()).await?,
+        ))
     }
 
     async fn delete_connection(
         &self,
         req: Request<pb::DeleteConnectionRequest>,
     ) -> Reply<pb::DeleteConnectionResponse> {
-        authenticated_not_yet(self, &req, "ConnectionService.DeleteConnection").await
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::delete_connection(self, &caller, req.into_inner()).await?,
+        ))
     }
 }
 
@@ -122,16 +128,23 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
 
     async fn select_integration(
         &self,
-        _req: Request<pb::SelectIntegrationRequest>,
+        req: Request<pb::SelectIntegrationRequest>,
     ) -> Reply<pb::SelectIntegrationResponse> {
-        Err(self.not_yet("LinkFlowService.SelectIntegration").into())
+        let token = bearer(&req);
+        let flow = Api::select_integration(self, token.as_ref(), req.into_inner()).await?;
+        Ok(Response::new(pb::SelectIntegrationResponse {
+            flow: Some(flow),
+        }))
     }
 
     async fn approve_access(
         &self,
-        _req: Request<pb::ApproveAccessRequest>,
+        req: Request<pb::ApproveAccessRequest>,
     ) -> Reply<pb::ApproveAccessResponse> {
-        Err(self.not_yet("LinkFlowService.ApproveAccess").into())
+        let flow = Api::approve_access(self, bearer(&req).as_ref()).await?;
+        Ok(Response::new(pb::ApproveAccessResponse {
+            flow: Some(flow),
+        }))
     }
 
     async fn submit_credentials(

@@ -1,34 +1,60 @@
 //! Background work every replica runs; each job is safe to run in several
-//! replicas at once.
+//! replicas at once (rows are claimed with `FOR UPDATE SKIP LOCKED`).
 
 use sqlx::PgPool;
 use std::time::Duration;
 
-/// Links expired per statement.
+/// Rows expired per statement.
 const EXPIRY_BATCH: i64 = 500;
 
-/// Every `interval`: marks links past their expiry `expired` (with their
-/// `link.expired` events) and forgets idempotency keys past their retention.
-pub fn spawn_link_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs `sweep` (returning how many rows it handled) until a batch comes
+/// back short; logs what it did and any error.
+async fn drain<F, Fut>(what: &str, mut sweep: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::error::Result<u64>>,
+{
+    loop {
+        match sweep().await {
+            Ok(n) if n as i64 == EXPIRY_BATCH => continue,
+            Ok(0) => break,
+            Ok(n) => {
+                tracing::info!(count = n, "{what}");
+                break;
+            }
+            Err(err) => {
+                err.log();
+                break;
+            }
+        }
+    }
+}
+
+/// Every `interval`: marks links and Link sessions past their lifetime
+/// expired, marks connections whose provider session ended `expired` (each
+/// with its event), and forgets idempotency keys past their retention.
+pub fn spawn_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            loop {
-                match crate::store::links::expire_links(&db, None, EXPIRY_BATCH).await {
-                    Ok(n) if n as i64 == EXPIRY_BATCH => continue,
-                    Ok(0) => break,
-                    Ok(n) => {
-                        tracing::info!(expired = n, "expired links");
-                        break;
-                    }
-                    Err(err) => {
-                        err.log();
-                        break;
-                    }
-                }
-            }
+            drain("expired links", || {
+                crate::store::links::expire_links(&db, None, EXPIRY_BATCH)
+            })
+            .await;
+            drain("expired Link sessions", || async {
+                crate::flow::session::expire_sessions(&db, EXPIRY_BATCH)
+                    .await
+                    .map(|n| n as u64)
+            })
+            .await;
+            drain("expired connections", || async {
+                crate::connections::expire_sessions(&db, EXPIRY_BATCH)
+                    .await
+                    .map(|n| n as u64)
+            })
+            .await;
             if let Err(err) = crate::store::idempotency::prune(&db).await {
                 err.log();
             }

@@ -39,6 +39,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cipher,
                 "http://localhost".parse()?,
                 None,
+                cli.serve.link_session_ttl,
             );
             return match command {
                 Command::Migrate => {
@@ -59,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cipher,
         serve_args.public_url(addr),
         serve_args.app_clip_base_url.clone(),
+        serve_args.link_session_ttl,
     );
     if database.local.is_some() {
         match startup::bootstrap_sandbox(&api).await? {

@@ -153,7 +153,7 @@ impl Server {
             args,
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
-        let expiry = crate::jobs::spawn_link_expiry(api.db().clone(), args.link_expiry_interval);
+        let expiry = crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval);
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener, router)

@@ -97,6 +97,7 @@ pub fn api(
     cipher: Cipher,
     public_url: Url,
     app_clip_base_url: Option<Url>,
+    session_ttl: std::time::Duration,
 ) -> Api {
     let app_clip_base_url = app_clip_base_url
         .unwrap_or_else(|| public_url.join("appclip").expect("public URL is a base"));
@@ -110,6 +111,7 @@ pub fn api(
         cipher,
         public_url,
         app_clip_base_url,
+        session_ttl,
     })
 }
 

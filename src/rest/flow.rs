@@ -4,7 +4,7 @@
 use super::RestState;
 use crate::auth::presented_key;
 use crate::error::Error;
-use crate::link_flow::{CANCELLABLE_STEPS, flow_step, step_name};
+use crate::flow::{CANCELLABLE_STEPS, flow_step, step_name};
 use crate::pb;
 use axum::Json;
 use axum::extract::State;
@@ -34,14 +34,22 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
         "errorMessage": empty_to_null(&flow.error_message),
         "redirectUrl": empty_to_null(&flow.redirect_url),
         "linkId": empty_to_null(&flow.link_id),
+        "connectionId": empty_to_null(&flow.connection_id),
+        "clientAppName": empty_to_null(&flow.client_app_name),
+        "clientOrigin": empty_to_null(&flow.client_origin),
+        "clientReferenceId": empty_to_null(&flow.client_reference_id),
+        "cancelledStep": step_name(flow.cancelled_step()),
+        "integrations": flow.integrations.iter()
+            .map(|i| json!({ "integrationId": i.integration_id, "name": i.name }))
+            .collect::<Vec<_>>(),
         "expiresAt": flow.expires_at.as_ref().map(super::iso8601),
         "lang": flow.lang,
     })
 }
 
 fn body_object(body: &axum::body::Bytes) -> Result<serde_json::Map<String, Value>, Error> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(object)) => Ok(object),
+    match super::body::json_body(body)? {
+        Value::Object(object) => Ok(object),
         _ => Err(Error::invalid("", "the body must be a JSON object")),
     }
 }
@@ -141,6 +149,36 @@ pub(super) async fn cancel(
             presented_key(&headers).as_ref(),
             pb::CancelFlowRequest { step: step as i32 },
         )
+        .await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn select_integration(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let object = body_object(&body)?;
+    let integration_id = string_field(&object, "integrationId")?;
+    let flow = state
+        .api
+        .select_integration(
+            presented_key(&headers).as_ref(),
+            pb::SelectIntegrationRequest { integration_id },
+        )
+        .await?;
+    Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn approve(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    body_object(&body)?;
+    let flow = state
+        .api
+        .approve_access(presented_key(&headers).as_ref())
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
 }

@@ -1,9 +1,10 @@
 //! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
 //! (camelCase, epoch milliseconds).
 
+use super::body::{Fields, idempotency_key, json_body, merge_violations};
 use super::{Authenticated, RestState};
 use crate::domain::link::NewLink;
-use crate::error::{Error, FieldViolation};
+use crate::error::Error;
 use crate::pb;
 use crate::proto_json;
 use crate::validate::Violations;
@@ -11,61 +12,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
-
-/// Reads fields of a JSON object, recording a violation for each value of
-/// the wrong type.
-struct Fields<'a> {
-    object: &'a Map<String, Value>,
-    prefix: String,
-    problems: &'a mut Violations,
-}
-
-impl<'a> Fields<'a> {
-    fn path(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.object.get(name).filter(|v| !v.is_null())
-    }
-
-    fn string(&mut self, name: &str) -> Option<String> {
-        match self.get(name)? {
-            Value::String(s) => Some(s.clone()),
-            _ => {
-                self.problems.add(self.path(name), "must be a string");
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, name: &str) -> Option<bool> {
-        match self.get(name)? {
-            Value::Bool(b) => Some(*b),
-            _ => {
-                self.problems.add(self.path(name), "must be a boolean");
-                None
-            }
-        }
-    }
-
-    fn integer(&mut self, name: &str, message: &str) -> Option<i64> {
-        match self.get(name)?.as_i64() {
-            Some(n) => Some(n),
-            None => {
-                self.problems.add(self.path(name), message);
-                None
-            }
-        }
-    }
-
-    fn reject_unknown(&mut self, known: &[&str]) {
-        for name in self.object.keys().filter(|k| !known.contains(&k.as_str())) {
-            self.problems.add(self.path(name), "is not a known field");
-        }
-    }
-}
+use serde_json::{Value, json};
 
 /// The body as a `CreateLinkRequest`, plus the type problems found on the way.
 fn create_link_request(body: &Value) -> (pb::CreateLinkRequest, Violations) {
@@ -137,25 +84,6 @@ fn create_link_request(body: &Value) -> (pb::CreateLinkRequest, Violations) {
     (req, problems)
 }
 
-/// Type problems first; then the domain's own findings for every other path.
-fn merge(type_problems: Violations, domain: Result<NewLink, Error>) -> Error {
-    let mut all: Vec<FieldViolation> = type_problems.into_vec();
-    let typed: Vec<String> = all.iter().map(|v| v.path.clone()).collect();
-    if let Err(err) = domain {
-        all.extend(
-            err.violations()
-                .iter()
-                .filter(|v| {
-                    !typed
-                        .iter()
-                        .any(|t| v.path == *t || v.path.starts_with(&format!("{t}.")))
-                })
-                .cloned(),
-        );
-    }
-    Error::Validation(all)
-}
-
 fn epoch_ms(ts: &Option<prost_types::Timestamp>) -> Value {
     ts.as_ref().map_or(Value::Null, |t| {
         json!(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
@@ -174,22 +102,15 @@ pub(super) async fn create_link(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| Error::invalid("", format!("the body is not valid JSON: {e}")))?;
+    let body = json_body(&body)?;
     let (req, type_problems) = create_link_request(&body);
     if !type_problems.is_empty() {
-        return Err(merge(
+        return Err(merge_violations(
             type_problems,
             NewLink::parse(&req, &state.api.state.catalog),
         ));
     }
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Error::invalid("Idempotency-Key", "must be visible ASCII"))?,
-        ),
-    };
+    let key = idempotency_key(&headers)?;
     let link = state.api.create_link(&caller, req, key).await?;
     let mut body = json!({
         "linkId": link.link_id,

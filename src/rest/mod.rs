@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::pb;
 use crate::proto_json;
+pub(crate) use crate::views::{enum_name, iso8601};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +16,11 @@ use axum::routing::{MethodFilter, MethodRouter, get};
 use axum::{Json, Router};
 use serde::Serialize;
 
+mod body;
+mod connections;
 mod flow;
 mod links;
+mod sessions;
 use serde_json::json;
 
 #[derive(Clone)]
@@ -56,12 +60,6 @@ impl FromRequestParts<RestState> for Authenticated {
         let key = presented_key(&parts.headers);
         Ok(Authenticated(state.api.authenticate(key.as_ref()).await?))
     }
-}
-
-pub fn iso8601(ts: &prost_types::Timestamp) -> String {
-    chrono::DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[derive(Serialize)]
@@ -137,23 +135,6 @@ struct ProviderJson {
     capabilities: Vec<CapabilityJson>,
 }
 
-/// The documented REST name of a proto enum value: its name without the
-/// enum prefix, lowercased (`LINK_STATUS_AWAITING_2FA` → `awaiting_2fa`,
-/// `OPERATION_ACTION_READ` → `read`).
-pub(crate) fn enum_name(proto_name: &str) -> String {
-    const PREFIXES: [&str; 4] = [
-        "LINK_STATUS_",
-        "OPERATION_ACTION_",
-        "PROVIDER_CATEGORY_",
-        "ENVIRONMENT_",
-    ];
-    let bare = PREFIXES
-        .iter()
-        .find_map(|p| proto_name.strip_prefix(p))
-        .unwrap_or(proto_name);
-    bare.to_ascii_lowercase()
-}
-
 async fn list_providers(
     State(state): State<RestState>,
     Authenticated(_): Authenticated,
@@ -189,17 +170,6 @@ async fn list_providers(
     Ok(Json(json!({ "providers": providers })).into_response())
 }
 
-/// REST route of an RPC whose behaviour is not built yet: authenticates like
-/// the real one will, then answers 501.
-fn authenticated_not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
-    axum::routing::on(
-        method,
-        move |State(state): State<RestState>, Authenticated(_): Authenticated| async move {
-            state.api.not_yet(rpc).into_response()
-        },
-    )
-}
-
 /// Route of an unauthenticated RPC (OAuth, end-user flow) not built yet.
 fn not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
     axum::routing::on(method, move |State(state): State<RestState>| async move {
@@ -230,19 +200,11 @@ pub fn router(state: RestState) -> Router {
         .route("/v1/links", axum::routing::post(links::create_link))
         .route("/v1/links/{link_id}", get(links::get_link))
         .route("/v1/providers", get(list_providers))
-        .route(
-            "/v2/link/init",
-            authenticated_not_yet(MethodFilter::POST, "LinkService.InitLinkSession"),
-        )
-        .route(
-            "/v2/connections",
-            authenticated_not_yet(MethodFilter::GET, "ConnectionService.ListConnections"),
-        )
+        .route("/v2/link/init", axum::routing::post(sessions::init))
+        .route("/v2/connections", get(connections::list))
         .route(
             "/v2/connections/{connection_id}",
-            authenticated_not_yet(MethodFilter::GET, "ConnectionService.GetConnection").merge(
-                authenticated_not_yet(MethodFilter::DELETE, "ConnectionService.DeleteConnection"),
-            ),
+            get(connections::get).delete(connections::delete),
         )
         .route(
             "/v3/oauth/authorize",
@@ -256,12 +218,9 @@ pub fn router(state: RestState) -> Router {
         .route("/v1/flow/claim", axum::routing::post(flow::claim))
         .route(
             "/v1/flow/integration",
-            not_yet(MethodFilter::POST, "LinkFlowService.SelectIntegration"),
+            axum::routing::post(flow::select_integration),
         )
-        .route(
-            "/v1/flow/approve",
-            not_yet(MethodFilter::POST, "LinkFlowService.ApproveAccess"),
-        )
+        .route("/v1/flow/approve", axum::routing::post(flow::approve))
         .route(
             "/v1/flow/credentials",
             axum::routing::post(flow::credentials),

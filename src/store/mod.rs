@@ -1,6 +1,7 @@
 //! Postgres access: the pool, migrations, and one module of queries per area.
 //! Every tenant-scoped query takes the caller's organization and environment.
 
+pub mod connections;
 pub mod idempotency;
 pub mod links;
 pub mod tenancy;

@@ -121,7 +121,8 @@ pub fn serve_args() -> ServeArgs {
         shutdown_drain_delay: Duration::ZERO,
         shutdown_grace_period: Duration::from_secs(5),
         health_check_interval: Duration::from_millis(200),
-        link_expiry_interval: Duration::from_millis(300),
+        expiry_interval: Duration::from_millis(300),
+        link_session_ttl: Duration::from_secs(30 * 60),
     }
 }
 
@@ -147,7 +148,18 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the server on `db_url` with the given database acquire timeout and
 /// waits until its health reports SERVING.
 pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
-    let args = serve_args();
+    spawn_configured(db_url, acquire_timeout, serve_args()).await
+}
+
+/// Starts the server on a fresh database with `configure` applied to the
+/// test defaults.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = serve_args();
+    configure(&mut args);
+    spawn_configured(&fresh_database().await, Duration::from_secs(2), args).await
+}
+
+async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeArgs) -> TestApp {
     let listener = Server::bind(&args).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let pool = store::pool(
@@ -165,6 +177,7 @@ pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
         Cipher::new(&test_key(), &[]),
         args.public_url(addr),
         Some("https://appclip.example.com".parse().unwrap()),
+        args.link_session_ttl,
     );
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

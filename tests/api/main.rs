@@ -3,6 +3,7 @@
 
 mod auth;
 mod client_apps;
+mod connections;
 mod flow;
 mod helpers;
 mod links;
@@ -10,4 +11,5 @@ mod outage;
 mod polyglot;
 mod process;
 mod providers;
+mod sessions;
 mod surface;

@@ -99,38 +99,20 @@ async fn reflection_lists_the_contract() {
 }
 
 #[tokio::test]
-async fn rpcs_of_later_releases_authenticate_then_answer_unimplemented() {
+async fn rpcs_of_later_releases_answer_unimplemented_on_both_surfaces() {
     let app = spawn_app().await;
-    let tenant = app.create_tenant(Environment::Sandbox).await;
-    let mut connections =
-        pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
-    let request = || pb::GetConnectionRequest {
-        connection_id: "conn_x".into(),
-    };
-
-    let anonymous = connections.get_connection(request()).await.unwrap_err();
-    assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let authenticated = connections
-        .get_connection(with_key(request(), &tenant.key))
+    let mut authorize =
+        pb::authorize_service_client::AuthorizeServiceClient::new(app.channel().await);
+    let status = authorize
+        .authorize(pb::AuthorizeRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(authenticated.code(), Code::Unimplemented);
-    assert!(authenticated.message().contains("GetConnection"));
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status.message().contains("Authorize"));
 
-    let init = serde_json::json!({});
     let rest = app
         .http
-        .post(app.url("/v2/link/init"))
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
-    let rest = app
-        .http
-        .post(app.url("/v2/link/init"))
-        .bearer_auth(&tenant.key)
-        .json(&init)
+        .get(app.url("/v3/oauth/authorize"))
         .send()
         .await
         .unwrap();

@@ -1,0 +1,320 @@
+//! ConnectionService: list, get and delete the connections Link sessions
+//! leave behind, and the background expiry of their provider sessions.
+
+use crate::app::{Api, parse_id, timestamp};
+use crate::auth::Caller;
+use crate::connectors::{LoginContext, ProviderSession};
+use crate::domain::Tenant;
+use crate::error::{Error, Result};
+use crate::flow::{EventSubject, record_event};
+use crate::ids::IdKind;
+use crate::pb;
+use crate::store::connections::{self as store, ConnectionRow, Cursor, ListFilter};
+use crate::validate::{Violations, limits};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Connections per page when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: i32 = 10;
+/// Largest accepted `limit`.
+pub const MAX_LIST_LIMIT: i32 = 100;
+
+/// Connection states and their stored names.
+const STATUSES: [(pb::ConnectionStatus, &str); 5] = [
+    (pb::ConnectionStatus::Pending, "pending"),
+    (pb::ConnectionStatus::Active, "active"),
+    (pb::ConnectionStatus::Awaiting2fa, "awaiting_2fa"),
+    (pb::ConnectionStatus::Expired, "expired"),
+    (pb::ConnectionStatus::Failed, "failed"),
+];
+
+fn status_to_proto(name: &str) -> pb::ConnectionStatus {
+    STATUSES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or(pb::ConnectionStatus::Unspecified, |(s, _)| *s)
+}
+
+/// The proto status of a REST `status` filter value (`None`: not a state).
+pub fn status_from_name(name: &str) -> Option<pb::ConnectionStatus> {
+    STATUSES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+}
+
+/// Associated data binding a connection's provider session to it.
+pub fn connection_session_context(id: Uuid) -> String {
+    format!("connections.session:{}", IdKind::Connection.format(id))
+}
+
+pub fn connection_to_proto(row: &ConnectionRow) -> pb::Connection {
+    pb::Connection {
+        id: IdKind::Connection.format(row.id),
+        client_app_id: IdKind::ClientApp.format(row.client_app_id),
+        integration_id: row.integration_id.clone(),
+        status: status_to_proto(&row.status) as i32,
+        client_reference_id: row.client_reference_id.clone(),
+        geolocation: row.geolocation.as_ref().map(|g| g.0.to_proto()),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+        authenticated_at: row.authenticated_at.map(timestamp),
+        session_expires_at: row.session_expires_at.map(timestamp),
+    }
+}
+
+/// The `data` of a `connection.*` event: the client's reference id and the
+/// full connection (never its session).
+pub fn connection_event_data(
+    row: &ConnectionRow,
+    billing_stopped_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Value {
+    let mut data = json!({
+        "clientReferenceId": row.client_reference_id,
+        "connection": crate::views::connection_json(&connection_to_proto(row)),
+    });
+    if let Some(at) = billing_stopped_at {
+        data["billingStoppedAt"] = json!(crate::views::iso8601(&timestamp(at)));
+    }
+    data
+}
+
+/// Keyset page tokens: where the next page starts, bound to the filters of
+/// the listing that issued it. Opaque to clients; tampering can only move
+/// within the caller's own connections.
+mod page_token {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Token {
+        /// created_at, microseconds since the epoch.
+        t: i64,
+        /// id, simple hex.
+        i: String,
+        /// Fingerprint of the filters.
+        f: String,
+    }
+
+    fn fingerprint(filter: &ListFilter) -> String {
+        let digest = Sha256::digest(format!(
+            "{}\u{0}{}",
+            filter.status.unwrap_or_default(),
+            filter.client_reference_id.as_deref().unwrap_or_default()
+        ));
+        hex_prefix(&digest)
+    }
+
+    fn hex_prefix(bytes: &[u8]) -> String {
+        bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn encode(cursor: Cursor, filter: &ListFilter) -> String {
+        let token = Token {
+            t: cursor.created_at.timestamp_micros(),
+            i: cursor.id.simple().to_string(),
+            f: fingerprint(filter),
+        };
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).expect("serializable"))
+    }
+
+    pub fn decode(token: &str, filter: &ListFilter) -> std::result::Result<Cursor, &'static str> {
+        let malformed = "is not a page token issued by ListConnections";
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed)?;
+        let token: Token = serde_json::from_slice(&bytes).map_err(|_| malformed)?;
+        if token.f != fingerprint(filter) {
+            return Err("belongs to a listing with other filters; repeat the same filters");
+        }
+        Ok(Cursor {
+            created_at: chrono::DateTime::from_timestamp_micros(token.t).ok_or(malformed)?,
+            id: Uuid::try_parse(&token.i).map_err(|_| malformed)?,
+        })
+    }
+}
+
+/// A checked `ListConnections` request.
+struct ListQuery {
+    filter: ListFilter,
+    cursor: Option<Cursor>,
+    offset: i64,
+    limit: i64,
+}
+
+impl ListQuery {
+    fn parse(req: &pb::ListConnectionsRequest) -> Result<Self> {
+        let mut v = Violations::new();
+        let limit = req.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            v.add("limit", format!("must be between 1 and {MAX_LIST_LIMIT}"));
+        }
+        let offset = req.offset.unwrap_or(0);
+        if offset < 0 {
+            v.add("offset", "must not be negative");
+        }
+        let status = match req.status() {
+            pb::ConnectionStatus::Unspecified if req.status != 0 => {
+                v.add("status", "is not a connection state");
+                None
+            }
+            pb::ConnectionStatus::Unspecified => None,
+            other => STATUSES.iter().find(|(s, _)| *s == other).map(|(_, n)| *n),
+        };
+        let client_reference_id = req
+            .client_reference_id
+            .clone()
+            .filter(|r| !r.is_empty())
+            .filter(|r| v.max_len("clientReferenceId", r, limits::REFERENCE));
+        let filter = ListFilter {
+            status,
+            client_reference_id,
+        };
+        let cursor = match req.page_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(_) if offset > 0 => {
+                v.add("pageToken", "cannot be combined with offset");
+                None
+            }
+            Some(token) => page_token::decode(token, &filter)
+                .map_err(|msg| v.add("pageToken", msg))
+                .ok(),
+            None => None,
+        };
+        v.finish()?;
+        Ok(ListQuery {
+            filter,
+            cursor,
+            offset: i64::from(offset),
+            limit: i64::from(limit),
+        })
+    }
+}
+
+fn parse_connection_id(value: &str) -> Result<Uuid> {
+    parse_id(IdKind::Connection, "connectionId", value)
+}
+
+impl Api {
+    pub async fn list_connections(
+        &self,
+        caller: &Caller,
+        req: pb::ListConnectionsRequest,
+    ) -> Result<pb::ListConnectionsResponse> {
+        let query = ListQuery::parse(&req)?;
+        let mut rows = store::list(
+            self.db(),
+            caller.tenant,
+            &query.filter,
+            query.cursor,
+            query.offset,
+            query.limit,
+        )
+        .await?;
+        let more = rows.len() as i64 > query.limit;
+        rows.truncate(query.limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => page_token::encode(
+                Cursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                },
+                &query.filter,
+            ),
+            _ => String::new(),
+        };
+        Ok(pb::ListConnectionsResponse {
+            connections: rows.iter().map(connection_to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    pub async fn get_connection(
+        &self,
+        caller: &Caller,
+        req: pb::GetConnectionRequest,
+    ) -> Result<pb::GetConnectionResponse> {
+        let id = parse_connection_id(&req.connection_id)?;
+        let row = store::get(self.db(), caller.tenant, id).await?;
+        Ok(pb::GetConnectionResponse {
+            connection: Some(connection_to_proto(&row)),
+        })
+    }
+
+    /// Logs the end user out at the provider (best effort: the session is
+    /// wiped on our side either way), then deletes the connection, stops
+    /// billing and emits `connection.deleted` in one transaction.
+    pub async fn delete_connection(
+        &self,
+        caller: &Caller,
+        req: pb::DeleteConnectionRequest,
+    ) -> Result<pb::DeleteConnectionResponse> {
+        let id = parse_connection_id(&req.connection_id)?;
+        let tenant = caller.tenant;
+        let row = store::get(self.db(), tenant, id).await?;
+        if let Some(sealed) = store::session_ciphertext(self.db(), tenant, id).await? {
+            self.logout_connection(tenant, &row, &sealed).await;
+        }
+        let mut tx = self.db().begin().await?;
+        let (row, billing_stopped_at) = store::delete(&mut tx, tenant, id)
+            .await?
+            .ok_or(Error::NotFound("connection"))?;
+        let subject = EventSubject {
+            link_id: None,
+            connection_id: Some(row.id),
+        };
+        let data = connection_event_data(&row, Some(billing_stopped_at));
+        record_event(&mut tx, tenant, "connection.deleted", subject, data).await?;
+        tx.commit().await?;
+        Ok(pb::DeleteConnectionResponse {
+            connection_id: IdKind::Connection.format(row.id),
+            billing_stopped_at: Some(timestamp(billing_stopped_at)),
+        })
+    }
+
+    async fn logout_connection(&self, tenant: Tenant, row: &ConnectionRow, sealed: &[u8]) {
+        let Some(provider) = self.state.catalog.provider(&row.integration_id) else {
+            return;
+        };
+        let session: Option<ProviderSession> = self
+            .state
+            .cipher
+            .decrypt(sealed, &connection_session_context(row.id))
+            .ok()
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        let (Some(session), Ok(connector)) = (session, self.state.connectors.for_tenant(tenant))
+        else {
+            return;
+        };
+        let ctx = LoginContext {
+            tenant,
+            provider,
+            geolocation: row
+                .geolocation
+                .as_ref()
+                .map(|g| (g.country.clone(), g.state.clone())),
+        };
+        if let Err(err) = connector.logout(&ctx, &session).await {
+            tracing::warn!(
+                connection_id = %IdKind::Connection.format(row.id),
+                error_code = err.code(),
+                "provider logout failed; the stored session is wiped anyway"
+            );
+        }
+    }
+}
+
+/// Marks up to `batch` connections whose provider session has ended
+/// `expired`, each with its `connection.expired` event, in one transaction.
+/// Safe in several replicas at once (rows are claimed with SKIP LOCKED).
+pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    let expired = store::expire_due(&mut tx, batch).await?;
+    for (tenant, row) in &expired {
+        let subject = EventSubject {
+            link_id: None,
+            connection_id: Some(row.id),
+        };
+        let data = connection_event_data(row, None);
+        record_event(&mut tx, *tenant, "connection.expired", subject, data).await?;
+    }
+    tx.commit().await?;
+    Ok(expired.len())
+}

@@ -1,0 +1,301 @@
+//! Link session rules: what `InitLinkSession` accepts, the proxy location,
+//! and the query parameters the end user is redirected back with.
+
+use crate::error::Error;
+use crate::ids::IdKind;
+use crate::pb;
+use crate::validate::{Violations, limits};
+use url::Url;
+
+/// A proxy location: an ISO 3166-1 alpha-2 country and optionally an
+/// ISO 3166-2 subdivision of it (without the country prefix).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Geolocation {
+    pub country: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl Geolocation {
+    /// Checks a requested location, normalising codes to upper case.
+    fn parse(v: &mut Violations, geo: &pb::Geolocation) -> Option<Self> {
+        let country = geo.country.trim().to_ascii_uppercase();
+        if country.is_empty() {
+            v.add(
+                "geolocation.country",
+                "is required when geolocation is given",
+            );
+            return None;
+        }
+        if country.len() != 2 || rust_iso3166::from_alpha2(&country).is_none() {
+            v.add(
+                "geolocation.country",
+                "must be an ISO 3166-1 alpha-2 country code such as US",
+            );
+            return None;
+        }
+        let state = match geo.state.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(state) => {
+                let state = state.to_ascii_uppercase();
+                let code = format!("{country}-{state}");
+                if state.len() > 3 || rust_iso3166::iso3166_2::from_code(&code).is_none() {
+                    v.add(
+                        "geolocation.state",
+                        format!(
+                            "must be an ISO 3166-2 subdivision code of {country} without the country prefix, such as CA for US-CA"
+                        ),
+                    );
+                    return None;
+                }
+                Some(state)
+            }
+        };
+        Some(Geolocation { country, state })
+    }
+
+    pub fn to_proto(&self) -> pb::Geolocation {
+        pb::Geolocation {
+            country: self.country.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// An `InitLinkSession` request whose fields are well-formed. Whether the
+/// app and redirect URL exist is checked against the store afterwards.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub client_app_id: Option<uuid::Uuid>,
+    pub redirect_url: Option<String>,
+    pub client_reference_id: Option<String>,
+    /// `None` when not given; a well-formed id may still name no connection.
+    pub connection_id: Option<uuid::Uuid>,
+    pub geolocation: Option<Geolocation>,
+}
+
+impl NewSession {
+    /// Checks every field and reports every problem at once.
+    pub fn parse(req: &pb::InitLinkSessionRequest) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let given = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let client_app_id = given(&req.client_app_id).and_then(|id| {
+            let parsed = IdKind::ClientApp.parse(&id);
+            if parsed.is_none() {
+                v.add(
+                    "clientAppId",
+                    "must be a client app id starting with `app_`",
+                );
+            }
+            parsed
+        });
+        let redirect_url = given(&req.redirect_url);
+        if let Some(url) = &redirect_url {
+            v.max_len("redirectUrl", url, limits::URL);
+        }
+        let client_reference_id = given(&req.client_reference_id);
+        if let Some(reference) = &client_reference_id {
+            v.max_len("clientReferenceId", reference, limits::REFERENCE);
+        }
+        // A well-formed id that names nothing is not an error (documented):
+        // the session then makes a new connection. Only the prefix and shape
+        // are checked here.
+        let connection_id = given(&req.connection_id).and_then(|id| {
+            if !id.starts_with(IdKind::Connection.prefix()) {
+                v.add("connectionId", "must start with `conn_`");
+                return None;
+            }
+            if id.len() > limits::ID {
+                v.add(
+                    "connectionId",
+                    format!("must be at most {} characters", limits::ID),
+                );
+                return None;
+            }
+            IdKind::Connection.parse(&id)
+        });
+        let geolocation = req
+            .geolocation
+            .as_ref()
+            .and_then(|geo| Geolocation::parse(&mut v, geo));
+        v.finish()?;
+        Ok(NewSession {
+            client_app_id,
+            redirect_url,
+            client_reference_id,
+            connection_id,
+            geolocation,
+        })
+    }
+}
+
+/// How a Link session ended, as the redirect reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionResult<'a> {
+    Success { connection_id: &'a str },
+    Cancelled { step: &'a str },
+    Error { error_code: &'a str },
+}
+
+/// `redirect_url` with the documented result parameters appended, keeping
+/// its own query: `status=success&connection_id=…`, `status=cancelled&step=…`
+/// or `status=error&error_code=…`, each followed by `client_reference_id`
+/// when the session was given one.
+pub fn session_redirect_url(
+    redirect_url: &str,
+    result: &SessionResult<'_>,
+    client_reference_id: Option<&str>,
+) -> String {
+    let Ok(mut url) = Url::parse(redirect_url) else {
+        return redirect_url.to_string();
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        match result {
+            SessionResult::Success { connection_id } => {
+                query.append_pair("status", "success");
+                query.append_pair("connection_id", connection_id);
+            }
+            SessionResult::Cancelled { step } => {
+                query.append_pair("status", "cancelled");
+                query.append_pair("step", step);
+            }
+            SessionResult::Error { error_code } => {
+                query.append_pair("status", "error");
+                query.append_pair("error_code", error_code);
+            }
+        }
+        if let Some(reference) = client_reference_id {
+            query.append_pair("client_reference_id", reference);
+        }
+    }
+    url.to_string()
+}
+
+/// The web origin (`scheme://host[:port]`) of a redirect URL: the only origin
+/// the embedded Link page posts its result to. App schemes have none.
+pub fn web_origin(redirect_url: &str) -> Option<String> {
+    let url = Url::parse(redirect_url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(geo: Option<(&str, Option<&str>)>) -> pb::InitLinkSessionRequest {
+        pb::InitLinkSessionRequest {
+            geolocation: geo.map(|(country, state)| pb::Geolocation {
+                country: country.into(),
+                state: state.map(Into::into),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn paths(err: Error) -> Vec<String> {
+        match err {
+            Error::Validation(issues) => issues.into_iter().map(|i| i.path).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn geolocation_checks_iso_codes() {
+        let ok = NewSession::parse(&request(Some(("us", Some("ca"))))).unwrap();
+        assert_eq!(
+            ok.geolocation,
+            Some(Geolocation {
+                country: "US".into(),
+                state: Some("CA".into())
+            })
+        );
+        assert!(NewSession::parse(&request(Some(("FR", Some("75C"))))).is_ok());
+        assert_eq!(
+            paths(NewSession::parse(&request(Some(("", Some("CA"))))).unwrap_err()),
+            ["geolocation.country"]
+        );
+        assert_eq!(
+            paths(NewSession::parse(&request(Some(("XX", None)))).unwrap_err()),
+            ["geolocation.country"]
+        );
+        assert_eq!(
+            paths(NewSession::parse(&request(Some(("US", Some("ZZ"))))).unwrap_err()),
+            ["geolocation.state"]
+        );
+        // A real subdivision, of another country.
+        assert_eq!(
+            paths(NewSession::parse(&request(Some(("CA", Some("CA"))))).unwrap_err()),
+            ["geolocation.state"]
+        );
+    }
+
+    #[test]
+    fn every_malformed_field_is_reported() {
+        let req = pb::InitLinkSessionRequest {
+            client_app_id: Some("link_1".into()),
+            redirect_url: Some("x".repeat(3000)),
+            client_reference_id: Some("r".repeat(256)),
+            connection_id: Some("abc123".into()),
+            geolocation: Some(pb::Geolocation::default()),
+        };
+        assert_eq!(
+            paths(NewSession::parse(&req).unwrap_err()),
+            [
+                "clientAppId",
+                "redirectUrl",
+                "clientReferenceId",
+                "connectionId",
+                "geolocation.country"
+            ]
+        );
+    }
+
+    #[test]
+    fn redirects_carry_exactly_the_documented_parameters() {
+        assert_eq!(
+            session_redirect_url(
+                "https://app.example/cb?x=1",
+                &SessionResult::Success {
+                    connection_id: "conn_1"
+                },
+                Some("user 1&2")
+            ),
+            "https://app.example/cb?x=1&status=success&connection_id=conn_1&client_reference_id=user+1%262"
+        );
+        assert_eq!(
+            session_redirect_url(
+                "https://app.example/cb",
+                &SessionResult::Cancelled { step: "2fa" },
+                None
+            ),
+            "https://app.example/cb?status=cancelled&step=2fa"
+        );
+        assert_eq!(
+            session_redirect_url(
+                "myapp://done",
+                &SessionResult::Error {
+                    error_code: "session_expired"
+                },
+                None
+            ),
+            "myapp://done?status=error&error_code=session_expired"
+        );
+    }
+
+    #[test]
+    fn only_web_redirects_have_an_origin() {
+        assert_eq!(
+            web_origin("http://127.0.0.1:4000/cb?x=1").as_deref(),
+            Some("http://127.0.0.1:4000")
+        );
+        assert_eq!(
+            web_origin("https://app.example/cb").as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(web_origin("myapp://cb"), None);
+    }
+}

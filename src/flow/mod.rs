@@ -1,0 +1,566 @@
+//! The end user's side of linkd (LinkFlowService). A flow is either a claimed
+//! link intent (`link`, see [`link`]) or a Link session (`session`, see
+//! [`session`]). Both share the flow token, login, second factor, cancel and
+//! expiry, which live here; what success means differs: a link runs its
+//! operations, a session asks for consent and leaves a connection.
+//!
+//! Every state change and its event are written in one transaction.
+
+pub mod link;
+pub mod session;
+
+use crate::app::Api;
+use crate::catalog::Provider;
+use crate::connectors::{ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
+use crate::domain::session::Geolocation;
+use crate::domain::{Environment, Tenant};
+use crate::error::{Error, Precondition, Result};
+use crate::ids::token_hash;
+use crate::pb;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Wrong logins allowed before the flow fails.
+pub const MAX_FAILED_ATTEMPTS: i32 = 5;
+/// Longest credential value.
+pub const MAX_CREDENTIAL_LEN: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlowKind {
+    Link,
+    Session,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct FlowRow {
+    id: Uuid,
+    organization_id: Uuid,
+    environment: String,
+    kind: String,
+    link_id: Option<Uuid>,
+    /// The link's `debug` flag (false for sessions).
+    debug: bool,
+    integration_id: Option<String>,
+    step: String,
+    outcome: Option<String>,
+    error_code: Option<String>,
+    second_factor_prompt: Option<String>,
+    session_ciphertext: Option<Vec<u8>>,
+    failed_logins: i32,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    client_app_id: Option<Uuid>,
+    redirect_url: Option<String>,
+    client_reference_id: Option<String>,
+    connection_id: Option<Uuid>,
+    reconnect: bool,
+    geolocation: Option<sqlx::types::Json<Geolocation>>,
+    cancelled_step: Option<String>,
+    lang: String,
+}
+
+impl FlowRow {
+    fn tenant(&self) -> Tenant {
+        Tenant {
+            organization_id: self.organization_id,
+            environment: Environment::parse(&self.environment).unwrap_or(Environment::Sandbox),
+        }
+    }
+
+    fn kind(&self) -> FlowKind {
+        if self.kind == "session" {
+            FlowKind::Session
+        } else {
+            FlowKind::Link
+        }
+    }
+
+    fn login_context<'p>(&self, provider: &'p Provider) -> LoginContext<'p> {
+        LoginContext {
+            tenant: self.tenant(),
+            provider,
+            geolocation: self
+                .geolocation
+                .as_ref()
+                .map(|g| (g.country.clone(), g.state.clone())),
+        }
+    }
+}
+
+const SELECT_FLOW: &str = "SELECT f.id, f.organization_id, f.environment, f.kind, f.link_id,
+        COALESCE(l.debug, false) AS debug, f.integration_id, f.step, f.outcome, f.error_code,
+        f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.expires_at,
+        f.client_app_id, f.redirect_url, f.client_reference_id, f.connection_id, f.reconnect,
+        f.geolocation, f.cancelled_step, f.lang
+     FROM flows f LEFT JOIN links l ON l.id = f.link_id";
+
+/// Associated data binding a flow's held provider session to the flow.
+fn session_context(flow_id: Uuid) -> String {
+    format!("flows.session:{flow_id}")
+}
+
+/// Flow steps and their names: stored in `flows.step` and rendered by REST.
+const FLOW_STEPS: [(pb::FlowStep, &str); 6] = [
+    (pb::FlowStep::PreLogin, "pre-login"),
+    (pb::FlowStep::Authorization, "authorization"),
+    (pb::FlowStep::Login, "login"),
+    (pb::FlowStep::TwoFactor, "2fa"),
+    (pb::FlowStep::Processing, "processing"),
+    (pb::FlowStep::Done, "done"),
+];
+
+/// The steps an end user can cancel at.
+pub const CANCELLABLE_STEPS: [pb::FlowStep; 4] = [
+    pb::FlowStep::PreLogin,
+    pb::FlowStep::Authorization,
+    pb::FlowStep::Login,
+    pb::FlowStep::TwoFactor,
+];
+
+pub fn flow_step(name: &str) -> pb::FlowStep {
+    FLOW_STEPS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or(pb::FlowStep::Unspecified, |(step, _)| *step)
+}
+
+pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
+    FLOW_STEPS
+        .iter()
+        .find(|(s, _)| *s == step)
+        .map(|(_, name)| *name)
+}
+
+fn error_message(code: &str) -> &'static str {
+    match code {
+        "invalid_credentials" => "The username or password is incorrect.",
+        "invalid_code" => "That code is incorrect. Check it and try again.",
+        "account_locked" => "This account is locked at the provider.",
+        "operation_failed" => "The provider could not complete the request.",
+        "session_expired" => "This session has expired. Start again from the app.",
+        "link_expired" => "This link has expired.",
+        "cancelled" => "Cancelled.",
+        _ => "The provider is unavailable. Try again later.",
+    }
+}
+
+fn wrong_step(message: &str) -> Error {
+    Error::FailedPrecondition {
+        precondition: Precondition::WrongState,
+        reason: "WRONG_STEP",
+        message: message.to_string(),
+    }
+}
+
+/// Writes an event to the outbox, inside the caller's transaction.
+pub async fn record_event(
+    tx: &mut PgConnection,
+    tenant: Tenant,
+    event_type: &str,
+    subject: EventSubject,
+    data: Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, environment, type, link_id, connection_id, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(event_type)
+    .bind(subject.link_id)
+    .bind(subject.connection_id)
+    .bind(json!({ "type": event_type, "data": data }))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// What an event is about, for filtering deliveries.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EventSubject {
+    pub link_id: Option<Uuid>,
+    pub connection_id: Option<Uuid>,
+}
+
+/// How an unfinished flow ends (success of a session is
+/// [`session`]'s `connect`, which also writes the connection).
+pub(crate) enum Finish {
+    /// A link's operations all succeeded, with this result.
+    Completed(Value),
+    /// Failed with an error code (`invalid_credentials`, `account_locked`…).
+    Failed(&'static str, String),
+    /// The end user cancelled at this step.
+    Cancelled(&'static str),
+    /// The flow's lifetime ran out.
+    Expired,
+}
+
+impl Api {
+    async fn load_flow(&self, token: Option<&SecretString>) -> Result<FlowRow> {
+        let token = token.ok_or(Error::Unauthenticated)?;
+        let token = token.expose_secret();
+        if !token.starts_with("lft_") {
+            return Err(Error::Unauthenticated);
+        }
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_FLOW} WHERE f.token_hash = $1"
+        )))
+        .bind(token_hash(token))
+        .fetch_optional(self.db())
+        .await?
+        .ok_or(Error::Unauthenticated)
+    }
+
+    async fn flow_by_id(&self, flow_id: Uuid) -> Result<FlowRow> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_FLOW} WHERE f.id = $1"
+        )))
+        .bind(flow_id)
+        .fetch_one(self.db())
+        .await?)
+    }
+
+    /// Appends a step to the link's debug trace when the link has `debug`
+    /// on. `details` must already be free of secrets.
+    async fn trace(&self, flow: &FlowRow, event: &str, details: Value) -> Result<()> {
+        if let (true, Some(link_id)) = (flow.debug, flow.link_id) {
+            link::append_trace(self.db(), link_id, event, details).await?;
+        }
+        Ok(())
+    }
+
+    /// The end user's view of the flow, read fresh.
+    async fn flow_view(&self, flow_id: Uuid) -> Result<pb::Flow> {
+        let flow = self.flow_by_id(flow_id).await?;
+        let provider = flow
+            .integration_id
+            .as_deref()
+            .and_then(|id| self.state.catalog.provider(id));
+        let error_code = flow.error_code.clone().unwrap_or_default();
+        let mut view = pb::Flow {
+            step: flow_step(&flow.step) as i32,
+            outcome: match flow.outcome.as_deref() {
+                Some("success") => pb::FlowOutcome::Success,
+                Some("cancelled") => pb::FlowOutcome::Cancelled,
+                Some("error") => pb::FlowOutcome::Error,
+                _ => pb::FlowOutcome::Unspecified,
+            } as i32,
+            integration_id: flow.integration_id.clone().unwrap_or_default(),
+            integration_name: provider.map(|p| p.name.clone()).unwrap_or_default(),
+            credential_fields: provider
+                .filter(|_| flow.step == "login")
+                .map(|p| {
+                    p.credentials
+                        .iter()
+                        .map(|c| pb::CredentialField {
+                            name: c.name.clone(),
+                            label: c.label.clone(),
+                            secret: c.secret,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            second_factor_prompt: flow.second_factor_prompt.clone().unwrap_or_default(),
+            error_message: if error_code.is_empty() {
+                String::new()
+            } else {
+                error_message(&error_code).into()
+            },
+            error_code,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: flow.expires_at.timestamp(),
+                nanos: 0,
+            }),
+            lang: flow.lang.clone(),
+            cancelled_step: flow
+                .cancelled_step
+                .as_deref()
+                .map_or(pb::FlowStep::Unspecified, flow_step) as i32,
+            ..Default::default()
+        };
+        match flow.kind() {
+            FlowKind::Link => self.link_view(&flow, &mut view).await?,
+            FlowKind::Session => self.session_view(&flow, &mut view).await?,
+        }
+        Ok(view)
+    }
+
+    /// The flow's state. A flow past its expiry is finished as expired first,
+    /// so the page learns where to send the end user.
+    pub async fn get_flow(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
+        let flow = self.load_flow(token).await?;
+        if flow.outcome.is_none() && flow.expires_at <= chrono::Utc::now() {
+            self.finish(&flow, Finish::Expired).await?;
+        }
+        self.flow_view(flow.id).await
+    }
+
+    /// The flow, checked to be unfinished, unexpired (an expired one is
+    /// finished as expired first) and at `step`.
+    async fn flow_at(&self, token: Option<&SecretString>, step: &str) -> Result<FlowRow> {
+        let flow = self.load_flow(token).await?;
+        let expired = match flow.kind() {
+            FlowKind::Link => Error::FailedPrecondition {
+                precondition: Precondition::Expired,
+                reason: "LINK_EXPIRED",
+                message: "this link has expired".into(),
+            },
+            FlowKind::Session => Error::FailedPrecondition {
+                precondition: Precondition::Expired,
+                reason: "SESSION_EXPIRED",
+                message: "this Link session has expired".into(),
+            },
+        };
+        if flow.outcome.is_some() {
+            // Closed by the expiry sweep: say so, not just "finished".
+            if matches!(
+                flow.error_code.as_deref(),
+                Some("session_expired" | "link_expired")
+            ) {
+                return Err(expired);
+            }
+            return Err(Error::FailedPrecondition {
+                precondition: Precondition::AlreadyUsed,
+                reason: "FLOW_FINISHED",
+                message: "this flow has already finished".into(),
+            });
+        }
+        if flow.expires_at <= chrono::Utc::now() {
+            self.finish(&flow, Finish::Expired).await?;
+            return Err(expired);
+        }
+        if flow.step != step {
+            return Err(wrong_step(&format!(
+                "the flow is at step {}, not {step}",
+                flow.step
+            )));
+        }
+        Ok(flow)
+    }
+
+    fn provider_of(&self, flow: &FlowRow) -> Result<&Provider> {
+        let id = flow
+            .integration_id
+            .as_deref()
+            .ok_or_else(|| wrong_step("no integration has been chosen"))?;
+        self.state
+            .catalog
+            .provider(id)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("integration {id} left the catalog")))
+    }
+
+    fn open_held_session(&self, flow: &FlowRow) -> Result<Option<ProviderSession>> {
+        let Some(sealed) = flow.session_ciphertext.as_deref() else {
+            return Ok(None);
+        };
+        let plain = self
+            .state
+            .cipher
+            .decrypt(sealed, &session_context(flow.id))
+            .map_err(Error::Internal)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(Error::internal)
+    }
+
+    fn seal_held_session(&self, flow: &FlowRow, session: &ProviderSession) -> Result<Vec<u8>> {
+        Ok(self.state.cipher.encrypt(
+            &serde_json::to_vec(session).map_err(Error::internal)?,
+            &session_context(flow.id),
+        ))
+    }
+
+    pub async fn submit_credentials(
+        &self,
+        token: Option<&SecretString>,
+        req: pb::SubmitCredentialsRequest,
+    ) -> Result<pb::Flow> {
+        let flow = self.flow_at(token, "login").await?;
+        let provider = self.provider_of(&flow)?;
+        let mut v = crate::validate::Violations::new();
+        let mut credentials = Credentials::new();
+        for field in &provider.credentials {
+            let path = format!("fields.{}", field.name);
+            match req.fields.get(&field.name) {
+                Some(value) if !value.is_empty() => {
+                    v.max_len(&path, value, MAX_CREDENTIAL_LEN);
+                    credentials.insert(field.name.clone(), SecretString::from(value.clone()));
+                }
+                _ => v.add(path, "is required"),
+            }
+        }
+        for name in req
+            .fields
+            .keys()
+            .filter(|n| !provider.credentials.iter().any(|c| &c.name == *n))
+        {
+            v.add(
+                format!("fields.{name}"),
+                "is not a field of this login form",
+            );
+        }
+        v.finish()?;
+        if flow.kind() == FlowKind::Session {
+            self.insert_pending_connection(&flow).await?;
+        }
+        let ctx = flow.login_context(provider);
+        let fields: Vec<&String> = req.fields.keys().collect();
+        self.trace(
+            &flow,
+            "login.started",
+            json!({ "integrationId": provider.id, "fields": fields }),
+        )
+        .await?;
+        let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
+            Ok(connector) => connector.login(&ctx, &credentials).await,
+            Err(unavailable) => Err(unavailable),
+        };
+        self.after_login(&flow, &ctx, outcome).await
+    }
+
+    pub async fn submit_second_factor(
+        &self,
+        token: Option<&SecretString>,
+        req: pb::SubmitSecondFactorRequest,
+    ) -> Result<pb::Flow> {
+        let flow = self.flow_at(token, "2fa").await?;
+        if req.code.is_empty() || req.code.chars().count() > 32 {
+            return Err(Error::invalid(
+                "code",
+                "is required (at most 32 characters)",
+            ));
+        }
+        let provider = self.provider_of(&flow)?;
+        let pending = self
+            .open_held_session(&flow)?
+            .ok_or_else(|| wrong_step("no second factor is pending"))?;
+        let ctx = flow.login_context(provider);
+        self.trace(&flow, "second_factor.submitted", json!({}))
+            .await?;
+        let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
+            Ok(connector) => connector.second_factor(&ctx, &pending, &req.code).await,
+            Err(unavailable) => Err(unavailable),
+        };
+        self.after_login(&flow, &ctx, outcome).await
+    }
+
+    pub async fn cancel_flow(
+        &self,
+        token: Option<&SecretString>,
+        req: pb::CancelFlowRequest,
+    ) -> Result<pb::Flow> {
+        let step = Some(req.step())
+            .filter(|step| CANCELLABLE_STEPS.contains(step))
+            .and_then(step_name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "step",
+                    "must be the current step: pre-login, authorization, login or 2fa",
+                )
+            })?;
+        let flow = self.flow_at(token, step).await?;
+        self.finish(&flow, Finish::Cancelled(step)).await?;
+        self.flow_view(flow.id).await
+    }
+
+    async fn after_login(
+        &self,
+        flow: &FlowRow,
+        ctx: &LoginContext<'_>,
+        outcome: Result<LoginOutcome, ConnectorError>,
+    ) -> Result<pb::Flow> {
+        let traced = match &outcome {
+            Ok(LoginOutcome::LoggedIn(_)) => ("login.succeeded", json!({})),
+            Ok(LoginOutcome::SecondFactorRequired { .. }) => {
+                ("login.second_factor_required", json!({}))
+            }
+            Err(err) => ("login.failed", json!({ "errorCode": err.code() })),
+        };
+        self.trace(flow, traced.0, traced.1).await?;
+        match outcome {
+            Ok(LoginOutcome::LoggedIn(session)) => match flow.kind() {
+                FlowKind::Link => self.run_link(flow, ctx, session).await?,
+                FlowKind::Session => self.hold_for_consent(flow, &session).await?,
+            },
+            Ok(LoginOutcome::SecondFactorRequired { pending, prompt }) => {
+                let sealed = self.seal_held_session(flow, &pending)?;
+                let mut tx = self.db().begin().await?;
+                sqlx::query(
+                    "UPDATE flows SET step = '2fa', second_factor_prompt = $2, session_ciphertext = $3,
+                         error_code = NULL, updated_at = now() WHERE id = $1",
+                )
+                .bind(flow.id)
+                .bind(&prompt)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+                match flow.kind() {
+                    FlowKind::Link => link::mark_awaiting_2fa(&mut tx, flow).await?,
+                    FlowKind::Session => session::mark_awaiting_2fa(&mut tx, flow).await?,
+                }
+                tx.commit().await?;
+            }
+            Err(err)
+                if err.is_retryable_input() && flow.failed_logins + 1 < MAX_FAILED_ATTEMPTS =>
+            {
+                sqlx::query(
+                    "UPDATE flows SET error_code = $2, failed_logins = failed_logins + 1, updated_at = now() WHERE id = $1",
+                )
+                .bind(flow.id)
+                .bind(err.code())
+                .execute(self.db())
+                .await?;
+            }
+            Err(err) => {
+                self.finish(flow, Finish::Failed(err.code(), err.to_string()))
+                    .await?;
+            }
+        }
+        self.flow_view(flow.id).await
+    }
+
+    /// Ends an unfinished flow that did not succeed (or a link that did):
+    /// the flow, its link or connection, and the event, in one transaction.
+    /// A provider session still held (consent or second factor pending) is
+    /// logged out.
+    async fn finish(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
+        if let Ok(Some(held)) = self.open_held_session(flow)
+            && let (Ok(provider), Ok(connector)) = (
+                self.provider_of(flow),
+                self.state.connectors.for_tenant(flow.tenant()),
+            )
+        {
+            // Best effort: the session is wiped from our side regardless.
+            let _ = connector.logout(&flow.login_context(provider), &held).await;
+        }
+        match flow.kind() {
+            FlowKind::Link => self.finish_link(flow, finish).await,
+            FlowKind::Session => self.finish_session(flow, finish).await,
+        }
+    }
+}
+
+/// Marks the flow done, wiping any held provider session, inside `tx`.
+/// Returns false when another request finished it first.
+async fn close_flow(
+    tx: &mut PgConnection,
+    flow: &FlowRow,
+    outcome: &str,
+    error_code: Option<&str>,
+    cancelled_step: Option<&str>,
+) -> Result<bool> {
+    let closed = sqlx::query(
+        "UPDATE flows SET step = 'done', outcome = $2, error_code = $3, cancelled_step = $4,
+             session_ciphertext = NULL, updated_at = now()
+         WHERE id = $1 AND outcome IS NULL",
+    )
+    .bind(flow.id)
+    .bind(outcome)
+    .bind(error_code)
+    .bind(cancelled_step)
+    .execute(tx)
+    .await?;
+    Ok(closed.rows_affected() == 1)
+}

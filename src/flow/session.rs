@@ -1,0 +1,416 @@
+//! Link sessions: `InitLinkSession` opens a flow that the hosted or embedded
+//! Link page walks through: pick the integration (unless a reconnect fixes
+//! it), log in, give a second factor when asked, consent, done. Consent
+//! makes the connection `active` (or refreshes the reconnected one) and
+//! emits `connection.created` / `connection.updated` in the same
+//! transaction. The end user is then sent to the redirect URL with the
+//! documented result parameters.
+//!
+//! The connection row of a new connection appears at the first login
+//! attempt (`pending`), follows the login (`awaiting_2fa`), and becomes
+//! `failed` when the session ends without success. A reconnected connection
+//! keeps its state until the new login succeeds.
+
+use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
+use crate::app::Api;
+use crate::auth::Caller;
+use crate::connections::{connection_event_data, connection_session_context};
+use crate::connectors::ProviderSession;
+use crate::domain::session::{NewSession, SessionResult, session_redirect_url, web_origin};
+use crate::error::{Error, Precondition, Result};
+use crate::ids::{IdKind, random_token, token_hash};
+use crate::pb;
+use crate::store::connections::{self as store, FreshSession, NewConnection};
+use crate::store::idempotency::IdempotencyKey;
+use crate::store::tenancy;
+use prost::Message as _;
+use secrecy::SecretString;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Path of the Link page under the public URL; the flow token follows in
+/// the fragment so it never reaches access logs or `Referer` headers.
+pub const LINK_PAGE_PATH: &str = "link";
+
+pub(super) async fn mark_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
+    if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
+        store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa").await?;
+    }
+    Ok(())
+}
+
+/// Closes Link sessions past their expiry that nobody touched (the page
+/// closes its own on the next call), failing the connections they were
+/// making. Skips rows another replica holds. Returns how many closed.
+pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "WITH due AS (
+             SELECT id FROM flows
+             WHERE kind = 'session' AND outcome IS NULL AND expires_at <= now()
+             ORDER BY expires_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         ), closed AS (
+             UPDATE flows f SET step = 'done', outcome = 'error', error_code = 'session_expired',
+                 session_ciphertext = NULL, updated_at = now()
+             FROM due WHERE f.id = due.id
+             RETURNING f.connection_id, f.reconnect
+         ), failed AS (
+             UPDATE connections c SET status = 'failed', updated_at = now()
+             FROM closed
+             WHERE c.id = closed.connection_id AND NOT closed.reconnect
+               AND c.status IN ('pending', 'awaiting_2fa') AND c.deleted_at IS NULL
+             RETURNING 1
+         )
+         SELECT count(*) FROM closed",
+    )
+    .bind(batch)
+    .fetch_one(db)
+    .await?)
+}
+
+impl Api {
+    /// Starts a Link session and returns the URL of its page. With an
+    /// idempotency key, a repeat of the same request returns the first URL.
+    pub async fn init_link_session(
+        &self,
+        caller: &Caller,
+        req: pb::InitLinkSessionRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<pb::InitLinkSessionResponse> {
+        let new = NewSession::parse(&req)?;
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            tenant: caller.tenant,
+            operation: "LinkService.InitLinkSession",
+            key,
+            request_hash: token_hash(req.encode_to_vec()),
+        });
+        self.idempotent(key, async |key| self.open_session(caller, &new, key).await)
+            .await
+    }
+
+    async fn open_session(
+        &self,
+        caller: &Caller,
+        new: &NewSession,
+        idempotency_key: Option<&IdempotencyKey<'_>>,
+    ) -> Result<pb::InitLinkSessionResponse> {
+        let tenant = caller.tenant;
+        let app = match new.client_app_id {
+            Some(id) => tenancy::get_client_app(self.db(), tenant, id).await?,
+            None => tenancy::list_client_apps(self.db(), tenant)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(Error::NotFound("client app"))?,
+        };
+        let redirect_url = match &new.redirect_url {
+            Some(url) if app.redirect_uris.contains(url) => url.clone(),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "redirectUrl",
+                    "must exactly match one of the client app's allowed redirect URIs",
+                ));
+            }
+            None => app.redirect_uris[0].clone(),
+        };
+        // An unknown, deleted or foreign id is not an error: a new
+        // connection is made instead (documented).
+        let existing = match new.connection_id {
+            Some(id) => store::find_live(self.db(), tenant, id).await?,
+            None => None,
+        };
+        let (connection_id, reconnect, integration_id) = match &existing {
+            Some(row) => (row.id, true, Some(row.integration_id.clone())),
+            None => (IdKind::Connection.new_uuid(), false, None),
+        };
+        let step = if integration_id.is_some() {
+            "login"
+        } else {
+            "pre-login"
+        };
+        let token = format!("lft_{}", random_token());
+        let mut tx = self.db().begin().await?;
+        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "INSERT INTO flows (id, token_hash, organization_id, environment, kind, integration_id, step,
+                 expires_at, client_app_id, redirect_url, client_reference_id, connection_id, reconnect,
+                 geolocation)
+             VALUES ($1, $2, $3, $4, 'session', $5, $6, now() + make_interval(secs => $7), $8, $9, $10,
+                 $11, $12, $13)
+             RETURNING expires_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(token_hash(&token))
+        .bind(tenant.organization_id)
+        .bind(tenant.environment.as_str())
+        .bind(integration_id)
+        .bind(step)
+        .bind(self.state.session_ttl.as_secs_f64())
+        .bind(app.id)
+        .bind(&redirect_url)
+        .bind(&new.client_reference_id)
+        .bind(connection_id)
+        .bind(reconnect)
+        .bind(new.geolocation.as_ref().map(sqlx::types::Json))
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut url = self
+            .state
+            .public_url
+            .join(LINK_PAGE_PATH)
+            .map_err(Error::internal)?;
+        url.set_fragment(Some(&format!("token={token}")));
+        let response = pb::InitLinkSessionResponse {
+            url: url.to_string(),
+            expires_at: Some(crate::app::timestamp(expires_at)),
+        };
+        if let Some(key) = idempotency_key {
+            crate::store::idempotency::store_response(
+                &mut tx,
+                &self.state.cipher,
+                key,
+                &response.encode_to_vec(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    pub(super) async fn session_view(&self, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
+        let redirect_url = flow.redirect_url.as_deref().unwrap_or_default();
+        view.client_app_name = sqlx::query_scalar("SELECT name FROM client_apps WHERE id = $1")
+            .bind(flow.client_app_id)
+            .fetch_optional(self.db())
+            .await?
+            .unwrap_or_default();
+        view.client_origin = web_origin(redirect_url).unwrap_or_default();
+        view.client_reference_id = flow.client_reference_id.clone().unwrap_or_default();
+        if flow.step == "pre-login" {
+            view.integrations = self
+                .state
+                .catalog
+                .providers()
+                .map(|p| pb::IntegrationChoice {
+                    integration_id: p.id.clone(),
+                    name: p.name.clone(),
+                })
+                .collect();
+        }
+        let connection_id = flow
+            .connection_id
+            .map(|id| IdKind::Connection.format(id))
+            .unwrap_or_default();
+        let result = match flow.outcome.as_deref() {
+            Some("success") => Some(SessionResult::Success {
+                connection_id: &connection_id,
+            }),
+            Some("cancelled") => Some(SessionResult::Cancelled {
+                step: flow.cancelled_step.as_deref().unwrap_or_default(),
+            }),
+            Some(_) => Some(SessionResult::Error {
+                error_code: flow.error_code.as_deref().unwrap_or("provider_unavailable"),
+            }),
+            None => None,
+        };
+        if let Some(result) = result {
+            view.redirect_url =
+                session_redirect_url(redirect_url, &result, flow.client_reference_id.as_deref());
+        }
+        if flow.outcome.as_deref() == Some("success") {
+            view.connection_id = connection_id;
+        }
+        Ok(())
+    }
+
+    /// Picks the integration of a session that does not fix one.
+    pub async fn select_integration(
+        &self,
+        token: Option<&SecretString>,
+        req: pb::SelectIntegrationRequest,
+    ) -> Result<pb::Flow> {
+        let flow = self.flow_at(token, "pre-login").await?;
+        if req.integration_id.is_empty() {
+            return Err(Error::invalid("integrationId", "is required"));
+        }
+        if self.state.catalog.provider(&req.integration_id).is_none() {
+            return Err(Error::invalid(
+                "integrationId",
+                "is not one of the offered integrations",
+            ));
+        }
+        sqlx::query(
+            "UPDATE flows SET integration_id = $2, step = 'login', updated_at = now()
+             WHERE id = $1 AND step = 'pre-login' AND outcome IS NULL",
+        )
+        .bind(flow.id)
+        .bind(&req.integration_id)
+        .execute(self.db())
+        .await?;
+        self.flow_view(flow.id).await
+    }
+
+    /// The end user's consent: the connection becomes `active` with the
+    /// provider session held since login, and the flow finishes.
+    pub async fn approve_access(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
+        let flow = self.flow_at(token, "authorization").await?;
+        let session = self
+            .open_held_session(&flow)?
+            .ok_or_else(|| wrong_step("no login is waiting for consent"))?;
+        let mut tx = self.db().begin().await?;
+        if !close_flow(&mut tx, &flow, "success", None, None).await? {
+            return Err(Error::FailedPrecondition {
+                precondition: Precondition::AlreadyUsed,
+                reason: "FLOW_FINISHED",
+                message: "this flow has already finished".into(),
+            });
+        }
+        let requested = flow
+            .connection_id
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("session flow without connection")))?;
+        let (row, created) = match self
+            .activate_connection(&mut tx, &flow, requested, &session)
+            .await?
+        {
+            Some(row) => (row, !flow.reconnect),
+            None => {
+                // Deleted while the end user was logging in: make a new one.
+                let id = IdKind::Connection.new_uuid();
+                self.insert_connection(&mut *tx, &flow, id).await?;
+                let row = self
+                    .activate_connection(&mut tx, &flow, id, &session)
+                    .await?
+                    .ok_or_else(|| Error::internal(anyhow::anyhow!("new connection vanished")))?;
+                sqlx::query("UPDATE flows SET connection_id = $2 WHERE id = $1")
+                    .bind(flow.id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                (row, true)
+            }
+        };
+        let event = if created {
+            "connection.created"
+        } else {
+            "connection.updated"
+        };
+        let subject = EventSubject {
+            link_id: None,
+            connection_id: Some(row.id),
+        };
+        record_event(
+            &mut tx,
+            flow.tenant(),
+            event,
+            subject,
+            connection_event_data(&row, None),
+        )
+        .await?;
+        tx.commit().await?;
+        self.flow_view(flow.id).await
+    }
+
+    async fn activate_connection(
+        &self,
+        tx: &mut PgConnection,
+        flow: &FlowRow,
+        id: Uuid,
+        session: &ProviderSession,
+    ) -> Result<Option<store::ConnectionRow>> {
+        let sealed = self.state.cipher.encrypt(
+            &serde_json::to_vec(session).map_err(Error::internal)?,
+            &connection_session_context(id),
+        );
+        store::activate(
+            tx,
+            flow.tenant(),
+            id,
+            &FreshSession {
+                ciphertext: &sealed,
+                expires_at: session.expires_at,
+                client_reference_id: flow.client_reference_id.as_deref(),
+                geolocation: flow.geolocation.as_ref().map(|g| &g.0),
+            },
+        )
+        .await
+    }
+
+    async fn insert_connection(
+        &self,
+        db: impl sqlx::PgExecutor<'_>,
+        flow: &FlowRow,
+        id: Uuid,
+    ) -> Result<()> {
+        let (Some(client_app_id), Some(integration_id)) =
+            (flow.client_app_id, flow.integration_id.as_deref())
+        else {
+            return Err(wrong_step("no integration has been chosen"));
+        };
+        store::insert_pending(
+            db,
+            &NewConnection {
+                id,
+                tenant: flow.tenant(),
+                client_app_id,
+                integration_id,
+                client_reference_id: flow.client_reference_id.as_deref(),
+                geolocation: flow.geolocation.as_ref().map(|g| &g.0),
+            },
+        )
+        .await
+    }
+
+    /// At the first login attempt of a session making a new connection, the
+    /// connection appears as `pending`.
+    pub(super) async fn insert_pending_connection(&self, flow: &FlowRow) -> Result<()> {
+        match (flow.reconnect, flow.connection_id) {
+            (false, Some(id)) => self.insert_connection(self.db(), flow, id).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Logged in: keep the provider session (encrypted, bound to the flow)
+    /// until the end user consents or leaves.
+    pub(super) async fn hold_for_consent(
+        &self,
+        flow: &FlowRow,
+        session: &ProviderSession,
+    ) -> Result<()> {
+        let sealed = self.seal_held_session(flow, session)?;
+        sqlx::query(
+            "UPDATE flows SET step = 'authorization', session_ciphertext = $2, error_code = NULL,
+                 second_factor_prompt = NULL, updated_at = now()
+             WHERE id = $1 AND outcome IS NULL",
+        )
+        .bind(flow.id)
+        .bind(sealed)
+        .execute(self.db())
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a session that did not succeed; a connection it was making is
+    /// `failed`.
+    pub(super) async fn finish_session(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
+        debug_assert_eq!(flow.kind(), FlowKind::Session);
+        let (outcome, error_code, cancelled_step) = match &finish {
+            Finish::Failed(code, _) => ("error", Some(*code), None),
+            Finish::Cancelled(step) => ("cancelled", None, Some(*step)),
+            Finish::Expired => ("error", Some("session_expired"), None),
+            Finish::Completed(_) => {
+                return Err(Error::internal(anyhow::anyhow!(
+                    "a session succeeds through consent, not operations"
+                )));
+            }
+        };
+        let mut tx = self.db().begin().await?;
+        if close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await?
+            && let (false, Some(id)) = (flow.reconnect, flow.connection_id)
+        {
+            store::set_unfinished_status(&mut tx, id, &["pending", "awaiting_2fa"], "failed")
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! `/v2/connections`: list (documented `limit`/`offset`/`status`, plus
+//! `clientReferenceId` and `page_token`), get and delete.
+
+use super::{Authenticated, RestState};
+use crate::error::Error;
+use crate::pb;
+use crate::validate::Violations;
+use crate::views::{connection_json, iso8601};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Query parameters of `GET /v2/connections`, each under its documented
+/// name and its camelCase/snake_case twin.
+const LIST_PARAMS: [(&str, &str); 5] = [
+    ("limit", "limit"),
+    ("offset", "offset"),
+    ("status", "status"),
+    ("clientReferenceId", "client_reference_id"),
+    ("pageToken", "page_token"),
+];
+
+fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsRequest, Error> {
+    let mut v = Violations::new();
+    let mut req = pb::ListConnectionsRequest::default();
+    for (name, value) in params {
+        let Some((canonical, _)) = LIST_PARAMS
+            .iter()
+            .find(|(camel, snake)| name == camel || name == snake)
+        else {
+            v.add(name.clone(), "is not a known query parameter");
+            continue;
+        };
+        let integer = |v: &mut Violations| match value.parse::<i32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                v.add(*canonical, "must be an integer");
+                None
+            }
+        };
+        match *canonical {
+            "limit" => req.limit = integer(&mut v),
+            "offset" => req.offset = integer(&mut v),
+            "status" => match crate::connections::status_from_name(value) {
+                Some(status) => req.set_status(status),
+                None => v.add(
+                    "status",
+                    "must be one of pending, active, awaiting_2fa, expired, failed",
+                ),
+            },
+            "clientReferenceId" => req.client_reference_id = Some(value.clone()),
+            _ => req.page_token = Some(value.clone()),
+        }
+    }
+    v.finish()?;
+    Ok(req)
+}
+
+pub(super) async fn list(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, Error> {
+    let page = state
+        .api
+        .list_connections(&caller, list_request(&params)?)
+        .await?;
+    let connections: Vec<_> = page.connections.iter().map(connection_json).collect();
+    let next = Some(page.next_page_token).filter(|t| !t.is_empty());
+    Ok(Json(json!({ "connections": connections, "nextPageToken": next })).into_response())
+}
+
+pub(super) async fn get(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(connection_id): Path<String>,
+) -> Result<Response, Error> {
+    let connection = state
+        .api
+        .get_connection(&caller, pb::GetConnectionRequest { connection_id })
+        .await?
+        .connection
+        .expect("get_connection returns the connection");
+    Ok(Json(connection_json(&connection)).into_response())
+}
+
+pub(super) async fn delete(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(connection_id): Path<String>,
+) -> Result<Response, Error> {
+    let deleted = state
+        .api
+        .delete_connection(&caller, pb::DeleteConnectionRequest { connection_id })
+        .await?;
+    Ok(Json(json!({
+        "connectionId": deleted.connection_id,
+        "billingStoppedAt": deleted.billing_stopped_at.as_ref().map(iso8601),
+    }))
+    .into_response())
+}

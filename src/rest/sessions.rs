@@ -1,0 +1,77 @@
+//! `POST /v2/link/init`: starts a Link session (`{ url, expiresAt }`, ISO
+//! 8601).
+
+use super::body::{Fields, idempotency_key, json_body, merge_violations};
+use super::{Authenticated, RestState};
+use crate::domain::session::NewSession;
+use crate::error::Error;
+use crate::pb;
+use crate::validate::Violations;
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The body as an `InitLinkSessionRequest`, plus the type problems found.
+fn init_request(body: &Value) -> (pb::InitLinkSessionRequest, Violations) {
+    let mut problems = Violations::new();
+    let mut req = pb::InitLinkSessionRequest::default();
+    let Some(object) = body.as_object() else {
+        problems.add("", "the body must be a JSON object");
+        return (req, problems);
+    };
+    let mut fields = Fields {
+        object,
+        prefix: String::new(),
+        problems: &mut problems,
+    };
+    fields.reject_unknown(&[
+        "clientAppId",
+        "redirectUrl",
+        "clientReferenceId",
+        "connectionId",
+        "geolocation",
+    ]);
+    req.client_app_id = fields.string("clientAppId");
+    req.redirect_url = fields.string("redirectUrl");
+    req.client_reference_id = fields.string("clientReferenceId");
+    req.connection_id = fields.string("connectionId");
+    match object.get("geolocation").filter(|v| !v.is_null()) {
+        None => {}
+        Some(Value::Object(geo)) => {
+            let mut fields = Fields {
+                object: geo,
+                prefix: "geolocation.".into(),
+                problems: &mut problems,
+            };
+            fields.reject_unknown(&["country", "state"]);
+            req.geolocation = Some(pb::Geolocation {
+                country: fields.string("country").unwrap_or_default(),
+                state: fields.string("state"),
+            });
+        }
+        Some(_) => problems.add("geolocation", "must be an object"),
+    }
+    (req, problems)
+}
+
+pub(super) async fn init(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let body = json_body(&body)?;
+    let (req, type_problems) = init_request(&body);
+    if !type_problems.is_empty() {
+        return Err(merge_violations(type_problems, NewSession::parse(&req)));
+    }
+    let key = idempotency_key(&headers)?;
+    let session = state.api.init_link_session(&caller, req, key).await?;
+    Ok(Json(json!({
+        "url": session.url,
+        "expiresAt": session.expires_at.as_ref().map(super::iso8601),
+    }))
+    .into_response())
+}

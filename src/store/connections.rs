@@ -1,0 +1,291 @@
+//! Connection queries. Deleted connections are kept for billing records but
+//! no read returns them.
+
+use crate::domain::Tenant;
+use crate::domain::session::Geolocation;
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConnectionRow {
+    pub id: Uuid,
+    pub client_app_id: Uuid,
+    pub integration_id: String,
+    pub status: String,
+    pub client_reference_id: Option<String>,
+    pub geolocation: Option<Json<Geolocation>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub authenticated_at: Option<DateTime<Utc>>,
+    pub session_expires_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! connection_columns {
+    () => {
+        "id, client_app_id, integration_id, status, client_reference_id, geolocation, created_at, \
+         updated_at, authenticated_at, session_expires_at"
+    };
+}
+
+/// A connection a Link session is about to make.
+pub struct NewConnection<'a> {
+    pub id: Uuid,
+    pub tenant: Tenant,
+    pub client_app_id: Uuid,
+    pub integration_id: &'a str,
+    pub client_reference_id: Option<&'a str>,
+    pub geolocation: Option<&'a Geolocation>,
+}
+
+/// Inserts the connection as `pending` unless it exists already (a retried
+/// login of the same session).
+pub async fn insert_pending(db: impl PgExecutor<'_>, new: &NewConnection<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO connections (id, organization_id, environment, client_app_id, integration_id, status,
+             client_reference_id, geolocation)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(new.id)
+    .bind(new.tenant.organization_id)
+    .bind(new.tenant.environment.as_str())
+    .bind(new.client_app_id)
+    .bind(new.integration_id)
+    .bind(new.client_reference_id)
+    .bind(new.geolocation.map(Json))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves a connection that is still being made to `status` (`awaiting_2fa`
+/// or `failed`); an active or deleted one is left alone.
+pub async fn set_unfinished_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+    from: &[&str],
+    status: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE connections SET status = $2, updated_at = now()
+         WHERE id = $1 AND status = ANY($3) AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(from)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A fresh provider session for a connection.
+pub struct FreshSession<'a> {
+    pub ciphertext: &'a [u8],
+    pub expires_at: Option<DateTime<Utc>>,
+    pub client_reference_id: Option<&'a str>,
+    pub geolocation: Option<&'a Geolocation>,
+}
+
+/// Makes a live connection `active` with a fresh session (first login or
+/// reconnect, also from `expired`). `None` when it no longer exists (deleted
+/// while the end user was logging in).
+pub async fn activate(
+    tx: &mut PgConnection,
+    tenant: Tenant,
+    id: Uuid,
+    session: &FreshSession<'_>,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET status = 'active', session_ciphertext = $4, session_expires_at = $5,
+             authenticated_at = now(), updated_at = now(),
+             client_reference_id = COALESCE($6, client_reference_id),
+             geolocation = COALESCE($7, geolocation)
+         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(session.ciphertext)
+    .bind(session.expires_at)
+    .bind(session.client_reference_id)
+    .bind(session.geolocation.map(Json))
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// The tenant's live connection.
+pub async fn get(db: impl PgExecutor<'_>, tenant: Tenant, id: Uuid) -> Result<ConnectionRow> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        connection_columns!(),
+        " FROM connections
+          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound("connection"))
+}
+
+/// The integration of a live connection, for a reconnect.
+pub async fn find_live(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<Option<ConnectionRow>> {
+    match get(db, tenant, id).await {
+        Ok(row) => Ok(Some(row)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Filters of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub status: Option<&'static str>,
+    pub client_reference_id: Option<String>,
+}
+
+/// Where a keyset page starts: after this (created_at, id), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page, newest first (ties by id), after `cursor` and skipping
+/// `offset` rows. Fetches `limit + 1` rows so the caller knows whether more
+/// follow.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    filter: &ListFilter,
+    cursor: Option<Cursor>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<ConnectionRow>> {
+    let mut q = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        connection_columns!(),
+        " FROM connections WHERE deleted_at IS NULL AND organization_id = "
+    ));
+    q.push_bind(tenant.organization_id)
+        .push(" AND environment = ")
+        .push_bind(tenant.environment.as_str());
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status);
+    }
+    if let Some(reference) = &filter.client_reference_id {
+        q.push(" AND client_reference_id = ")
+            .push_bind(reference.clone());
+    }
+    if let Some(cursor) = cursor {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(cursor.created_at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit + 1)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// The encrypted provider session of a live connection.
+pub async fn session_ciphertext(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>> {
+    let row: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT session_ciphertext FROM connections
+         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?;
+    row.ok_or(Error::NotFound("connection"))
+}
+
+/// Soft-deletes a live connection, wiping its session and stopping billing.
+/// `None` when it was not live (already deleted, unknown, other tenant).
+pub async fn delete(
+    tx: &mut PgConnection,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<Option<(ConnectionRow, DateTime<Utc>)>> {
+    #[derive(sqlx::FromRow)]
+    struct Deleted {
+        #[sqlx(flatten)]
+        row: ConnectionRow,
+        billing_stopped_at: DateTime<Utc>,
+    }
+    let deleted: Option<Deleted> = sqlx::query_as(concat!(
+        "UPDATE connections SET deleted_at = now(), billing_stopped_at = now(),
+             session_ciphertext = NULL, updated_at = now()
+         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL
+         RETURNING billing_stopped_at, ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(tx)
+    .await?;
+    Ok(deleted.map(|d| (d.row, d.billing_stopped_at)))
+}
+
+/// Marks up to `batch` active connections whose provider session has ended
+/// `expired` and wipes their sessions, skipping rows another replica holds.
+/// Returns them with their tenants for the caller's events (same `tx`).
+pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant, ConnectionRow)>> {
+    #[derive(sqlx::FromRow)]
+    struct Expired {
+        organization_id: Uuid,
+        environment: String,
+        #[sqlx(flatten)]
+        row: ConnectionRow,
+    }
+    let rows: Vec<Expired> = sqlx::query_as(concat!(
+        "WITH due AS (
+             SELECT id FROM connections
+             WHERE status = 'active' AND deleted_at IS NULL AND session_expires_at <= now()
+             ORDER BY session_expires_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE connections c SET status = 'expired', session_ciphertext = NULL, updated_at = now()
+         FROM due WHERE c.id = due.id
+         RETURNING c.organization_id, c.environment, ",
+        "c.id, c.client_app_id, c.integration_id, c.status, c.client_reference_id, c.geolocation, \
+         c.created_at, c.updated_at, c.authenticated_at, c.session_expires_at"
+    ))
+    .bind(batch)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|e| {
+            let environment = crate::domain::Environment::parse(&e.environment)?;
+            Some((
+                Tenant {
+                    organization_id: e.organization_id,
+                    environment,
+                },
+                e.row,
+            ))
+        })
+        .collect())
+}

@@ -1,0 +1,238 @@
+//! ConnectionService over REST and gRPC: listing (offset and keyset paging,
+//! filters), get, delete, tenant isolation.
+
+use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
+use crate::sessions::{connect, events, get_connection};
+use linkd::domain::Environment;
+use linkd::pb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+async fn list(app: &TestApp, tenant: &TestTenant, query: &str) -> (StatusCode, Value) {
+    let response = app
+        .get(&format!("/v2/connections{query}"), &tenant.key)
+        .await;
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Makes `n` active connections with references `ref-0`…; returns their ids
+/// newest first.
+async fn make(app: &TestApp, tenant: &TestTenant, n: usize) -> Vec<String> {
+    let mut made = Vec::new();
+    for i in 0..n {
+        let done = connect(
+            app,
+            tenant,
+            json!({ "clientReferenceId": format!("ref-{}", i % 3) }),
+            "user_good",
+        )
+        .await;
+        made.push(done["connectionId"].as_str().unwrap().to_string());
+    }
+    made.reverse();
+    made
+}
+
+#[tokio::test]
+async fn listing_pages_by_offset_and_by_token_in_one_stable_order() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let all = make(&app, &tenant, 12).await;
+
+    let (status, first) = list(&app, &tenant, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&first), all[..10], "default limit 10, newest first");
+    assert!(first["nextPageToken"].is_string());
+
+    // Offset paging.
+    let (_, rest) = list(&app, &tenant, "?limit=5&offset=10").await;
+    assert_eq!(ids(&rest), all[10..]);
+    assert_eq!(rest["nextPageToken"], Value::Null);
+
+    // Keyset paging, with the snake_case parameter name of the issue.
+    let mut seen = Vec::new();
+    let mut query = "?limit=5".to_string();
+    loop {
+        let (status, page) = list(&app, &tenant, &query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(ids(&page));
+        match page["nextPageToken"].as_str() {
+            Some(token) => query = format!("?limit=5&page_token={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+
+    // A token survives new connections arriving at the head of the list.
+    let (_, page) = list(&app, &tenant, "?limit=4").await;
+    let token = page["nextPageToken"].as_str().unwrap().to_string();
+    make(&app, &tenant, 1).await;
+    let (_, next) = list(&app, &tenant, &format!("?limit=4&pageToken={token}")).await;
+    assert_eq!(ids(&next), all[4..8]);
+
+    // Filters, and a token bound to its filters.
+    let (_, by_reference) = list(&app, &tenant, "?clientReferenceId=ref-1&limit=2").await;
+    assert_eq!(by_reference["connections"].as_array().unwrap().len(), 2);
+    assert!(
+        by_reference["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["clientReferenceId"] == "ref-1")
+    );
+    let token = by_reference["nextPageToken"].as_str().unwrap();
+    let (status, error) = list(&app, &tenant, &format!("?page_token={token}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["issues"][0]["path"], "pageToken");
+    let (_, active) = list(&app, &tenant, "?status=active&limit=100").await;
+    assert_eq!(active["connections"].as_array().unwrap().len(), 13);
+    let (_, expired) = list(&app, &tenant, "?status=expired").await;
+    assert!(ids(&expired).is_empty());
+
+    // gRPC agrees.
+    let mut connections =
+        pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
+    let page = connections
+        .list_connections(with_key(
+            pb::ListConnectionsRequest {
+                limit: Some(3),
+                offset: Some(1),
+                client_reference_id: Some("ref-0".into()),
+                status: pb::ConnectionStatus::Active as i32,
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, rest_page) = list(
+        &app,
+        &tenant,
+        "?limit=3&offset=1&clientReferenceId=ref-0&status=active",
+    )
+    .await;
+    let grpc_ids: Vec<String> = page.connections.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(grpc_ids, ids(&rest_page));
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_refused_naming_the_parameter() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    for (query, path) in [
+        ("?limit=0", "limit"),
+        ("?limit=101", "limit"),
+        ("?limit=ten", "limit"),
+        ("?offset=-1", "offset"),
+        ("?status=deleted", "status"),
+        ("?page_token=garbage", "pageToken"),
+        ("?offset=3&page_token=eyJ0IjoxfQ", "pageToken"),
+        ("?stauts=active", "stauts"),
+    ] {
+        let (status, error) = list(&app, &tenant, query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(error["issues"][0]["path"], path, "{query}: {error}");
+    }
+    let (status, _) = list(&app, &tenant, "?limit=100").await;
+    assert_eq!(status, StatusCode::OK, "100 is the documented maximum");
+
+    let mut connections =
+        pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
+    let status = connections
+        .list_connections(with_key(
+            pb::ListConnectionsRequest {
+                limit: Some(500),
+                status: 42,
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let anonymous = connections
+        .list_connections(pb::ListConnectionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn delete_logs_out_stops_billing_and_hides_the_connection() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let other = app.create_tenant(Environment::Sandbox).await;
+    let id = make(&app, &tenant, 1).await.remove(0);
+
+    // Another tenant cannot see or delete it.
+    assert_eq!(
+        get_connection(&app, &other, &id).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let foreign_delete = app
+        .http
+        .delete(app.url(&format!("/v2/connections/{id}")))
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_delete.status(), StatusCode::NOT_FOUND);
+    assert!(ids(&list(&app, &other, "").await.1).is_empty());
+
+    let response = app
+        .http
+        .delete(app.url(&format!("/v2/connections/{id}")))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["connectionId"], id.as_str());
+    assert!(deleted["billingStoppedAt"].as_str().unwrap().ends_with('Z'));
+
+    assert_eq!(
+        get_connection(&app, &tenant, &id).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(ids(&list(&app, &tenant, "").await.1).is_empty());
+    let (session, billing): (Option<Vec<u8>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT session_ciphertext, billing_stopped_at FROM connections")
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+    assert!(session.is_none(), "the provider session is wiped");
+    assert!(billing.is_some());
+    let deleted_events = events(&app, &tenant, "connection.deleted").await;
+    assert_eq!(deleted_events.len(), 1);
+    assert_eq!(deleted_events[0]["data"]["connection"]["id"], id.as_str());
+
+    // gRPC: now NOT_FOUND; malformed ids name the field.
+    let mut connections =
+        pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
+    let again = connections
+        .delete_connection(with_key(
+            pb::DeleteConnectionRequest {
+                connection_id: id.clone(),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    let (status, error) = get_connection(&app, &tenant, "abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["issues"][0]["path"], "connectionId");
+}
