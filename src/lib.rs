@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod jobs;
 pub mod views;
+pub mod web;
 
 pub mod local_postgres;
 pub mod proto_json;

@@ -118,6 +118,7 @@ impl Server {
                 })
                 .layer(RequestBodyLimitLayer::new(max)),
             )
+            .merge(crate::web::router())
             .fallback(fallback)
             .layer(
                 TraceLayer::new_for_http()

@@ -270,15 +270,26 @@ impl TestApp {
 
     /// Adds an app and a key to an existing organization and environment.
     pub async fn add_app(&self, tenant: Tenant, name: &str) -> TestTenant {
-        let app = NewClientApp::parse(
+        self.add_app_with(
+            tenant,
             name,
             &[
                 "https://app.example.com/callback".into(),
                 "myapp://callback".into(),
             ],
-            Some("https://hooks.example.com/linkd"),
         )
-        .unwrap();
+        .await
+    }
+
+    /// Adds an app with these redirect URIs, and a key.
+    pub async fn add_app_with(
+        &self,
+        tenant: Tenant,
+        name: &str,
+        redirect_uris: &[String],
+    ) -> TestTenant {
+        let app = NewClientApp::parse(name, redirect_uris, Some("https://hooks.example.com/linkd"))
+            .unwrap();
         let created = self.api.create_client_app(tenant, &app).await.unwrap();
         let key = linkd::auth::issue_key(self.api.db(), tenant).await.unwrap();
         TestTenant {

@@ -2,6 +2,7 @@
 //! gRPC and HTTP clients. One test binary, so one Postgres cluster per run.
 
 mod auth;
+mod browser;
 mod client_apps;
 mod connections;
 mod flow;

@@ -1,0 +1,595 @@
+//! The Link page in a real browser: Debian's headless Chromium driven over
+//! WebDriver (chromedriver + fantoccini), against the real server and a
+//! client app's pages served by the test on another origin. Screenshots of
+//! every step land in `target/test-output/browser/<test>/`.
+
+use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with};
+use axum::extract::Query;
+use axum::response::Html;
+use fantoccini::{Client, ClientBuilder, Locator};
+use linkd::domain::Tenant;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use url::Url;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Chromium and chromedriver, installed from Debian when missing (as `.ci/run`
+/// does) so that `cargo test` alone sets up a fresh machine.
+fn ensure_chromium() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let present = || Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+        if !present() && nix::unistd::Uid::effective().is_root() {
+            let _ = std::process::Command::new("apt-get")
+                .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status();
+        }
+        if present() {
+            Ok(())
+        } else {
+            Err(format!(
+                "browser tests need {CHROMIUM} and {CHROMEDRIVER}: run `apt-get install chromium chromium-driver` (or .ci/run)"
+            ))
+        }
+    });
+    if let Err(message) = ready {
+        panic!("{message}");
+    }
+}
+
+/// Two browsers at a time: the machines running this have two cores.
+fn browser_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(2))
+}
+
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    _slot: tokio::sync::SemaphorePermit<'static>,
+    shots: PathBuf,
+    taken: usize,
+}
+
+impl Browser {
+    /// A phone-sized headless Chromium.
+    async fn start(test: &str) -> Browser {
+        ensure_chromium();
+        let slot = browser_slots().acquire().await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", "--disable-quic", "--window-size=390,844",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let started = Instant::now();
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(err) if started.elapsed() < WAIT => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("connecting to chromedriver: {err}"),
+            }
+        };
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("../test-output/browser")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            _driver: driver,
+            _profile: profile,
+            _slot: slot,
+            shots,
+            taken: 0,
+        }
+    }
+
+    async fn shot(&mut self, step: &str) {
+        self.taken += 1;
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(
+            self.shots.join(format!("{:02}-{step}.png", self.taken)),
+            png,
+        )
+        .unwrap();
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("navigate");
+    }
+
+    /// Waits until `css` matches a displayed element, then returns it.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        let started = Instant::now();
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && element.is_displayed().await.unwrap_or(false)
+            {
+                return element;
+            }
+            assert!(started.elapsed() < WAIT, "no element {css}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.expect("click");
+    }
+
+    /// Waits until the heading contains `text`.
+    async fn heading(&self, text: &str) {
+        self.text_of("h1", text).await;
+    }
+
+    async fn text_of(&self, css: &str, text: &str) {
+        let started = Instant::now();
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && element.text().await.unwrap_or_default().contains(text)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{css} never showed {text:?}: {}",
+                self.client.source().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for navigation to a URL starting with `prefix`.
+    async fn landed_on(&self, prefix: &str) -> Url {
+        let started = Instant::now();
+        loop {
+            let url = self.client.current_url().await.expect("current URL");
+            if url.as_str().starts_with(prefix) {
+                return url;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "stayed on {url}, expected {prefix}…"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn login(&self, username: &str, password: &str) {
+        let user = self.find("input[name=username]").await;
+        user.clear().await.unwrap();
+        user.send_keys(username).await.unwrap();
+        let pass = self.find("input[name=password]").await;
+        pass.clear().await.unwrap();
+        pass.send_keys(password).await.unwrap();
+        self.click("button[type=submit]").await;
+    }
+
+    async fn quit(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+fn query(url: &Url) -> Vec<(String, String)> {
+    url.query_pairs().into_owned().collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The client app's own web pages on another origin: its redirect target
+/// and a page that embeds Link with `/link/embed.js`.
+struct ClientSite {
+    origin: String,
+}
+
+const HOST_PAGE: &str = r#"<!doctype html>
+<html><head><meta name="viewport" content="width=device-width, initial-scale=1"><title>Client app</title>
+<script src="LINKD/link/embed.js"></script></head>
+<body><h1>Client app</h1><button id="connect">Connect an account</button><button id="close">Close Link</button>
+<ol id="log"></ol>
+<script>
+  window.results = [];
+  function record(kind, payload) {
+    window.results.push({ kind: kind, payload: payload });
+    var li = document.createElement('li');
+    li.textContent = kind + ' ' + JSON.stringify(payload);
+    document.getElementById('log').appendChild(li);
+  }
+  var handle = null;
+  document.getElementById('connect').addEventListener('click', function () {
+    handle = Linkd.open({
+      url: new URLSearchParams(location.search).get('session'),
+      onSuccess: function (r) { record('success', r); },
+      onExit: function (r) { record('exit', r); },
+      onEvent: function (e) { record('event', e); },
+    });
+  });
+  document.getElementById('close').addEventListener('click', function () { handle && handle.close(); });
+</script></body></html>"#;
+
+impl ClientSite {
+    async fn start(linkd: &TestApp) -> ClientSite {
+        let page = HOST_PAGE.replace("LINKD", &linkd.url(""));
+        let router = axum::Router::new()
+            .route(
+                "/callback",
+                axum::routing::get(|| async { Html("<h1>Back in the client app</h1>") }),
+            )
+            .route(
+                "/host.html",
+                axum::routing::get(move |_: Query<HashMap<String, String>>| {
+                    let page = page.clone();
+                    async move { Html(page) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        ClientSite {
+            origin: format!("http://{addr}"),
+        }
+    }
+
+    fn callback(&self) -> String {
+        format!("{}/callback", self.origin)
+    }
+
+    /// Registers an app whose redirect URI is this site's callback (with a
+    /// query of its own, which must survive).
+    async fn register(&self, app: &TestApp, tenant: Tenant) -> TestTenant {
+        app.add_app_with(
+            tenant,
+            "Acme Budget",
+            &[format!("{}?from=linkd", self.callback())],
+        )
+        .await
+    }
+}
+
+async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String {
+    let response = crate::sessions::init(app, tenant, body).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    response.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn new_tenant(app: &TestApp) -> Tenant {
+    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Browser org")
+        .await
+        .unwrap();
+    Tenant {
+        organization_id,
+        environment: linkd::domain::Environment::Sandbox,
+    }
+}
+
+#[tokio::test]
+async fn hosted_success_by_keyboard_on_a_phone_screen() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let url = session_url(&app, &tenant, json!({ "clientReferenceId": "user_abc123" })).await;
+    let mut browser = Browser::start("hosted_success").await;
+
+    browser.goto(&url).await;
+    browser.heading("Choose your provider").await;
+    let address = browser.client.current_url().await.unwrap();
+    assert_eq!(address.fragment(), None, "the token leaves the address bar");
+    browser.text_of("main", "Acme Budget").await;
+    browser.shot("pick-integration").await;
+    browser.click("button[data-integration=onlyfans]").await;
+
+    // Keyboard only: the first field has focus; Tab, then Enter submits.
+    browser.heading("Log in to OnlyFans").await;
+    browser.shot("login").await;
+    let focused = browser.client.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("name").await.unwrap().as_deref(),
+        Some("username")
+    );
+    focused
+        .send_keys("user_good\u{e004}pass_good\u{e007}")
+        .await
+        .unwrap();
+
+    browser
+        .heading("Allow Acme Budget to access your OnlyFans account?")
+        .await;
+    browser.shot("consent").await;
+    browser.click("button.primary").await;
+    browser.text_of("h1", "Connected").await;
+    browser.shot("done").await;
+
+    let landed = browser.landed_on(&site.callback()).await;
+    browser.shot("back-in-app").await;
+    let params = query(&landed);
+    let connection_id = params[2].1.clone();
+    assert!(connection_id.starts_with("conn_"));
+    assert_eq!(
+        params,
+        pairs(&[
+            ("from", "linkd"),
+            ("status", "success"),
+            ("connection_id", &connection_id),
+            ("client_reference_id", "user_abc123"),
+        ])
+    );
+    let (_, connection) = crate::sessions::get_connection(&app, &tenant, &connection_id).await;
+    assert_eq!(connection["status"], "active");
+
+    // Single use: opening the URL again cannot reuse it.
+    browser.goto(&url).await;
+    browser.heading("already been used").await;
+    browser.shot("reused").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn two_factor_after_a_wrong_password() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let url = session_url(&app, &tenant, json!({})).await;
+    let mut browser = Browser::start("two_factor").await;
+
+    browser.goto(&url).await;
+    browser.click("button[data-integration=tmobile]").await;
+    browser.login("user_2fa", "wrong-password").await;
+    browser
+        .text_of("[role=alert]", "The username or password is incorrect.")
+        .await;
+    browser.shot("wrong-password").await;
+    browser.login("user_2fa", "pass_good").await;
+    browser.heading("Enter your verification code").await;
+    browser.shot("two-factor").await;
+    let code = browser.find("input[name=code]").await;
+    code.send_keys("000000").await.unwrap();
+    browser.click("button[type=submit]").await;
+    browser
+        .text_of("[role=alert]", "That code is incorrect")
+        .await;
+    browser.shot("wrong-code").await;
+    let code = browser.find("input[name=code]").await;
+    code.clear().await.unwrap();
+    code.send_keys("123456\u{e007}").await.unwrap();
+    browser.heading("Allow Acme Budget").await;
+    browser.shot("consent").await;
+    browser.click("button.primary").await;
+    let landed = browser.landed_on(&site.callback()).await;
+    assert_eq!(query(&landed)[1], ("status".into(), "success".into()));
+    browser.shot("back-in-app").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn cancel_at_each_step_returns_to_the_app() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("cancel").await;
+    for step in ["pre-login", "login", "2fa", "authorization"] {
+        let url = session_url(&app, &tenant, json!({ "clientReferenceId": "u7" })).await;
+        browser.goto(&url).await;
+        if step != "pre-login" {
+            browser.click("button[data-integration=att]").await;
+        }
+        match step {
+            "2fa" => {
+                browser.login("user_2fa", "pass_good").await;
+                browser.heading("verification code").await;
+            }
+            "authorization" => {
+                browser.login("user_good", "pass_good").await;
+                browser.heading("Allow").await;
+            }
+            "login" => browser.heading("Log in to").await,
+            _ => browser.heading("Choose your provider").await,
+        }
+        browser.shot(&format!("{step}-before-cancel")).await;
+        browser.click("button.cancel").await;
+        let landed = browser.landed_on(&site.callback()).await;
+        assert_eq!(
+            query(&landed),
+            pairs(&[
+                ("from", "linkd"),
+                ("status", "cancelled"),
+                ("step", step),
+                ("client_reference_id", "u7"),
+            ]),
+            "cancel at {step}"
+        );
+        browser.shot(&format!("{step}-cancelled")).await;
+    }
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_says_so_and_returns_with_session_expired() {
+    let app = spawn_app_with(|args| args.link_session_ttl = Duration::from_secs(3)).await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("expired").await;
+    let url = session_url(&app, &tenant, json!({})).await;
+    let opened = Instant::now();
+    browser.goto(&url).await;
+    browser.click("button[data-integration=verizon]").await;
+    browser.heading("Log in to Verizon").await;
+    browser.shot("login").await;
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(opened.elapsed())).await;
+    browser.login("user_good", "pass_good").await;
+    browser.heading("This session has expired").await;
+    browser.shot("expired").await;
+    let landed = browser.landed_on(&site.callback()).await;
+    assert_eq!(
+        query(&landed),
+        pairs(&[
+            ("from", "linkd"),
+            ("status", "error"),
+            ("error_code", "session_expired"),
+        ])
+    );
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn embedded_results_reach_the_host_page_through_post_message() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("embedded").await;
+    let host_page = |session: &str| {
+        let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
+        url.query_pairs_mut().append_pair("session", session);
+        url.to_string()
+    };
+
+    // Success through onSuccess; the overlay goes away.
+    let url = session_url(&app, &tenant, json!({ "clientReferenceId": "emb-1" })).await;
+    browser.goto(&host_page(&url)).await;
+    // A forged message from the wrong origin is ignored.
+    browser
+        .client
+        .execute(
+            "window.postMessage({ source: 'linkd', type: 'success', connectionId: 'conn_forged' }, '*');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.click("#connect").await;
+    browser.find("iframe").await;
+    browser.shot("overlay").await;
+    browser
+        .client
+        .find(Locator::Css("iframe"))
+        .await
+        .unwrap()
+        .enter_frame()
+        .await
+        .unwrap();
+    browser.click("button[data-integration=ubereats]").await;
+    browser.login("user_good", "pass_good").await;
+    browser.heading("Allow Acme Budget").await;
+    browser.click("button.primary").await;
+    browser.client.enter_parent_frame().await.unwrap();
+    browser.text_of("#log", "success").await;
+    browser.shot("on-success").await;
+    let results = browser
+        .client
+        .execute("return window.results;", vec![])
+        .await
+        .unwrap();
+    let results = results.as_array().unwrap();
+    let success: Vec<&Value> = results.iter().filter(|r| r["kind"] == "success").collect();
+    assert_eq!(success.len(), 1, "{results:?}");
+    let connection_id = success[0]["payload"]["connectionId"].as_str().unwrap();
+    assert!(connection_id.starts_with("conn_") && connection_id != "conn_forged");
+    assert_eq!(success[0]["payload"]["clientReferenceId"], "emb-1");
+    let steps: Vec<&str> = results
+        .iter()
+        .filter(|r| r["kind"] == "event")
+        .map(|r| r["payload"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["pre-login", "login", "authorization", "done"]);
+    assert!(
+        browser.client.find(Locator::Css("iframe")).await.is_err(),
+        "the overlay is removed"
+    );
+    let (_, connection) = crate::sessions::get_connection(&app, &tenant, connection_id).await;
+    assert_eq!(connection["status"], "active");
+
+    // Cancel inside the frame → onExit.
+    let url = session_url(&app, &tenant, json!({})).await;
+    browser.goto(&host_page(&url)).await;
+    browser.click("#connect").await;
+    browser.find("iframe").await.enter_frame().await.unwrap();
+    browser.heading("Choose your provider").await;
+    browser.click("button.cancel").await;
+    browser.client.enter_parent_frame().await.unwrap();
+    browser.text_of("#log", "exit").await;
+    browser.shot("on-exit").await;
+    let results = browser
+        .client
+        .execute(
+            "return window.results.filter(function (r) { return r.kind === 'exit'; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0]["payload"],
+        json!({ "status": "cancelled", "step": "pre-login", "errorCode": null, "clientReferenceId": null })
+    );
+
+    // The host asks Link to close: the page cancels at its step → onExit.
+    let url = session_url(&app, &tenant, json!({})).await;
+    browser.goto(&host_page(&url)).await;
+    browser.click("#connect").await;
+    browser.find("iframe").await.enter_frame().await.unwrap();
+    browser.click("button[data-integration=northbank]").await;
+    browser.heading("Log in to").await;
+    browser.client.enter_parent_frame().await.unwrap();
+    // The overlay covers the host page; the app closes Link from script.
+    browser
+        .client
+        .execute("document.getElementById('close').click();", vec![])
+        .await
+        .unwrap();
+    browser.text_of("#log", "exit").await;
+    let exits = browser
+        .client
+        .execute(
+            "return window.results.filter(function (r) { return r.kind === 'exit'; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(exits[0]["payload"]["step"], "login");
+    browser.shot("closed-by-host").await;
+    browser.quit().await;
+}

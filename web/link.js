@@ -1,0 +1,369 @@
+// The Link page: walks the end user through a linkd flow using only the flow
+// API of this origin (REST /v1/flow…), authenticated by the flow token from
+// the URL fragment (Link sessions) or from claiming a link (app clip).
+// Hosted: finishes by navigating to the redirect URL. Embedded (iframe or
+// popup opened by /link/embed.js): finishes by posting the result to the
+// client app's registered origin, and accepts messages only from it.
+(() => {
+  'use strict';
+
+  const TEXT = {
+    en: {
+      loading: 'Loading…',
+      pick: 'Choose your provider',
+      pickLead: (app) => `${app} wants to connect to one of your accounts.`,
+      login: (name) => `Log in to ${name}`,
+      loginLead: 'Your credentials go to the provider only; they are not shared with the app.',
+      submit: 'Continue',
+      cancel: 'Cancel',
+      twoFactor: 'Enter your verification code',
+      code: 'Verification code',
+      verify: 'Verify',
+      consent: (app, name) => `Allow ${app} to access your ${name} account?`,
+      consentLead: (app) => `${app} will be able to use this connection until you or the app remove it.`,
+      allow: 'Allow',
+      working: 'Connecting…',
+      success: 'Connected. Returning to the app…',
+      cancelled: 'Cancelled. Returning to the app…',
+      failed: 'Something went wrong. Returning to the app…',
+      finished: 'This session has already been used. Start again from the app.',
+      expired: 'This session has expired. Start again from the app.',
+      invalid: 'This link is not valid. Start again from the app.',
+      network: 'Could not reach the server. Check your connection and try again.',
+      close: 'You can close this window.',
+      errors: {
+        invalid_credentials: 'The username or password is incorrect.',
+        invalid_code: 'That code is incorrect. Check it and try again.',
+        account_locked: 'This account is locked at the provider.',
+        operation_failed: 'The provider could not complete the request.',
+        session_expired: 'This session has expired. Start again from the app.',
+        link_expired: 'This link has expired.',
+        provider_unavailable: 'The provider is unavailable. Try again later.',
+      },
+    },
+    fr: {
+      loading: 'Chargement…',
+      pick: 'Choisissez votre fournisseur',
+      pickLead: (app) => `${app} souhaite se connecter à l’un de vos comptes.`,
+      login: (name) => `Connexion à ${name}`,
+      loginLead: 'Vos identifiants vont uniquement au fournisseur; ils ne sont pas partagés avec l’application.',
+      submit: 'Continuer',
+      cancel: 'Annuler',
+      twoFactor: 'Saisissez votre code de vérification',
+      code: 'Code de vérification',
+      verify: 'Vérifier',
+      consent: (app, name) => `Autoriser ${app} à accéder à votre compte ${name}?`,
+      consentLead: (app) => `${app} pourra utiliser cette connexion jusqu’à ce que vous ou l’application la supprimiez.`,
+      allow: 'Autoriser',
+      working: 'Connexion en cours…',
+      success: 'Compte connecté. Retour à l’application…',
+      cancelled: 'Annulé. Retour à l’application…',
+      failed: 'Une erreur est survenue. Retour à l’application…',
+      finished: 'Cette session a déjà été utilisée. Recommencez depuis l’application.',
+      expired: 'Cette session a expiré. Recommencez depuis l’application.',
+      invalid: 'Ce lien n’est pas valide. Recommencez depuis l’application.',
+      network: 'Impossible de joindre le serveur. Vérifiez votre connexion et réessayez.',
+      close: 'Vous pouvez fermer cette fenêtre.',
+      errors: {
+        invalid_credentials: 'Le nom d’utilisateur ou le mot de passe est incorrect.',
+        invalid_code: 'Ce code est incorrect. Vérifiez-le et réessayez.',
+        account_locked: 'Ce compte est verrouillé chez le fournisseur.',
+        operation_failed: 'Le fournisseur n’a pas pu traiter la demande.',
+        session_expired: 'Cette session a expiré. Recommencez depuis l’application.',
+        link_expired: 'Ce lien a expiré.',
+        provider_unavailable: 'Le fournisseur est indisponible. Réessayez plus tard.',
+      },
+    },
+  };
+
+  const REDIRECT_DELAY_MS = 900;
+  const POLL_MS = 1000;
+  const view = document.getElementById('view');
+  const host = window.opener || (window.parent !== window ? window.parent : null);
+  let t = TEXT.en;
+  let token = null;
+  let flow = null;
+  let lastStep = null;
+
+  // ---- building blocks -----------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === 'on') {
+        for (const [type, handler] of Object.entries(value)) node.addEventListener(type, handler);
+      } else if (value !== false && value != null) {
+        node.setAttribute(key, value === true ? '' : value);
+      }
+    }
+    for (const child of children.flat()) {
+      if (child != null) node.append(child);
+    }
+    return node;
+  }
+
+  function show(...nodes) {
+    view.replaceChildren(...nodes);
+    const heading = view.querySelector('h1');
+    const first = view.querySelector('input, .choices button');
+    (first || heading)?.focus();
+  }
+
+  function message(text, extra) {
+    show(el('h1', { tabindex: '-1' }, text), extra || null);
+  }
+
+  function setBusy(busy) {
+    for (const control of view.querySelectorAll('button, input')) control.disabled = busy;
+    view.setAttribute('aria-busy', busy ? 'true' : 'false');
+  }
+
+  function errorText(code) {
+    return code ? t.errors[code] || t.errors.provider_unavailable : '';
+  }
+
+  // ---- talking to linkd ----------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super(body?.error || `HTTP ${status}`);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  async function api(path, body) {
+    const headers = { Accept: 'application/json' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const response = await fetch(path, {
+      method: body === undefined ? 'GET' : 'POST',
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'omit',
+      cache: 'no-store',
+    });
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  async function act(path, body) {
+    setBusy(true);
+    try {
+      render(await api(path, body));
+    } catch (err) {
+      await failed(err);
+    }
+  }
+
+  async function failed(err) {
+    if (!(err instanceof ApiError)) {
+      setBusy(false);
+      const alert = view.querySelector('.alert');
+      if (alert) alert.textContent = t.network;
+      else message(t.network);
+      return;
+    }
+    const code = err.body?.code;
+    if (err.status === 410 || code === 'session_expired' || code === 'link_expired') {
+      // The flow is finished as expired; its view carries the redirect.
+      try {
+        render(await api('/v1/flow'));
+      } catch {
+        message(t.expired);
+      }
+    } else if (code === 'flow_finished') {
+      message(t.finished, el('p', { class: 'muted' }, t.close));
+    } else if (err.status === 401) {
+      message(t.invalid);
+    } else if (err.status === 400) {
+      setBusy(false);
+      const alert = view.querySelector('.alert');
+      const issue = err.body?.issues?.[0];
+      if (alert) alert.textContent = issue ? `${issue.path}: ${issue.message}` : err.message;
+    } else {
+      // WRONG_STEP and the like: show where the flow really is.
+      try {
+        render(await api('/v1/flow'));
+      } catch {
+        message(t.network);
+      }
+    }
+  }
+
+  // ---- embedding -----------------------------------------------------------
+
+  function post(payload) {
+    if (!host || !flow?.clientOrigin) return false;
+    host.postMessage({ source: 'linkd', ...payload }, flow.clientOrigin);
+    return true;
+  }
+
+  window.addEventListener('message', (event) => {
+    // Only the embedding app, from its registered origin, may talk to us.
+    if (!flow?.clientOrigin || event.origin !== flow.clientOrigin || event.source !== host) return;
+    const data = event.data;
+    if (data?.source === 'linkd-host' && data.type === 'close' && flow.step !== 'done') {
+      if (['pre-login', 'authorization', 'login', '2fa'].includes(flow.step)) {
+        act('/v1/flow/cancel', { step: flow.step });
+      }
+    }
+  });
+
+  // ---- steps ---------------------------------------------------------------
+
+  function cancelButton() {
+    return el('button', { type: 'button', class: 'cancel', on: { click: () => act('/v1/flow/cancel', { step: flow.step }) } }, t.cancel);
+  }
+
+  function alertBox(code) {
+    return el('p', { class: 'alert', role: 'alert' }, errorText(code));
+  }
+
+  function renderPreLogin() {
+    const choices = flow.integrations.map((choice) =>
+      el('li', {}, el('button', {
+        type: 'button',
+        'data-integration': choice.integrationId,
+        on: { click: () => act('/v1/flow/integration', { integrationId: choice.integrationId }) },
+      }, choice.name)));
+    show(
+      el('h1', { tabindex: '-1' }, t.pick),
+      el('p', { class: 'muted' }, t.pickLead(flow.clientAppName || '')),
+      el('ul', { class: 'choices' }, choices),
+      alertBox(flow.errorCode),
+      el('div', { class: 'actions' }, cancelButton()),
+    );
+  }
+
+  function renderLogin() {
+    const inputs = flow.credentialFields.map((field) =>
+      el('label', {}, field.label, el('input', {
+        name: field.name,
+        type: field.secret ? 'password' : 'text',
+        autocomplete: field.secret ? 'current-password' : 'username',
+        autocapitalize: 'none',
+        spellcheck: 'false',
+        required: true,
+        maxlength: '1024',
+      })));
+    const form = el('form', {
+      on: {
+        submit: (event) => {
+          event.preventDefault();
+          const fields = {};
+          for (const input of form.querySelectorAll('input')) fields[input.name] = input.value;
+          act('/v1/flow/credentials', { fields });
+        },
+      },
+    }, inputs, alertBox(flow.errorCode), el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, t.submit), cancelButton()));
+    show(el('h1', { tabindex: '-1' }, t.login(flow.integrationName)), el('p', { class: 'muted' }, t.loginLead), form);
+  }
+
+  function renderTwoFactor() {
+    const form = el('form', {
+      on: {
+        submit: (event) => {
+          event.preventDefault();
+          act('/v1/flow/second-factor', { code: form.querySelector('input').value.trim() });
+        },
+      },
+    },
+    el('label', {}, t.code, el('input', { name: 'code', inputmode: 'numeric', autocomplete: 'one-time-code', required: true, maxlength: '32' })),
+    alertBox(flow.errorCode),
+    el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, t.verify), cancelButton()));
+    show(el('h1', { tabindex: '-1' }, t.twoFactor), el('p', { class: 'muted' }, flow.secondFactorPrompt || ''), form);
+  }
+
+  function renderAuthorization() {
+    show(
+      el('h1', { tabindex: '-1' }, t.consent(flow.clientAppName || '', flow.integrationName)),
+      el('p', { class: 'muted' }, t.consentLead(flow.clientAppName || '')),
+      alertBox(flow.errorCode),
+      el('div', { class: 'actions' },
+        el('button', { type: 'button', class: 'primary', on: { click: () => act('/v1/flow/approve', {}) } }, t.allow),
+        cancelButton()),
+    );
+  }
+
+  function renderProcessing() {
+    message(t.working);
+    setTimeout(() => api('/v1/flow').then(render, failed), POLL_MS);
+  }
+
+  function renderDone() {
+    const text = flow.outcome === 'success' ? t.success
+      : flow.outcome === 'cancelled' ? t.cancelled
+        : flow.errorCode === 'session_expired' ? t.expired
+          : `${errorText(flow.errorCode)} ${t.failed}`;
+    message(text);
+    const result = flow.outcome === 'success'
+      ? { type: 'success', connectionId: flow.connectionId, linkId: flow.linkId, clientReferenceId: flow.clientReferenceId }
+      : { type: 'exit', status: flow.outcome, step: flow.cancelledStep, errorCode: flow.outcome === 'error' ? flow.errorCode : null, clientReferenceId: flow.clientReferenceId };
+    setTimeout(() => {
+      if (post(result)) return;
+      if (flow.redirectUrl) window.location.assign(flow.redirectUrl);
+      else view.append(el('p', { class: 'muted' }, t.close));
+    }, REDIRECT_DELAY_MS);
+  }
+
+  function render(next) {
+    flow = next;
+    t = TEXT[flow.lang] || TEXT.en;
+    document.documentElement.lang = TEXT[flow.lang] ? flow.lang : 'en';
+    setBusy(false);
+    if (flow.step !== lastStep) {
+      lastStep = flow.step;
+      post({ type: 'event', event: { step: flow.step } });
+    }
+    switch (flow.step) {
+      case 'pre-login': return renderPreLogin();
+      case 'login': return renderLogin();
+      case '2fa': return renderTwoFactor();
+      case 'authorization': return renderAuthorization();
+      case 'processing': return renderProcessing();
+      default: return renderDone();
+    }
+  }
+
+  // ---- start ---------------------------------------------------------------
+
+  async function start() {
+    // Link session: the token is in the fragment; keep it for reloads of
+    // this tab and take it out of the address bar.
+    const fragment = new URLSearchParams(window.location.hash.slice(1));
+    const claim = window.location.pathname.match(/^\/appclip\/(link_[0-9a-f]{32})$/);
+    try {
+      if (fragment.get('token')) {
+        token = fragment.get('token');
+        sessionStorage.setItem('linkd.token', token);
+        history.replaceState(null, '', window.location.pathname + window.location.search);
+      } else if (claim && new URLSearchParams(window.location.search).get('code')) {
+        const code = new URLSearchParams(window.location.search).get('code');
+        const claimed = await api('/v1/flow/claim', { linkId: claim[1], claimCode: code });
+        token = claimed.flowToken;
+        sessionStorage.setItem('linkd.token', token);
+        history.replaceState(null, '', window.location.pathname);
+        return render(claimed.flow);
+      } else {
+        token = sessionStorage.getItem('linkd.token');
+      }
+      if (!token) return message(t.invalid);
+      const initial = await api('/v1/flow');
+      if (initial.step === 'done' && initial.errorCode !== 'session_expired') {
+        // Finished in an earlier visit: a session URL is single-use.
+        t = TEXT[initial.lang] || TEXT.en;
+        return message(t.finished, el('p', { class: 'muted' }, t.close));
+      }
+      render(initial);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return message(t.invalid);
+      if (err instanceof ApiError && err.status === 409) return message(t.finished, el('p', { class: 'muted' }, t.close));
+      if (err instanceof ApiError && err.status === 410) return message(t.expired);
+      failed(err);
+    }
+  }
+
+  start();
+})();
