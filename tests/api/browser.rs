@@ -240,8 +240,10 @@ const HOST_PAGE: &str = r#"<!doctype html>
   }
   var handle = null;
   document.getElementById('connect').addEventListener('click', function () {
+    var params = new URLSearchParams(location.search);
     handle = Linkd.open({
-      url: new URLSearchParams(location.search).get('session'),
+      url: params.get('session'),
+      mode: params.get('mode') || 'iframe',
       onSuccess: function (r) { record('success', r); },
       onExit: function (r) { record('exit', r); },
       onEvent: function (e) { record('event', e); },
@@ -591,5 +593,107 @@ async fn embedded_results_reach_the_host_page_through_post_message() {
         .unwrap();
     assert_eq!(exits[0]["payload"]["step"], "login");
     browser.shot("closed-by-host").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_popup_delivers_its_result_to_the_opener() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("popup").await;
+    let session = session_url(&app, &tenant, json!({ "clientReferenceId": "pop" })).await;
+    let mut host = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
+    host.query_pairs_mut()
+        .append_pair("session", &session)
+        .append_pair("mode", "popup");
+    browser.goto(host.as_str()).await;
+    let main = browser.client.window().await.unwrap();
+    browser.click("#connect").await;
+    let started = Instant::now();
+    let popup = loop {
+        let windows = browser.client.windows().await.unwrap();
+        if let Some(popup) = windows.into_iter().find(|w| *w != main) {
+            break popup;
+        }
+        assert!(started.elapsed() < WAIT, "no popup opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    browser.client.switch_to_window(popup).await.unwrap();
+    browser
+        .click("button[data-integration=banquelaurentide]")
+        .await;
+    browser.login("user_good", "pass_good").await;
+    browser.heading("Allow Acme Budget").await;
+    browser.shot("popup-consent").await;
+    browser.click("button.primary").await;
+    browser.client.switch_to_window(main).await.unwrap();
+    browser.text_of("#log", "success").await;
+    browser.shot("opener-on-success").await;
+    let started = Instant::now();
+    while browser.client.windows().await.unwrap().len() > 1 {
+        assert!(started.elapsed() < WAIT, "the popup stayed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let success = browser
+        .client
+        .execute(
+            "return window.results.filter(function (r) { return r.kind === 'success'; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(success[0]["payload"]["clientReferenceId"], "pop");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_default_app_clip_url_claims_and_runs_a_link() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("app_clip").await;
+    let link: Value = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({
+            "integrationId": "verizon",
+            "operations": [{ "resource": "mobileBillingStatement", "action": "read" }],
+            "returnUrl": site.callback(),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link_id = link["linkId"].as_str().unwrap();
+    let page = format!(
+        "{}?code={}",
+        app.url(&format!("/appclip/{link_id}")),
+        link["claimCode"].as_str().unwrap()
+    );
+    browser.goto(&page).await;
+    browser.heading("Log in to Verizon").await;
+    let address = browser.client.current_url().await.unwrap();
+    assert_eq!(
+        address.query(),
+        None,
+        "the claim code leaves the address bar"
+    );
+    browser.shot("login").await;
+    browser.login("user_good", "pass_good").await;
+    let landed = browser.landed_on(&site.callback()).await;
+    assert_eq!(query(&landed), pairs(&[("linkId", link_id)]));
+    browser.shot("back-in-app").await;
+    assert_eq!(
+        app.grpc_link(&tenant.key, link_id).await.status(),
+        linkd::pb::LinkStatus::Completed
+    );
+
+    // The claim code is single-use.
+    browser.goto(&page).await;
+    browser.heading("already been used").await;
     browser.quit().await;
 }

@@ -482,6 +482,16 @@ async fn provider_errors_redirect_with_their_error_code() {
             "The username or password is incorrect."
         );
     }
+    let pending = app
+        .get("/v2/connections?status=pending", &tenant.key)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        pending["connections"][0]["clientReferenceId"], "u2",
+        "a login in progress is a pending connection"
+    );
     let failed = page.login("user_good", "wrong").await;
     assert_eq!(
         redirect_query(&failed),
