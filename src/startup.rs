@@ -164,7 +164,8 @@ pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr)
          \n  organization  {org}\n  client app    {app}\n  API key       {key}\n\
          \nThe key is shown only now. Try it:\n\
          \n  grpcurl -plaintext -H 'authorization: Bearer {key}' localhost:{port} linkd.v1.ClientAppService/ListClientApps\
-         \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\n",
+         \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\
+         \n  curl -X POST -H 'Authorization: Bearer {key}' http://localhost:{port}/v2/link/init   # open the returned url in a browser\n",
         org = IdKind::Organization.format(sandbox.organization_id),
         app = IdKind::ClientApp.format(sandbox.app_id),
     );
