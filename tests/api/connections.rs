@@ -236,3 +236,41 @@ async fn delete_logs_out_stops_billing_and_hides_the_connection() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error["issues"][0]["path"], "connectionId");
 }
+
+#[tokio::test]
+async fn concurrent_expiry_sweeps_expire_each_connection_once() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let made = make(&app, &tenant, 6).await;
+    sqlx::query("UPDATE connections SET session_expires_at = now() - interval '1 second'")
+        .execute(app.api.db())
+        .await
+        .unwrap();
+    // Four sweeps at once, as four replicas would run them (the server's own
+    // background sweep may join in).
+    let sweeps: Vec<_> = (0..4)
+        .map(|_| {
+            let db = app.api.db().clone();
+            tokio::spawn(async move { linkd::connections::expire_sessions(&db, 2).await })
+        })
+        .collect();
+    for sweep in sweeps {
+        sweep.await.unwrap().unwrap();
+    }
+    while linkd::connections::expire_sessions(app.api.db(), 2)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let (_, expired) = list(&app, &tenant, "?status=expired").await;
+    assert_eq!(ids(&expired), made);
+    let events = events(&app, &tenant, "connection.expired").await;
+    let mut expired_ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["data"]["connection"]["id"].as_str().unwrap())
+        .collect();
+    expired_ids.sort();
+    let mut expected: Vec<&str> = made.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(expired_ids, expected, "one event per connection");
+}
