@@ -64,12 +64,14 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
                     "apiKeyId": key.public_id(),
                     "apiKey": key.key.expose_secret(),
                     "webhookSecret": created.webhook_secret.expose_secret(),
+                    "clientSecret": created.client_secret.expose_secret(),
                 }),
                 format!(
-                    "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\n(the key and secret are shown only now)",
+                    "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\nclient secret   {}\n(the key and secrets are shown only now)",
                     key.public_id(),
                     key.key.expose_secret(),
-                    created.webhook_secret.expose_secret()
+                    created.webhook_secret.expose_secret(),
+                    created.client_secret.expose_secret()
                 ),
             );
         }
@@ -103,6 +105,21 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
                 bail!("no active API key {key_id}");
             }
             println!("revoked {key_id}");
+        }
+        AdminCommand::RotateClientSecret { app_id, json } => {
+            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+            let secret = match api.rotate_client_secret(id).await {
+                Err(crate::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+                other => other?,
+            };
+            print(
+                json,
+                json!({ "clientAppId": app_id, "clientSecret": secret.expose_secret() }),
+                format!(
+                    "client app      {app_id}\nclient secret   {}\n(shown only now; the previous secret no longer works)",
+                    secret.expose_secret()
+                ),
+            );
         }
         AdminCommand::ListApps { organization, json } => {
             let organization_id = match organization {

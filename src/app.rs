@@ -34,6 +34,27 @@ pub struct AppState {
     pub app_clip_base_url: Url,
     /// How long a Link session accepts input.
     pub session_ttl: std::time::Duration,
+    pub oauth: OAuthSettings,
+}
+
+/// Request-handling settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub public_url: Url,
+    /// Defaults to `<public URL>/appclip`.
+    pub app_clip_base_url: Option<Url>,
+    pub session_ttl: std::time::Duration,
+    pub oauth: OAuthSettings,
+}
+
+/// How strict the OAuth authorization server is.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub require_pkce: bool,
+    /// 0: `state` is optional.
+    pub state_min_length: usize,
+    pub code_ttl: std::time::Duration,
+    pub token_ttl: std::time::Duration,
 }
 
 /// The application, cheap to clone.
@@ -47,6 +68,8 @@ pub struct Api {
 pub struct CreatedClientApp {
     pub app: ClientAppRow,
     pub webhook_secret: SecretString,
+    /// The OAuth client secret (`client_secret` at `/v3/oauth/token`).
+    pub client_secret: SecretString,
 }
 
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -129,11 +152,31 @@ impl Api {
             .state
             .cipher
             .encrypt(secret.as_bytes(), &webhook_secret_context(id));
-        let app = tenancy::insert_client_app(self.db(), id, tenant, app, &sealed).await?;
+        let client_secret = crate::domain::client_app::generate_client_secret();
+        let app = tenancy::insert_client_app(
+            self.db(),
+            id,
+            tenant,
+            app,
+            &sealed,
+            &token_hash(&client_secret),
+        )
+        .await?;
         Ok(CreatedClientApp {
             app,
             webhook_secret: SecretString::from(secret),
+            client_secret: SecretString::from(client_secret),
         })
+    }
+
+    /// Issues a new OAuth client secret for an app (any tenant: operators),
+    /// replacing the old one at once. Returns the only copy.
+    pub async fn rotate_client_secret(&self, app_id: uuid::Uuid) -> Result<SecretString> {
+        let secret = crate::domain::client_app::generate_client_secret();
+        if !tenancy::set_client_secret_hash(self.db(), app_id, &token_hash(&secret)).await? {
+            return Err(Error::NotFound("client app"));
+        }
+        Ok(SecretString::from(secret))
     }
 
     // ---- LinkService: provider discovery -----------------------------------
@@ -320,12 +363,6 @@ impl Api {
                 finished_at: row.finished_at.map(timestamp),
             }),
         })
-    }
-
-    // ---- Behaviour that later issues fill in --------------------------------
-
-    pub fn not_yet(&self, rpc: &'static str) -> Error {
-        Error::Unimplemented(rpc)
     }
 }
 

@@ -20,7 +20,10 @@ const KEY_PREFIX: &str = "lk";
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub tenant: Tenant,
+    /// The API key, or the OAuth access token, presented.
     pub api_key_id: Uuid,
+    /// Set for an OAuth access token: the one connection it may read.
+    pub only_connection: Option<Uuid>,
 }
 
 /// A freshly created key: shown once, never stored in clear.
@@ -106,6 +109,7 @@ pub async fn authenticate(db: &PgPool, key: Option<&SecretString>) -> Result<Cal
                     environment: parsed.environment,
                 },
                 api_key_id: row.id,
+                only_connection: None,
             })
         }
         _ => Err(Error::Unauthenticated),

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve gRPC and REST on one listener (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage organizations, client apps and API keys.
@@ -150,6 +150,24 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_EXPIRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub expiry_interval: Duration,
 
+    /// Whether every OAuth authorization request must carry a PKCE S256
+    /// `code_challenge` (RFC 9700 recommends it for all clients).
+    #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub oauth_require_pkce: bool,
+
+    /// Shortest accepted OAuth `state`; 0 makes `state` optional (as
+    /// documented).
+    #[arg(long, env = "LINKD_OAUTH_STATE_MIN_LENGTH", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub oauth_state_min_length: u16,
+
+    /// Lifetime of an OAuth authorization code (at most 10 minutes).
+    #[arg(long, env = "LINKD_OAUTH_CODE_TTL", default_value = "10m", value_parser = parse_code_ttl)]
+    pub oauth_code_ttl: Duration,
+
+    /// Lifetime of an OAuth access token.
+    #[arg(long, env = "LINKD_OAUTH_TOKEN_TTL", default_value = "1h", value_parser = parse_session_ttl)]
+    pub oauth_token_ttl: Duration,
+
     /// How long a Link session (`InitLinkSession`) accepts input.
     #[arg(long, env = "LINKD_LINK_SESSION_TTL", default_value = "30m", value_parser = parse_session_ttl)]
     pub link_session_ttl: Duration,
@@ -164,6 +182,22 @@ impl ServeArgs {
         self.public_url.clone().unwrap_or_else(|| {
             Url::parse(&format!("http://{bound}")).expect("socket address forms a URL")
         })
+    }
+
+    /// What request handling needs from these settings, for a server bound
+    /// to `bound`.
+    pub fn settings(&self, bound: SocketAddr) -> crate::app::Settings {
+        crate::app::Settings {
+            public_url: self.public_url(bound),
+            app_clip_base_url: self.app_clip_base_url.clone(),
+            session_ttl: self.link_session_ttl,
+            oauth: crate::app::OAuthSettings {
+                require_pkce: self.oauth_require_pkce,
+                state_min_length: usize::from(self.oauth_state_min_length),
+                code_ttl: self.oauth_code_ttl,
+                token_ttl: self.oauth_token_ttl,
+            },
+        }
     }
 }
 
@@ -200,6 +234,13 @@ pub enum AdminCommand {
     },
     /// Revoke an API key by its id (`key_…`).
     RevokeKey { key_id: String },
+    /// Issue a new OAuth client secret for a client app (`app_…`); the old
+    /// one stops working at once.
+    RotateClientSecret {
+        app_id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List client apps.
     ListApps {
         /// Only this organization (`org_…`).
@@ -275,6 +316,14 @@ fn parse_session_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_duration(s)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60)).contains(&ttl) {
         return Err("must be between 1s and 24h".into());
+    }
+    Ok(ttl)
+}
+
+fn parse_code_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&ttl) {
+        return Err("must be between 1s and 10m (RFC 6749 §4.1.2)".into());
     }
     Ok(ttl)
 }

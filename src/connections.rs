@@ -232,6 +232,10 @@ impl Api {
         req: pb::GetConnectionRequest,
     ) -> Result<pb::GetConnectionResponse> {
         let id = parse_connection_id(&req.connection_id)?;
+        if caller.only_connection.is_some_and(|only| only != id) {
+            // A token for another connection learns nothing about this id.
+            return Err(Error::NotFound("connection"));
+        }
         let row = store::get(self.db(), caller.tenant, id).await?;
         Ok(pb::GetConnectionResponse {
             connection: Some(connection_to_proto(&row)),

@@ -70,9 +70,13 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
-    /// The RPC exists in the contract but its behaviour is not built yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
+    /// A token-endpoint error (RFC 6749 §5.2): `error` is the OAuth code
+    /// (`invalid_grant`, `invalid_client`…), never a secret.
+    #[error("{error}: {description}")]
+    OAuth {
+        error: &'static str,
+        description: String,
+    },
     /// A dependency (the database) cannot be reached; retry later.
     #[error("service temporarily unavailable, retry later")]
     Unavailable(#[source] anyhow::Error),
@@ -88,6 +92,13 @@ impl Error {
             path: path.into(),
             message: message.into(),
         }])
+    }
+
+    pub fn oauth(error: &'static str, description: impl Into<String>) -> Self {
+        Error::OAuth {
+            error,
+            description: description.into(),
+        }
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
@@ -119,11 +130,15 @@ impl Error {
                 "IDEMPOTENCY_KEY_REUSED",
             ),
             Error::Aborted { reason, .. } => (Code::Aborted, StatusCode::CONFLICT, reason),
-            Error::Unimplemented(_) => (
-                Code::Unimplemented,
-                StatusCode::NOT_IMPLEMENTED,
-                "UNIMPLEMENTED",
+            Error::OAuth {
+                error: "invalid_client",
+                ..
+            } => (
+                Code::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
             ),
+            Error::OAuth { error, .. } => (Code::InvalidArgument, StatusCode::BAD_REQUEST, error),
             Error::Unavailable(_) => (
                 Code::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,

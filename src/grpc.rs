@@ -82,7 +82,9 @@ impl pb::connection_service_server::ConnectionService for Api {
         &self,
         req: Request<pb::GetConnectionRequest>,
     ) -> Reply<pb::GetConnectionResponse> {
-        let caller = caller(self, &req).await?;
+        let caller = self
+            .authenticate_connection_reader(bearer(&req).as_ref())
+            .await?;
         Ok(Response::new(
             Api::get_connection(self, &caller, req.into_inner()).await?,
         ))
@@ -101,15 +103,20 @@ impl pb::connection_service_server::ConnectionService for Api {
 
 #[tonic::async_trait]
 impl pb::authorize_service_server::AuthorizeService for Api {
-    async fn authorize(&self, _req: Request<pb::AuthorizeRequest>) -> Reply<pb::AuthorizeResponse> {
-        Err(self.not_yet("AuthorizeService.Authorize").into())
+    async fn authorize(&self, req: Request<pb::AuthorizeRequest>) -> Reply<pb::AuthorizeResponse> {
+        Api::authorize(self, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| crate::error::Error::from(err).into())
     }
 
     async fn exchange_code(
         &self,
-        _req: Request<pb::ExchangeCodeRequest>,
+        req: Request<pb::ExchangeCodeRequest>,
     ) -> Reply<pb::ExchangeCodeResponse> {
-        Err(self.not_yet("AuthorizeService.ExchangeCode").into())
+        Ok(Response::new(
+            Api::exchange_code(self, req.into_inner(), None).await?,
+        ))
     }
 }
 

@@ -19,6 +19,7 @@ pub mod views;
 pub mod web;
 
 pub mod local_postgres;
+pub mod oauth;
 pub mod proto_json;
 pub mod rest;
 pub mod server;

@@ -29,7 +29,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cipher = cli.shared.cipher()?;
     let catalog = startup::load_catalog(cli.shared.catalog_dir.as_deref())?;
     let serve_args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         None => cli.serve,
         Some(command) => {
             let database = cli.shared.open().await?;
@@ -37,9 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 database.pool.clone(),
                 catalog,
                 cipher,
-                "http://localhost".parse()?,
-                None,
-                cli.serve.link_session_ttl,
+                cli.serve.settings(cli.serve.listen),
             );
             return match command {
                 Command::Migrate => {
@@ -58,9 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         database.pool.clone(),
         catalog,
         cipher,
-        serve_args.public_url(addr),
-        serve_args.app_clip_base_url.clone(),
-        serve_args.link_session_ttl,
+        serve_args.settings(addr),
     );
     if database.local.is_some() {
         match startup::bootstrap_sandbox(&api).await? {

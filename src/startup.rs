@@ -18,7 +18,6 @@ use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
-use url::Url;
 
 /// The database linkd runs on, and the local cluster behind it if any (kept
 /// alive for as long as this value lives).
@@ -95,11 +94,11 @@ pub fn api(
     pool: PgPool,
     catalog: Arc<Catalog>,
     cipher: Cipher,
-    public_url: Url,
-    app_clip_base_url: Option<Url>,
-    session_ttl: std::time::Duration,
+    settings: crate::app::Settings,
 ) -> Api {
-    let app_clip_base_url = app_clip_base_url
+    let public_url = settings.public_url;
+    let app_clip_base_url = settings
+        .app_clip_base_url
         .unwrap_or_else(|| public_url.join("appclip").expect("public URL is a base"));
     let connectors = crate::connectors::Connectors::new(Arc::new(
         crate::connectors::sandbox::SandboxConnector::new(pool.clone()),
@@ -111,7 +110,8 @@ pub fn api(
         cipher,
         public_url,
         app_clip_base_url,
-        session_ttl,
+        session_ttl: settings.session_ttl,
+        oauth: settings.oauth,
     })
 }
 

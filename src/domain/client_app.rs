@@ -90,6 +90,11 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
     }
 }
 
+/// An OAuth client secret: `lcs_` and 256 random bits, stored only hashed.
+pub fn generate_client_secret() -> String {
+    format!("lcs_{}", crate::ids::random_token())
+}
+
 /// A Standard Webhooks signing secret: `whsec_` and base64 of 32 random bytes.
 pub fn generate_webhook_secret() -> String {
     let mut bytes = [0u8; 32];

@@ -3,6 +3,7 @@
 pub mod card;
 pub mod client_app;
 pub mod link;
+pub mod oauth;
 pub mod session;
 
 use crate::pb;

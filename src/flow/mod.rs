@@ -58,6 +58,7 @@ pub(crate) struct FlowRow {
     geolocation: Option<sqlx::types::Json<Geolocation>>,
     cancelled_step: Option<String>,
     lang: String,
+    oauth: Option<sqlx::types::Json<crate::domain::oauth::AuthorizationRequest>>,
 }
 
 impl FlowRow {
@@ -92,7 +93,7 @@ const SELECT_FLOW: &str = "SELECT f.id, f.organization_id, f.environment, f.kind
         COALESCE(l.debug, false) AS debug, f.integration_id, f.step, f.outcome, f.error_code,
         f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.expires_at,
         f.client_app_id, f.redirect_url, f.client_reference_id, f.connection_id, f.reconnect,
-        f.geolocation, f.cancelled_step, f.lang
+        f.geolocation, f.cancelled_step, f.lang, f.oauth
      FROM flows f LEFT JOIN links l ON l.id = f.link_id";
 
 /// Associated data binding a flow's held provider session to the flow.

@@ -14,9 +14,14 @@
 use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
 use crate::app::Api;
 use crate::auth::Caller;
+use crate::catalog::Category;
 use crate::connections::{connection_event_data, connection_session_context};
 use crate::connectors::ProviderSession;
-use crate::domain::session::{NewSession, SessionResult, session_redirect_url, web_origin};
+use crate::domain::Tenant;
+use crate::domain::oauth::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
+use crate::domain::session::{
+    Geolocation, NewSession, SessionResult, session_redirect_url, web_origin,
+};
 use crate::error::{Error, Precondition, Result};
 use crate::ids::{IdKind, random_token, token_hash};
 use crate::pb;
@@ -69,7 +74,76 @@ pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<i64> {
     .await?)
 }
 
+/// A Link session about to start (from `InitLinkSession` or an OAuth
+/// authorization request).
+pub(crate) struct NewSessionFlow<'a> {
+    pub tenant: Tenant,
+    pub client_app_id: Uuid,
+    pub redirect_url: &'a str,
+    pub client_reference_id: Option<&'a str>,
+    /// The connection to make (fresh id) or to reconnect.
+    pub connection_id: Uuid,
+    pub reconnect: bool,
+    /// Fixed integration; `None` lets the end user choose.
+    pub integration_id: Option<&'a str>,
+    pub geolocation: Option<&'a Geolocation>,
+    pub lang: &'a str,
+    pub oauth: Option<&'a AuthorizationRequest>,
+}
+
 impl Api {
+    /// Inserts a session flow inside `tx`; returns the Link page URL (the
+    /// only copy of the flow token) and when the session expires.
+    pub(crate) async fn insert_session_flow(
+        &self,
+        tx: &mut PgConnection,
+        new: &NewSessionFlow<'_>,
+    ) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
+        let step = if new.integration_id.is_some() {
+            "login"
+        } else {
+            "pre-login"
+        };
+        let token = format!("lft_{}", random_token());
+        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "INSERT INTO flows (id, token_hash, organization_id, environment, kind, integration_id, step,
+                 expires_at, client_app_id, redirect_url, client_reference_id, connection_id, reconnect,
+                 geolocation, lang, oauth)
+             VALUES ($1, $2, $3, $4, 'session', $5, $6, now() + make_interval(secs => $7), $8, $9, $10,
+                 $11, $12, $13, $14, $15)
+             RETURNING expires_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(token_hash(&token))
+        .bind(new.tenant.organization_id)
+        .bind(new.tenant.environment.as_str())
+        .bind(new.integration_id)
+        .bind(step)
+        .bind(self.state.session_ttl.as_secs_f64())
+        .bind(new.client_app_id)
+        .bind(new.redirect_url)
+        .bind(new.client_reference_id)
+        .bind(new.connection_id)
+        .bind(new.reconnect)
+        .bind(new.geolocation.map(sqlx::types::Json))
+        .bind(new.lang)
+        .bind(new.oauth.map(sqlx::types::Json))
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok((self.link_page_url(&token)?, expires_at))
+    }
+
+    /// The Link page URL of a flow token (in the fragment).
+    pub(crate) fn link_page_url(&self, token: &str) -> Result<String> {
+        let mut url = self
+            .state
+            .public_url
+            .join(LINK_PAGE_PATH)
+            .map_err(Error::internal)?;
+        url.set_fragment(Some(&format!("token={token}")));
+        Ok(url.to_string())
+    }
+
     /// Starts a Link session and returns the URL of its page. With an
     /// idempotency key, a repeat of the same request returns the first URL.
     pub async fn init_link_session(
@@ -124,44 +198,26 @@ impl Api {
             Some(row) => (row.id, true, Some(row.integration_id.clone())),
             None => (IdKind::Connection.new_uuid(), false, None),
         };
-        let step = if integration_id.is_some() {
-            "login"
-        } else {
-            "pre-login"
-        };
-        let token = format!("lft_{}", random_token());
         let mut tx = self.db().begin().await?;
-        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-            "INSERT INTO flows (id, token_hash, organization_id, environment, kind, integration_id, step,
-                 expires_at, client_app_id, redirect_url, client_reference_id, connection_id, reconnect,
-                 geolocation)
-             VALUES ($1, $2, $3, $4, 'session', $5, $6, now() + make_interval(secs => $7), $8, $9, $10,
-                 $11, $12, $13)
-             RETURNING expires_at",
-        )
-        .bind(Uuid::now_v7())
-        .bind(token_hash(&token))
-        .bind(tenant.organization_id)
-        .bind(tenant.environment.as_str())
-        .bind(integration_id)
-        .bind(step)
-        .bind(self.state.session_ttl.as_secs_f64())
-        .bind(app.id)
-        .bind(&redirect_url)
-        .bind(&new.client_reference_id)
-        .bind(connection_id)
-        .bind(reconnect)
-        .bind(new.geolocation.as_ref().map(sqlx::types::Json))
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut url = self
-            .state
-            .public_url
-            .join(LINK_PAGE_PATH)
-            .map_err(Error::internal)?;
-        url.set_fragment(Some(&format!("token={token}")));
+        let (url, expires_at) = self
+            .insert_session_flow(
+                &mut tx,
+                &NewSessionFlow {
+                    tenant,
+                    client_app_id: app.id,
+                    redirect_url: &redirect_url,
+                    client_reference_id: new.client_reference_id.as_deref(),
+                    connection_id,
+                    reconnect,
+                    integration_id: integration_id.as_deref(),
+                    geolocation: new.geolocation.as_ref(),
+                    lang: "en",
+                    oauth: None,
+                },
+            )
+            .await?;
         let response = pb::InitLinkSessionResponse {
-            url: url.to_string(),
+            url,
             expires_at: Some(crate::app::timestamp(expires_at)),
         };
         if let Some(key) = idempotency_key {
@@ -186,11 +242,16 @@ impl Api {
             .unwrap_or_default();
         view.client_origin = web_origin(redirect_url).unwrap_or_default();
         view.client_reference_id = flow.client_reference_id.clone().unwrap_or_default();
+        let oauth = flow.oauth.as_ref().map(|o| &o.0);
+        if let Some(oauth) = oauth {
+            view.scopes = oauth.scope.split(' ').map(str::to_string).collect();
+        }
         if flow.step == "pre-login" {
             view.integrations = self
                 .state
                 .catalog
                 .providers()
+                .filter(|p| oauth.is_none() || p.category == Category::Bank)
                 .map(|p| pb::IntegrationChoice {
                     integration_id: p.id.clone(),
                     name: p.name.clone(),
@@ -213,9 +274,26 @@ impl Api {
             }),
             None => None,
         };
-        if let Some(result) = result {
-            view.redirect_url =
-                session_redirect_url(redirect_url, &result, flow.client_reference_id.as_deref());
+        match (result, oauth) {
+            (None, _) => {}
+            // The code is shown once, in ApproveAccess's answer.
+            (Some(SessionResult::Success { .. }), Some(_)) => {}
+            (Some(_), Some(oauth)) => {
+                let (error, description) = flow_error(flow.error_code.as_deref());
+                view.redirect_url = error_redirect(
+                    &oauth.effective_redirect_uri,
+                    error,
+                    description,
+                    oauth.state.as_deref(),
+                );
+            }
+            (Some(result), None) => {
+                view.redirect_url = session_redirect_url(
+                    redirect_url,
+                    &result,
+                    flow.client_reference_id.as_deref(),
+                );
+            }
         }
         if flow.outcome.as_deref() == Some("success") {
             view.connection_id = connection_id;
@@ -233,7 +311,12 @@ impl Api {
         if req.integration_id.is_empty() {
             return Err(Error::invalid("integrationId", "is required"));
         }
-        if self.state.catalog.provider(&req.integration_id).is_none() {
+        let offered = self
+            .state
+            .catalog
+            .provider(&req.integration_id)
+            .is_some_and(|p| flow.oauth.is_none() || p.category == Category::Bank);
+        if !offered {
             return Err(Error::invalid(
                 "integrationId",
                 "is not one of the offered integrations",
@@ -306,8 +389,34 @@ impl Api {
             connection_event_data(&row, None),
         )
         .await?;
+        let code_redirect_url = match &flow.oauth {
+            Some(oauth) => {
+                let client_app_id = flow.client_app_id.ok_or_else(|| {
+                    Error::internal(anyhow::anyhow!("session flow without client app"))
+                })?;
+                let code = self
+                    .issue_authorization_code(
+                        &mut tx,
+                        flow.tenant(),
+                        client_app_id,
+                        &oauth.0,
+                        row.id,
+                    )
+                    .await?;
+                Some(code_redirect(
+                    &oauth.0.effective_redirect_uri,
+                    &code,
+                    oauth.0.state.as_deref(),
+                ))
+            }
+            None => None,
+        };
         tx.commit().await?;
-        self.flow_view(flow.id).await
+        let mut view = self.flow_view(flow.id).await?;
+        if let Some(url) = code_redirect_url {
+            view.redirect_url = url;
+        }
+        Ok(view)
     }
 
     async fn activate_connection(

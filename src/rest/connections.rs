@@ -71,11 +71,16 @@ pub(super) async fn list(
     Ok(Json(json!({ "connections": connections, "nextPageToken": next })).into_response())
 }
 
+/// Also accepts an OAuth access token for this one connection.
 pub(super) async fn get(
     State(state): State<RestState>,
-    Authenticated(caller): Authenticated,
+    headers: axum::http::HeaderMap,
     Path(connection_id): Path<String>,
 ) -> Result<Response, Error> {
+    let caller = state
+        .api
+        .authenticate_connection_reader(crate::auth::presented_key(&headers).as_ref())
+        .await?;
     let connection = state
         .api
         .get_connection(&caller, pb::GetConnectionRequest { connection_id })

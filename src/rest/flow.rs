@@ -39,6 +39,7 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
         "clientOrigin": empty_to_null(&flow.client_origin),
         "clientReferenceId": empty_to_null(&flow.client_reference_id),
         "cancelledStep": step_name(flow.cancelled_step()),
+        "scopes": flow.scopes,
         "integrations": flow.integrations.iter()
             .map(|i| json!({ "integrationId": i.integration_id, "name": i.name }))
             .collect::<Vec<_>>(),

@@ -12,7 +12,7 @@ pub(crate) use crate::views::{enum_name, iso8601};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, MethodRouter, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ mod body;
 mod connections;
 mod flow;
 mod links;
+mod oauth;
 mod sessions;
 use serde_json::json;
 
@@ -35,6 +36,24 @@ impl IntoResponse for Error {
         let (_, status, reason) = self.classify();
         let body = match &self {
             Error::Validation(issues) => json!({ "error": "Validation failed", "issues": issues }),
+            Error::OAuth { error, description } => {
+                // RFC 6749 §5.2 body; token responses are never cached.
+                let mut response = (
+                    status,
+                    Json(json!({ "error": error, "error_description": description })),
+                )
+                    .into_response();
+                let headers = response.headers_mut();
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+                if status == StatusCode::UNAUTHORIZED {
+                    headers.insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"linkd\""),
+                    );
+                }
+                return response;
+            }
             other => json!({ "error": other.to_string(), "code": reason.to_ascii_lowercase() }),
         };
         let mut response = (status, Json(body)).into_response();
@@ -170,13 +189,6 @@ async fn list_providers(
     Ok(Json(json!({ "providers": providers })).into_response())
 }
 
-/// Route of an unauthenticated RPC (OAuth, end-user flow) not built yet.
-fn not_yet(method: MethodFilter, rpc: &'static str) -> MethodRouter<RestState> {
-    axum::routing::on(method, move |State(state): State<RestState>| async move {
-        state.api.not_yet(rpc).into_response()
-    })
-}
-
 /// Liveness: the process answers.
 async fn healthz() -> &'static str {
     "ok\n"
@@ -206,14 +218,9 @@ pub fn router(state: RestState) -> Router {
             "/v2/connections/{connection_id}",
             get(connections::get).delete(connections::delete),
         )
-        .route(
-            "/v3/oauth/authorize",
-            not_yet(MethodFilter::GET, "AuthorizeService.Authorize"),
-        )
-        .route(
-            "/v3/oauth/token",
-            not_yet(MethodFilter::POST, "AuthorizeService.ExchangeCode"),
-        )
+        .route("/v3/oauth/authorize", get(oauth::authorize))
+        .route("/v3/oauth/resume", axum::routing::post(oauth::resume))
+        .route("/v3/oauth/token", axum::routing::post(oauth::token))
         .route("/v1/flow", get(flow::get))
         .route("/v1/flow/claim", axum::routing::post(flow::claim))
         .route(

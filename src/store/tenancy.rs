@@ -70,10 +70,12 @@ pub async fn insert_client_app(
     tenant: Tenant,
     app: &NewClientApp,
     webhook_secret_ciphertext: &[u8],
+    client_secret_hash: &[u8],
 ) -> Result<ClientAppRow> {
     Ok(sqlx::query_as(concat!(
-        "INSERT INTO client_apps (id, organization_id, environment, name, redirect_uris, webhook_url, webhook_secret_ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+        "INSERT INTO client_apps (id, organization_id, environment, name, redirect_uris, webhook_url,
+             webhook_secret_ciphertext, client_secret_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
         app_columns!()
     ))
     .bind(id)
@@ -83,6 +85,7 @@ pub async fn insert_client_app(
     .bind(&app.redirect_uris)
     .bind(&app.webhook_url)
     .bind(webhook_secret_ciphertext)
+    .bind(client_secret_hash)
     .fetch_one(db)
     .await?)
 }
@@ -166,4 +169,41 @@ pub async fn revoke_api_key(db: &PgPool, id: Uuid) -> Result<bool> {
             .execute(db)
             .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Any tenant's app by id (OAuth identifies the client by `client_id` alone).
+pub async fn find_client_app(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ClientAppRow>> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        app_columns!(),
+        " FROM client_apps WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The stored hash of an app's OAuth client secret, if one was issued.
+pub async fn client_secret_hash(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+        "SELECT client_secret_hash FROM client_apps WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .flatten())
+}
+
+/// Replaces an app's OAuth client secret hash; false when no such app.
+pub async fn set_client_secret_hash(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    hash: &[u8],
+) -> Result<bool> {
+    let updated = sqlx::query("UPDATE client_apps SET client_secret_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(db)
+        .await?;
+    Ok(updated.rows_affected() == 1)
 }

@@ -697,3 +697,76 @@ async fn the_default_app_clip_url_claims_and_runs_a_link() {
     browser.heading("already been used").await;
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn oauth_authorize_login_2fa_callback_and_token_in_the_browser() {
+    use crate::oauth::{CHALLENGE, VERIFIER};
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let client = site.register(&app, new_tenant(&app).await).await;
+    let redirect_uri = format!("{}?from=linkd", site.callback());
+    let mut browser = Browser::start("oauth").await;
+    let mut authorize = Url::parse(&app.url("/v3/oauth/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", &client.app_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("state", "xyz&1 é")
+        .append_pair("scope", "accounts transactions")
+        .append_pair("institution_id", "banquelaurentide")
+        .append_pair("lang", "fr")
+        .append_pair("code_challenge", CHALLENGE)
+        .append_pair("code_challenge_method", "S256");
+
+    // The browser follows the 302 to the institution's login, in French.
+    browser.goto(authorize.as_str()).await;
+    browser.heading("Connexion à Banque Laurentide").await;
+    browser.shot("login-fr").await;
+    browser.login("user_2fa", "pass_good").await;
+    browser.heading("Saisissez votre code").await;
+    browser.shot("two-factor").await;
+    browser
+        .find("input[name=code]")
+        .await
+        .send_keys("123456\u{e007}")
+        .await
+        .unwrap();
+    browser.heading("Autoriser Acme Budget").await;
+    browser.find("li[data-scope=transactions]").await;
+    browser.shot("consent-with-scopes").await;
+    browser.click("button.primary").await;
+
+    let landed = browser.landed_on(&site.callback()).await;
+    browser.shot("callback").await;
+    let params = query(&landed);
+    assert_eq!(params[0], ("from".into(), "linkd".into()));
+    assert_eq!(params[1].0, "code");
+    assert_eq!(params[2], ("state".into(), "xyz&1 é".into()));
+    let code = params[1].1.clone();
+
+    let (status, _, issued) = crate::oauth::token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", VERIFIER),
+        ],
+        Some((client.app_id.as_str(), client.client_secret.as_str())),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{issued}");
+    let connection_id = issued["connection_id"].as_str().unwrap();
+    let read = app
+        .get(
+            &format!("/v2/connections/{connection_id}"),
+            issued["access_token"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(read.status(), reqwest::StatusCode::OK);
+    let connection: Value = read.json().await.unwrap();
+    assert_eq!(connection["status"], "active");
+    assert_eq!(connection["integrationId"], "banquelaurentide");
+    browser.quit().await;
+}

@@ -116,13 +116,17 @@ pub fn serve_args() -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,
-        app_clip_base_url: None,
+        app_clip_base_url: Some("https://appclip.example.com".parse().unwrap()),
         max_request_bytes: 64 * 1024,
         shutdown_drain_delay: Duration::ZERO,
         shutdown_grace_period: Duration::from_secs(5),
         health_check_interval: Duration::from_millis(200),
         expiry_interval: Duration::from_millis(300),
         link_session_ttl: Duration::from_secs(30 * 60),
+        oauth_require_pkce: true,
+        oauth_state_min_length: 0,
+        oauth_code_ttl: Duration::from_secs(600),
+        oauth_token_ttl: Duration::from_secs(3600),
     }
 }
 
@@ -139,6 +143,8 @@ pub struct TestTenant {
     pub app_id: String,
     pub api_key_id: uuid::Uuid,
     pub key: String,
+    /// The app's OAuth client secret.
+    pub client_secret: String,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -175,9 +181,7 @@ async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeAr
         pool,
         catalog,
         Cipher::new(&test_key(), &[]),
-        args.public_url(addr),
-        Some("https://appclip.example.com".parse().unwrap()),
-        args.link_session_ttl,
+        args.settings(addr),
     );
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -294,6 +298,7 @@ impl TestApp {
         let key = linkd::auth::issue_key(self.api.db(), tenant).await.unwrap();
         TestTenant {
             tenant,
+            client_secret: created.client_secret.expose_secret().to_string(),
             app_id: IdKind::ClientApp.format(created.app.id),
             api_key_id: key.id,
             key: key.key.expose_secret().to_string(),

@@ -8,6 +8,7 @@ mod connections;
 mod flow;
 mod helpers;
 mod links;
+mod oauth;
 mod outage;
 mod polyglot;
 mod process;

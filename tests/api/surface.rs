@@ -99,29 +99,6 @@ async fn reflection_lists_the_contract() {
 }
 
 #[tokio::test]
-async fn rpcs_of_later_releases_answer_unimplemented_on_both_surfaces() {
-    let app = spawn_app().await;
-    let mut authorize =
-        pb::authorize_service_client::AuthorizeServiceClient::new(app.channel().await);
-    let status = authorize
-        .authorize(pb::AuthorizeRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("Authorize"));
-
-    let rest = app
-        .http
-        .get(app.url("/v3/oauth/authorize"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rest.status(), StatusCode::NOT_IMPLEMENTED);
-    let body: serde_json::Value = rest.json().await.unwrap();
-    assert_eq!(body["code"], "unimplemented");
-}
-
-#[tokio::test]
 async fn unknown_routes_and_methods_get_clear_answers() {
     let app = spawn_app().await;
     let missing = app.http.get(app.url("/v9/nothing")).send().await.unwrap();

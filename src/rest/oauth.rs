@@ -1,0 +1,314 @@
+//! `GET /v3/oauth/authorize`, `POST /v3/oauth/resume` and
+//! `POST /v3/oauth/token` in their documented and RFC 6749 shapes.
+
+use super::RestState;
+use crate::error::Error;
+use crate::oauth::{AuthorizeError, BasicCredentials};
+use crate::pb;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use secrecy::SecretString;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Query or form pairs by name; a repeated parameter is an error (RFC 6749
+/// §3.1: parameters must not be included more than once).
+fn single_values(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, String> {
+    let mut values = HashMap::new();
+    for (name, value) in pairs {
+        if values.insert(name.clone(), value).is_some() {
+            return Err(name);
+        }
+    }
+    Ok(values)
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"))
+}
+
+/// `400 {"<parameter>": ["message", …]}`, the documented shape.
+fn parameter_errors(violations: &[crate::error::FieldViolation]) -> Response {
+    let mut body = Map::new();
+    for violation in violations {
+        body.entry(violation.path.clone())
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("array")
+            .push(json!(violation.message));
+    }
+    no_store((StatusCode::BAD_REQUEST, Json(Value::Object(body))).into_response())
+}
+
+/// The end user's error page for an untrusted client or redirect URI.
+fn error_page(headers: &HeaderMap, parameter: &str, message: &str) -> Response {
+    let error = if parameter == "client_id" {
+        "invalid_client"
+    } else {
+        "invalid_request"
+    };
+    if wants_json(headers) {
+        return no_store(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": error, "error_description": message })),
+            )
+                .into_response(),
+        );
+    }
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Authorization error</title></head>\n<body>\n<h1>This sign-in request cannot continue</h1>\n\
+         <p>{}</p>\n<p>Return to the app you came from and try again.</p>\n</body>\n</html>\n",
+        escape(message)
+    );
+    let mut response = (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    no_store(response)
+}
+
+/// The documented `302` body: a form that resumes at the Link page,
+/// submitted on load, with a Resume button for browsers without scripts.
+fn redirect_form(resume: &str, fields: &[(&str, &str)]) -> String {
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "    <input type=\"hidden\" name=\"{}\" value=\"{}\"/>\n",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    format!(
+        "<html>\n<head>\n  <title>Submit Form</title>\n  <meta name=\"referrer\" content=\"no-referrer\" />\n  \
+         <meta http-equiv=\"x-ua-compatible\" content=\"IE=edge\" />\n</head>\n\
+         <body onload=\"javascript:document.forms[0].submit()\">\n  <noscript>\n    <p>\n      \
+         <strong>Note:</strong> Since your browser does not support JavaScript, you must press the Resume button once to proceed.\n    \
+         </p>\n  </noscript>\n  <form method=\"post\" action=\"{}\">\n{inputs}    \
+         <noscript><input type=\"submit\" value=\"Resume\"/></noscript>\n  </form>\n</body>\n</html>\n",
+        escape(resume)
+    )
+}
+
+pub(super) async fn authorize(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut params = match single_values(pairs) {
+        Ok(params) => params,
+        Err(name) => {
+            return parameter_errors(&[crate::error::FieldViolation {
+                message: format!("The field {name} must not be repeated."),
+                path: name,
+            }]);
+        }
+    };
+    let mut take = |name: &str| params.remove(name);
+    let req = pb::AuthorizeRequest {
+        client_id: take("client_id").unwrap_or_default(),
+        response_type: take("response_type").unwrap_or_default(),
+        redirect_uri: take("redirect_uri"),
+        scope: take("scope"),
+        state: take("state"),
+        code_challenge: take("code_challenge"),
+        code_challenge_method: take("code_challenge_method"),
+        institution_id: take("institution_id"),
+        lang: take("lang"),
+        tag: take("tag"),
+        recipient_id: take("recipientId"),
+    };
+    let form_fields = (
+        req.client_id.clone(),
+        req.response_type.clone(),
+        req.scope.clone(),
+        req.state.clone(),
+        req.redirect_uri.clone(),
+        req.lang.clone().unwrap_or_else(|| "en".into()),
+        req.institution_id.clone(),
+    );
+    match state.api.authorize(req).await {
+        Ok(answer) => {
+            let location = answer.location;
+            let body = if answer.error.is_empty() {
+                let reference = location.split("#token=").nth(1).unwrap_or_default();
+                let (client_id, response_type, scope, st, redirect_uri, lang, institution) =
+                    &form_fields;
+                let mut fields = vec![("REF", reference), ("response_type", response_type)];
+                for (name, value) in [
+                    ("scope", scope),
+                    ("state", st),
+                    ("redirect_uri", redirect_uri),
+                    ("provider_id", institution),
+                ] {
+                    if let Some(value) = value {
+                        fields.push((name, value));
+                    }
+                }
+                fields.push(("lang", lang));
+                fields.push(("client_id", client_id));
+                redirect_form("/v3/oauth/resume", &fields)
+            } else {
+                String::new()
+            };
+            let mut response = (
+                StatusCode::FOUND,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                body,
+            )
+                .into_response();
+            match HeaderValue::from_str(&location) {
+                Ok(value) => {
+                    response.headers_mut().insert(header::LOCATION, value);
+                    no_store(response)
+                }
+                Err(_) => Error::internal(anyhow::anyhow!("unencodable Location")).into_response(),
+            }
+        }
+        Err(AuthorizeError::Parameters(violations)) => parameter_errors(&violations),
+        Err(AuthorizeError::UntrustedClient { parameter, message }) => {
+            error_page(&headers, parameter, &message)
+        }
+        Err(AuthorizeError::Other(err)) => err.into_response(),
+    }
+}
+
+/// The form of the `302` body: continues at the Link page. A redirect
+/// after a form POST is `303 See Other`, so the browser follows with GET.
+pub(super) async fn resume(
+    State(state): State<RestState>,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Result<Response, Error> {
+    let reference = form
+        .get("REF")
+        .filter(|r| {
+            r.starts_with("lft_")
+                && r.len() < 128
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .ok_or_else(|| Error::invalid("REF", "is not a sign-in reference"))?;
+    let location = state.api.link_page_url(reference)?;
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(Error::internal)?,
+    );
+    Ok(no_store(response))
+}
+
+/// HTTP Basic client credentials (RFC 6749 §2.3.1: both parts
+/// form-urlencoded before base64).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Error> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = || Error::oauth("invalid_client", "Malformed HTTP Basic credentials.");
+    let value = value.to_str().map_err(|_| invalid())?;
+    let Some(encoded) = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map(|(_, rest)| rest.trim())
+    else {
+        return Err(invalid());
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| invalid())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(invalid)?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some(BasicCredentials {
+        client_id: unescape(id),
+        client_secret: SecretString::from(unescape(secret)),
+    }))
+}
+
+pub(super) async fn token(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(Error::oauth(
+            "invalid_request",
+            "The body must be application/x-www-form-urlencoded.",
+        ));
+    }
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut form = single_values(pairs)
+        .map_err(|name| Error::oauth("invalid_request", format!("{name} must not be repeated.")))?;
+    let basic = basic_credentials(&headers)?;
+    let mut take = |name: &str| form.remove(name);
+    let req = pb::ExchangeCodeRequest {
+        grant_type: take("grant_type").unwrap_or_default(),
+        code: take("code").unwrap_or_default(),
+        redirect_uri: take("redirect_uri"),
+        client_id: take("client_id").unwrap_or_default(),
+        client_secret: take("client_secret"),
+        code_verifier: take("code_verifier"),
+    };
+    let issued = state.api.exchange_code(req, basic).await?;
+    Ok(no_store(
+        Json(json!({
+            "access_token": issued.access_token,
+            "token_type": issued.token_type,
+            "expires_in": issued.expires_in,
+            "scope": issued.scope,
+            "connection_id": issued.connection_id,
+        }))
+        .into_response(),
+    ))
+}
