@@ -120,6 +120,8 @@ pub struct SandboxTenant {
     pub organization_id: uuid::Uuid,
     pub app_id: uuid::Uuid,
     pub key: IssuedKey,
+    /// The app's OAuth client secret.
+    pub client_secret: secrecy::SecretString,
 }
 
 /// On an empty development database, creates a sandbox organization, client
@@ -151,6 +153,7 @@ pub async fn bootstrap_sandbox(api: &Api) -> anyhow::Result<Option<SandboxTenant
         organization_id,
         app_id: created.app.id,
         key,
+        client_secret: created.client_secret,
     }))
 }
 
@@ -161,13 +164,14 @@ pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr)
     println!(
         "\n\
          linkd created a sandbox organization on this new development database:\n\
-         \n  organization  {org}\n  client app    {app}\n  API key       {key}\n\
-         \nThe key is shown only now. Try it:\n\
+         \n  organization  {org}\n  client app    {app}\n  API key       {key}\n  client secret {secret}  (OAuth)\n\
+         \nThe key and secret are shown only now. Try it:\n\
          \n  grpcurl -plaintext -H 'authorization: Bearer {key}' localhost:{port} linkd.v1.ClientAppService/ListClientApps\
          \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\
          \n  curl -X POST -H 'Authorization: Bearer {key}' http://localhost:{port}/v2/link/init   # open the returned url in a browser\n",
         org = IdKind::Organization.format(sandbox.organization_id),
         app = IdKind::ClientApp.format(sandbox.app_id),
+        secret = sandbox.client_secret.expose_secret(),
     );
 }
 
