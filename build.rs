@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/linkd/v1/authorize.proto",
     "proto/linkd/v1/flow.proto",
     "proto/linkd/v1/client_app.proto",
+    "proto/linkd/v1/event.proto",
     // Not used by the generated code (tonic-types has its own); compiled so
     // reflection can describe the error details every error carries.
     "proto/google/rpc/error_details.proto",

@@ -106,6 +106,33 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
             }
             println!("revoked {key_id}");
         }
+        AdminCommand::RotateWebhookSecret {
+            app_id,
+            grace,
+            json,
+        } => {
+            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+            let (secret, until) = match api
+                .rotate_webhook_secret(None, id, grace.as_secs() as i64)
+                .await
+            {
+                Err(crate::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+                other => other?,
+            };
+            print(
+                json,
+                json!({
+                    "clientAppId": app_id,
+                    "webhookSecret": secret.expose_secret(),
+                    "previousSecretExpiresAt": until.to_rfc3339(),
+                }),
+                format!(
+                    "client app      {app_id}\nwebhook secret  {}\n(shown only now; the previous secret also signs until {})",
+                    secret.expose_secret(),
+                    until.to_rfc3339()
+                ),
+            );
+        }
         AdminCommand::RotateClientSecret { app_id, json } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
             let secret = match api.rotate_client_secret(id).await {

@@ -35,6 +35,8 @@ pub struct AppState {
     /// How long a Link session accepts input.
     pub session_ttl: std::time::Duration,
     pub oauth: OAuthSettings,
+    pub webhooks: crate::webhooks::WebhookSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Request-handling settings, from configuration.
@@ -45,6 +47,7 @@ pub struct Settings {
     pub app_clip_base_url: Option<Url>,
     pub session_ttl: std::time::Duration,
     pub oauth: OAuthSettings,
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// How strict the OAuth authorization server is.
@@ -62,6 +65,11 @@ pub struct OAuthSettings {
 pub struct Api {
     pub state: Arc<AppState>,
 }
+
+/// How long a rotated-out webhook secret keeps signing by default.
+pub const DEFAULT_ROTATION_GRACE_SECS: i64 = 24 * 60 * 60;
+/// The longest such grace period.
+pub const MAX_ROTATION_GRACE_SECS: i64 = 7 * 24 * 60 * 60;
 
 /// A client app just created, with the secrets that are shown only now.
 #[derive(Debug)]
@@ -166,6 +174,73 @@ impl Api {
             app,
             webhook_secret: SecretString::from(secret),
             client_secret: SecretString::from(client_secret),
+        })
+    }
+
+    /// Replaces an app's webhook signing secret. The previous one keeps
+    /// signing next to it for `grace_secs`. `tenant` scopes the app to the
+    /// caller; operators pass `None`. Returns the new secret (its only copy)
+    /// and when the previous one stops signing.
+    pub async fn rotate_webhook_secret(
+        &self,
+        tenant: Option<Tenant>,
+        app_id: uuid::Uuid,
+        grace_secs: i64,
+    ) -> Result<(SecretString, chrono::DateTime<chrono::Utc>)> {
+        if !(0..=MAX_ROTATION_GRACE_SECS).contains(&grace_secs) {
+            return Err(Error::invalid(
+                "previousSecretGraceSeconds",
+                format!("must be between 0 and {MAX_ROTATION_GRACE_SECS}"),
+            ));
+        }
+        let mut tx = self.db().begin().await?;
+        let current: Vec<u8> = sqlx::query_scalar(
+            "SELECT webhook_secret_ciphertext FROM client_apps
+             WHERE id = $1 AND ($2::uuid IS NULL OR (organization_id = $2 AND environment = $3))
+             FOR UPDATE",
+        )
+        .bind(app_id)
+        .bind(tenant.map(|t| t.organization_id))
+        .bind(tenant.map(|t| t.environment.as_str()))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound("client app"))?;
+        let cipher = &self.state.cipher;
+        let previous = cipher
+            .decrypt(&current, &webhook_secret_context(app_id))
+            .map_err(Error::Internal)?;
+        let secret = crate::domain::client_app::generate_webhook_secret();
+        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "UPDATE client_apps SET webhook_secret_ciphertext = $2,
+                 previous_webhook_secret_ciphertext = $3,
+                 previous_webhook_secret_expires_at = now() + make_interval(secs => $4)
+             WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
+        )
+        .bind(app_id)
+        .bind(cipher.encrypt(secret.as_bytes(), &webhook_secret_context(app_id)))
+        .bind(cipher.encrypt(&previous, &previous_webhook_secret_context(app_id)))
+        .bind(grace_secs as f64)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((SecretString::from(secret), expires_at))
+    }
+
+    pub async fn rotate_webhook_secret_for(
+        &self,
+        caller: &Caller,
+        req: pb::RotateWebhookSecretRequest,
+    ) -> Result<pb::RotateWebhookSecretResponse> {
+        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
+        let grace = req
+            .previous_secret_grace_seconds
+            .unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
+        let (secret, expires_at) = self
+            .rotate_webhook_secret(Some(caller.tenant), id, grace)
+            .await?;
+        Ok(pb::RotateWebhookSecretResponse {
+            webhook_secret: secrecy::ExposeSecret::expose_secret(&secret).to_string(),
+            previous_secret_expires_at: Some(timestamp(expires_at)),
         })
     }
 
@@ -398,6 +473,14 @@ fn operation_summaries(row: &links::LinkRow) -> Vec<pb::OperationSummary> {
 /// Associated data binding a link's encrypted arguments to the link.
 pub fn link_arguments_context(link_id: uuid::Uuid) -> String {
     format!("links.arguments:{}", IdKind::Link.format(link_id))
+}
+
+/// Associated data binding an app's previous (rotated-out) webhook secret.
+pub fn previous_webhook_secret_context(app_id: uuid::Uuid) -> String {
+    format!(
+        "client_apps.previous_webhook_secret:{}",
+        IdKind::ClientApp.format(app_id)
+    )
 }
 
 /// Associated data binding a webhook secret's ciphertext to its app.

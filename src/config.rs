@@ -168,6 +168,34 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_OAUTH_TOKEN_TTL", default_value = "1h", value_parser = parse_session_ttl)]
     pub oauth_token_ttl: Duration,
 
+    /// Webhook attempt timeout (connect to response headers).
+    #[arg(long, env = "LINKD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_session_ttl)]
+    pub webhook_timeout: Duration,
+
+    /// Delays before each webhook attempt, comma-separated; the first is
+    /// normally 0s (at once) and the count is the number of attempts.
+    #[arg(long, env = "LINKD_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,14h,20h,24h", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Schedule,
+
+    /// How long a claimed webhook attempt may run before another replica
+    /// retries it (with the same webhook-id). Must exceed the timeout.
+    #[arg(long, env = "LINKD_WEBHOOK_LEASE", default_value = "60s", value_parser = parse_session_ttl)]
+    pub webhook_lease: Duration,
+
+    /// How often an idle dispatcher looks for due webhooks.
+    #[arg(long, env = "LINKD_WEBHOOK_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_poll_interval: Duration,
+
+    /// Webhook deliveries in flight per replica.
+    #[arg(long, env = "LINKD_WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub webhook_concurrency: u16,
+
+    /// Destinations the SSRF guard lets through although they are private
+    /// or loopback: comma-separated host names and IP ranges (for local
+    /// development and tests), e.g. `127.0.0.1,hooks.internal,10.0.0.0/8`.
+    #[arg(long, env = "LINKD_WEBHOOK_ALLOW", default_value = "", value_parser = parse_allowlist)]
+    pub webhook_allow: Allow,
+
     /// How long a Link session (`InitLinkSession`) accepts input.
     #[arg(long, env = "LINKD_LINK_SESSION_TTL", default_value = "30m", value_parser = parse_session_ttl)]
     pub link_session_ttl: Duration,
@@ -197,7 +225,25 @@ impl ServeArgs {
                 code_ttl: self.oauth_code_ttl,
                 token_ttl: self.oauth_token_ttl,
             },
+            webhooks: crate::webhooks::WebhookSettings {
+                timeout: self.webhook_timeout,
+                schedule: self.webhook_retry_schedule.0.clone(),
+                lease: self.webhook_lease,
+                poll_interval: self.webhook_poll_interval,
+                concurrency: usize::from(self.webhook_concurrency),
+                allow: std::sync::Arc::new(self.webhook_allow.0.clone()),
+            },
         }
+    }
+
+    /// Checks settings that depend on each other.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.webhook_lease <= self.webhook_timeout {
+            anyhow::bail!(
+                "invalid configuration: --webhook-lease / LINKD_WEBHOOK_LEASE must exceed --webhook-timeout / LINKD_WEBHOOK_TIMEOUT"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -234,6 +280,16 @@ pub enum AdminCommand {
     },
     /// Revoke an API key by its id (`key_…`).
     RevokeKey { key_id: String },
+    /// Replace a client app's webhook signing secret; the previous one keeps
+    /// signing next to the new one for the grace period.
+    RotateWebhookSecret {
+        app_id: String,
+        /// How long the previous secret keeps signing (0s to 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue a new OAuth client secret for a client app (`app_…`); the old
     /// one stops working at once.
     RotateClientSecret {
@@ -326,4 +382,27 @@ fn parse_code_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be between 1s and 10m (RFC 6749 §4.1.2)".into());
     }
     Ok(ttl)
+}
+
+/// Delays of the webhook retry schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule(pub Vec<Duration>);
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let delays = s
+        .split(',')
+        .map(|d| parse_duration(d.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() || delays.len() > 50 {
+        return Err("must list 1 to 50 delays, e.g. 0s,5s,5m".into());
+    }
+    Ok(Schedule(delays))
+}
+
+/// The SSRF guard's allowlist.
+#[derive(Debug, Clone)]
+pub struct Allow(pub crate::webhooks::ssrf::Allowlist);
+
+fn parse_allowlist(s: &str) -> Result<Allow, String> {
+    crate::webhooks::ssrf::Allowlist::parse(s).map(Allow)
 }

@@ -8,13 +8,11 @@ use crate::domain::Tenant;
 use crate::error::{Error, Result};
 use crate::flow::{EventSubject, record_event};
 use crate::ids::IdKind;
+use crate::paging::Cursor;
 use crate::pb;
-use crate::store::connections::{self as store, ConnectionRow, Cursor, ListFilter};
+use crate::store::connections::{self as store, ConnectionRow, ListFilter};
 use crate::validate::{Violations, limits};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -80,56 +78,13 @@ pub fn connection_event_data(
     data
 }
 
-/// Keyset page tokens: where the next page starts, bound to the filters of
-/// the listing that issued it. Opaque to clients; tampering can only move
-/// within the caller's own connections.
-mod page_token {
-    use super::*;
-
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Token {
-        /// created_at, microseconds since the epoch.
-        t: i64,
-        /// id, simple hex.
-        i: String,
-        /// Fingerprint of the filters.
-        f: String,
-    }
-
-    fn fingerprint(filter: &ListFilter) -> String {
-        let digest = Sha256::digest(format!(
-            "{}\u{0}{}",
-            filter.status.unwrap_or_default(),
-            filter.client_reference_id.as_deref().unwrap_or_default()
-        ));
-        hex_prefix(&digest)
-    }
-
-    fn hex_prefix(bytes: &[u8]) -> String {
-        bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn encode(cursor: Cursor, filter: &ListFilter) -> String {
-        let token = Token {
-            t: cursor.created_at.timestamp_micros(),
-            i: cursor.id.simple().to_string(),
-            f: fingerprint(filter),
-        };
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).expect("serializable"))
-    }
-
-    pub fn decode(token: &str, filter: &ListFilter) -> std::result::Result<Cursor, &'static str> {
-        let malformed = "is not a page token issued by ListConnections";
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed)?;
-        let token: Token = serde_json::from_slice(&bytes).map_err(|_| malformed)?;
-        if token.f != fingerprint(filter) {
-            return Err("belongs to a listing with other filters; repeat the same filters");
-        }
-        Ok(Cursor {
-            created_at: chrono::DateTime::from_timestamp_micros(token.t).ok_or(malformed)?,
-            id: Uuid::try_parse(&token.i).map_err(|_| malformed)?,
-        })
-    }
+/// The filters of a listing as page tokens bind them.
+fn filter_key(filter: &ListFilter) -> String {
+    format!(
+        "{}\u{0}{}",
+        filter.status.unwrap_or_default(),
+        filter.client_reference_id.as_deref().unwrap_or_default()
+    )
 }
 
 /// A checked `ListConnections` request.
@@ -173,7 +128,7 @@ impl ListQuery {
                 v.add("pageToken", "cannot be combined with offset");
                 None
             }
-            Some(token) => page_token::decode(token, &filter)
+            Some(token) => crate::paging::decode(token, &filter_key(&filter))
                 .map_err(|msg| v.add("pageToken", msg))
                 .ok(),
             None => None,
@@ -211,12 +166,12 @@ impl Api {
         let more = rows.len() as i64 > query.limit;
         rows.truncate(query.limit as usize);
         let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => page_token::encode(
+            (true, Some(last)) => crate::paging::encode(
                 Cursor {
                     created_at: last.created_at,
                     id: last.id,
                 },
-                &query.filter,
+                &filter_key(&query.filter),
             ),
             _ => String::new(),
         };

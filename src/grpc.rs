@@ -205,4 +205,54 @@ impl pb::client_app_service_server::ClientAppService for Api {
             Api::get_client_app(self, &caller, req.into_inner()).await?,
         ))
     }
+
+    async fn rotate_webhook_secret(
+        &self,
+        req: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Reply<pb::RotateWebhookSecretResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::rotate_webhook_secret_for(self, &caller, req.into_inner()).await?,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for Api {
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Reply<pb::ListEventsResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::list_events(self, &caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_event(&self, req: Request<pb::GetEventRequest>) -> Reply<pb::GetEventResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::get_event(self, &caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn redeliver_event(
+        &self,
+        req: Request<pb::RedeliverEventRequest>,
+    ) -> Reply<pb::RedeliverEventResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::redeliver_event(self, &caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn redeliver_failed_events(
+        &self,
+        req: Request<pb::RedeliverFailedEventsRequest>,
+    ) -> Reply<pb::RedeliverFailedEventsResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            Api::redeliver_failed_events(self, &caller, req.into_inner()).await?,
+        ))
+    }
 }

@@ -19,6 +19,7 @@ pub enum IdKind {
     ApiKey,
     Link,
     Connection,
+    Event,
 }
 
 impl IdKind {
@@ -29,6 +30,7 @@ impl IdKind {
             IdKind::ApiKey => "key_",
             IdKind::Link => "link_",
             IdKind::Connection => "conn_",
+            IdKind::Event => "evt_",
         }
     }
 

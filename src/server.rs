@@ -63,6 +63,7 @@ impl Server {
         api: Api,
         args: ServeArgs,
     ) -> anyhow::Result<Self> {
+        args.check()?;
         let max = args.max_request_bytes as usize;
         let (reporter, health_service) = tonic_health::server::health_reporter();
 
@@ -76,6 +77,8 @@ impl Server {
             .max_decoding_message_size(max);
         let client_app = pb::client_app_service_server::ClientAppServiceServer::new(api.clone())
             .max_decoding_message_size(max);
+        let event = pb::event_service_server::EventServiceServer::new(api.clone())
+            .max_decoding_message_size(max);
         let health = Health::new(
             reporter,
             vec![
@@ -84,6 +87,7 @@ impl Server {
                 name(&authorize),
                 name(&flow),
                 name(&client_app),
+                name(&event),
             ],
         );
 
@@ -106,7 +110,8 @@ impl Server {
             .add_service(connection)
             .add_service(authorize)
             .add_service(flow)
-            .add_service(client_app);
+            .add_service(client_app)
+            .add_service(event);
 
         let router = grpc
             .routes()
@@ -155,6 +160,7 @@ impl Server {
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
         let expiry = crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval);
+        let dispatcher = crate::webhooks::spawn_dispatcher(api.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener, router)
@@ -169,6 +175,7 @@ impl Server {
             result = &mut serve => {
                 probe.abort();
                 expiry.abort();
+                dispatcher.abort();
                 return result.context("server task failed")?.context("server failed");
             }
             () = shutdown => {}
@@ -180,6 +187,9 @@ impl Server {
         );
         probe.abort();
         expiry.abort();
+        // In-flight deliveries run on; what they do not finish is retried
+        // by another replica after its lease.
+        dispatcher.abort();
         health.start_draining().await;
         tokio::time::sleep(args.shutdown_drain_delay).await;
         let _ = stop_accepting.send(());

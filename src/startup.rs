@@ -112,6 +112,8 @@ pub fn api(
         app_clip_base_url,
         session_ttl: settings.session_ttl,
         oauth: settings.oauth,
+        webhooks: settings.webhooks,
+        metrics: Arc::default(),
     })
 }
 

@@ -46,3 +46,34 @@ pub fn connection_json(c: &pb::Connection) -> Value {
         "sessionExpiresAt": time(&c.session_expires_at),
     })
 }
+
+/// A webhook event as REST returns it.
+pub fn event_json(e: &pb::Event) -> Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
+    json!({
+        "id": e.id,
+        "type": e.r#type,
+        "data": e.data.as_ref().map(crate::proto_json::from_struct),
+        "linkId": e.link_id,
+        "connectionId": e.connection_id,
+        "createdAt": time(&e.created_at),
+        "deliveryStatus": e.delivery_status().as_str_name().trim_start_matches("DELIVERY_STATUS_").to_ascii_lowercase(),
+        "attempts": e.attempts,
+        "nextAttemptAt": time(&e.next_attempt_at),
+        "deliveredAt": time(&e.delivered_at),
+        "lastError": e.last_error,
+        "destinationUrl": e.destination_url,
+    })
+}
+
+/// One delivery attempt as REST returns it.
+pub fn attempt_json(a: &pb::DeliveryAttempt) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "url": a.url,
+        "startedAt": a.started_at.as_ref().map(iso8601),
+        "latencyMs": a.latency_ms,
+        "statusCode": a.status_code,
+        "error": a.error,
+    })
+}

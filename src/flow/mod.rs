@@ -160,8 +160,16 @@ pub async fn record_event(
     tenant: Tenant,
     event_type: &str,
     subject: EventSubject,
-    data: Value,
+    mut data: Value,
 ) -> Result<()> {
+    let size = serde_json::to_vec(&data).map_or(0, |v| v.len());
+    if size > crate::webhooks::MAX_PAYLOAD_BYTES
+        && let Some(object) = data.as_object_mut()
+        && object.remove("result").is_some()
+    {
+        // Webhook bodies are capped; the full result stays readable by GetLink.
+        object.insert("resultTruncated".into(), Value::Bool(true));
+    }
     sqlx::query(
         "INSERT INTO events (id, organization_id, environment, type, link_id, connection_id, payload)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 mod body;
 mod connections;
+mod events;
 mod flow;
 mod links;
 mod oauth;
@@ -189,6 +190,18 @@ async fn list_providers(
     Ok(Json(json!({ "providers": providers })).into_response())
 }
 
+/// Prometheus text exposition.
+async fn metrics(State(state): State<RestState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.api.state.metrics.render(),
+    )
+        .into_response()
+}
+
 /// Liveness: the process answers.
 async fn healthz() -> &'static str {
     "ok\n"
@@ -207,8 +220,23 @@ pub fn router(state: RestState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/client-apps", get(list_client_apps))
         .route("/v1/client-apps/{client_app_id}", get(get_client_app))
+        .route(
+            "/v1/client-apps/{client_app_id}/rotate-webhook-secret",
+            axum::routing::post(events::rotate_webhook_secret),
+        )
+        .route("/v1/events", get(events::list))
+        .route(
+            "/v1/events/redeliver-failed",
+            axum::routing::post(events::redeliver_failed),
+        )
+        .route("/v1/events/{event_id}", get(events::get))
+        .route(
+            "/v1/events/{event_id}/redeliver",
+            axum::routing::post(events::redeliver),
+        )
         .route("/v1/links", axum::routing::post(links::create_link))
         .route("/v1/links/{link_id}", get(links::get_link))
         .route("/v1/providers", get(list_providers))

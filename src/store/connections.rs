@@ -4,6 +4,7 @@
 use crate::domain::Tenant;
 use crate::domain::session::Geolocation;
 use crate::error::{Error, Result};
+use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
@@ -152,13 +153,6 @@ pub async fn find_live(
 pub struct ListFilter {
     pub status: Option<&'static str>,
     pub client_reference_id: Option<String>,
-}
-
-/// Where a keyset page starts: after this (created_at, id), newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
 }
 
 /// One page, newest first (ties by id), after `cursor` and skipping

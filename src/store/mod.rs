@@ -2,6 +2,7 @@
 //! Every tenant-scoped query takes the caller's organization and environment.
 
 pub mod connections;
+pub mod events;
 pub mod idempotency;
 pub mod links;
 pub mod tenancy;

@@ -107,6 +107,14 @@ pub async fn fresh_database() -> String {
     database_url(&name)
 }
 
+/// Test HTTP clients use rustls with ring, the crypto backend of the tree.
+pub fn install_crypto() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 pub fn test_key() -> EncryptionKey {
     static KEY: OnceLock<EncryptionKey> = OnceLock::new();
     KEY.get_or_init(EncryptionKey::generate).clone()
@@ -127,6 +135,18 @@ pub fn serve_args() -> ServeArgs {
         oauth_state_min_length: 0,
         oauth_code_ttl: Duration::from_secs(600),
         oauth_token_ttl: Duration::from_secs(3600),
+        webhook_timeout: Duration::from_secs(2),
+        webhook_retry_schedule: linkd::config::Schedule(vec![
+            Duration::ZERO,
+            Duration::from_millis(300),
+            Duration::from_millis(600),
+        ]),
+        webhook_lease: Duration::from_secs(5),
+        webhook_poll_interval: Duration::from_millis(100),
+        webhook_concurrency: 16,
+        webhook_allow: linkd::config::Allow(
+            linkd::webhooks::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
+        ),
     }
 }
 
@@ -145,6 +165,8 @@ pub struct TestTenant {
     pub key: String,
     /// The app's OAuth client secret.
     pub client_secret: String,
+    /// The app's webhook signing secret (`whsec_…`).
+    pub webhook_secret: String,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -191,7 +213,10 @@ async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeAr
     let app = TestApp {
         addr,
         api,
-        http: reqwest::Client::new(),
+        http: {
+            install_crypto();
+            reqwest::Client::new()
+        },
         shutdown: Some(tx),
     };
     app.wait_for_readiness(true).await;
@@ -292,13 +317,30 @@ impl TestApp {
         name: &str,
         redirect_uris: &[String],
     ) -> TestTenant {
-        let app = NewClientApp::parse(name, redirect_uris, Some("https://hooks.example.com/linkd"))
-            .unwrap();
+        self.add_app_hooked(
+            tenant,
+            name,
+            redirect_uris,
+            "https://hooks.example.com/linkd",
+        )
+        .await
+    }
+
+    /// Adds an app whose webhooks go to `webhook_url`, and a key.
+    pub async fn add_app_hooked(
+        &self,
+        tenant: Tenant,
+        name: &str,
+        redirect_uris: &[String],
+        webhook_url: &str,
+    ) -> TestTenant {
+        let app = NewClientApp::parse(name, redirect_uris, Some(webhook_url)).unwrap();
         let created = self.api.create_client_app(tenant, &app).await.unwrap();
         let key = linkd::auth::issue_key(self.api.db(), tenant).await.unwrap();
         TestTenant {
             tenant,
             client_secret: created.client_secret.expose_secret().to_string(),
+            webhook_secret: created.webhook_secret.expose_secret().to_string(),
             app_id: IdKind::ClientApp.format(created.app.id),
             api_key_id: key.id,
             key: key.key.expose_secret().to_string(),

@@ -15,3 +15,4 @@ mod process;
 mod providers;
 mod sessions;
 mod surface;
+mod webhooks;

@@ -19,6 +19,7 @@ const LOOPBACK: &str = "http://127.0.0.1/cb";
 
 /// An HTTP client that does not follow redirects.
 fn no_redirects() -> reqwest::Client {
+    crate::helpers::install_crypto();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -569,6 +569,7 @@ async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
     let (rest_trace, rest_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let (grpc_trace, grpc_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
 
+    crate::helpers::install_crypto();
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/v1/client-apps", server.port))
         .header("traceparent", format!("00-{rest_trace}-{rest_parent}-01"))

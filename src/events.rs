@@ -1,0 +1,225 @@
+//! EventService: the tenant's events with their webhook deliveries, and
+//! redeliveries. Delivery itself is [`crate::webhooks`].
+
+use crate::app::{Api, parse_id, timestamp};
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::ids::IdKind;
+use crate::paging::Cursor;
+use crate::pb;
+use crate::proto_json;
+use crate::store::events::{self as store, AttemptRow, EventFilter, EventRow};
+use crate::validate::{Violations, limits};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Events per page when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: i32 = 20;
+/// Largest accepted `limit`.
+pub const MAX_LIST_LIMIT: i32 = 100;
+
+const STATUSES: [(pb::DeliveryStatus, &str); 4] = [
+    (pb::DeliveryStatus::Pending, "pending"),
+    (pb::DeliveryStatus::Delivered, "delivered"),
+    (pb::DeliveryStatus::Failed, "failed"),
+    (pb::DeliveryStatus::Skipped, "skipped"),
+];
+
+/// The proto status of a REST `deliveryStatus` value.
+pub fn status_from_name(name: &str) -> Option<pb::DeliveryStatus> {
+    STATUSES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+}
+
+fn event_to_proto(row: &EventRow) -> pb::Event {
+    pb::Event {
+        id: IdKind::Event.format(row.id),
+        r#type: row.r#type.clone(),
+        data: Some(proto_json::to_struct(&row.payload.0["data"])),
+        link_id: row.link_id.map(|id| IdKind::Link.format(id)),
+        connection_id: row.connection_id.map(|id| IdKind::Connection.format(id)),
+        created_at: Some(timestamp(row.created_at)),
+        delivery_status: STATUSES
+            .iter()
+            .find(|(_, n)| *n == row.delivery_status)
+            .map_or(pb::DeliveryStatus::Unspecified, |(s, _)| *s) as i32,
+        attempts: row.attempts,
+        next_attempt_at: (row.delivery_status == "pending").then(|| timestamp(row.next_attempt_at)),
+        delivered_at: row.delivered_at.map(timestamp),
+        last_error: row.last_error.clone(),
+        destination_url: row.url.clone(),
+    }
+}
+
+fn attempt_to_proto(row: &AttemptRow) -> pb::DeliveryAttempt {
+    pb::DeliveryAttempt {
+        attempt: row.attempt,
+        url: row.url.clone(),
+        started_at: Some(timestamp(row.started_at)),
+        latency_ms: i64::from(row.latency_ms),
+        status_code: row.status_code,
+        error: row.error.clone(),
+    }
+}
+
+fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    ts.as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
+/// Checks an optional time range, recording a violation when it is empty.
+fn time_range(
+    v: &mut Violations,
+    after: &Option<prost_types::Timestamp>,
+    before: &Option<prost_types::Timestamp>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let (after, before) = (time(after), time(before));
+    if let (Some(a), Some(b)) = (after, before)
+        && a >= b
+    {
+        v.add("createdAfter", "must be before createdBefore");
+    }
+    (after, before)
+}
+
+fn optional_id(
+    v: &mut Violations,
+    kind: IdKind,
+    path: &str,
+    value: &Option<String>,
+) -> Option<Uuid> {
+    let value = value.as_deref().filter(|s| !s.is_empty())?;
+    let parsed = kind.parse(value);
+    if parsed.is_none() {
+        v.add(
+            path,
+            format!("must be an id starting with `{}`", kind.prefix()),
+        );
+    }
+    parsed
+}
+
+impl Api {
+    pub async fn list_events(
+        &self,
+        caller: &Caller,
+        req: pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse> {
+        let mut v = Violations::new();
+        let limit = req.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            v.add("limit", format!("must be between 1 and {MAX_LIST_LIMIT}"));
+        }
+        let event_type = req.r#type.clone().filter(|t| !t.is_empty());
+        if let Some(t) = &event_type {
+            v.max_len("type", t, limits::ID);
+        }
+        let (created_after, created_before) =
+            time_range(&mut v, &req.created_after, &req.created_before);
+        let delivery_status = match req.delivery_status() {
+            pb::DeliveryStatus::Unspecified if req.delivery_status != 0 => {
+                v.add("deliveryStatus", "is not a delivery state");
+                None
+            }
+            pb::DeliveryStatus::Unspecified => None,
+            other => STATUSES.iter().find(|(s, _)| *s == other).map(|(_, n)| *n),
+        };
+        let filter = EventFilter {
+            connection_id: optional_id(
+                &mut v,
+                IdKind::Connection,
+                "connectionId",
+                &req.connection_id,
+            ),
+            link_id: optional_id(&mut v, IdKind::Link, "linkId", &req.link_id),
+            event_type,
+            delivery_status,
+            created_after,
+            created_before,
+        };
+        let filter_key = format!("{filter:?}");
+        let cursor = match req.page_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(token) => crate::paging::decode(token, &filter_key)
+                .map_err(|msg| v.add("pageToken", msg))
+                .ok(),
+            None => None,
+        };
+        v.finish()?;
+        let limit = i64::from(limit);
+        let mut rows = store::list(
+            self.db(),
+            caller.tenant,
+            &filter,
+            cursor.map(|c| (c.created_at, c.id)),
+            limit,
+        )
+        .await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => crate::paging::encode(
+                Cursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                },
+                &filter_key,
+            ),
+            _ => String::new(),
+        };
+        Ok(pb::ListEventsResponse {
+            events: rows.iter().map(event_to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    pub async fn get_event(
+        &self,
+        caller: &Caller,
+        req: pb::GetEventRequest,
+    ) -> Result<pb::GetEventResponse> {
+        let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
+        let (event, attempts) = store::get(self.db(), caller.tenant, id).await?;
+        Ok(pb::GetEventResponse {
+            event: Some(event_to_proto(&event)),
+            attempts: attempts.iter().map(attempt_to_proto).collect(),
+        })
+    }
+
+    pub async fn redeliver_event(
+        &self,
+        caller: &Caller,
+        req: pb::RedeliverEventRequest,
+    ) -> Result<pb::RedeliverEventResponse> {
+        let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
+        store::get(self.db(), caller.tenant, id).await?;
+        store::redeliver(self.db(), caller.tenant, Some(id), None, None).await?;
+        let (event, _) = store::get(self.db(), caller.tenant, id).await?;
+        Ok(pb::RedeliverEventResponse {
+            event: Some(event_to_proto(&event)),
+        })
+    }
+
+    pub async fn redeliver_failed_events(
+        &self,
+        caller: &Caller,
+        req: pb::RedeliverFailedEventsRequest,
+    ) -> Result<pb::RedeliverFailedEventsResponse> {
+        let mut v = Violations::new();
+        let (after, before) = time_range(&mut v, &req.created_after, &req.created_before);
+        v.finish()?;
+        let queued = store::redeliver(self.db(), caller.tenant, None, after, before).await?;
+        Ok(pb::RedeliverFailedEventsResponse {
+            queued: queued as i64,
+        })
+    }
+}
+
+/// Parses an ISO 8601 time given to REST, or fails naming the parameter.
+pub fn parse_time(path: &str, value: &str) -> Result<prost_types::Timestamp> {
+    let at = DateTime::parse_from_rfc3339(value).map_err(|_| {
+        Error::invalid(
+            path,
+            "must be an ISO 8601 time such as 2026-11-22T10:00:00Z",
+        )
+    })?;
+    Ok(timestamp(at.with_timezone(&Utc)))
+}

@@ -1,0 +1,166 @@
+//! `/v1/events`: the tenant's events with their deliveries, and
+//! redeliveries; `/v1/client-apps/{id}/rotate-webhook-secret`.
+
+use super::body::json_body;
+use super::{Authenticated, RestState};
+use crate::error::Error;
+use crate::events::{parse_time, status_from_name};
+use crate::pb;
+use crate::validate::Violations;
+use crate::views::{attempt_json, event_json, iso8601};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Query parameters of `GET /v1/events`, camelCase and snake_case.
+const LIST_PARAMS: [(&str, &str); 8] = [
+    ("limit", "limit"),
+    ("type", "type"),
+    ("connectionId", "connection_id"),
+    ("linkId", "link_id"),
+    ("createdAfter", "created_after"),
+    ("createdBefore", "created_before"),
+    ("deliveryStatus", "delivery_status"),
+    ("pageToken", "page_token"),
+];
+
+fn list_request(params: &[(String, String)]) -> Result<pb::ListEventsRequest, Error> {
+    let mut v = Violations::new();
+    let mut req = pb::ListEventsRequest::default();
+    for (name, value) in params {
+        let Some((canonical, _)) = LIST_PARAMS
+            .iter()
+            .find(|(camel, snake)| name == camel || name == snake)
+        else {
+            v.add(name.clone(), "is not a known query parameter");
+            continue;
+        };
+        let time = |v: &mut Violations| match parse_time(canonical, value) {
+            Ok(t) => Some(t),
+            Err(err) => {
+                for issue in err.violations() {
+                    v.add(issue.path.clone(), issue.message.clone());
+                }
+                None
+            }
+        };
+        match *canonical {
+            "limit" => match value.parse() {
+                Ok(n) => req.limit = Some(n),
+                Err(_) => v.add("limit", "must be an integer"),
+            },
+            "type" => req.r#type = Some(value.clone()),
+            "connectionId" => req.connection_id = Some(value.clone()),
+            "linkId" => req.link_id = Some(value.clone()),
+            "createdAfter" => req.created_after = time(&mut v),
+            "createdBefore" => req.created_before = time(&mut v),
+            "deliveryStatus" => match status_from_name(value) {
+                Some(status) => req.set_delivery_status(status),
+                None => v.add(
+                    "deliveryStatus",
+                    "must be one of pending, delivered, failed, skipped",
+                ),
+            },
+            _ => req.page_token = Some(value.clone()),
+        }
+    }
+    v.finish()?;
+    Ok(req)
+}
+
+pub(super) async fn list(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, Error> {
+    let page = state
+        .api
+        .list_events(&caller, list_request(&params)?)
+        .await?;
+    let events: Vec<Value> = page.events.iter().map(event_json).collect();
+    let next = Some(page.next_page_token).filter(|t| !t.is_empty());
+    Ok(Json(json!({ "events": events, "nextPageToken": next })).into_response())
+}
+
+pub(super) async fn get(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(event_id): Path<String>,
+) -> Result<Response, Error> {
+    let found = state
+        .api
+        .get_event(&caller, pb::GetEventRequest { event_id })
+        .await?;
+    let attempts: Vec<Value> = found.attempts.iter().map(attempt_json).collect();
+    Ok(Json(json!({
+        "event": found.event.as_ref().map(event_json),
+        "attempts": attempts,
+    }))
+    .into_response())
+}
+
+pub(super) async fn redeliver(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(event_id): Path<String>,
+) -> Result<Response, Error> {
+    let queued = state
+        .api
+        .redeliver_event(&caller, pb::RedeliverEventRequest { event_id })
+        .await?;
+    Ok(Json(json!({ "event": queued.event.as_ref().map(event_json) })).into_response())
+}
+
+fn optional_time(body: &Value, name: &str) -> Result<Option<prost_types::Timestamp>, Error> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_time(name, s).map(Some),
+        Some(_) => Err(Error::invalid(name, "must be an ISO 8601 time string")),
+    }
+}
+
+pub(super) async fn redeliver_failed(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let body = json_body(&body)?;
+    let req = pb::RedeliverFailedEventsRequest {
+        created_after: optional_time(&body, "createdAfter")?,
+        created_before: optional_time(&body, "createdBefore")?,
+    };
+    let queued = state.api.redeliver_failed_events(&caller, req).await?;
+    Ok(Json(json!({ "queued": queued.queued })).into_response())
+}
+
+pub(super) async fn rotate_webhook_secret(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(client_app_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let body = json_body(&body)?;
+    let grace =
+        match body.get("previousSecretGraceSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_i64().ok_or_else(|| {
+                Error::invalid("previousSecretGraceSeconds", "must be an integer")
+            })?),
+        };
+    let rotated = state
+        .api
+        .rotate_webhook_secret_for(
+            &caller,
+            pb::RotateWebhookSecretRequest {
+                client_app_id,
+                previous_secret_grace_seconds: grace,
+            },
+        )
+        .await?;
+    Ok(Json(json!({
+        "webhookSecret": rotated.webhook_secret,
+        "previousSecretExpiresAt": rotated.previous_secret_expires_at.as_ref().map(iso8601),
+    }))
+    .into_response())
+}

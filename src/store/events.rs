@@ -1,0 +1,317 @@
+//! The event outbox as a delivery queue: claiming due events (with a lease),
+//! recording attempts, and the reads and redeliveries of the events API.
+
+use crate::domain::Tenant;
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgExecutor, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An event claimed for one delivery attempt, with where it goes and the
+/// app secrets that sign it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DueEvent {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub environment: String,
+    pub payload: Json<Value>,
+    /// Attempts including this one.
+    pub attempts: i32,
+    pub url: Option<String>,
+    pub client_app_id: Option<Uuid>,
+    pub webhook_secret_ciphertext: Option<Vec<u8>>,
+    pub previous_webhook_secret_ciphertext: Option<Vec<u8>>,
+    pub previous_active: bool,
+    /// The destination answered 410 earlier.
+    pub disabled: bool,
+}
+
+/// Claims up to `limit` due events, skipping rows other dispatchers hold.
+/// Each claim counts an attempt and pushes `next_attempt_at` out by `lease`:
+/// if this process dies, the event is due again when the lease ends.
+pub async fn claim_due(db: &PgPool, limit: i64, lease: Duration) -> Result<Vec<DueEvent>> {
+    Ok(sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM events
+             WHERE delivery_status = 'pending' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at, id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+             UPDATE events e SET attempts = e.attempts + 1,
+                 next_attempt_at = now() + make_interval(secs => $2)
+             FROM due WHERE e.id = due.id
+             RETURNING e.id, e.organization_id, e.environment, e.payload, e.attempts
+         )
+         SELECT c.id, c.organization_id, c.environment, c.payload, c.attempts, d.url, d.client_app_id,
+                a.webhook_secret_ciphertext, a.previous_webhook_secret_ciphertext,
+                COALESCE(a.previous_webhook_secret_expires_at > now(), false) AS previous_active,
+                EXISTS (SELECT 1 FROM disabled_webhook_endpoints x
+                        WHERE x.organization_id = c.organization_id AND x.environment = c.environment
+                          AND x.url = d.url) AS disabled
+         FROM claimed c
+         JOIN event_destinations d ON d.event_id = c.id
+         LEFT JOIN client_apps a ON a.id = d.client_app_id",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await?)
+}
+
+/// What happened to one attempt.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub url: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub latency: Duration,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// Where the event goes next.
+#[derive(Debug)]
+pub enum Next {
+    Delivered,
+    RetryIn(Duration),
+    Failed(String),
+    Skipped(String),
+}
+
+/// Records an attempt and moves the event on, unless another dispatcher
+/// re-claimed it meanwhile (its lease ran out): then only the attempt is
+/// kept.
+pub async fn finish_attempt(
+    db: &PgPool,
+    event_id: Uuid,
+    claimed_attempts: i32,
+    attempt: Option<Attempt<'_>>,
+    next: Next,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    if let Some(attempt) = attempt {
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, event_id, attempt, url, started_at, latency_ms, status_code, error)
+             VALUES ($1, $2, (SELECT count(*) + 1 FROM delivery_attempts WHERE event_id = $2), $3, $4, $5, $6, $7)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(event_id)
+        .bind(attempt.url)
+        .bind(attempt.started_at)
+        .bind(attempt.latency.as_millis().min(i32::MAX as u128) as i32)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (status, delay, error): (&str, f64, Option<String>) = match next {
+        Next::Delivered => ("delivered", 0.0, None),
+        Next::RetryIn(delay) => ("pending", delay.as_secs_f64(), None),
+        Next::Failed(error) => ("failed", 0.0, Some(error)),
+        Next::Skipped(error) => ("skipped", 0.0, Some(error)),
+    };
+    sqlx::query(
+        "UPDATE events SET delivery_status = $3,
+             next_attempt_at = now() + make_interval(secs => $4),
+             delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END,
+             last_error = COALESCE($5, (SELECT error FROM delivery_attempts
+                                        WHERE event_id = $1 ORDER BY attempt DESC LIMIT 1))
+         WHERE id = $1 AND attempts = $2 AND delivery_status = 'pending'",
+    )
+    .bind(event_id)
+    .bind(claimed_attempts)
+    .bind(status)
+    .bind(delay)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stops deliveries to `url` for the tenant (it answered 410 Gone).
+pub async fn disable_endpoint(
+    db: impl PgExecutor<'_>,
+    organization_id: Uuid,
+    environment: &str,
+    url: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO disabled_webhook_endpoints (organization_id, environment, url) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(organization_id)
+    .bind(environment)
+    .bind(url)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Events waiting for delivery.
+pub async fn queue_depth(db: &PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_status = 'pending'")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub r#type: String,
+    pub link_id: Option<Uuid>,
+    pub connection_id: Option<Uuid>,
+    pub payload: Json<Value>,
+    pub created_at: DateTime<Utc>,
+    pub delivery_status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub url: String,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+macro_rules! event_columns {
+    () => {
+        "e.id, e.type, e.link_id, e.connection_id, e.payload, e.created_at, e.delivery_status, e.attempts, \
+         e.next_attempt_at, e.delivered_at, e.last_error, d.url"
+    };
+}
+
+/// Filters of an events listing.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub connection_id: Option<Uuid>,
+    pub link_id: Option<Uuid>,
+    pub delivery_status: Option<&'static str>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// Newest first; keyset on (created_at, id); `limit + 1` rows.
+pub async fn list(
+    db: &PgPool,
+    tenant: Tenant,
+    filter: &EventFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let mut q = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events e JOIN event_destinations d ON d.event_id = e.id WHERE e.organization_id = "
+    ));
+    q.push_bind(tenant.organization_id)
+        .push(" AND e.environment = ")
+        .push_bind(tenant.environment.as_str());
+    if let Some(t) = &filter.event_type {
+        q.push(" AND e.type = ").push_bind(t.clone());
+    }
+    if let Some(id) = filter.connection_id {
+        q.push(" AND e.connection_id = ").push_bind(id);
+    }
+    if let Some(id) = filter.link_id {
+        q.push(" AND e.link_id = ").push_bind(id);
+    }
+    if let Some(status) = filter.delivery_status {
+        q.push(" AND e.delivery_status = ").push_bind(status);
+    }
+    if let Some(t) = filter.created_after {
+        q.push(" AND e.created_at >= ").push_bind(t);
+    }
+    if let Some(t) = filter.created_before {
+        q.push(" AND e.created_at < ").push_bind(t);
+    }
+    if let Some((created_at, id)) = after {
+        q.push(" AND (e.created_at, e.id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY e.created_at DESC, e.id DESC LIMIT ")
+        .push_bind(limit + 1);
+    Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec<AttemptRow>)> {
+    let event: EventRow = sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events e JOIN event_destinations d ON d.event_id = e.id
+          WHERE e.id = $1 AND e.organization_id = $2 AND e.environment = $3"
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound("event"))?;
+    let attempts = sqlx::query_as(
+        "SELECT attempt, url, started_at, latency_ms, status_code, error FROM delivery_attempts
+         WHERE event_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok((event, attempts))
+}
+
+/// Queues events again from the start of the retry schedule (same ids),
+/// and re-enables their destinations if they had answered 410. `only`
+/// selects one event; otherwise every failed event created in the range.
+/// Returns how many were queued.
+pub async fn redeliver(
+    db: &PgPool,
+    tenant: Tenant,
+    only: Option<Uuid>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+) -> Result<u64> {
+    let mut tx = db.begin().await?;
+    let queued: Vec<Option<String>> = sqlx::query_scalar(
+        "UPDATE events e SET delivery_status = 'pending', attempts = 0, next_attempt_at = now(),
+             last_error = NULL
+         FROM event_destinations d
+         WHERE d.event_id = e.id AND e.organization_id = $1 AND e.environment = $2
+           AND (($3::uuid IS NOT NULL AND e.id = $3 AND e.delivery_status <> 'pending')
+                OR ($3::uuid IS NULL AND e.delivery_status = 'failed'
+                    AND ($4::timestamptz IS NULL OR e.created_at >= $4)
+                    AND ($5::timestamptz IS NULL OR e.created_at < $5)))
+         RETURNING d.url",
+    )
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(only)
+    .bind(created_after)
+    .bind(created_before)
+    .fetch_all(&mut *tx)
+    .await?;
+    let urls: Vec<String> = queued.iter().flatten().cloned().collect();
+    sqlx::query(
+        "DELETE FROM disabled_webhook_endpoints WHERE organization_id = $1 AND environment = $2 AND url = ANY($3)",
+    )
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(&urls)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(queued.len() as u64)
+}

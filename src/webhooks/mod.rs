@@ -1,0 +1,349 @@
+//! Webhook delivery, the way Standard Webhooks senders do it: every event in
+//! the outbox is sent once its transaction commits, signed, retried on a
+//! schedule with jitter, at least once, by whichever replica claims it.
+//!
+//! Each replica runs one [`spawn_dispatcher`] loop. It claims due events
+//! with `FOR UPDATE SKIP LOCKED` and a lease (see
+//! [`crate::store::events::claim_due`]), sends each through one pooled HTTP
+//! client that never follows redirects, never uses a proxy and resolves
+//! names through the SSRF guard, and records every attempt.
+//!
+//! Outcomes: 2xx delivered; 410 disables the endpoint; 429/503 wait at least
+//! `Retry-After`; anything else (3xx included), a timeout or a connection
+//! error is retried until the schedule runs out, then the event is `failed`.
+//! A destination refused by the SSRF guard fails at once (retrying cannot
+//! help; fix the URL and redeliver).
+
+pub mod signing;
+pub mod ssrf;
+
+use crate::app::{Api, webhook_secret_context};
+use crate::ids::IdKind;
+use crate::store::events::{self, Attempt, DueEvent, Next};
+use signing::SigningSecret;
+use ssrf::{Allowlist, GuardedResolver, Refused};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest webhook body. A `link.completed` whose result is larger carries
+/// `"resultTruncated": true` instead of `result` (see `GetLink`).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How webhooks are sent.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Per attempt, from connect to the end of the response headers.
+    pub timeout: Duration,
+    /// Delay before each attempt: the first is normally 0 (at once); its
+    /// length is the number of attempts.
+    pub schedule: Vec<Duration>,
+    /// How long a claimed attempt may run before another replica retries it.
+    pub lease: Duration,
+    /// How often an idle dispatcher looks for due events.
+    pub poll_interval: Duration,
+    /// Deliveries in flight per replica.
+    pub concurrency: usize,
+    pub allow: Arc<Allowlist>,
+}
+
+/// The one pooled client: rustls with ring (the tree's one crypto backend)
+/// and the webpki roots, no redirects, no proxies, guarded DNS.
+pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow: settings.allow.clone(),
+        }))
+        .user_agent(concat!("linkd-webhooks/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(8)
+        .build()?)
+}
+
+/// Runs the dispatcher of this replica until the task is aborted.
+pub fn spawn_dispatcher(api: Api) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let settings = api.state.webhooks.clone();
+    let client = http_client(&settings)?;
+    Ok(tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+        let mut depth_measured = Instant::now() - Duration::from_secs(60);
+        loop {
+            if depth_measured.elapsed() >= Duration::from_secs(1) {
+                depth_measured = Instant::now();
+                if let Ok(depth) = events::queue_depth(api.db()).await {
+                    api.state.metrics.queue_depth.set(depth);
+                }
+            }
+            // Wait for a free slot, then claim as many events as slots are free.
+            let first = slots.clone().acquire_owned().await.expect("never closed");
+            let free = slots.available_permits() + 1;
+            let due = match events::claim_due(api.db(), free as i64, settings.lease).await {
+                Ok(due) => due,
+                Err(err) => {
+                    err.log();
+                    drop(first);
+                    tokio::time::sleep(settings.poll_interval).await;
+                    continue;
+                }
+            };
+            let idle = due.len() < free;
+            let mut permit = Some(first);
+            for event in due {
+                let permit = match permit.take() {
+                    Some(permit) => permit,
+                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                };
+                let (api, client) = (api.clone(), client.clone());
+                tokio::spawn(async move {
+                    deliver(&api, &client, event).await;
+                    drop(permit);
+                });
+            }
+            drop(permit);
+            if idle {
+                tokio::time::sleep(settings.poll_interval).await;
+            }
+        }
+    }))
+}
+
+/// The signing secrets of the event's app: the current one, and the
+/// previous one while its rotation grace period lasts.
+fn secrets(api: &Api, event: &DueEvent) -> Vec<SigningSecret> {
+    let Some(app_id) = event.client_app_id else {
+        return Vec::new();
+    };
+    let cipher = &api.state.cipher;
+    let mut secrets = Vec::new();
+    let current = event
+        .webhook_secret_ciphertext
+        .as_deref()
+        .and_then(|sealed| cipher.decrypt(sealed, &webhook_secret_context(app_id)).ok());
+    let previous = event
+        .previous_webhook_secret_ciphertext
+        .as_deref()
+        .filter(|_| event.previous_active)
+        .and_then(|sealed| {
+            cipher
+                .decrypt(sealed, &crate::app::previous_webhook_secret_context(app_id))
+                .ok()
+        });
+    for plain in [current, previous].into_iter().flatten() {
+        if let Some(secret) = std::str::from_utf8(&plain)
+            .ok()
+            .and_then(SigningSecret::parse)
+        {
+            secrets.push(secret);
+        }
+    }
+    secrets
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// The delay before attempt `attempts + 1`, with ±20 % jitter, or `None`
+/// when the schedule is used up.
+fn next_delay(schedule: &[Duration], attempts: i32) -> Option<Duration> {
+    let base = *schedule.get(usize::try_from(attempts).ok()?)?;
+    Some(base.mul_f64(rand::random_range(0.8..=1.2)))
+}
+
+fn caused_by_refusal(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.is::<Refused>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
+    let settings = &api.state.webhooks;
+    let metrics = &api.state.metrics;
+    let Some(url) = event.url.as_deref() else {
+        metrics.record("skipped");
+        let why = "no destination: neither the link nor the client app has a webhook URL";
+        return conclude(api, &event, None, Next::Skipped(why.into())).await;
+    };
+    if event.disabled {
+        metrics.record("disabled");
+        let why = "the endpoint answered 410 Gone earlier and is disabled; redeliver to re-enable";
+        return conclude(api, &event, None, Next::Failed(why.into())).await;
+    }
+    let secrets = secrets(api, &event);
+    if secrets.is_empty() {
+        metrics.record("skipped");
+        let why = "no signing secret for the client app";
+        return conclude(api, &event, None, Next::Skipped(why.into())).await;
+    }
+    let started_at = chrono::Utc::now();
+    let started = Instant::now();
+    let refused = match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+            ssrf::check_literal_host(&parsed, &settings.allow).err()
+        }
+        _ => {
+            metrics.record("failed");
+            let why = "the webhook URL is not http(s)";
+            return conclude(api, &event, None, Next::Failed(why.into())).await;
+        }
+    };
+    if let Some(refused) = refused {
+        metrics.record("refused");
+        let attempt = Attempt {
+            url,
+            started_at,
+            latency: started.elapsed(),
+            status_code: None,
+            error: Some(refused.to_string()),
+        };
+        let why = refused.to_string();
+        return conclude(api, &event, Some(attempt), Next::Failed(why)).await;
+    }
+    let message_id = IdKind::Event.format(event.id);
+    let body = serde_json::to_vec(&event.payload.0).expect("JSON values serialize");
+    let timestamp = started_at.timestamp();
+    let signature = signing::signature_header(&secrets, &message_id, timestamp, &body);
+    let sent = client
+        .post(url)
+        .header("webhook-id", &message_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    let latency = started.elapsed();
+    metrics.delivery_seconds.observe(latency.as_secs_f64());
+    let retry = |error: String, at_least: Option<Duration>| match next_delay(
+        &settings.schedule,
+        event.attempts,
+    ) {
+        Some(delay) => (
+            "retry",
+            Next::RetryIn(at_least.map_or(delay, |min| delay.max(min))),
+            error,
+        ),
+        None => ("failed", Next::Failed(error.clone()), error),
+    };
+    let (status_code, (outcome, next, error)) = match sent {
+        Ok(response) => {
+            let status = response.status();
+            let code = Some(status.as_u16());
+            if status.is_success() {
+                (code, ("delivered", Next::Delivered, String::new()))
+            } else if status == reqwest::StatusCode::GONE {
+                if let Err(err) = events::disable_endpoint(
+                    api.db(),
+                    event.organization_id,
+                    &event.environment,
+                    url,
+                )
+                .await
+                {
+                    err.log();
+                }
+                let why = "the endpoint answered 410 Gone; it is disabled".to_string();
+                (code, ("disabled", Next::Failed(why.clone()), why))
+            } else if matches!(status.as_u16(), 429 | 503) {
+                let wait = retry_after(&response);
+                (code, retry(format!("HTTP {}", status.as_u16()), wait))
+            } else if status.is_redirection() {
+                (
+                    code,
+                    retry(
+                        format!("HTTP {} (redirects are not followed)", status.as_u16()),
+                        None,
+                    ),
+                )
+            } else {
+                (code, retry(format!("HTTP {}", status.as_u16()), None))
+            }
+        }
+        Err(err) if caused_by_refusal(&err) => {
+            let why = Refused {
+                host: url::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default(),
+            }
+            .to_string();
+            (None, ("refused", Next::Failed(why.clone()), why))
+        }
+        Err(err) if err.is_timeout() => (
+            None,
+            retry(format!("timed out after {:?}", settings.timeout), None),
+        ),
+        Err(err) => (None, retry(format!("{}", err.without_url()), None)),
+    };
+    metrics.record(outcome);
+    let attempt = Attempt {
+        url,
+        started_at,
+        latency,
+        status_code,
+        error: Some(error).filter(|e| !e.is_empty()),
+    };
+    conclude(api, &event, Some(attempt), next).await;
+}
+
+/// Records the attempt and the event's next state; a database error is
+/// logged (the lease then brings the event back).
+async fn conclude(api: &Api, event: &DueEvent, attempt: Option<Attempt<'_>>, next: Next) {
+    if let Err(err) =
+        events::finish_attempt(api.db(), event.id, event.attempts, attempt, next).await
+    {
+        err.log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_runs_out_and_jitter_stays_close() {
+        let schedule = [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+        ];
+        assert_eq!(next_delay(&schedule, 0), Some(Duration::ZERO));
+        let second = next_delay(&schedule, 1).unwrap();
+        assert!(second >= Duration::from_secs(4) && second <= Duration::from_secs(6));
+        assert!(next_delay(&schedule, 3).is_none());
+    }
+}

@@ -1,0 +1,689 @@
+//! Webhook delivery to a real HTTP receiver started by the test, with
+//! signatures checked by an independent implementation (the
+//! `standardwebhooks` crate): headers, retries, 410, 429, 3xx, timeouts,
+//! the SSRF guard, secret rotation and the events API.
+
+use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
+use crate::sessions::{CALLBACK, connect};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::IntoResponse;
+use linkd::domain::{Environment, Tenant};
+use linkd::pb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn id(&self) -> &str {
+        self.headers["webhook-id"].to_str().unwrap()
+    }
+
+    pub fn timestamp(&self) -> i64 {
+        self.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Verifies the signature with the `standardwebhooks` crate.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&self.body, &self.headers)
+            .is_ok()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Log {
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// A webhook receiver whose behaviour is chosen by the path:
+/// `/ok`, `/flaky/N` (N × 500, then 200), `/always500`, `/gone` (410),
+/// `/busy` (429 with `Retry-After: 2` once, then 200), `/redirect` (302 to
+/// `/ok`), `/slow` (answers after 3 s).
+pub struct Receiver {
+    pub base: String,
+    log: Log,
+}
+
+async fn receive(
+    State(log): State<Log>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let seen_before = {
+        let mut received = log.received.lock().unwrap();
+        let seen = received.iter().filter(|r| r.path == path).count();
+        received.push(Received {
+            path: path.clone(),
+            headers,
+            body: body.to_vec(),
+            at: Instant::now(),
+        });
+        seen
+    };
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("flaky"), Some(n)) if seen_before < n.parse().unwrap() => {
+            AxumStatus::INTERNAL_SERVER_ERROR.into_response()
+        }
+        (Some("always500"), _) => AxumStatus::INTERNAL_SERVER_ERROR.into_response(),
+        (Some("gone"), _) => AxumStatus::GONE.into_response(),
+        (Some("busy"), _) if seen_before == 0 => {
+            (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response()
+        }
+        (Some("redirect"), _) => (AxumStatus::FOUND, [("location", "/ok")]).into_response(),
+        (Some("slow"), _) => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            AxumStatus::OK.into_response()
+        }
+        _ => AxumStatus::OK.into_response(),
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let log = Log::default();
+        let router = axum::Router::new()
+            .route("/{*path}", axum::routing::post(receive))
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Receiver { base, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.log.received.lock().unwrap().clone()
+    }
+
+    pub fn at(&self, path: &str) -> Vec<Received> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Waits until `path` got at least `n` requests.
+    pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+        let started = Instant::now();
+        loop {
+            let got = self.at(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                started.elapsed() < within,
+                "{path}: {} of {n} requests after {within:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
+    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Hooked org")
+        .await
+        .unwrap();
+    app.add_app_hooked(
+        Tenant {
+            organization_id,
+            environment: Environment::Sandbox,
+        },
+        "Hooked app",
+        &[CALLBACK.to_string()],
+        webhook_url,
+    )
+    .await
+}
+
+/// A cancelled link: one `link.failed` event, sent to `webhook_url` when
+/// given (else to the app's URL). Returns the link id.
+async fn failed_link(app: &TestApp, tenant: &TestTenant, webhook_url: Option<&str>) -> String {
+    let mut body = json!({ "integrationId": "verizon",
+        "operations": [{ "resource": "mobileBillingStatement", "action": "read" }] });
+    if let Some(url) = webhook_url {
+        body["webhookUrl"] = json!(url);
+    }
+    let link: Value = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claimed: Value = app
+        .http
+        .post(app.url("/v1/flow/claim"))
+        .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cancelled = app
+        .http
+        .post(app.url("/v1/flow/cancel"))
+        .bearer_auth(claimed["flowToken"].as_str().unwrap())
+        .json(&json!({ "step": "login" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    link["linkId"].as_str().unwrap().to_string()
+}
+
+async fn event_of(app: &TestApp, tenant: &TestTenant, event_id: &str) -> Value {
+    let response = app
+        .get(&format!("/v1/events/{event_id}"), &tenant.key)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// Polls an event until its delivery status is `status`.
+async fn wait_status(app: &TestApp, tenant: &TestTenant, event_id: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let event = event_of(app, tenant, event_id).await;
+        if event["event"]["deliveryStatus"] == status {
+            return event;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "event never became {status}: {event}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_and_verify_with_an_independent_library() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("app")).await;
+
+    let done = connect(
+        &app,
+        &tenant,
+        json!({ "clientReferenceId": "user_abc123" }),
+        "user_good",
+    )
+    .await;
+    let got = receiver.wait_for("app", 1, Duration::from_secs(10)).await;
+    let hook = &got[0];
+    assert!(hook.verifies_with(&tenant.webhook_secret));
+    assert!(!hook.verifies_with(&linkd::domain::client_app::generate_webhook_secret()));
+    assert!(hook.id().starts_with("evt_"));
+    assert!((hook.timestamp() - chrono::Utc::now().timestamp()).abs() < 30);
+    assert_eq!(hook.headers["content-type"], "application/json");
+    let body = hook.json();
+    assert_eq!(body["type"], "connection.created");
+    assert_eq!(body["data"]["clientReferenceId"], "user_abc123");
+    assert_eq!(body["data"]["connection"]["id"], done["connectionId"]);
+    assert!(!String::from_utf8_lossy(&hook.body).contains("pass_good"));
+
+    // A link's own webhookUrl wins over the app's.
+    let link_id = failed_link(&app, &tenant, Some(&receiver.url("link-own"))).await;
+    let got = receiver
+        .wait_for("link-own", 1, Duration::from_secs(10))
+        .await;
+    assert!(got[0].verifies_with(&tenant.webhook_secret));
+    assert_eq!(got[0].json()["type"], "link.failed");
+    assert_eq!(got[0].json()["data"]["linkId"], link_id.as_str());
+
+    // The events API shows both delivered, with their attempts.
+    let event = wait_status(&app, &tenant, hook.id(), "delivered").await;
+    assert_eq!(event["event"]["type"], "connection.created");
+    assert_eq!(event["event"]["destinationUrl"], receiver.url("app"));
+    assert_eq!(event["attempts"][0]["statusCode"], 200);
+    assert_eq!(event["attempts"].as_array().unwrap().len(), 1);
+    let listed: Value = app
+        .get(&format!("/v1/events?linkId={link_id}"), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["events"][0]["id"], got[0].id());
+
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("linkd_webhook_deliveries_total{outcome=\"delivered\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("linkd_webhook_delivery_duration_seconds_count"));
+    assert!(metrics.contains("linkd_webhook_queue_depth"));
+}
+
+#[tokio::test]
+async fn failures_retry_on_the_schedule_with_the_same_id_and_a_fresh_timestamp() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|args| {
+        args.webhook_retry_schedule = linkd::config::Schedule(vec![
+            Duration::ZERO,
+            Duration::from_millis(1100),
+            Duration::from_millis(1100),
+        ])
+    })
+    .await;
+    let tenant = hooked_tenant(&app, &receiver.url("flaky/2")).await;
+    failed_link(&app, &tenant, None).await;
+    let got = receiver
+        .wait_for("flaky/2", 3, Duration::from_secs(15))
+        .await;
+    assert!(got.iter().all(|r| r.id() == got[0].id()), "one webhook-id");
+    assert!(got[1].timestamp() > got[0].timestamp() && got[2].timestamp() > got[1].timestamp());
+    assert!(got.iter().all(|r| r.verifies_with(&tenant.webhook_secret)));
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(800),
+        "jittered 1.1 s"
+    );
+    let event = wait_status(&app, &tenant, got[0].id(), "delivered").await;
+    let codes: Vec<i64> = event["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["statusCode"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [500, 500, 200]);
+
+    // When the schedule runs out the event is failed; redelivery starts over.
+    let hopeless = hooked_tenant(&app, &receiver.url("always500")).await;
+    failed_link(&app, &hopeless, None).await;
+    let got = receiver
+        .wait_for("always500", 3, Duration::from_secs(15))
+        .await;
+    let event = wait_status(&app, &hopeless, got[0].id(), "failed").await;
+    assert_eq!(event["event"]["lastError"], "HTTP 500");
+    let redeliver = app
+        .http
+        .post(app.url("/v1/events/redeliver-failed"))
+        .bearer_auth(&hopeless.key)
+        .json(&json!({ "createdAfter": "2020-01-01T00:00:00Z" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redeliver.json::<Value>().await.unwrap()["queued"], 1);
+    let again = receiver
+        .wait_for("always500", 4, Duration::from_secs(10))
+        .await;
+    assert_eq!(again[3].id(), got[0].id());
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_redirects_are_not_followed() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("gone")).await;
+    failed_link(&app, &tenant, None).await;
+    let got = receiver.wait_for("gone", 1, Duration::from_secs(10)).await;
+    let first = wait_status(&app, &tenant, got[0].id(), "failed").await;
+    assert!(
+        first["event"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("410")
+    );
+    // The next event is not sent to the disabled endpoint.
+    let second_link = failed_link(&app, &tenant, None).await;
+    let listed: Value = app
+        .get(&format!("/v1/events?linkId={second_link}"), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second_id = listed["events"][0]["id"].as_str().unwrap().to_string();
+    let second = wait_status(&app, &tenant, &second_id, "failed").await;
+    assert!(
+        second["event"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("disabled")
+    );
+    assert_eq!(receiver.at("gone").len(), 1);
+    // Redelivering re-enables it.
+    let mut events = pb::event_service_client::EventServiceClient::new(app.channel().await);
+    let queued = events
+        .redeliver_event(with_key(
+            pb::RedeliverEventRequest {
+                event_id: second_id.clone(),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        queued.event.unwrap().delivery_status(),
+        pb::DeliveryStatus::Pending
+    );
+    let got = receiver.wait_for("gone", 2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].id(), second_id);
+
+    // 3xx is a failure and is not followed.
+    let redirected = hooked_tenant(&app, &receiver.url("redirect")).await;
+    failed_link(&app, &redirected, None).await;
+    let got = receiver
+        .wait_for("redirect", 3, Duration::from_secs(10))
+        .await;
+    let event = wait_status(&app, &redirected, got[0].id(), "failed").await;
+    assert_eq!(event["attempts"][0]["statusCode"], 302);
+    assert!(
+        receiver.at("ok").is_empty(),
+        "the redirect was not followed"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_timeouts_are_failures() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await; // schedule 0, 300 ms, 600 ms; timeout 2 s
+    let busy = hooked_tenant(&app, &receiver.url("busy")).await;
+    failed_link(&app, &busy, None).await;
+    let got = receiver.wait_for("busy", 2, Duration::from_secs(10)).await;
+    assert!(
+        got[1].at - got[0].at >= Duration::from_secs(2),
+        "waited for Retry-After"
+    );
+    assert_eq!(got[0].id(), got[1].id());
+
+    let slow = hooked_tenant(&app, &receiver.url("slow")).await;
+    failed_link(&app, &slow, None).await;
+    let got = receiver.wait_for("slow", 1, Duration::from_secs(10)).await;
+    let started = Instant::now();
+    loop {
+        let event = event_of(&app, &slow, got[0].id()).await;
+        if let Some(error) = event["attempts"][0]["error"].as_str() {
+            assert!(error.contains("timed out"), "{error}");
+            assert!(event["attempts"][0]["statusCode"].is_null());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_ssrf_guard_refuses_private_destinations_before_connecting() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|args| {
+        args.webhook_allow = linkd::config::Allow(Default::default());
+    })
+    .await;
+    let tenant = hooked_tenant(&app, &receiver.url("app-default")).await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_string();
+    let destinations = [
+        format!("http://127.0.0.1:{port}/loopback"),
+        format!("http://localhost:{port}/by-name"),
+        format!("http://[::1]:{port}/v6-loopback"),
+        format!("http://[::ffff:127.0.0.1]:{port}/mapped"),
+        format!("http://0.0.0.0:{port}/unspecified"),
+        "http://10.0.0.1/private".to_string(),
+        "http://172.16.0.1/private".to_string(),
+        "http://192.168.1.1/private".to_string(),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://100.64.0.1/cgnat".to_string(),
+        "http://224.0.0.1/multicast".to_string(),
+        "http://240.0.0.1/reserved".to_string(),
+        "http://[fc00::1]/ula".to_string(),
+        "http://[fe80::1]/link-local".to_string(),
+    ];
+    let mut links = Vec::new();
+    for destination in &destinations {
+        links.push((
+            destination.clone(),
+            failed_link(&app, &tenant, Some(destination)).await,
+        ));
+    }
+    for (destination, link_id) in links {
+        let listed: Value = app
+            .get(&format!("/v1/events?linkId={link_id}"), &tenant.key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = listed["events"][0]["id"].as_str().unwrap().to_string();
+        let event = wait_status(&app, &tenant, &id, "failed").await;
+        let error = event["event"]["lastError"].as_str().unwrap();
+        assert!(
+            error.contains("destination refused"),
+            "{destination}: {error}"
+        );
+        assert_eq!(
+            event["attempts"].as_array().unwrap().len(),
+            1,
+            "{destination}: no retries"
+        );
+    }
+    assert!(
+        receiver.all().is_empty(),
+        "nothing reached the receiver: {:?}",
+        receiver.all()
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("linkd_webhook_deliveries_total{outcome=\"refused\"} 14"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_and_its_successor_both_sign_during_rotation() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("rotating")).await;
+    let rotated: Value = app
+        .http
+        .post(app.url(&format!(
+            "/v1/client-apps/{}/rotate-webhook-secret",
+            tenant.app_id
+        )))
+        .bearer_auth(&tenant.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_secret = rotated["webhookSecret"].as_str().unwrap().to_string();
+    assert!(new_secret.starts_with("whsec_") && new_secret != tenant.webhook_secret);
+    failed_link(&app, &tenant, None).await;
+    let got = receiver
+        .wait_for("rotating", 1, Duration::from_secs(10))
+        .await;
+    let signatures = got[0].headers["webhook-signature"].to_str().unwrap();
+    assert_eq!(signatures.split(' ').count(), 2);
+    assert!(
+        got[0].verifies_with(&tenant.webhook_secret),
+        "old secret still verifies"
+    );
+    assert!(got[0].verifies_with(&new_secret));
+
+    // With no grace period, only the newest secret signs.
+    let mut apps = pb::client_app_service_client::ClientAppServiceClient::new(app.channel().await);
+    let newest = apps
+        .rotate_webhook_secret(with_key(
+            pb::RotateWebhookSecretRequest {
+                client_app_id: tenant.app_id.clone(),
+                previous_secret_grace_seconds: Some(0),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook_secret;
+    failed_link(&app, &tenant, None).await;
+    let got = receiver
+        .wait_for("rotating", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        got[1].headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
+    assert!(got[1].verifies_with(&newest));
+    assert!(!got[1].verifies_with(&new_secret));
+    let other = hooked_tenant(&app, &receiver.url("other")).await;
+    let foreign = app
+        .http
+        .post(app.url(&format!(
+            "/v1/client-apps/{}/rotate-webhook-secret",
+            tenant.app_id
+        )))
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_events_api_filters_pages_and_isolates_tenants() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("api")).await;
+    let other = hooked_tenant(&app, &receiver.url("api-other")).await;
+    let connected = connect(
+        &app,
+        &tenant,
+        json!({ "clientReferenceId": "r" }),
+        "user_good",
+    )
+    .await;
+    let connection_id = connected["connectionId"].as_str().unwrap().to_string();
+    let before_links = chrono::Utc::now();
+    let mut link_ids = Vec::new();
+    for _ in 0..3 {
+        link_ids.push(failed_link(&app, &tenant, None).await);
+    }
+    failed_link(&app, &other, None).await;
+    receiver.wait_for("api", 4, Duration::from_secs(10)).await;
+
+    let list = |query: String| {
+        let app = &app;
+        let key = tenant.key.clone();
+        async move {
+            let response = app.get(&format!("/v1/events{query}"), &key).await;
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, all) = list(String::new()).await;
+    assert_eq!(
+        all["events"].as_array().unwrap().len(),
+        4,
+        "only this tenant's"
+    );
+    let (_, by_type) = list("?type=connection.created".into()).await;
+    assert_eq!(by_type["events"][0]["connectionId"], connection_id.as_str());
+    assert_eq!(by_type["events"].as_array().unwrap().len(), 1);
+    let (_, by_connection) = list(format!("?connectionId={connection_id}")).await;
+    assert_eq!(by_connection["events"].as_array().unwrap().len(), 1);
+    let after = before_links.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (_, since) = list(format!("?createdAfter={}", urlencode(&after))).await;
+    assert_eq!(since["events"].as_array().unwrap().len(), 3);
+    // Keyset paging.
+    let (_, page1) = list("?limit=3".into()).await;
+    let token = page1["nextPageToken"].as_str().unwrap();
+    let (_, page2) = list(format!("?limit=3&pageToken={token}")).await;
+    assert_eq!(page2["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["nextPageToken"], Value::Null);
+    for (query, path) in [
+        ("?limit=0", "limit"),
+        ("?linkId=abc", "linkId"),
+        ("?deliveryStatus=lost", "deliveryStatus"),
+        ("?createdAfter=yesterday", "createdAfter"),
+        ("?colour=red", "colour"),
+    ] {
+        let (status, error) = list(query.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(error["issues"][0]["path"], path);
+    }
+    // Another tenant's event is unknown.
+    let id = all["events"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/events/{id}"), &other.key)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // gRPC agrees.
+    let mut events = pb::event_service_client::EventServiceClient::new(app.channel().await);
+    let page = events
+        .list_events(with_key(
+            pb::ListEventsRequest {
+                r#type: Some("link.failed".into()),
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.events.len(), 3);
+    let found = events
+        .get_event(with_key(
+            pb::GetEventRequest {
+                event_id: page.events[0].id.clone(),
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        found.event.unwrap().link_id.as_deref(),
+        Some(link_ids[2].as_str())
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
