@@ -13,6 +13,7 @@ mod outage;
 mod polyglot;
 mod process;
 mod providers;
+mod replicas;
 mod sessions;
 mod surface;
 mod webhooks;

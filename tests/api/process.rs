@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-fn linkd() -> Command {
+pub fn linkd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkd"));
     for (var, _) in std::env::vars() {
         if var.starts_with("LINKD_") || var == "DATABASE_URL" || var.starts_with("OTEL_") {
@@ -242,14 +242,14 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
 }
 
 /// A running `linkd serve` child process and the lines it printed.
-struct Running {
-    child: Child,
-    port: u16,
+pub struct Running {
+    pub child: Child,
+    pub port: u16,
     stdout: std::sync::mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-fn spawn_linkd(mut cmd: Command) -> Running {
+pub fn spawn_linkd(mut cmd: Command) -> Running {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())

@@ -1,0 +1,194 @@
+//! Several `linkd` processes on one database, as operators run replicas:
+//! every event is delivered by exactly one of them, and a replica killed
+//! with SIGKILL mid-delivery loses nothing (its leases run out and another
+//! replica sends the same webhook-id).
+
+use crate::helpers::{fresh_database, test_key};
+use crate::process::{Running, linkd, spawn_linkd};
+use crate::webhooks::Receiver;
+use linkd::crypto::Cipher;
+use linkd::domain::client_app::NewClientApp;
+use linkd::domain::{Environment, Tenant};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A tenant whose app sends its webhooks to `webhook_url`; returns it and
+/// the app's webhook secret.
+async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, String) {
+    let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+    linkd::store::migrate(&pool).await.unwrap();
+    let api = linkd::startup::api(
+        pool.clone(),
+        linkd::startup::load_catalog(None).unwrap(),
+        Cipher::new(&test_key(), &[]),
+        crate::helpers::serve_args().settings("127.0.0.1:1".parse().unwrap()),
+    );
+    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    linkd::store::tenancy::create_organization(&pool, organization_id, "Replicated")
+        .await
+        .unwrap();
+    let tenant = Tenant {
+        organization_id,
+        environment: Environment::Sandbox,
+    };
+    let app = NewClientApp::parse(
+        "Replicated app",
+        &["https://app.example.com/cb".to_string()],
+        Some(webhook_url),
+    )
+    .unwrap();
+    let created = api.create_client_app(tenant, &app).await.unwrap();
+    use secrecy::ExposeSecret;
+    (
+        pool,
+        tenant,
+        created.webhook_secret.expose_secret().to_string(),
+    )
+}
+
+fn replicas(db_url: &str, n: usize, env: &[(&str, &str)]) -> Vec<Running> {
+    (0..n)
+        .map(|_| {
+            let mut cmd = linkd();
+            cmd.env("DATABASE_URL", db_url)
+                .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+                .env("LINKD_WEBHOOK_ALLOW", "127.0.0.1")
+                .env("LINKD_WEBHOOK_POLL_INTERVAL", "100ms")
+                .env("LINKD_LOG", "warn")
+                .envs(env.iter().copied());
+            spawn_linkd(cmd)
+        })
+        .collect()
+}
+
+async fn insert_events(pool: &sqlx::PgPool, tenant: Tenant, n: i32) {
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, environment, type, payload)
+         SELECT gen_random_uuid(), $1, $2, 'link.failed',
+                jsonb_build_object('type', 'link.failed', 'data', jsonb_build_object('n', g))
+         FROM generate_series(1, $3) g",
+    )
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Requests per webhook-id at `path`.
+fn by_id(receiver: &Receiver, path: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for hook in receiver.at(path) {
+        *counts.entry(hook.id().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+async fn wait_for_ids(receiver: &Receiver, path: &str, n: usize, within: Duration) {
+    let started = Instant::now();
+    while by_id(receiver, path).len() < n {
+        assert!(
+            started.elapsed() < within,
+            "{} of {n} events arrived",
+            by_id(receiver, path).len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `n` events are marked delivered (the mark follows the
+/// response by a moment).
+async fn wait_delivered(pool: &sqlx::PgPool, n: i64) {
+    let started = Instant::now();
+    loop {
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_status = 'delivered'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if delivered == n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{delivered} of {n} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn stop(mut replicas: Vec<Running>) {
+    for replica in &mut replicas {
+        let _ = replica.child.kill();
+        let _ = replica.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_deliver_each_of_a_thousand_events_once() {
+    let receiver = Receiver::start().await;
+    let db_url = fresh_database().await;
+    let (pool, tenant, secret) = tenant(&db_url, &receiver.url("fleet")).await;
+    let fleet = replicas(&db_url, 3, &[]);
+    insert_events(&pool, tenant, 1000).await;
+    wait_for_ids(&receiver, "fleet", 1000, Duration::from_secs(90)).await;
+    // Give a duplicate, if any, the time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = by_id(&receiver, "fleet");
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
+    assert_eq!(receiver.at("fleet").len(), 1000);
+    assert!(
+        receiver
+            .at("fleet")
+            .iter()
+            .all(|hook| hook.verifies_with(&secret))
+    );
+    wait_delivered(&pool, 1000).await;
+    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE attempts <> 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, 0, "each event took one attempt");
+    stop(fleet);
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_delivery_loses_no_event() {
+    let receiver = Receiver::start().await;
+    let db_url = fresh_database().await;
+    // `slow` answers after 3 s, so every replica always has deliveries in
+    // flight; leases are 6 s.
+    let (pool, tenant, _) = tenant(&db_url, &receiver.url("slow")).await;
+    let mut fleet = replicas(
+        &db_url,
+        3,
+        &[
+            ("LINKD_WEBHOOK_TIMEOUT", "5s"),
+            ("LINKD_WEBHOOK_LEASE", "6s"),
+            ("LINKD_WEBHOOK_CONCURRENCY", "8"),
+        ],
+    );
+    insert_events(&pool, tenant, 120).await;
+    receiver.wait_for("slow", 20, Duration::from_secs(30)).await;
+    let victim = fleet.remove(0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    stop(vec![victim]);
+    wait_for_ids(&receiver, "slow", 120, Duration::from_secs(120)).await;
+    wait_delivered(&pool, 120).await;
+    // What the killed replica had in flight arrived again, same webhook-id.
+    let counts = by_id(&receiver, "slow");
+    assert!(
+        counts.values().any(|n| *n > 1),
+        "the killed replica's in-flight deliveries were retried by the others"
+    );
+    stop(fleet);
+}
