@@ -168,6 +168,64 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
         serde_json::json!(["https://acme.example/cb", "acme://cb"])
     );
 
+    // Secret rotation from the CLI: a new webhook secret (the old one keeps
+    // signing for the grace period) and a new OAuth client secret that
+    // replaces the old one at once.
+    let app_id = created["clientAppId"].as_str().unwrap();
+    let rotated = admin(
+        &db,
+        &["rotate-webhook-secret", app_id, "--grace", "1h", "--json"],
+    );
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let rotated: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    let new_webhook_secret = rotated["webhookSecret"].as_str().unwrap();
+    assert!(new_webhook_secret.starts_with("whsec_"));
+    assert_ne!(rotated["webhookSecret"], created["webhookSecret"]);
+    let old_client_secret = created["clientSecret"].as_str().unwrap();
+    let client_rotated = admin(&db, &["rotate-client-secret", app_id, "--json"]);
+    assert!(
+        client_rotated.status.success(),
+        "{}",
+        stderr(&client_rotated)
+    );
+    let client_rotated: serde_json::Value = serde_json::from_slice(&client_rotated.stdout).unwrap();
+    let new_client_secret = client_rotated["clientSecret"].as_str().unwrap();
+    assert!(new_client_secret.starts_with("lcs_") && new_client_secret != old_client_secret);
+    let token_with = |secret: &str| {
+        app.http
+            .post(app.url("/v3/oauth/token"))
+            .basic_auth(app_id, Some(secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", "lac_unknown"),
+            ])
+            .send()
+    };
+    assert_eq!(
+        token_with(old_client_secret).await.unwrap().status(),
+        reqwest::StatusCode::UNAUTHORIZED,
+        "the old client secret no longer authenticates"
+    );
+    let with_new = token_with(new_client_secret).await.unwrap();
+    assert_eq!(with_new.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(
+        with_new.json::<serde_json::Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    let missing = admin(
+        &db,
+        &[
+            "rotate-webhook-secret",
+            "app_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa",
+        ],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no client app"),
+        "{}",
+        stderr(&missing)
+    );
+
     let listed = admin(&db, &["list-apps", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["clientAppId"], created["clientAppId"]);

@@ -687,3 +687,31 @@ async fn the_events_api_filters_pages_and_isolates_tenants() {
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn oversized_link_results_are_left_out_of_the_webhook_body() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let big = "x".repeat(linkd::webhooks::MAX_PAYLOAD_BYTES + 1);
+    let mut tx = app.api.db().begin().await.unwrap();
+    linkd::flow::record_event(
+        &mut tx,
+        tenant.tenant,
+        "link.completed",
+        linkd::flow::EventSubject::default(),
+        json!({ "linkId": "link_x", "status": "completed", "result": { "blob": big } }),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let payload: Value =
+        sqlx::query_scalar("SELECT payload FROM events WHERE organization_id = $1")
+            .bind(tenant.tenant.organization_id)
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+    assert_eq!(payload["data"]["resultTruncated"], true);
+    assert!(payload["data"].get("result").is_none());
+    assert_eq!(payload["data"]["linkId"], "link_x");
+    assert!(serde_json::to_vec(&payload).unwrap().len() < linkd::webhooks::MAX_PAYLOAD_BYTES);
+}
