@@ -56,7 +56,8 @@ struct Log {
 
 /// A webhook receiver whose behaviour is chosen by the path:
 /// `/ok`, `/flaky/N` (N × 500, then 200), `/always500`, `/gone` (410),
-/// `/busy` (429 with `Retry-After: 2` once, then 200), `/redirect` (302 to
+/// `/busy` (429 with `Retry-After: 2` once, then 200), `/unavailable` (503
+/// with `Retry-After` as an HTTP date 3 s ahead once, then 200), `/redirect` (302 to
 /// `/ok`), `/slow` (answers after 3 s).
 pub struct Receiver {
     pub base: String,
@@ -89,6 +90,12 @@ async fn receive(
         (Some("gone"), _) => AxumStatus::GONE.into_response(),
         (Some("busy"), _) if seen_before == 0 => {
             (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response()
+        }
+        (Some("unavailable"), _) if seen_before == 0 => {
+            // Retry-After as an HTTP date, 3 s ahead (whole seconds).
+            let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+            let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            (AxumStatus::SERVICE_UNAVAILABLE, [("retry-after", date)]).into_response()
         }
         (Some("redirect"), _) => (AxumStatus::FOUND, [("location", "/ok")]).into_response(),
         (Some("slow"), _) => {
@@ -292,11 +299,13 @@ async fn deliveries_are_signed_and_verify_with_an_independent_library() {
 #[tokio::test]
 async fn failures_retry_on_the_schedule_with_the_same_id_and_a_fresh_timestamp() {
     let receiver = Receiver::start().await;
+    // 1.3 s ± 20 % jitter is over a second, so each attempt's
+    // `webhook-timestamp` (whole seconds) is later than the one before.
     let app = spawn_app_with(|args| {
         args.webhook_retry_schedule = linkd::config::Schedule(vec![
             Duration::ZERO,
-            Duration::from_millis(1100),
-            Duration::from_millis(1100),
+            Duration::from_millis(1300),
+            Duration::from_millis(1300),
         ])
     })
     .await;
@@ -309,8 +318,8 @@ async fn failures_retry_on_the_schedule_with_the_same_id_and_a_fresh_timestamp()
     assert!(got[1].timestamp() > got[0].timestamp() && got[2].timestamp() > got[1].timestamp());
     assert!(got.iter().all(|r| r.verifies_with(&tenant.webhook_secret)));
     assert!(
-        got[1].at - got[0].at >= Duration::from_millis(800),
-        "jittered 1.1 s"
+        got[1].at - got[0].at >= Duration::from_millis(1040),
+        "jittered 1.3 s"
     );
     let event = wait_status(&app, &tenant, got[0].id(), "delivered").await;
     let codes: Vec<i64> = event["attempts"]
@@ -409,7 +418,7 @@ async fn gone_disables_the_endpoint_and_redirects_are_not_followed() {
 }
 
 #[tokio::test]
-async fn retry_after_is_honoured_and_timeouts_are_failures() {
+async fn retry_after_is_honoured_for_429_and_503_and_timeouts_are_failures() {
     let receiver = Receiver::start().await;
     let app = spawn_app().await; // schedule 0, 300 ms, 600 ms; timeout 2 s
     let busy = hooked_tenant(&app, &receiver.url("busy")).await;
@@ -420,6 +429,18 @@ async fn retry_after_is_honoured_and_timeouts_are_failures() {
         "waited for Retry-After"
     );
     assert_eq!(got[0].id(), got[1].id());
+
+    let unavailable = hooked_tenant(&app, &receiver.url("unavailable")).await;
+    failed_link(&app, &unavailable, None).await;
+    let got = receiver
+        .wait_for("unavailable", 2, Duration::from_secs(10))
+        .await;
+    assert!(
+        got[1].at - got[0].at >= Duration::from_secs(2),
+        "waited for the HTTP-date Retry-After, not the 300 ms schedule"
+    );
+    let event = wait_status(&app, &unavailable, got[0].id(), "delivered").await;
+    assert_eq!(event["attempts"][0]["statusCode"], 503);
 
     let slow = hooked_tenant(&app, &receiver.url("slow")).await;
     failed_link(&app, &slow, None).await;
