@@ -139,8 +139,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_drain_delay: Duration,
 
-    /// After the drain delay, how long in-flight calls may take to finish
-    /// before they are cut off.
+    /// After the drain delay, how long in-flight calls and webhook
+    /// deliveries may take to finish before they are cut off (a cut-off
+    /// delivery is retried by another replica after its lease).
     #[arg(long, env = "LINKD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
 

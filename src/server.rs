@@ -1,10 +1,13 @@
 //! One listener for gRPC (HTTP/2, h2c), gRPC health and reflection, and the
 //! REST shim (HTTP/1.1 or HTTP/2), with graceful shutdown:
 //!
-//! 1. the shutdown signal arrives → health reports `NOT_SERVING`;
+//! 1. the shutdown signal arrives → the webhook dispatcher claims nothing
+//!    more and health reports `NOT_SERVING`;
 //! 2. for the drain delay new requests are still served (load balancers and
 //!    meshes notice the health change and stop routing here);
-//! 3. the listener closes and in-flight calls get the grace period to finish.
+//! 3. the listener closes; in-flight calls and webhook deliveries get the
+//!    grace period to finish (deliveries cut off are retried by another
+//!    replica after their lease, with the same `webhook-id`).
 
 use crate::app::Api;
 use crate::config::ServeArgs;
@@ -160,7 +163,7 @@ impl Server {
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
         let expiry = crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval);
-        let dispatcher = crate::webhooks::spawn_dispatcher(api.clone())?;
+        let dispatcher = crate::webhooks::Dispatcher::spawn(api.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener, router)
@@ -187,13 +190,18 @@ impl Server {
         );
         probe.abort();
         expiry.abort();
-        // In-flight deliveries run on; what they do not finish is retried
-        // by another replica after its lease.
-        dispatcher.abort();
+        // No new webhook claims from here on (before health reports
+        // NOT_SERVING, so an observer of that claims nothing more); the
+        // deliveries in flight finish below, beside the calls.
+        dispatcher.stop_claiming();
         health.start_draining().await;
         tokio::time::sleep(args.shutdown_drain_delay).await;
         let _ = stop_accepting.send(());
-        match tokio::time::timeout(args.shutdown_grace_period, &mut serve).await {
+        let (served, ()) = tokio::join!(
+            tokio::time::timeout(args.shutdown_grace_period, &mut serve),
+            dispatcher.finish(args.shutdown_grace_period),
+        );
+        match served {
             Ok(result) => {
                 result
                     .context("server task failed")?

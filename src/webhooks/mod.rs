@@ -2,7 +2,7 @@
 //! the outbox is sent once its transaction commits, signed, retried on a
 //! schedule with jitter, at least once, by whichever replica claims it.
 //!
-//! Each replica runs one [`spawn_dispatcher`] loop. It claims due events
+//! Each replica runs one [`Dispatcher`]. It claims due events
 //! with `FOR UPDATE SKIP LOCKED` and a lease (see
 //! [`crate::store::events::claim_due`]), sends each through one pooled HTTP
 //! client that never follows redirects, never uses a proxy and resolves
@@ -73,51 +73,131 @@ pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client
         .build()?)
 }
 
-/// Runs the dispatcher of this replica until the task is aborted.
-pub fn spawn_dispatcher(api: Api) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// The dispatcher of this replica: a loop that claims due events and a
+/// bounded set of deliveries in flight.
+pub struct Dispatcher {
+    stop: tokio::sync::watch::Sender<bool>,
+    claiming: tokio::task::JoinHandle<()>,
+    slots: Arc<tokio::sync::Semaphore>,
+    concurrency: u32,
+}
+
+impl Dispatcher {
+    /// Starts claiming and delivering.
+    pub fn spawn(api: Api) -> anyhow::Result<Dispatcher> {
+        let settings = api.state.webhooks.clone();
+        let client = http_client(&settings)?;
+        let concurrency = settings
+            .concurrency
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let claiming = tokio::spawn(claim_loop(api, client, slots.clone(), stopped));
+        Ok(Dispatcher {
+            stop,
+            claiming,
+            slots,
+            concurrency: u32::try_from(concurrency).expect("at most MAX_PERMITS"),
+        })
+    }
+
+    /// Stops claiming events (a claim already running completes, and its
+    /// events are sent). Deliveries in flight go on.
+    pub fn stop_claiming(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops claiming and waits up to `grace` for the deliveries in flight
+    /// to be sent and recorded. What is still running after that is retried
+    /// by another replica once its lease ends, with the same `webhook-id`.
+    pub async fn finish(self, grace: Duration) {
+        self.stop_claiming();
+        let drained = tokio::time::timeout(grace, async {
+            let _ = self.claiming.await;
+            let in_flight = self.concurrency as usize - self.slots.available_permits();
+            if in_flight > 0 {
+                tracing::info!(in_flight, "waiting for webhook deliveries in flight");
+            }
+            let _ = self.slots.acquire_many(self.concurrency).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = self.concurrency as usize - self.slots.available_permits(),
+                "grace period over; webhook deliveries still in flight are retried after their lease"
+            );
+        }
+    }
+
+    /// Stops at once; deliveries in flight are cut off when the runtime
+    /// ends and retried after their lease.
+    pub fn abort(&self) {
+        self.claiming.abort();
+    }
+}
+
+/// Claims as many due events as there are free delivery slots and sends
+/// each in its own task, until `stopped` turns true.
+async fn claim_loop(
+    api: Api,
+    client: reqwest::Client,
+    slots: Arc<tokio::sync::Semaphore>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let settings = api.state.webhooks.clone();
-    let client = http_client(&settings)?;
-    Ok(tokio::spawn(async move {
-        let slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
-        let mut depth_measured = Instant::now() - Duration::from_secs(60);
-        loop {
-            if depth_measured.elapsed() >= Duration::from_secs(1) {
-                depth_measured = Instant::now();
-                if let Ok(depth) = events::queue_depth(api.db()).await {
-                    api.state.metrics.queue_depth.set(depth);
-                }
+    let mut depth_measured = Instant::now() - Duration::from_secs(60);
+    // Waits for `future` unless the dispatcher is stopped first.
+    macro_rules! unless_stopped {
+        ($future:expr) => {
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => return,
+                value = $future => value,
             }
-            // Wait for a free slot, then claim as many events as slots are free.
-            let first = slots.clone().acquire_owned().await.expect("never closed");
-            let free = slots.available_permits() + 1;
-            let due = match events::claim_due(api.db(), free as i64, settings.lease).await {
-                Ok(due) => due,
-                Err(err) => {
-                    err.log();
-                    drop(first);
-                    tokio::time::sleep(settings.poll_interval).await;
-                    continue;
-                }
-            };
-            let idle = due.len() < free;
-            let mut permit = Some(first);
-            for event in due {
-                let permit = match permit.take() {
-                    Some(permit) => permit,
-                    None => slots.clone().acquire_owned().await.expect("never closed"),
-                };
-                let (api, client) = (api.clone(), client.clone());
-                tokio::spawn(async move {
-                    deliver(&api, &client, event).await;
-                    drop(permit);
-                });
-            }
-            drop(permit);
-            if idle {
-                tokio::time::sleep(settings.poll_interval).await;
+        };
+    }
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        if depth_measured.elapsed() >= Duration::from_secs(1) {
+            depth_measured = Instant::now();
+            if let Ok(depth) = events::queue_depth(api.db()).await {
+                api.state.metrics.queue_depth.set(depth);
             }
         }
-    }))
+        // Wait for a free slot, then claim as many events as slots are free.
+        let first = unless_stopped!(slots.clone().acquire_owned()).expect("never closed");
+        let free = slots.available_permits() + 1;
+        let due = match events::claim_due(api.db(), free as i64, settings.lease).await {
+            Ok(due) => due,
+            Err(err) => {
+                err.log();
+                drop(first);
+                unless_stopped!(tokio::time::sleep(settings.poll_interval));
+                continue;
+            }
+        };
+        let idle = due.len() < free;
+        let mut permit = Some(first);
+        for event in due {
+            // Only this loop takes slots, and it claimed no more than were
+            // free, so these never wait.
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                None => slots.clone().acquire_owned().await.expect("never closed"),
+            };
+            let (api, client) = (api.clone(), client.clone());
+            tokio::spawn(async move {
+                deliver(&api, &client, event).await;
+                drop(permit);
+            });
+        }
+        drop(permit);
+        if idle {
+            unless_stopped!(tokio::time::sleep(settings.poll_interval));
+        }
+    }
 }
 
 /// The signing secrets of the event's app: the current one, and the

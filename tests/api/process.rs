@@ -376,7 +376,7 @@ impl Running {
             .unwrap()
     }
 
-    fn sigterm(&self) {
+    pub fn sigterm(&self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -384,7 +384,7 @@ impl Running {
         .unwrap();
     }
 
-    fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));

@@ -192,3 +192,56 @@ async fn a_replica_killed_mid_delivery_loses_no_event() {
     );
     stop(fleet);
 }
+
+/// SIGTERM: the replica claims nothing more from the moment it reports not
+/// ready, and the deliveries it has in flight are sent and recorded before
+/// it exits (no lease to wait out, no second send).
+#[tokio::test]
+async fn a_replica_stopped_by_sigterm_finishes_its_deliveries_and_claims_no_more() {
+    let receiver = Receiver::start().await;
+    let db_url = fresh_database().await;
+    let (pool, tenant, _) = tenant(&db_url, &receiver.url("slow")).await;
+    let replica = replicas(
+        &db_url,
+        1,
+        &[
+            ("LINKD_SHUTDOWN_DRAIN_DELAY", "1s"),
+            ("LINKD_SHUTDOWN_GRACE_PERIOD", "20s"),
+            ("LINKD_WEBHOOK_TIMEOUT", "10s"),
+            ("LINKD_WEBHOOK_LEASE", "60s"),
+        ],
+    )
+    .remove(0);
+    insert_events(&pool, tenant, 3).await;
+    // `slow` answers after 3 s: all three are in flight now.
+    receiver.wait_for("slow", 3, Duration::from_secs(15)).await;
+    replica.sigterm();
+    crate::helpers::install_crypto();
+    let readyz = format!("http://127.0.0.1:{}/readyz", replica.port);
+    let started = Instant::now();
+    while reqwest::get(&readyz).await.unwrap().status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+    {
+        assert!(started.elapsed() < Duration::from_secs(5), "never draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    insert_events(&pool, tenant, 2).await;
+
+    let (status, _) = tokio::task::spawn_blocking(move || replica.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let (delivered, untouched): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE delivery_status = 'delivered' AND attempts = 1),
+                count(*) FILTER (WHERE delivery_status = 'pending' AND attempts = 0)
+         FROM events",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        delivered, 3,
+        "in-flight deliveries were recorded before exit"
+    );
+    assert_eq!(untouched, 2, "nothing was claimed after shutdown began");
+    assert_eq!(receiver.at("slow").len(), 3);
+}
