@@ -151,6 +151,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_EXPIRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub expiry_interval: Duration,
 
+    /// How long delivered, failed and skipped events (with their delivery
+    /// attempts) are kept for the events API and redelivery; the expiry
+    /// sweep removes older ones. Pending events are never removed.
+    #[arg(long, env = "LINKD_EVENT_RETENTION", default_value = "30days", value_parser = parse_event_retention)]
+    pub event_retention: Duration,
+
     /// Whether every OAuth authorization request must carry a PKCE S256
     /// `code_challenge` (RFC 9700 recommends it for all clients).
     #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -375,6 +381,14 @@ fn parse_session_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be between 1s and 24h".into());
     }
     Ok(ttl)
+}
+
+fn parse_event_retention(s: &str) -> Result<Duration, String> {
+    let retention = parse_duration(s)?;
+    if retention < Duration::from_secs(60 * 60) {
+        return Err("must be at least 1h".into());
+    }
+    Ok(retention)
 }
 
 fn parse_code_ttl(s: &str) -> Result<Duration, String> {

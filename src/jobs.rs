@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 use std::time::Duration;
 
-/// Rows expired per statement.
+/// Rows expired or removed per statement.
 const EXPIRY_BATCH: i64 = 500;
 
 /// Runs `sweep` (returning how many rows it handled) until a batch comes
@@ -32,8 +32,13 @@ where
 
 /// Every `interval`: marks links and Link sessions past their lifetime
 /// expired, marks connections whose provider session ended `expired` (each
-/// with its event), and forgets idempotency keys past their retention.
-pub fn spawn_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// with its event), removes finished events older than `event_retention`,
+/// and forgets idempotency keys past their retention.
+pub fn spawn_expiry(
+    db: PgPool,
+    interval: Duration,
+    event_retention: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -53,6 +58,10 @@ pub fn spawn_expiry(db: PgPool, interval: Duration) -> tokio::task::JoinHandle<(
                 crate::connections::expire_sessions(&db, EXPIRY_BATCH)
                     .await
                     .map(|n| n as u64)
+            })
+            .await;
+            drain("removed finished events past their retention", || {
+                crate::store::events::prune_finished(&db, event_retention, EXPIRY_BATCH)
             })
             .await;
             if let Err(err) = crate::store::idempotency::prune(&db).await {

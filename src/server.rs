@@ -162,7 +162,8 @@ impl Server {
             args,
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
-        let expiry = crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval);
+        let expiry =
+            crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval, args.event_retention);
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(

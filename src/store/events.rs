@@ -151,6 +151,25 @@ pub async fn disable_endpoint(
     Ok(())
 }
 
+/// Removes up to `batch` events that are done (delivered, failed or
+/// skipped) and older than `retention`, with their attempts; returns how
+/// many. Safe in several replicas at once.
+pub async fn prune_finished(db: &PgPool, retention: Duration, batch: i64) -> Result<u64> {
+    let pruned = sqlx::query(
+        "DELETE FROM events WHERE id IN (
+             SELECT id FROM events
+             WHERE delivery_status <> 'pending' AND created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(pruned.rows_affected())
+}
+
 /// Events waiting for delivery.
 pub async fn queue_depth(db: &PgPool) -> Result<i64> {
     Ok(

@@ -130,6 +130,7 @@ pub fn serve_args() -> ServeArgs {
         shutdown_grace_period: Duration::from_secs(5),
         health_check_interval: Duration::from_millis(200),
         expiry_interval: Duration::from_millis(300),
+        event_retention: Duration::from_secs(30 * 24 * 60 * 60),
         link_session_ttl: Duration::from_secs(30 * 60),
         oauth_require_pkce: true,
         oauth_state_min_length: 0,

@@ -69,6 +69,11 @@ fn invalid_configuration_stops_start_up_with_one_line_naming_the_setting() {
             vec![],
             "--shutdown-grace-period / LINKD_SHUTDOWN_GRACE_PERIOD",
         ),
+        (
+            vec![("LINKD_EVENT_RETENTION", "5m")],
+            vec![],
+            "--event-retention / LINKD_EVENT_RETENTION",
+        ),
         (vec![("LINKD_LOG", "linkd=loud")], vec![], "LINKD_LOG"),
     ];
     for (env, args, expected) in cases {

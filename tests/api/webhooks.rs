@@ -736,3 +736,61 @@ async fn oversized_link_results_are_left_out_of_the_webhook_body() {
     assert_eq!(payload["data"]["linkId"], "link_x");
     assert!(serde_json::to_vec(&payload).unwrap().len() < linkd::webhooks::MAX_PAYLOAD_BYTES);
 }
+
+/// The sweep removes finished events older than the retention (30 days by
+/// default) with their attempts; pending and recent ones stay.
+#[tokio::test]
+async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("kept")).await;
+    for _ in 0..3 {
+        failed_link(&app, &tenant, None).await;
+    }
+    let got = receiver.wait_for("kept", 3, Duration::from_secs(10)).await;
+    let ids: Vec<String> = got.iter().map(|r| r.id().to_string()).collect();
+    for id in &ids {
+        wait_status(&app, &tenant, id, "delivered").await;
+    }
+    let uuid = |id: &str| linkd::ids::IdKind::Event.parse(id).unwrap();
+    let (old_delivered, old_pending) = (uuid(&ids[0]), uuid(&ids[1]));
+    sqlx::query("UPDATE events SET created_at = now() - interval '31 days' WHERE id = ANY($1)")
+        .bind([old_delivered, old_pending])
+        .execute(app.api.db())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE events SET delivery_status = 'pending', next_attempt_at = now() + interval '1 day'
+         WHERE id = $1",
+    )
+    .bind(old_pending)
+    .execute(app.api.db())
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    while app
+        .get(&format!("/v1/events/{}", ids[0]), &tenant.key)
+        .await
+        .status()
+        != StatusCode::NOT_FOUND
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM delivery_attempts WHERE event_id = $1")
+            .bind(old_delivered)
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0, "its attempts went with it");
+    assert_eq!(
+        event_of(&app, &tenant, &ids[1]).await["event"]["deliveryStatus"],
+        "pending"
+    );
+    assert_eq!(
+        event_of(&app, &tenant, &ids[2]).await["event"]["deliveryStatus"],
+        "delivered"
+    );
+}
