@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 /// Largest webhook body. A `link.completed` whose result is larger carries
 /// `"resultTruncated": true` instead of `result` (see `GetLink`).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// How much of a receiver's answer is read (and dropped) so that its
+/// connection goes back to the pool; a longer answer closes it instead.
+const MAX_RESPONSE_DRAIN_BYTES: usize = 64 * 1024;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -259,6 +262,18 @@ fn next_delay(schedule: &[Duration], attempts: i32) -> Option<Duration> {
     Some(base.mul_f64(rand::random_range(0.8..=1.2)))
 }
 
+/// Reads a bounded part of the answer (within the request's timeout): a
+/// connection whose answer was not read to the end cannot be reused.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read < MAX_RESPONSE_DRAIN_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
 fn caused_by_refusal(err: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
@@ -343,6 +358,8 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
         Ok(response) => {
             let status = response.status();
             let code = Some(status.as_u16());
+            let wait = retry_after(&response);
+            drain(response).await;
             if status.is_success() {
                 (code, ("delivered", Next::Delivered, String::new()))
             } else if status == reqwest::StatusCode::GONE {
@@ -359,7 +376,6 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
                 let why = "the endpoint answered 410 Gone; it is disabled".to_string();
                 (code, ("disabled", Next::Failed(why.clone()), why))
             } else if matches!(status.as_u16(), 429 | 503) {
-                let wait = retry_after(&response);
                 (code, retry(format!("HTTP {}", status.as_u16()), wait))
             } else if status.is_redirection() {
                 (

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
+    /// The sender's end of the connection the request came on.
+    pub peer: std::net::SocketAddr,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub at: Instant,
@@ -56,6 +58,7 @@ struct Log {
 
 /// A webhook receiver whose behaviour is chosen by the path:
 /// `/ok`, `/flaky/N` (N × 500, then 200), `/always500`, `/gone` (410),
+/// `/streamed` (200 whose body follows the headers 50 ms later),
 /// `/busy` (429 with `Retry-After: 2` once, then 200), `/unavailable` (503
 /// with `Retry-After` as an HTTP date 3 s ahead once, then 200), `/redirect` (302 to
 /// `/ok`), `/slow` (answers after 3 s).
@@ -66,6 +69,7 @@ pub struct Receiver {
 
 async fn receive(
     State(log): State<Log>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -75,6 +79,7 @@ async fn receive(
         let seen = received.iter().filter(|r| r.path == path).count();
         received.push(Received {
             path: path.clone(),
+            peer,
             headers,
             body: body.to_vec(),
             at: Instant::now(),
@@ -102,7 +107,17 @@ async fn receive(
             tokio::time::sleep(Duration::from_secs(3)).await;
             AxumStatus::OK.into_response()
         }
-        _ => AxumStatus::OK.into_response(),
+        (Some("streamed"), _) => {
+            // The body follows the headers a moment later, as streamed or
+            // chunked answers do.
+            let late = futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(b"ok"))
+            });
+            axum::body::Body::from_stream(late).into_response()
+        }
+        // As the handler in `connections.md` does.
+        _ => (AxumStatus::OK, "ok").into_response(),
     }
 }
 
@@ -114,7 +129,8 @@ impl Receiver {
             .with_state(log.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await });
         Receiver { base, log }
     }
 
@@ -255,6 +271,21 @@ async fn deliveries_are_signed_and_verify_with_an_independent_library() {
     assert_eq!(body["data"]["clientReferenceId"], "user_abc123");
     assert_eq!(body["data"]["connection"]["id"], done["connectionId"]);
     assert!(!String::from_utf8_lossy(&hook.body).contains("pass_good"));
+
+    // Answers are read to the end, even when the body comes after the
+    // headers, so the next delivery reuses the pooled connection.
+    let streamed = receiver.url("streamed");
+    failed_link(&app, &tenant, Some(&streamed)).await;
+    let first = receiver
+        .wait_for("streamed", 1, Duration::from_secs(10))
+        .await;
+    // Recorded only after the whole answer was read.
+    wait_status(&app, &tenant, first[0].id(), "delivered").await;
+    failed_link(&app, &tenant, Some(&streamed)).await;
+    let got = receiver
+        .wait_for("streamed", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(got[0].peer, got[1].peer, "one connection for both");
 
     // A link's own webhookUrl wins over the app's.
     let link_id = failed_link(&app, &tenant, Some(&receiver.url("link-own"))).await;
