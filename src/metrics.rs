@@ -1,5 +1,5 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format): webhook
-//! queue depth, deliveries by outcome and delivery latency.
+//! queue depth and lag, deliveries by outcome and delivery latency.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,7 @@ pub struct Metrics {
     pub deliveries: Family<Outcome, Counter>,
     pub delivery_seconds: Histogram,
     pub queue_depth: Gauge,
+    pub oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -44,17 +45,26 @@ impl Default for Metrics {
             "Time from sending a webhook to its response or failure",
             delivery_seconds.clone(),
         );
+        // Both gauges are database-wide: every replica reports the same
+        // value, so aggregate them with max, not sum.
         let queue_depth = Gauge::default();
         registry.register(
             "webhook_queue_depth",
-            "Events waiting for delivery (pending, due now or later)",
+            "Events waiting for delivery (pending, due now or later), across all replicas",
             queue_depth.clone(),
+        );
+        let oldest_due_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "webhook_oldest_due_seconds",
+            "How long the longest-waiting due event has been due, across all replicas (0 when none is)",
+            oldest_due_seconds.clone(),
         );
         Metrics {
             registry,
             deliveries,
             delivery_seconds,
             queue_depth,
+            oldest_due_seconds,
         }
     }
 }

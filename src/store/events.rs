@@ -170,13 +170,26 @@ pub async fn prune_finished(db: &PgPool, retention: Duration, batch: i64) -> Res
     Ok(pruned.rows_affected())
 }
 
-/// Events waiting for delivery.
-pub async fn queue_depth(db: &PgPool) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_status = 'pending'")
-            .fetch_one(db)
-            .await?,
+/// The delivery queue, database-wide.
+#[derive(Debug, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Events waiting for delivery, due now or later.
+    pub depth: i64,
+    /// How long the longest-waiting due event has been due, in seconds
+    /// (0 when none is): the dispatchers' lag.
+    pub oldest_due_seconds: f64,
+}
+
+pub async fn queue_stats(db: &PgPool) -> Result<QueueStats> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS depth,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)
+                                 FILTER (WHERE next_attempt_at <= now())), 0)::float8
+                    AS oldest_due_seconds
+         FROM events WHERE delivery_status = 'pending'",
     )
+    .fetch_one(db)
+    .await?)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

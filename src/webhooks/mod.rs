@@ -81,6 +81,7 @@ pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client
 pub struct Dispatcher {
     stop: tokio::sync::watch::Sender<bool>,
     claiming: tokio::task::JoinHandle<()>,
+    measuring: tokio::task::JoinHandle<()>,
     slots: Arc<tokio::sync::Semaphore>,
     concurrency: u32,
 }
@@ -95,10 +96,12 @@ impl Dispatcher {
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let measuring = tokio::spawn(measure_queue(api.clone()));
         let claiming = tokio::spawn(claim_loop(api, client, slots.clone(), stopped));
         Ok(Dispatcher {
             stop,
             claiming,
+            measuring,
             slots,
             concurrency: u32::try_from(concurrency).expect("at most MAX_PERMITS"),
         })
@@ -108,6 +111,7 @@ impl Dispatcher {
     /// events are sent). Deliveries in flight go on.
     pub fn stop_claiming(&self) {
         let _ = self.stop.send(true);
+        self.measuring.abort();
     }
 
     /// Stops claiming and waits up to `grace` for the deliveries in flight
@@ -136,6 +140,28 @@ impl Dispatcher {
     /// ends and retried after their lease.
     pub fn abort(&self) {
         self.claiming.abort();
+        self.measuring.abort();
+    }
+}
+
+/// How often the queue gauges are refreshed.
+const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refreshes the queue gauges on its own clock, so they keep moving while
+/// every delivery slot is busy (when they matter most).
+async fn measure_queue(api: Api) {
+    let mut ticker = tokio::time::interval(QUEUE_STATS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // An unreachable database is reported by the health probe.
+        if let Ok(queue) = events::queue_stats(api.db()).await {
+            api.state.metrics.queue_depth.set(queue.depth);
+            api.state
+                .metrics
+                .oldest_due_seconds
+                .set(queue.oldest_due_seconds);
+        }
     }
 }
 
@@ -148,7 +174,6 @@ async fn claim_loop(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let settings = api.state.webhooks.clone();
-    let mut depth_measured = Instant::now() - Duration::from_secs(60);
     // Waits for `future` unless the dispatcher is stopped first.
     macro_rules! unless_stopped {
         ($future:expr) => {
@@ -162,12 +187,6 @@ async fn claim_loop(
     loop {
         if *stopped.borrow() {
             return;
-        }
-        if depth_measured.elapsed() >= Duration::from_secs(1) {
-            depth_measured = Instant::now();
-            if let Ok(depth) = events::queue_depth(api.db()).await {
-                api.state.metrics.queue_depth.set(depth);
-            }
         }
         // Wait for a free slot, then claim as many events as slots are free.
         let first = unless_stopped!(slots.clone().acquire_owned()).expect("never closed");

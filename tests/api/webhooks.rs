@@ -103,6 +103,10 @@ async fn receive(
             (AxumStatus::SERVICE_UNAVAILABLE, [("retry-after", date)]).into_response()
         }
         (Some("redirect"), _) => (AxumStatus::FOUND, [("location", "/ok")]).into_response(),
+        (Some("stall"), _) => {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            AxumStatus::OK.into_response()
+        }
         (Some("slow"), _) => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             AxumStatus::OK.into_response()
@@ -832,4 +836,55 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
         event_of(&app, &tenant, &ids[2]).await["event"]["deliveryStatus"],
         "delivered"
     );
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing from {exposition}"))
+        .parse()
+        .unwrap()
+}
+
+/// While every delivery slot is busy the queue gauges keep moving: the
+/// backlog and how long its oldest due event has waited.
+#[tokio::test]
+async fn queue_metrics_show_the_backlog_while_every_slot_is_busy() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|args| {
+        args.webhook_concurrency = 1;
+        args.webhook_timeout = Duration::from_secs(10);
+        args.webhook_lease = Duration::from_secs(20);
+    })
+    .await;
+    let tenant = hooked_tenant(&app, &receiver.url("stall")).await;
+    for _ in 0..3 {
+        failed_link(&app, &tenant, None).await;
+    }
+    // One delivery holds the only slot for 8 s; two are due and waiting.
+    let arrived = receiver.wait_for("stall", 1, Duration::from_secs(10)).await[0].at;
+    loop {
+        let exposition = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth = metric(&exposition, "linkd_webhook_queue_depth");
+        let lag = metric(&exposition, "linkd_webhook_oldest_due_seconds");
+        if depth == 3.0 && lag >= 1.0 {
+            break;
+        }
+        assert!(
+            arrived.elapsed() < Duration::from_secs(7),
+            "depth {depth}, oldest due {lag} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(receiver.at("stall").len(), 1, "still one at a time");
 }
