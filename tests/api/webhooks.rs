@@ -314,15 +314,7 @@ async fn deliveries_are_signed_and_verify_with_an_independent_library() {
         .unwrap();
     assert_eq!(listed["events"][0]["id"], got[0].id());
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&app).await;
     assert!(
         metrics.contains("linkd_webhook_deliveries_total{outcome=\"delivered\"}"),
         "{metrics}"
@@ -557,15 +549,7 @@ async fn the_ssrf_guard_refuses_private_destinations_before_connecting() {
         "nothing reached the receiver: {:?}",
         receiver.all()
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&app).await;
     let refused = format!(
         "linkd_webhook_deliveries_total{{outcome=\"refused\"}} {}",
         destinations.len()
@@ -838,6 +822,13 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
     );
 }
 
+/// The Prometheus exposition of `GET /metrics`.
+async fn metrics_of(app: &TestApp) -> String {
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
 /// The value of an unlabelled metric in a Prometheus text exposition.
 fn metric(exposition: &str, name: &str) -> f64 {
     exposition
@@ -866,15 +857,7 @@ async fn queue_metrics_show_the_backlog_while_every_slot_is_busy() {
     // One delivery holds the only slot for 8 s; two are due and waiting.
     let arrived = receiver.wait_for("stall", 1, Duration::from_secs(10)).await[0].at;
     loop {
-        let exposition = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let exposition = metrics_of(&app).await;
         let depth = metric(&exposition, "linkd_webhook_queue_depth");
         let lag = metric(&exposition, "linkd_webhook_oldest_due_seconds");
         if depth == 3.0 && lag >= 1.0 {
