@@ -117,11 +117,11 @@ impl Dispatcher {
     /// Stops claiming and waits up to `grace` for the deliveries in flight
     /// to be sent and recorded. What is still running after that is retried
     /// by another replica once its lease ends, with the same `webhook-id`.
-    pub async fn finish(self, grace: Duration) {
+    pub async fn finish(mut self, grace: Duration) {
         self.stop_claiming();
         let drained = tokio::time::timeout(grace, async {
-            let _ = self.claiming.await;
-            let in_flight = self.concurrency as usize - self.slots.available_permits();
+            let _ = (&mut self.claiming).await;
+            let in_flight = self.in_flight();
             if in_flight > 0 {
                 tracing::info!(in_flight, "waiting for webhook deliveries in flight");
             }
@@ -130,10 +130,15 @@ impl Dispatcher {
         .await;
         if drained.is_err() {
             tracing::warn!(
-                in_flight = self.concurrency as usize - self.slots.available_permits(),
+                in_flight = self.in_flight(),
                 "grace period over; webhook deliveries still in flight are retried after their lease"
             );
         }
+    }
+
+    /// Deliveries running now.
+    fn in_flight(&self) -> usize {
+        self.concurrency as usize - self.slots.available_permits()
     }
 
     /// Stops at once; deliveries in flight are cut off when the runtime
@@ -185,10 +190,8 @@ async fn claim_loop(
         };
     }
     loop {
-        if *stopped.borrow() {
-            return;
-        }
-        // Wait for a free slot, then claim as many events as slots are free.
+        // Wait for a free slot (returning at once when stopped), then claim
+        // as many events as slots are free.
         let first = unless_stopped!(slots.clone().acquire_owned()).expect("never closed");
         let free = slots.available_permits() + 1;
         let due = match events::claim_due(api.db(), free as i64, settings.lease).await {
