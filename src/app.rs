@@ -18,7 +18,7 @@ use crate::store::tenancy::{self, ClientAppRow};
 use crate::validate::{Violations, limits};
 use prost::Message as _;
 use secrecy::SecretString;
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use std::sync::Arc;
 use url::Url;
 
@@ -34,6 +34,10 @@ pub struct AppState {
     pub app_clip_base_url: Url,
     /// How long a Link session accepts input.
     pub session_ttl: std::time::Duration,
+    /// API keys verified recently.
+    pub key_cache: crate::auth::KeyCache,
+    /// Largest `offset` a listing accepts.
+    pub max_list_offset: i64,
     pub oauth: OAuthSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -46,6 +50,9 @@ pub struct Settings {
     /// Defaults to `<public URL>/appclip`.
     pub app_clip_base_url: Option<Url>,
     pub session_ttl: std::time::Duration,
+    /// How long a verified API key is trusted without the database.
+    pub api_key_cache_ttl: std::time::Duration,
+    pub max_list_offset: i64,
     pub oauth: OAuthSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
 }
@@ -123,7 +130,7 @@ impl Api {
     }
 
     pub async fn authenticate(&self, key: Option<&SecretString>) -> Result<Caller> {
-        crate::auth::authenticate(self.db(), key).await
+        crate::auth::authenticate(self.db(), &self.state.key_cache, key).await
     }
 
     // ---- ClientAppService -------------------------------------------------
@@ -314,39 +321,49 @@ impl Api {
             key,
             request_hash: token_hash(req.encode_to_vec()),
         });
-        self.idempotent(key, async |key| self.insert_link(caller, &new, key).await)
+        self.idempotent(key, async |conn| self.insert_link(conn, caller, &new).await)
             .await
     }
 
-    /// Runs a creating call under an optional idempotency key. A repeat of a
-    /// finished request gets the stored response; `work` stores its response
-    /// under the key in the same transaction as its writes. A failed call
-    /// releases the key so the client can retry.
+    /// Runs a creating call on one connection, under an optional
+    /// idempotency key. Without a key `work` runs on the connection as it is,
+    /// so its writes must be one statement. With a key, a repeat of a finished
+    /// request gets the stored response; otherwise `work` runs in a
+    /// transaction that also stores its response under the key, and a failed
+    /// call releases the key so the client can retry.
     pub(crate) async fn idempotent<R: prost::Message + Default>(
         &self,
         key: Option<IdempotencyKey<'_>>,
-        work: impl AsyncFnOnce(Option<&IdempotencyKey<'_>>) -> Result<R>,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<R>,
     ) -> Result<R> {
-        if let Some(key) = &key
-            && let Claim::Replay(encoded) =
-                idempotency::claim(self.db(), &self.state.cipher, key).await?
-        {
+        let mut conn = self.db().acquire().await?;
+        let Some(key) = key else {
+            return work(&mut conn).await;
+        };
+        let cipher = &self.state.cipher;
+        if let Claim::Replay(encoded) = idempotency::claim(&mut conn, cipher, &key).await? {
             return R::decode(encoded.as_slice()).map_err(Error::internal);
         }
-        let result = work(key.as_ref()).await;
-        if result.is_err()
-            && let Some(key) = &key
-        {
-            idempotency::release(self.db(), key).await.ok();
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let response = work(&mut tx).await?;
+            idempotency::store_response(&mut tx, cipher, &key, &response.encode_to_vec()).await?;
+            tx.commit().await?;
+            Ok(response)
+        }
+        .await;
+        if result.is_err() {
+            idempotency::release(&mut *conn, &key).await.ok();
         }
         result
     }
 
+    /// Writes the link: one statement.
     async fn insert_link(
         &self,
+        conn: &mut PgConnection,
         caller: &Caller,
         new: &NewLink,
-        idempotency_key: Option<&IdempotencyKey<'_>>,
     ) -> Result<pb::CreateLinkResponse> {
         let id = IdKind::Link.new_uuid();
         let link_id = IdKind::Link.format(id);
@@ -356,9 +373,8 @@ impl Api {
             .state
             .cipher
             .encrypt(&arguments, &link_arguments_context(id));
-        let mut tx = self.db().begin().await?;
         let row = links::insert_link(
-            &mut *tx,
+            conn,
             links::LinkInsert {
                 id,
                 tenant: caller.tenant,
@@ -392,16 +408,6 @@ impl Api {
             expires_at: Some(timestamp(row.expires_at)),
             created_at: Some(timestamp(row.created_at)),
         };
-        if let Some(key) = idempotency_key {
-            idempotency::store_response(
-                &mut tx,
-                &self.state.cipher,
-                key,
-                &response.encode_to_vec(),
-            )
-            .await?;
-        }
-        tx.commit().await?;
         Ok(response)
     }
 

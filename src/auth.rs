@@ -11,6 +11,9 @@ use crate::ids::{IdKind, random_hex, random_token, token_hash};
 use crate::store::tenancy;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgExecutor, PgPool};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -87,9 +90,68 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<SecretString> {
     Some(SecretString::from(value.trim().to_string()))
 }
 
-/// Resolves a presented key to its tenant.
-pub async fn authenticate(db: &PgPool, key: Option<&SecretString>) -> Result<Caller> {
+/// Keys verified recently, so that a call costs no database round trip for
+/// its key: each entry is trusted for `ttl` after the database confirmed it,
+/// which bounds how long a revoked key keeps working on a replica. Only
+/// successes are kept (a new key works at once); entries are keyed by the
+/// SHA-256 of the whole presented key, never the key itself.
+#[derive(Debug)]
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+}
+
+/// Beyond this many distinct keys the cache starts over rather than grow.
+const KEY_CACHE_CAPACITY: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn get(&self, hash: &[u8]) -> Option<Caller> {
+        let entries = self.entries.lock().expect("key cache lock");
+        let (caller, verified_at) = entries.get(hash)?;
+        (verified_at.elapsed() < self.ttl).then_some(*caller)
+    }
+
+    fn put(&self, hash: Vec<u8>, caller: Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_CAPACITY {
+            entries.retain(|_, (_, verified_at)| verified_at.elapsed() < self.ttl);
+            if entries.len() >= KEY_CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (caller, Instant::now()));
+    }
+}
+
+/// Resolves a presented key to its tenant, from `cache` when it was
+/// verified within the cache's lifetime.
+pub async fn authenticate(
+    db: &PgPool,
+    cache: &KeyCache,
+    key: Option<&SecretString>,
+) -> Result<Caller> {
     let key = key.ok_or(Error::Unauthenticated)?;
+    let whole_key_hash = token_hash(key.expose_secret());
+    if let Some(caller) = cache.get(&whole_key_hash) {
+        return Ok(caller);
+    }
+    let caller = verify(db, key).await?;
+    cache.put(whole_key_hash, caller);
+    Ok(caller)
+}
+
+/// Checks a presented key against the database.
+async fn verify(db: &PgPool, key: &SecretString) -> Result<Caller> {
     let parsed = parse_key(key.expose_secret()).ok_or(Error::Unauthenticated)?;
     let row = tenancy::find_api_key(db, parsed.lookup_id).await?;
     let presented_hash = token_hash(parsed.secret);

@@ -210,6 +210,22 @@ pub struct ServeArgs {
     /// How often the database is probed to drive health status.
     #[arg(long, env = "LINKD_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
+
+    /// How often each replica refreshes the webhook queue gauges
+    /// (`linkd_webhook_queue_depth`, `linkd_webhook_oldest_due_seconds`).
+    #[arg(long, env = "LINKD_WEBHOOK_QUEUE_STATS_INTERVAL", default_value = "1s", value_parser = parse_session_ttl)]
+    pub webhook_queue_stats_interval: Duration,
+
+    /// How long a verified API key is trusted without asking the database
+    /// again: a revoked key stops working within this bound on every
+    /// replica. `0s` checks every call (one more database round trip each).
+    #[arg(long, env = "LINKD_API_KEY_CACHE_TTL", default_value = "5s", value_parser = parse_key_cache_ttl)]
+    pub api_key_cache_ttl: Duration,
+
+    /// Largest `offset` a listing accepts; deeper pages are reached with
+    /// `page_token`, whose cost does not grow with depth.
+    #[arg(long, env = "LINKD_MAX_LIST_OFFSET", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_list_offset: u32,
 }
 
 impl ServeArgs {
@@ -226,6 +242,8 @@ impl ServeArgs {
             public_url: self.public_url(bound),
             app_clip_base_url: self.app_clip_base_url.clone(),
             session_ttl: self.link_session_ttl,
+            api_key_cache_ttl: self.api_key_cache_ttl,
+            max_list_offset: i64::from(self.max_list_offset),
             oauth: crate::app::OAuthSettings {
                 require_pkce: self.oauth_require_pkce,
                 state_min_length: usize::from(self.oauth_state_min_length),
@@ -237,6 +255,7 @@ impl ServeArgs {
                 schedule: self.webhook_retry_schedule.0.clone(),
                 lease: self.webhook_lease,
                 poll_interval: self.webhook_poll_interval,
+                queue_stats_interval: self.webhook_queue_stats_interval,
                 concurrency: usize::from(self.webhook_concurrency),
                 allow: std::sync::Arc::new(self.webhook_allow.0.clone()),
             },
@@ -379,6 +398,14 @@ fn parse_session_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_duration(s)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60)).contains(&ttl) {
         return Err("must be between 1s and 24h".into());
+    }
+    Ok(ttl)
+}
+
+fn parse_key_cache_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl > Duration::from_secs(60) {
+        return Err("must be at most 60s (it bounds how long a revoked key still works)".into());
     }
     Ok(ttl)
 }

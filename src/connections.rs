@@ -96,7 +96,7 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    fn parse(req: &pb::ListConnectionsRequest) -> Result<Self> {
+    fn parse(req: &pb::ListConnectionsRequest, max_offset: i64) -> Result<Self> {
         let mut v = Violations::new();
         let limit = req.limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=MAX_LIST_LIMIT).contains(&limit) {
@@ -105,6 +105,13 @@ impl ListQuery {
         let offset = req.offset.unwrap_or(0);
         if offset < 0 {
             v.add("offset", "must not be negative");
+        } else if i64::from(offset) > max_offset {
+            v.add(
+                "offset",
+                format!(
+                    "must be at most {max_offset}; page deeper with pageToken (the nextPageToken of the previous page)"
+                ),
+            );
         }
         let status = match req.status() {
             pb::ConnectionStatus::Unspecified if req.status != 0 => {
@@ -153,7 +160,7 @@ impl Api {
         caller: &Caller,
         req: pb::ListConnectionsRequest,
     ) -> Result<pb::ListConnectionsResponse> {
-        let query = ListQuery::parse(&req)?;
+        let query = ListQuery::parse(&req, self.state.max_list_offset)?;
         let mut rows = store::list(
             self.db(),
             caller.tenant,

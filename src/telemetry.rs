@@ -27,6 +27,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Installs the log subscriber, with the OpenTelemetry layer only when an
+/// exporter is configured: without one, building OpenTelemetry spans for
+/// every request costs CPU and sends them nowhere.
 pub fn init(args: &LogArgs) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&args.log)
         .map_err(|e| anyhow::anyhow!("invalid configuration: --log / LINKD_LOG: {e}"))?;
@@ -35,19 +38,24 @@ pub fn init(args: &LogArgs) -> anyhow::Result<TelemetryGuard> {
             .with_service_name("linkd")
             .build(),
     );
-    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        url::Url::parse(&endpoint).map_err(|e| {
-            anyhow::anyhow!("invalid configuration: OTEL_EXPORTER_OTLP_ENDPOINT: {e}")
-        })?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .context("creating the OTLP span exporter")?;
-        provider = provider.with_batch_exporter(exporter);
-    }
+    let exporting = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) => {
+            url::Url::parse(&endpoint).map_err(|e| {
+                anyhow::anyhow!("invalid configuration: OTEL_EXPORTER_OTLP_ENDPOINT: {e}")
+            })?;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .context("creating the OTLP span exporter")?;
+            provider = provider.with_batch_exporter(exporter);
+            true
+        }
+        Err(_) => false,
+    };
     let provider = provider.build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("linkd"));
+    let otel =
+        exporting.then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("linkd")));
 
     let json = match args.log_format {
         LogFormat::Json => true,
@@ -87,7 +95,8 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 }
 
 /// The span of one request (gRPC or REST), child of the caller's
-/// `traceparent` when it sent one.
+/// `traceparent` when it sent one. Its `trace_id` (the caller's, or the new
+/// trace's when spans are exported) is on every log line of the request.
 pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
     let span = tracing::info_span!(
         "request",
@@ -95,9 +104,17 @@ pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
         path = %request.uri().path(),
         trace_id = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+    let caller_trace = parent.span().span_context().trace_id();
     let _ = span.set_parent(parent);
-    let trace_id = span.context().span().span_context().trace_id();
+    let trace_id = if caller_trace != opentelemetry::trace::TraceId::INVALID {
+        caller_trace
+    } else {
+        span.context().span().span_context().trace_id()
+    };
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }

@@ -22,8 +22,6 @@ struct LinkForFlow {
     integration_id: String,
     operations: sqlx::types::Json<Vec<LinkOperation>>,
     arguments_ciphertext: Option<Vec<u8>>,
-    return_url: Option<String>,
-    external_user_id: Option<String>,
 }
 
 /// The result of the operations: flat for one, wrapped for several.
@@ -77,21 +75,22 @@ impl Api {
             .link_id
             .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))?;
         Ok(sqlx::query_as(
-            "SELECT id, integration_id, operations, arguments_ciphertext, return_url, external_user_id
-             FROM links WHERE id = $1",
+            "SELECT id, integration_id, operations, arguments_ciphertext FROM links WHERE id = $1",
         )
         .bind(link_id)
         .fetch_one(self.db())
         .await?)
     }
 
-    pub(super) async fn link_view(&self, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
-        let link = self.link_for_flow(flow).await?;
-        view.link_id = IdKind::Link.format(link.id);
-        if let (Some(_), Some(url)) = (&flow.outcome, link.return_url.as_deref()) {
+    /// The link's part of the flow view, from what the flow row carries.
+    pub(super) fn link_view(&self, flow: &FlowRow, view: &mut pb::Flow) {
+        let Some(link_id) = flow.link_id else {
+            return;
+        };
+        view.link_id = IdKind::Link.format(link_id);
+        if let (Some(_), Some(url)) = (&flow.outcome, flow.link_return_url.as_deref()) {
             view.redirect_url = return_url_with_link_id(url, &view.link_id);
         }
-        Ok(())
     }
 
     /// Claims a link with its single-use code; exactly one of concurrent
@@ -105,19 +104,27 @@ impl Api {
             ));
         }
         let code_hash = token_hash(&req.claim_code);
-        let mut tx = self.db().begin().await?;
-        let claimed: Option<(Uuid, String, String, chrono::DateTime<chrono::Utc>)> =
-            sqlx::query_as(
-                "UPDATE links SET status = 'claimed', claimed_at = now()
-             WHERE id = $1 AND claim_code_hash = $2 AND status = 'pending' AND expires_at > now()
-             RETURNING organization_id, environment, integration_id, expires_at",
-            )
-            .bind(link_id)
-            .bind(&code_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((organization_id, environment, integration_id, expires_at)) = claimed else {
-            drop(tx);
+        let flow_id = Uuid::now_v7();
+        let token = format!("lft_{}", random_token());
+        // The claim and its flow in one statement: only the request whose
+        // UPDATE matched a pending link gets a flow.
+        let claimed: Option<Uuid> = sqlx::query_scalar(
+            "WITH claimed AS (
+                 UPDATE links SET status = 'claimed', claimed_at = now()
+                 WHERE id = $1 AND claim_code_hash = $2 AND status = 'pending' AND expires_at > now()
+                 RETURNING id, organization_id, environment, integration_id, expires_at)
+             INSERT INTO flows (id, token_hash, organization_id, environment, kind, link_id, integration_id, step, expires_at)
+             SELECT $3, $4, organization_id, environment, 'link', id, integration_id, 'login', expires_at
+             FROM claimed
+             RETURNING id",
+        )
+        .bind(link_id)
+        .bind(&code_hash)
+        .bind(flow_id)
+        .bind(token_hash(&token))
+        .fetch_optional(self.db())
+        .await?;
+        if claimed.is_none() {
             let state: Option<(String, bool)> =
                 sqlx::query_as("SELECT status, expires_at <= now() FROM links WHERE id = $1 AND claim_code_hash = $2")
                     .bind(link_id)
@@ -137,23 +144,7 @@ impl Api {
                     message: "this link was already claimed".into(),
                 },
             });
-        };
-        let flow_id = Uuid::now_v7();
-        let token = format!("lft_{}", random_token());
-        sqlx::query(
-            "INSERT INTO flows (id, token_hash, organization_id, environment, kind, link_id, integration_id, step, expires_at)
-             VALUES ($1, $2, $3, $4, 'link', $5, $6, 'login', $7)",
-        )
-        .bind(flow_id)
-        .bind(token_hash(&token))
-        .bind(organization_id)
-        .bind(environment)
-        .bind(link_id)
-        .bind(integration_id)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        }
         Ok(pb::ClaimLinkResponse {
             flow_token: token,
             flow: Some(self.flow_view(flow_id).await?),
@@ -244,7 +235,9 @@ impl Api {
     /// Ends the link and its flow, purges the arguments and the provider
     /// session, and writes the event, all in one transaction.
     pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
-        let link = self.link_for_flow(flow).await?;
+        let link_id = flow
+            .link_id
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))?;
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
             match finish {
                 Finish::Completed(result) => (
@@ -291,25 +284,27 @@ impl Api {
         )
         .await?;
         let mut tx = self.db().begin().await?;
-        let finished = sqlx::query(
+        // Only the request that finishes the link writes its event.
+        let finished: Option<(String, Option<String>)> = sqlx::query_as(
             "UPDATE links SET status = $2, error_code = $3, error_message = $4, result = $5,
                  finished_at = now(), arguments_ciphertext = NULL
-             WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa')",
+             WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa')
+             RETURNING integration_id, external_user_id",
         )
-        .bind(link.id)
+        .bind(link_id)
         .bind(status)
         .bind(error_code)
         .bind(&error_message)
         .bind(&result)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await?;
-        if finished.rows_affected() == 1 {
+        if let Some((integration_id, external_user_id)) = finished {
             let mut data = json!({
-                "linkId": IdKind::Link.format(link.id),
-                "integrationId": link.integration_id,
+                "linkId": IdKind::Link.format(link_id),
+                "integrationId": integration_id,
                 "status": status,
-                "externalUserId": link.external_user_id,
+                "externalUserId": external_user_id,
             });
             if let Some(result) = &result {
                 data["result"] = result.clone();
@@ -318,7 +313,7 @@ impl Api {
                 data["errorCode"] = json!(code);
             }
             let subject = EventSubject {
-                link_id: Some(link.id),
+                link_id: Some(link_id),
                 connection_id: None,
             };
             record_event(&mut tx, flow.tenant(), event, subject, data).await?;

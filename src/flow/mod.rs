@@ -59,6 +59,8 @@ pub(crate) struct FlowRow {
     cancelled_step: Option<String>,
     lang: String,
     oauth: Option<sqlx::types::Json<crate::domain::oauth::AuthorizationRequest>>,
+    /// The link's `return_url` (link flows), read with the flow.
+    link_return_url: Option<String>,
 }
 
 impl FlowRow {
@@ -93,7 +95,7 @@ const SELECT_FLOW: &str = "SELECT f.id, f.organization_id, f.environment, f.kind
         COALESCE(l.debug, false) AS debug, f.integration_id, f.step, f.outcome, f.error_code,
         f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.expires_at,
         f.client_app_id, f.redirect_url, f.client_reference_id, f.connection_id, f.reconnect,
-        f.geolocation, f.cancelled_step, f.lang, f.oauth
+        f.geolocation, f.cancelled_step, f.lang, f.oauth, l.return_url AS link_return_url
      FROM flows f LEFT JOIN links l ON l.id = f.link_id";
 
 /// Associated data binding a flow's held provider session to the flow.
@@ -290,7 +292,7 @@ impl Api {
             ..Default::default()
         };
         match flow.kind() {
-            FlowKind::Link => self.link_view(&flow, &mut view).await?,
+            FlowKind::Link => self.link_view(&flow, &mut view),
             FlowKind::Session => self.session_view(&flow, &mut view).await?,
         }
         Ok(view)

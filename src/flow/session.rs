@@ -159,20 +159,24 @@ impl Api {
             key,
             request_hash: token_hash(req.encode_to_vec()),
         });
-        self.idempotent(key, async |key| self.open_session(caller, &new, key).await)
-            .await
+        self.idempotent(key, async |conn| {
+            self.open_session(conn, caller, &new).await
+        })
+        .await
     }
 
+    /// Reads the app (and the connection to reconnect), then writes the
+    /// session's flow in one statement.
     async fn open_session(
         &self,
+        conn: &mut PgConnection,
         caller: &Caller,
         new: &NewSession,
-        idempotency_key: Option<&IdempotencyKey<'_>>,
     ) -> Result<pb::InitLinkSessionResponse> {
         let tenant = caller.tenant;
         let app = match new.client_app_id {
-            Some(id) => tenancy::get_client_app(self.db(), tenant, id).await?,
-            None => tenancy::list_client_apps(self.db(), tenant)
+            Some(id) => tenancy::get_client_app(&mut *conn, tenant, id).await?,
+            None => tenancy::list_client_apps(&mut *conn, tenant)
                 .await?
                 .into_iter()
                 .next()
@@ -191,17 +195,16 @@ impl Api {
         // An unknown, deleted or foreign id is not an error: a new
         // connection is made instead (documented).
         let existing = match new.connection_id {
-            Some(id) => store::find_live(self.db(), tenant, id).await?,
+            Some(id) => store::find_live(&mut *conn, tenant, id).await?,
             None => None,
         };
         let (connection_id, reconnect, integration_id) = match &existing {
             Some(row) => (row.id, true, Some(row.integration_id.clone())),
             None => (IdKind::Connection.new_uuid(), false, None),
         };
-        let mut tx = self.db().begin().await?;
         let (url, expires_at) = self
             .insert_session_flow(
-                &mut tx,
+                conn,
                 &NewSessionFlow {
                     tenant,
                     client_app_id: app.id,
@@ -216,21 +219,10 @@ impl Api {
                 },
             )
             .await?;
-        let response = pb::InitLinkSessionResponse {
+        Ok(pb::InitLinkSessionResponse {
             url,
             expires_at: Some(crate::app::timestamp(expires_at)),
-        };
-        if let Some(key) = idempotency_key {
-            crate::store::idempotency::store_response(
-                &mut tx,
-                &self.state.cipher,
-                key,
-                &response.encode_to_vec(),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(response)
+        })
     }
 
     pub(super) async fn session_view(&self, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {

@@ -11,7 +11,7 @@
 use crate::crypto::Cipher;
 use crate::domain::Tenant;
 use crate::error::{Error, Result};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 /// How long a key is remembered; a later request with it is a new request.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
@@ -54,7 +54,11 @@ fn context(k: &IdempotencyKey<'_>) -> String {
     )
 }
 
-pub async fn claim(db: &PgPool, cipher: &Cipher, k: &IdempotencyKey<'_>) -> Result<Claim> {
+pub async fn claim(
+    conn: &mut PgConnection,
+    cipher: &Cipher,
+    k: &IdempotencyKey<'_>,
+) -> Result<Claim> {
     check_key(k.key)?;
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (organization_id, environment, operation, key, request_hash)
@@ -71,7 +75,7 @@ pub async fn claim(db: &PgPool, cipher: &Cipher, k: &IdempotencyKey<'_>) -> Resu
     .bind(k.key)
     .bind(&k.request_hash)
     .bind(STALE_AFTER_SECS)
-    .execute(db)
+    .execute(&mut *conn)
     .await?;
     if claimed.rows_affected() == 1 {
         return Ok(Claim::Fresh);
@@ -84,7 +88,7 @@ pub async fn claim(db: &PgPool, cipher: &Cipher, k: &IdempotencyKey<'_>) -> Resu
     .bind(k.tenant.environment.as_str())
     .bind(k.operation)
     .bind(k.key)
-    .fetch_one(db)
+    .fetch_one(&mut *conn)
     .await?;
     if hash != k.request_hash {
         return Err(Error::IdempotencyMismatch);
@@ -125,7 +129,7 @@ pub async fn store_response(
 }
 
 /// Releases a claim whose request failed, so a retry can run.
-pub async fn release(db: &PgPool, k: &IdempotencyKey<'_>) -> Result<()> {
+pub async fn release(db: impl PgExecutor<'_>, k: &IdempotencyKey<'_>) -> Result<()> {
     sqlx::query(
         "DELETE FROM idempotency_keys
          WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4

@@ -35,7 +35,9 @@ pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
         .min_connections(0)
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .test_before_acquire(true)
+        // No ping before each use: a dead connection fails its statement and
+        // is dropped, and idle connections are retired after `idle_timeout`.
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 

@@ -91,7 +91,10 @@ pub async fn insert_client_app(
 }
 
 /// The tenant's apps, oldest first (the first is the default app).
-pub async fn list_client_apps(db: &PgPool, tenant: Tenant) -> Result<Vec<ClientAppRow>> {
+pub async fn list_client_apps(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+) -> Result<Vec<ClientAppRow>> {
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         app_columns!(),
@@ -118,7 +121,11 @@ pub async fn list_all_client_apps(
     .await?)
 }
 
-pub async fn get_client_app(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<ClientAppRow> {
+pub async fn get_client_app(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<ClientAppRow> {
     sqlx::query_as(concat!(
         "SELECT ",
         app_columns!(),

@@ -46,6 +46,8 @@ pub struct WebhookSettings {
     pub lease: Duration,
     /// How often an idle dispatcher looks for due events.
     pub poll_interval: Duration,
+    /// How often the queue gauges are refreshed.
+    pub queue_stats_interval: Duration,
     /// Deliveries in flight per replica.
     pub concurrency: usize,
     pub allow: Arc<Allowlist>,
@@ -149,13 +151,10 @@ impl Dispatcher {
     }
 }
 
-/// How often the queue gauges are refreshed.
-const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Refreshes the queue gauges on its own clock, so they keep moving while
 /// every delivery slot is busy (when they matter most).
 async fn measure_queue(api: Api) {
-    let mut ticker = tokio::time::interval(QUEUE_STATS_INTERVAL);
+    let mut ticker = tokio::time::interval(api.state.webhooks.queue_stats_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

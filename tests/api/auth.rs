@@ -1,8 +1,9 @@
-use crate::helpers::{spawn_app, with_key};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, with_key};
 use linkd::domain::Environment;
 use linkd::pb::ListClientAppsRequest;
 use linkd::pb::client_app_service_client::ClientAppServiceClient;
 use reqwest::StatusCode;
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 #[tokio::test]
@@ -103,4 +104,58 @@ async fn api_keys_are_stored_only_as_hashes() {
     );
     assert!(!String::from_utf8_lossy(&rows[0].1).contains(&secret));
     assert_eq!(rows[0].1, linkd::ids::token_hash(&secret));
+}
+
+/// Asserts that `key` is refused within `bound` (plus a margin for a slow
+/// machine), and stays refused.
+pub async fn refused_within(app: &TestApp, key: &str, bound: Duration) {
+    let deadline = Instant::now() + bound + Duration::from_secs(3);
+    loop {
+        let status = app.get("/v1/client-apps", key).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "a revoked key still works after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.get("/v1/client-apps", key).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_the_cache_lifetime() {
+    for ttl in [Duration::ZERO, Duration::from_secs(1)] {
+        let app = spawn_app_with(|args| args.api_key_cache_ttl = ttl).await;
+        let tenant = app.create_tenant(Environment::Sandbox).await;
+        // Verified, so cached for `ttl`.
+        assert_eq!(
+            app.get("/v1/client-apps", &tenant.key).await.status(),
+            StatusCode::OK
+        );
+        assert!(
+            linkd::store::tenancy::revoke_api_key(app.api.db(), tenant.api_key_id)
+                .await
+                .unwrap()
+        );
+        if ttl.is_zero() {
+            // No cache: the very next call is refused.
+            assert_eq!(
+                app.get("/v1/client-apps", &tenant.key).await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        refused_within(&app, &tenant.key, ttl).await;
+        // Over gRPC too.
+        let refused = ClientAppServiceClient::new(app.channel().await)
+            .list_client_apps(with_key(ListClientAppsRequest {}, &tenant.key))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
 }

@@ -148,6 +148,19 @@ async fn bad_list_parameters_are_refused_naming_the_parameter() {
     let (status, _) = list(&app, &tenant, "?limit=100").await;
     assert_eq!(status, StatusCode::OK, "100 is the documented maximum");
 
+    // Offsets are bounded (LINKD_MAX_LIST_OFFSET, 10,000): deeper pages are
+    // for page tokens, whose cost does not grow with depth.
+    let (status, _) = list(&app, &tenant, "?offset=10000").await;
+    assert_eq!(status, StatusCode::OK, "10,000 is the default bound");
+    let (status, error) = list(&app, &tenant, "?offset=10001").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["issues"][0]["path"], "offset", "{error}");
+    let message = error["issues"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("10000") && message.contains("pageToken"),
+        "{message}"
+    );
+
     let mut connections =
         pb::connection_service_client::ConnectionServiceClient::new(app.channel().await);
     let status = connections
@@ -162,6 +175,18 @@ async fn bad_list_parameters_are_refused_naming_the_parameter() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    let deep = connections
+        .list_connections(with_key(
+            pb::ListConnectionsRequest {
+                offset: Some(1_000_000),
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(deep.code(), Code::InvalidArgument);
+    assert!(deep.message().contains("pageToken"), "{}", deep.message());
     let anonymous = connections
         .list_connections(pb::ListConnectionsRequest::default())
         .await

@@ -145,6 +145,9 @@ pub fn serve_args() -> ServeArgs {
         webhook_lease: Duration::from_secs(5),
         webhook_poll_interval: Duration::from_millis(100),
         webhook_concurrency: 16,
+        webhook_queue_stats_interval: Duration::from_secs(1),
+        api_key_cache_ttl: Duration::from_secs(5),
+        max_list_offset: 10_000,
         webhook_allow: linkd::config::Allow(
             linkd::webhooks::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
@@ -188,7 +191,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     spawn_configured(&fresh_database().await, Duration::from_secs(2), args).await
 }
 
-async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeArgs) -> TestApp {
+/// Starts the server on `db_url` with `args`.
+pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeArgs) -> TestApp {
     let listener = Server::bind(&args).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let pool = store::pool(

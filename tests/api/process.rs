@@ -165,7 +165,9 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
     assert!(created["clientAppId"].as_str().unwrap().starts_with("app_"));
     let org = created["organizationId"].as_str().unwrap();
 
-    let app = spawn_app_on(&db, Duration::from_secs(2)).await;
+    let mut args = crate::helpers::serve_args();
+    args.api_key_cache_ttl = Duration::from_secs(1);
+    let app = crate::helpers::spawn_configured(&db, Duration::from_secs(2), args).await;
     let apps: serde_json::Value = app.get("/v1/client-apps", key).await.json().await.unwrap();
     assert_eq!(apps["clientApps"][0]["id"], created["clientAppId"]);
     assert_eq!(
@@ -264,8 +266,8 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
 
     let out = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let revoked = app.get("/v1/client-apps", key).await;
-    assert_eq!(revoked.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // The server trusts a verified key for LINKD_API_KEY_CACHE_TTL (1 s here).
+    crate::auth::refused_within(&app, key, Duration::from_secs(1)).await;
     let again = admin(&db, &["revoke-key", created["apiKeyId"].as_str().unwrap()]);
     assert!(!again.status.success());
 
@@ -432,10 +434,10 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     .await
     .unwrap();
 
-    // Hold a lock that the call's key lookup must wait for: the call is now
-    // in flight for as long as we keep it.
+    // Hold a lock that the call's read of the apps must wait for: the call
+    // is now in flight for as long as we keep it.
     let mut blocker = helper.api.db().begin().await.unwrap();
-    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE client_apps IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -617,17 +619,11 @@ async fn start_collector() -> (
     (addr, rx)
 }
 
-/// The caller's W3C `traceparent` (HTTP header or gRPC metadata) becomes the
-/// parent of the request's span: visible in its log lines and exported by
-/// OTLP to the configured collector.
-#[tokio::test]
-async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
-    let db = fresh_database().await;
-    let (collector, mut spans) = start_collector().await;
-    let mut cmd = linkd();
-    cmd.env("DATABASE_URL", &db)
-        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"));
+/// Calls linkd over REST and gRPC, each with its own `traceparent`; returns
+/// the trace and parent ids sent, and linkd's log lines after SIGTERM.
+async fn traced_calls(mut cmd: Command) -> ([(&'static str, &'static str); 2], Vec<String>) {
+    // Request lines are logged at debug.
+    cmd.env("LINKD_LOG", "info,tower_http=debug");
     let server = spawn_linkd(cmd);
     let (rest_trace, rest_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let (grpc_trace, grpc_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
@@ -662,6 +658,21 @@ async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
         let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
         assert_eq!(parsed["span"]["trace_id"], trace);
     }
+    ([(rest_trace, rest_parent), (grpc_trace, grpc_parent)], logs)
+}
+
+/// The caller's W3C `traceparent` (HTTP header or gRPC metadata) becomes the
+/// parent of the request's span: visible in its log lines and exported by
+/// OTLP to the configured collector.
+#[tokio::test]
+async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
+    let db = fresh_database().await;
+    let (collector, mut spans) = start_collector().await;
+    let mut cmd = linkd();
+    cmd.env("DATABASE_URL", &db)
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"));
+    let (traces, _) = traced_calls(cmd).await;
 
     let mut exported = Vec::new();
     while let Ok(span) = spans.try_recv() {
@@ -671,7 +682,7 @@ async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
             span.name,
         ));
     }
-    for (trace, parent) in [(rest_trace, rest_parent), (grpc_trace, grpc_parent)] {
+    for (trace, parent) in traces {
         assert!(
             exported
                 .iter()
@@ -679,4 +690,21 @@ async fn traceparent_from_http_and_grpc_reaches_logs_and_otlp() {
             "no exported request span in trace {trace} under {parent}: {exported:?}"
         );
     }
+}
+
+/// Without an exporter no OpenTelemetry layer runs (it would cost every call
+/// for nothing), and log lines still carry the caller's trace id.
+#[tokio::test]
+async fn without_an_exporter_logs_still_carry_the_callers_trace_id() {
+    let db = fresh_database().await;
+    let mut cmd = linkd();
+    cmd.env("DATABASE_URL", &db)
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let (_, logs) = traced_calls(cmd).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("finished processing request")),
+        "request lines are logged at debug when asked: {logs:#?}"
+    );
 }
