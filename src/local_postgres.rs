@@ -94,7 +94,7 @@ impl RunAs {
 
 /// Finds a Postgres server binary: on `PATH`, else in Debian's versioned
 /// directories (newest first).
-fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

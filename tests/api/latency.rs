@@ -3,12 +3,12 @@
 //! (Throughput and latency are the benchmark's job, never a test's.)
 
 use crate::helpers::{TestApp, fresh_database, serve_args, spawn_app, spawn_configured, with_key};
-use crate::pgproxy::CountingProxy;
 use linkd::domain::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
 use linkd::pb::link_service_client::LinkServiceClient;
 use nix::sys::socket::{SockaddrIn, getpeername, getsockname, getsockopt, sockopt};
+use pgcapture::Proxy as CountingProxy;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -80,7 +80,9 @@ async fn accepted_connections_disable_nagle_for_grpc_and_rest() {
 /// work (health probe, expiry sweep, webhook polling, queue gauges) quiet
 /// after start-up, so every counted round trip belongs to the calls made.
 async fn counted_app() -> (TestApp, CountingProxy) {
-    let proxy = CountingProxy::start(&fresh_database().await).await;
+    let proxy = CountingProxy::start(&fresh_database().await)
+        .await
+        .expect("starting the counting proxy");
     let mut args = serve_args();
     let quiet = Duration::from_secs(3600);
     args.health_check_interval = quiet;
@@ -99,11 +101,11 @@ async fn round_trips<T>(proxy: &CountingProxy, call: impl AsyncFnOnce() -> T) ->
     let before = proxy.round_trips();
     let out = call().await;
     settle(proxy).await;
-    (Trips(proxy.log_since(before)), out)
+    (Trips(proxy.trips_since(before)), out)
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Trips(Vec<String>);
+struct Trips(Vec<pgcapture::Trip>);
 
 impl Trips {
     fn count(&self) -> usize {

@@ -11,7 +11,6 @@ mod latency;
 mod links;
 mod oauth;
 mod outage;
-mod pgproxy;
 mod polyglot;
 mod process;
 mod providers;
