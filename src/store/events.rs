@@ -63,9 +63,9 @@ pub async fn claim_due(db: &PgPool, limit: i64, lease: Duration) -> Result<Vec<D
 }
 
 /// What happened to one attempt.
-#[derive(Debug)]
-pub struct Attempt<'a> {
-    pub url: &'a str,
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub url: String,
     pub started_at: DateTime<Utc>,
     pub latency: Duration,
     pub status_code: Option<u16>,
@@ -73,7 +73,7 @@ pub struct Attempt<'a> {
 }
 
 /// Where the event goes next.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Next {
     Delivered,
     RetryIn(Duration),
@@ -81,54 +81,106 @@ pub enum Next {
     Skipped(String),
 }
 
-/// Records an attempt and moves the event on, unless another dispatcher
-/// re-claimed it meanwhile (its lease ran out): then only the attempt is
-/// kept.
-pub async fn finish_attempt(
-    db: &PgPool,
-    event_id: Uuid,
-    claimed_attempts: i32,
-    attempt: Option<Attempt<'_>>,
-    next: Next,
-) -> Result<()> {
-    let mut tx = db.begin().await?;
-    if let Some(attempt) = attempt {
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, event_id, attempt, url, started_at, latency_ms, status_code, error)
-             VALUES ($1, $2, (SELECT count(*) + 1 FROM delivery_attempts WHERE event_id = $2), $3, $4, $5, $6, $7)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(event_id)
-        .bind(attempt.url)
-        .bind(attempt.started_at)
-        .bind(attempt.latency.as_millis().min(i32::MAX as u128) as i32)
-        .bind(attempt.status_code.map(i32::from))
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await?;
+/// One finished delivery: the event as claimed, its attempt (none when it
+/// was not sent), and where it goes next.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub event_id: Uuid,
+    pub claimed_attempts: i32,
+    pub attempt: Option<Attempt>,
+    pub next: Next,
+}
+
+/// Records the attempts and moves the events on, all in one statement; an
+/// event that another dispatcher re-claimed meanwhile (its lease ran out)
+/// keeps only its attempt. Events are updated by primary key.
+pub async fn finish_attempts(db: impl PgExecutor<'_>, finished: &[Finished]) -> Result<()> {
+    let n = finished.len();
+    let (mut event_ids, mut claimed, mut statuses, mut delays, mut next_errors) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (
+        mut attempt_ids,
+        mut has_attempt,
+        mut urls,
+        mut started,
+        mut latencies,
+        mut codes,
+        mut errors,
+    ) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for f in finished {
+        let (status, delay, error): (&str, f64, Option<String>) = match &f.next {
+            Next::Delivered => ("delivered", 0.0, None),
+            Next::RetryIn(delay) => ("pending", delay.as_secs_f64(), None),
+            Next::Failed(error) => ("failed", 0.0, Some(error.clone())),
+            Next::Skipped(error) => ("skipped", 0.0, Some(error.clone())),
+        };
+        event_ids.push(f.event_id);
+        claimed.push(f.claimed_attempts);
+        statuses.push(status);
+        delays.push(delay);
+        next_errors.push(error);
+        attempt_ids.push(Uuid::now_v7());
+        has_attempt.push(f.attempt.is_some());
+        let a = f.attempt.as_ref();
+        urls.push(a.map(|a| a.url.as_str()));
+        started.push(a.map(|a| a.started_at));
+        latencies.push(a.map(|a| a.latency.as_millis().min(i32::MAX as u128) as i32));
+        codes.push(a.and_then(|a| a.status_code.map(i32::from)));
+        errors.push(a.and_then(|a| a.error.clone()));
     }
-    let (status, delay, error): (&str, f64, Option<String>) = match next {
-        Next::Delivered => ("delivered", 0.0, None),
-        Next::RetryIn(delay) => ("pending", delay.as_secs_f64(), None),
-        Next::Failed(error) => ("failed", 0.0, Some(error)),
-        Next::Skipped(error) => ("skipped", 0.0, Some(error)),
-    };
     sqlx::query(
-        "UPDATE events SET delivery_status = $3,
-             next_attempt_at = now() + make_interval(secs => $4),
-             delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END,
-             last_error = COALESCE($5, (SELECT error FROM delivery_attempts
-                                        WHERE event_id = $1 ORDER BY attempt DESC LIMIT 1))
-         WHERE id = $1 AND attempts = $2 AND delivery_status = 'pending'",
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[],
+                                  $6::uuid[], $7::bool[], $8::text[], $9::timestamptz[], $10::int[],
+                                  $11::int[], $12::text[])
+                 AS t(event_id, claimed_attempts, status, delay_secs, next_error,
+                      attempt_id, has_attempt, url, started_at, latency_ms, status_code, attempt_error)
+         ), recorded AS (
+             INSERT INTO delivery_attempts (id, event_id, attempt, url, started_at, latency_ms, status_code, error)
+             SELECT attempt_id, event_id,
+                    (SELECT count(*) + 1 FROM delivery_attempts d WHERE d.event_id = input.event_id),
+                    url, started_at, latency_ms, status_code, attempt_error
+             FROM input WHERE has_attempt
+         )
+         UPDATE events e SET delivery_status = i.status,
+             next_attempt_at = now() + make_interval(secs => i.delay_secs),
+             delivered_at = CASE WHEN i.status = 'delivered' THEN now() ELSE e.delivered_at END,
+             -- The error of this step, else that of the latest attempt (this
+             -- one when there was one).
+             last_error = CASE WHEN i.has_attempt THEN COALESCE(i.next_error, i.attempt_error)
+                          ELSE COALESCE(i.next_error, (SELECT d.error FROM delivery_attempts d
+                                        WHERE d.event_id = i.event_id ORDER BY d.attempt DESC LIMIT 1))
+                          END
+         FROM input i
+         WHERE e.id = i.event_id AND e.attempts = i.claimed_attempts AND e.delivery_status = 'pending'",
     )
-    .bind(event_id)
-    .bind(claimed_attempts)
-    .bind(status)
-    .bind(delay)
-    .bind(error)
-    .execute(&mut *tx)
+    .bind(&event_ids)
+    .bind(&claimed)
+    .bind(&statuses)
+    .bind(&delays)
+    .bind(&next_errors)
+    .bind(&attempt_ids)
+    .bind(&has_attempt)
+    .bind(&urls)
+    .bind(&started)
+    .bind(&latencies)
+    .bind(&codes)
+    .bind(&errors)
+    .execute(db)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub mod ssrf;
 
 use crate::app::{Api, webhook_secret_context};
 use crate::ids::IdKind;
-use crate::store::events::{self, Attempt, DueEvent, Next};
+use crate::store::events::{self, Attempt, DueEvent, Finished, Next};
 use signing::SigningSecret;
 use ssrf::{Allowlist, GuardedResolver, Refused};
 use std::sync::Arc;
@@ -84,6 +84,7 @@ pub struct Dispatcher {
     stop: tokio::sync::watch::Sender<bool>,
     claiming: tokio::task::JoinHandle<()>,
     measuring: tokio::task::JoinHandle<()>,
+    recording: tokio::task::JoinHandle<()>,
     slots: Arc<tokio::sync::Semaphore>,
     concurrency: u32,
 }
@@ -99,11 +100,15 @@ impl Dispatcher {
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let measuring = tokio::spawn(measure_queue(api.clone()));
-        let claiming = tokio::spawn(claim_loop(api, client, slots.clone(), stopped));
+        let (recorder, finished) = tokio::sync::mpsc::channel(concurrency);
+        let recording = tokio::spawn(record_loop(api.clone(), finished));
+        let recorder = Recorder(recorder);
+        let claiming = tokio::spawn(claim_loop(api, client, recorder, slots.clone(), stopped));
         Ok(Dispatcher {
             stop,
             claiming,
             measuring,
+            recording,
             slots,
             concurrency: u32::try_from(concurrency).expect("at most MAX_PERMITS"),
         })
@@ -148,6 +153,7 @@ impl Dispatcher {
     pub fn abort(&self) {
         self.claiming.abort();
         self.measuring.abort();
+        self.recording.abort();
     }
 }
 
@@ -169,11 +175,50 @@ async fn measure_queue(api: Api) {
     }
 }
 
+/// Most finished deliveries written in one statement.
+const RECORD_BATCH: usize = 256;
+
+/// Where deliveries report how they ended; [`record_loop`] writes them.
+#[derive(Clone)]
+struct Recorder(tokio::sync::mpsc::Sender<(Finished, tokio::sync::oneshot::Sender<()>)>);
+
+impl Recorder {
+    /// Hands the delivery's end over and waits until it is written (or the
+    /// write failed: the lease then brings the event back), so a delivery
+    /// keeps its slot, and shutdown waits, until its outcome is stored.
+    async fn record(&self, finished: Finished) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.0.send((finished, done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// Writes finished deliveries in batches: whatever arrived while the last
+/// write ran goes in the next statement, so a busy dispatcher pays one round
+/// trip for many deliveries and an idle one waits for nothing.
+async fn record_loop(
+    api: Api,
+    mut finished: tokio::sync::mpsc::Receiver<(Finished, tokio::sync::oneshot::Sender<()>)>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (ends, acks): (Vec<Finished>, Vec<_>) = batch.drain(..).unzip();
+        if let Err(err) = events::finish_attempts(api.db(), &ends).await {
+            err.log();
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
 /// Claims as many due events as there are free delivery slots and sends
 /// each in its own task, until `stopped` turns true.
 async fn claim_loop(
     api: Api,
     client: reqwest::Client,
+    recorder: Recorder,
     slots: Arc<tokio::sync::Semaphore>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -211,9 +256,17 @@ async fn claim_loop(
                 Some(permit) => permit,
                 None => slots.clone().acquire_owned().await.expect("never closed"),
             };
-            let (api, client) = (api.clone(), client.clone());
+            let (api, client, recorder) = (api.clone(), client.clone(), recorder.clone());
             tokio::spawn(async move {
-                deliver(&api, &client, event).await;
+                let (attempt, next) = deliver(&api, &client, &event).await;
+                recorder
+                    .record(Finished {
+                        event_id: event.id,
+                        claimed_attempts: event.attempts,
+                        attempt,
+                        next,
+                    })
+                    .await;
                 drop(permit);
             });
         }
@@ -306,24 +359,26 @@ fn caused_by_refusal(err: &reqwest::Error) -> bool {
     false
 }
 
-async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
+/// Sends one claimed event; returns its attempt (none when nothing was
+/// sent) and where the event goes next.
+async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Option<Attempt>, Next) {
     let settings = &api.state.webhooks;
     let metrics = &api.state.metrics;
     let Some(url) = event.url.as_deref() else {
         metrics.record("skipped");
         let why = "no destination: neither the link nor the client app has a webhook URL";
-        return conclude(api, &event, None, Next::Skipped(why.into())).await;
+        return (None, Next::Skipped(why.into()));
     };
     if event.disabled {
         metrics.record("disabled");
         let why = "the endpoint answered 410 Gone earlier and is disabled; redeliver to re-enable";
-        return conclude(api, &event, None, Next::Failed(why.into())).await;
+        return (None, Next::Failed(why.into()));
     }
-    let secrets = secrets(api, &event);
+    let secrets = secrets(api, event);
     if secrets.is_empty() {
         metrics.record("skipped");
         let why = "no signing secret for the client app";
-        return conclude(api, &event, None, Next::Skipped(why.into())).await;
+        return (None, Next::Skipped(why.into()));
     }
     let started_at = chrono::Utc::now();
     let started = Instant::now();
@@ -334,20 +389,20 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
         _ => {
             metrics.record("failed");
             let why = "the webhook URL is not http(s)";
-            return conclude(api, &event, None, Next::Failed(why.into())).await;
+            return (None, Next::Failed(why.into()));
         }
     };
     if let Some(refused) = refused {
         metrics.record("refused");
         let attempt = Attempt {
-            url,
+            url: url.to_string(),
             started_at,
             latency: started.elapsed(),
             status_code: None,
             error: Some(refused.to_string()),
         };
         let why = refused.to_string();
-        return conclude(api, &event, Some(attempt), Next::Failed(why)).await;
+        return (Some(attempt), Next::Failed(why));
     }
     let message_id = IdKind::Event.format(event.id);
     let body = serde_json::to_vec(&event.payload.0).expect("JSON values serialize");
@@ -428,23 +483,13 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: DueEvent) {
     };
     metrics.record(outcome);
     let attempt = Attempt {
-        url,
+        url: url.to_string(),
         started_at,
         latency,
         status_code,
         error: Some(error).filter(|e| !e.is_empty()),
     };
-    conclude(api, &event, Some(attempt), next).await;
-}
-
-/// Records the attempt and the event's next state; a database error is
-/// logged (the lease then brings the event back).
-async fn conclude(api: &Api, event: &DueEvent, attempt: Option<Attempt<'_>>, next: Next) {
-    if let Err(err) =
-        events::finish_attempt(api.db(), event.id, event.attempts, attempt, next).await
-    {
-        err.log();
-    }
+    (Some(attempt), next)
 }
 
 #[cfg(test)]
