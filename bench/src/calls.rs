@@ -4,7 +4,6 @@
 use crate::load::Call;
 use crate::stack::Tenant;
 use anyhow::{Context, bail, ensure};
-use futures_util::FutureExt as _;
 use linkd::pb;
 use linkd::pb::connection_service_client::ConnectionServiceClient;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
@@ -103,7 +102,7 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let clients = clients.clone();
-    Arc::new(move |n| f(clients.clone(), n).boxed())
+    Arc::new(move |n| Box::pin(f(clients.clone(), n)))
 }
 
 /// The stack floor: gRPC `Health/Check` or `GET /healthz`.
@@ -362,10 +361,8 @@ pub fn oauth(clients: &Clients) -> Call {
             .find(|(k, _)| k == "code")
             .map(|(_, v)| v.into_owned())
             .context("no code on the redirect")?;
-        let response = c
-            .http
-            .post(c.url("/v3/oauth/token"))
-            .form(&[
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
                 ("grant_type", "authorization_code"),
                 ("code", &code),
                 ("redirect_uri", REDIRECT_URI),
@@ -373,6 +370,12 @@ pub fn oauth(clients: &Clients) -> Call {
                 ("client_id", &c.tenant.client_app_id),
                 ("client_secret", &c.tenant.client_secret),
             ])
+            .finish();
+        let response = c
+            .http
+            .post(c.url("/v3/oauth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
             .send()
             .await?;
         if response.status() != 200 {

@@ -3,13 +3,15 @@
 //! rate whatever the answers do, latency measured from the scheduled start,
 //! so a stall is not hidden by coordinated omission).
 
-use futures_util::future::BoxFuture;
 use hdrhistogram::Histogram;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One call of a scenario; `n` numbers the calls (unique within a run).
-pub type Call = Arc<dyn Fn(u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+pub type Call = Arc<dyn Fn(u64) -> CallFuture + Send + Sync>;
+pub type CallFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Latencies and errors of one run.
 pub struct Sample {

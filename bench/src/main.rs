@@ -195,8 +195,14 @@ impl Bench {
         let pg0 = stats::postgres_cpu_seconds();
         let secs = self.args.duration.as_secs().max(1);
         let result = replay::run_pgbench(&path, url, concurrency, secs)?;
-        let row = Row::pgbench(scenario, concurrency, &result, script)
-            .with_cpu(None, stats::postgres_cpu_seconds() - pg0);
+        let row = Row::pgbench(
+            scenario,
+            concurrency,
+            &result,
+            script,
+            Duration::from_secs(secs),
+        )
+        .with_cpu(None, stats::postgres_cpu_seconds() - pg0);
         eprintln!("  {}", row.line());
         Ok(row)
     }

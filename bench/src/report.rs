@@ -86,13 +86,15 @@ impl Row {
         concurrency: usize,
         result: &PgbenchResult,
         script: &Script,
+        duration: Duration,
     ) -> Row {
         Row {
             rate: result.tps,
             p50_ms: result.latency_ms,
             p90_ms: result.latency_ms,
             p99_ms: result.latency_ms,
-            requests: 0,
+            // pgbench reports a rate over the run's length.
+            requests: (result.tps * duration.as_secs_f64()) as u64,
             errors: result.failed,
             note: Some(format!(
                 "{} round trips per transaction (pings left out: {}); latency is pgbench's average",
@@ -151,12 +153,6 @@ impl Row {
 
     pub fn with_cpu(mut self, linkd_seconds: Option<f64>, postgres_seconds: f64) -> Row {
         let n = self.requests.max(1) as f64;
-        let n = if self.surface == "pgbench" {
-            // pgbench reports a rate; the run lasted the configured time.
-            self.rate.max(1e-9) * self.requests.max(1) as f64
-        } else {
-            n
-        };
         self.linkd_cpu_ms_per_request = linkd_seconds.map(|s| s * 1000.0 / n);
         self.postgres_cpu_ms_per_request = postgres_seconds * 1000.0 / n;
         self

@@ -314,6 +314,16 @@ pub struct Running {
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A test that fails midway must not leave its linkd running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn spawn_linkd(mut cmd: Command) -> Running {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
