@@ -145,22 +145,9 @@ impl Bench {
     ) -> Row {
         // A short warm-up: connections, prepared statements, caches.
         load::closed_loop(call, concurrency, Duration::from_millis(500)).await;
-        let (cpu0, pg0) = (stats::cpu_seconds(linkd.pid), stats::postgres_cpu_seconds());
-        let sample = load::closed_loop(call, concurrency, self.args.duration).await;
-        let row = Row::measured(
-            scenario,
-            surface,
-            &format!("closed c={concurrency}"),
-            concurrency,
-            &sample,
-        )
-        .with_cpu(
-            Some(stats::cpu_seconds(linkd.pid) - cpu0),
-            stats::postgres_cpu_seconds() - pg0,
-        )
-        .with_memory(linkd.pid);
-        eprintln!("  {}", row.line());
-        row
+        let mode = format!("closed c={concurrency}");
+        let run = load::closed_loop(call, concurrency, self.args.duration);
+        measure(linkd, scenario, surface, &mode, concurrency, run).await
     }
 
     async fn open(
@@ -171,16 +158,9 @@ impl Bench {
         call: &Call,
         rate: f64,
     ) -> Row {
-        let (cpu0, pg0) = (stats::cpu_seconds(linkd.pid), stats::postgres_cpu_seconds());
-        let sample = load::open_loop(call, rate, self.args.duration, 1024).await;
-        let row = Row::measured(scenario, surface, &format!("open {rate:.0}/s"), 0, &sample)
-            .with_cpu(
-                Some(stats::cpu_seconds(linkd.pid) - cpu0),
-                stats::postgres_cpu_seconds() - pg0,
-            )
-            .with_memory(linkd.pid);
-        eprintln!("  {}", row.line());
-        row
+        let mode = format!("open {rate:.0}/s");
+        let run = load::open_loop(call, rate, self.args.duration, 1024);
+        measure(linkd, scenario, surface, &mode, 0, run).await
     }
 
     fn pgbench(
@@ -207,6 +187,17 @@ impl Bench {
         Ok(row)
     }
 
+    /// A tenant on `url` whose webhooks go to `receiver`.
+    fn tenant(&self, url: &str, receiver: &webhooks::Receiver) -> anyhow::Result<Tenant> {
+        stack::create_tenant(
+            &self.bin,
+            url,
+            &self.key,
+            calls::REDIRECT_URI,
+            &receiver.url(),
+        )
+    }
+
     /// Every API group, on one database and one linkd.
     async fn api(&mut self) -> anyhow::Result<()> {
         let url = self.db.fresh("linkd_bench").await?;
@@ -215,13 +206,7 @@ impl Bench {
         let linkd = Linkd::start(&self.bin, &url, &self.key, "linkd", &allow).await?;
         let (idle_rss, _) = stats::memory_mb(linkd.pid);
         self.report.idle_rss_mb = Some(idle_rss);
-        let tenant = stack::create_tenant(
-            &self.bin,
-            &url,
-            &self.key,
-            calls::REDIRECT_URI,
-            &receiver.url(),
-        )?;
+        let tenant = self.tenant(&url, &receiver)?;
         let clients = Clients::connect(linkd.addr, tenant.clone(), 4).await?;
         let scripts = self.capture(&url, &tenant).await?;
         let concurrencies = self.args.concurrency.clone();
@@ -229,26 +214,13 @@ impl Bench {
         if self.args.wants("floor") {
             eprintln!("stack floor");
             for &c in &concurrencies {
-                let row = self
-                    .closed(
-                        &linkd,
-                        "health",
-                        "gRPC",
-                        &calls::health(&clients, Surface::Grpc),
-                        c,
-                    )
-                    .await;
-                self.report.push(row);
-                let row = self
-                    .closed(
-                        &linkd,
-                        "health",
-                        "REST",
-                        &calls::health(&clients, Surface::Rest),
-                        c,
-                    )
-                    .await;
-                self.report.push(row);
+                for surface in [Surface::Grpc, Surface::Rest] {
+                    let call = calls::health(&clients, surface);
+                    let row = self
+                        .closed(&linkd, "health", surface.name(), &call, c)
+                        .await;
+                    self.report.push(row);
+                }
             }
         }
         let shapes: [(&str, &str, MakeCall); 3] = [
@@ -374,10 +346,10 @@ impl Bench {
             let mut trips = Vec::new();
             // The last of three: warm connections, the key cached.
             for n in 0..3 {
-                settle(&proxy).await;
+                proxy.settle().await;
                 let before = proxy.round_trips();
                 call(n).await.with_context(|| format!("{name} (capture)"))?;
-                settle(&proxy).await;
+                proxy.settle().await;
                 trips = proxy.trips_since(before);
             }
             match replay::script(&trips, &tenant.known_ids) {
@@ -498,13 +470,7 @@ impl Bench {
             let url = self.db.fresh("linkd_bench_hooks").await?;
             let receiver = webhooks::Receiver::start().await?;
             // Migrates the database and makes the tenant.
-            let tenant = stack::create_tenant(
-                &self.bin,
-                &url,
-                &self.key,
-                calls::REDIRECT_URI,
-                &receiver.url(),
-            )?;
+            let tenant = self.tenant(&url, &receiver)?;
             let db = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(2)
                 .connect(&url)
@@ -552,16 +518,23 @@ impl Bench {
     }
 }
 
-/// Waits until nothing has crossed the proxy for a while (a connection's
-/// return to the pool finishes in the background).
-async fn settle(proxy: &pgcapture::Proxy) {
-    let mut last = (proxy.round_trips(), proxy.prepares());
-    loop {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let now = (proxy.round_trips(), proxy.prepares());
-        if now == last {
-            return;
-        }
-        last = now;
-    }
+/// One measured run: its latencies, and the CPU linkd and Postgres spent on it.
+async fn measure(
+    linkd: &Linkd,
+    scenario: &str,
+    surface: &str,
+    mode: &str,
+    concurrency: usize,
+    run: impl Future<Output = load::Sample>,
+) -> Row {
+    let (cpu0, pg0) = (stats::cpu_seconds(linkd.pid), stats::postgres_cpu_seconds());
+    let sample = run.await;
+    let row = Row::measured(scenario, surface, mode, concurrency, &sample)
+        .with_cpu(
+            Some(stats::cpu_seconds(linkd.pid) - cpu0),
+            stats::postgres_cpu_seconds() - pg0,
+        )
+        .with_memory(linkd.pid);
+    eprintln!("  {}", row.line());
+    row
 }

@@ -177,14 +177,8 @@ async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads()
         .await
         .unwrap()
         .into_inner();
-    let fields = [("username", "user_good"), ("password", "pass_good")]
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .into();
     let flow = flows
-        .submit_credentials(with_key(
-            pb::SubmitCredentialsRequest { fields },
-            &claimed.flow_token,
-        ))
+        .submit_credentials(with_key(crate::helpers::good_login(), &claimed.flow_token))
         .await
         .unwrap()
         .into_inner()

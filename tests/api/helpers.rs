@@ -369,3 +369,12 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     request
 }
+
+/// The sandbox's always-good login, as the flow API takes it.
+pub fn good_login() -> linkd::pb::SubmitCredentialsRequest {
+    linkd::pb::SubmitCredentialsRequest {
+        fields: [("username", "user_good"), ("password", "pass_good")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+    }
+}

@@ -97,10 +97,10 @@ async fn counted_app() -> (TestApp, CountingProxy) {
 /// connections it used are back in the pool (a connection's return is
 /// finished in the background).
 async fn round_trips<T>(proxy: &CountingProxy, call: impl AsyncFnOnce() -> T) -> (Trips, T) {
-    settle(proxy).await;
+    proxy.settle().await;
     let before = proxy.round_trips();
     let out = call().await;
-    settle(proxy).await;
+    proxy.settle().await;
     (Trips(proxy.trips_since(before)), out)
 }
 
@@ -120,19 +120,6 @@ impl std::fmt::Display for Trips {
             write!(f, "\n  {trip}")?;
         }
         Ok(())
-    }
-}
-
-/// Waits until nothing has crossed the proxy for a while.
-async fn settle(proxy: &CountingProxy) {
-    let mut last = (proxy.round_trips(), proxy.prepares());
-    loop {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let now = (proxy.round_trips(), proxy.prepares());
-        if now == last {
-            return;
-        }
-        last = now;
     }
 }
 
@@ -210,14 +197,8 @@ async fn calls_cost_at_most_their_documented_round_trips() {
                 .await
                 .unwrap()
                 .into_inner();
-            let fields = [("username", "user_good"), ("password", "pass_good")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into();
             flows
-                .submit_credentials(with_key(
-                    pb::SubmitCredentialsRequest { fields },
-                    &claimed.flow_token,
-                ))
+                .submit_credentials(with_key(crate::helpers::good_login(), &claimed.flow_token))
                 .await
                 .unwrap();
             links

@@ -130,6 +130,20 @@ impl Proxy {
         self.shared.prepares.load(Ordering::SeqCst)
     }
 
+    /// Waits until nothing has crossed the proxy for a while: a pool returns
+    /// a connection (and pings it) in the background after a call answered.
+    pub async fn settle(&self) {
+        let mut last = (self.round_trips(), self.prepares());
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let now = (self.round_trips(), self.prepares());
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// The round trips from the `from`th on.
     pub fn trips_since(&self, from: u64) -> Vec<Trip> {
         let trips = self.shared.trips.lock().expect("trip log");
