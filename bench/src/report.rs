@@ -347,6 +347,22 @@ impl Report {
                 big.rate >= 0.8 * small.rate,
             );
         }
+        let behind = rows.iter().find(|r| {
+            r.scenario
+                .starts_with("webhooks: healthy receiver behind a hanging one")
+        });
+        if let (Some(alone), Some(behind)) = (hooks("1 replica, 1k due"), behind) {
+            target(
+                "a hanging destination costs a healthy one ≤ 20 % (rate ≥ 0.8 × without it)".into(),
+                format!(
+                    "{:.0}/s vs {:.0}/s ({:.2}×)",
+                    behind.rate,
+                    alone.rate,
+                    behind.rate / alone.rate
+                ),
+                behind.rate >= 0.8 * alone.rate,
+            );
+        }
         if let Some(ratio) = deep_over_first {
             target(
                 "page-token listing at depth: deep / first p50 ≤ 1.5".into(),

@@ -59,6 +59,39 @@ impl Receiver {
     }
 }
 
+/// A destination that accepts connections, reads the request and never
+/// answers (what a stuck receiver looks like from linkd).
+pub struct Hanging {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hanging {
+    pub async fn start() -> anyhow::Result<Hanging> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut socket, &mut sink).await;
+                });
+            }
+        });
+        Ok(Hanging { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Writes `count` due events for the tenant's app, committed at once.
 pub async fn seed_backlog(
     db: &sqlx::PgPool,
