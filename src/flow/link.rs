@@ -71,9 +71,7 @@ pub(super) async fn mark_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> 
 
 impl Api {
     async fn link_for_flow(&self, flow: &FlowRow) -> Result<LinkForFlow> {
-        let link_id = flow
-            .link_id
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))?;
+        let link_id = flow.link()?;
         Ok(sqlx::query_as(
             "SELECT id, integration_id, operations, arguments_ciphertext FROM links WHERE id = $1",
         )
@@ -235,9 +233,7 @@ impl Api {
     /// Ends the link and its flow, purges the arguments and the provider
     /// session, and writes the event, all in one transaction.
     pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
-        let link_id = flow
-            .link_id
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))?;
+        let link_id = flow.link()?;
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
             match finish {
                 Finish::Completed(result) => (

@@ -71,6 +71,12 @@ impl FlowRow {
         }
     }
 
+    /// The link of a link flow.
+    fn link(&self) -> Result<Uuid> {
+        self.link_id
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))
+    }
+
     fn kind(&self) -> FlowKind {
         if self.kind == "session" {
             FlowKind::Session
