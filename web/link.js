@@ -107,7 +107,8 @@
   }
 
   function show(...nodes) {
-    view.replaceChildren(...nodes);
+    // Optional parts are passed as null; replaceChildren would print them.
+    view.replaceChildren(...nodes.flat().filter((node) => node != null));
     const heading = view.querySelector('h1');
     const first = view.querySelector('input, .choices button');
     (first || heading)?.focus();
