@@ -133,6 +133,26 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
                 ),
             );
         }
+        AdminCommand::SetWebhookUrl {
+            app_id,
+            url,
+            clear: _,
+            json,
+        } => {
+            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+            let url = crate::domain::client_app::parse_webhook_url(url.as_deref())?;
+            if !crate::store::events::set_app_webhook_url(api.db(), id, url.as_deref()).await? {
+                bail!("no client app {app_id}");
+            }
+            print(
+                json,
+                json!({ "clientAppId": app_id, "webhookUrl": url }),
+                format!(
+                    "client app      {app_id}\nwebhook url     {}",
+                    url.as_deref().unwrap_or("(none: events are skipped)")
+                ),
+            );
+        }
         AdminCommand::RotateClientSecret { app_id, json } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
             let secret = match api.rotate_client_secret(id).await {

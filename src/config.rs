@@ -194,8 +194,24 @@ pub struct ServeArgs {
     pub webhook_poll_interval: Duration,
 
     /// Webhook deliveries in flight per replica.
-    #[arg(long, env = "LINKD_WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "LINKD_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub webhook_concurrency: u16,
+
+    /// Webhook deliveries in flight per replica to one destination (at most
+    /// the concurrency): a destination that hangs holds no more slots.
+    #[arg(long, env = "LINKD_WEBHOOK_DESTINATION_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub webhook_destination_concurrency: u16,
+
+    /// Failed webhook attempts in a row (error statuses, time-outs,
+    /// connection errors) after which a destination's pending events wait
+    /// together for the breaker's cool-down.
+    #[arg(long, env = "LINKD_WEBHOOK_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub webhook_breaker_failures: u16,
+
+    /// How long a destination's events wait once its breaker opens; each
+    /// opening since its last delivered attempt doubles it (at most 32×).
+    #[arg(long, env = "LINKD_WEBHOOK_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_session_ttl)]
+    pub webhook_breaker_cooldown: Duration,
 
     /// Destinations the SSRF guard lets through although they are private
     /// or loopback: comma-separated host names and IP ranges (for local
@@ -257,6 +273,15 @@ impl ServeArgs {
                 poll_interval: self.webhook_poll_interval,
                 queue_stats_interval: self.webhook_queue_stats_interval,
                 concurrency: usize::from(self.webhook_concurrency),
+                per_destination: usize::from(
+                    self.webhook_destination_concurrency
+                        .min(self.webhook_concurrency),
+                ),
+                breaker: crate::store::events::BreakerSettings {
+                    failures: i32::from(self.webhook_breaker_failures),
+                    cooldown: self.webhook_breaker_cooldown,
+                    give_up_after: self.webhook_retry_schedule.0.iter().sum(),
+                },
                 allow: std::sync::Arc::new(self.webhook_allow.0.clone()),
             },
         }
@@ -313,6 +338,20 @@ pub enum AdminCommand {
         /// How long the previous secret keeps signing (0s to 7d).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a client app's webhooks at a new URL (or none). Its pending
+    /// events go to the new URL, and those its circuit breaker held back are
+    /// sent at once.
+    SetWebhookUrl {
+        app_id: String,
+        /// The new http(s) webhook URL.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        url: Option<String>,
+        /// Remove the app's webhook URL (its events are then skipped).
+        #[arg(long)]
+        clear: bool,
         #[arg(long)]
         json: bool,
     },

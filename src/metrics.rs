@@ -1,5 +1,5 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format): webhook
-//! queue depth and lag, deliveries by outcome and delivery latency.
+//! queue depth and lag, paused destinations, deliveries by outcome and delivery latency.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +22,7 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     pub queue_depth: Gauge,
     pub oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub paused_destinations: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -45,7 +46,7 @@ impl Default for Metrics {
             "Time from sending a webhook to its response or failure",
             delivery_seconds.clone(),
         );
-        // Both gauges are database-wide: every replica reports the same
+        // The gauges are database-wide: every replica reports the same
         // value, so aggregate them with max, not sum.
         let queue_depth = Gauge::default();
         registry.register(
@@ -59,8 +60,15 @@ impl Default for Metrics {
             "How long the longest-waiting due event has been due, across all replicas (0 when none is)",
             oldest_due_seconds.clone(),
         );
+        let paused_destinations = Gauge::default();
+        registry.register(
+            "webhook_paused_destinations",
+            "Webhook destinations whose circuit breaker is open (their events wait), across all replicas",
+            paused_destinations.clone(),
+        );
         Metrics {
             registry,
+            paused_destinations,
             deliveries,
             delivery_seconds,
             queue_depth,

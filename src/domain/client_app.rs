@@ -44,18 +44,30 @@ impl NewClientApp {
                 v.add(path, msg);
             }
         }
-        if let Some(url) = webhook_url
-            && v.max_len("webhook_url", url, limits::URL)
-            && !is_web_url(url)
-        {
-            v.add("webhook_url", "must be a valid http:// or https:// URL");
-        }
+        check_webhook_url(&mut v, webhook_url);
         v.finish()?;
         Ok(NewClientApp {
             name: name.trim().to_string(),
             redirect_uris: redirect_uris.to_vec(),
             webhook_url: webhook_url.map(str::to_string),
         })
+    }
+}
+
+/// An app's webhook URL, checked (`None` means the app has none).
+pub fn parse_webhook_url(url: Option<&str>) -> Result<Option<String>, Error> {
+    let mut v = Violations::new();
+    check_webhook_url(&mut v, url);
+    v.finish()?;
+    Ok(url.map(str::to_string))
+}
+
+fn check_webhook_url(v: &mut Violations, url: Option<&str>) {
+    if let Some(url) = url
+        && v.max_len("webhook_url", url, limits::URL)
+        && !is_web_url(url)
+    {
+        v.add("webhook_url", "must be a valid http:// or https:// URL");
     }
 }
 

@@ -22,7 +22,8 @@ use crate::ids::IdKind;
 use crate::store::events::{self, Attempt, DueEvent, Finished, Next};
 use signing::SigningSecret;
 use ssrf::{Allowlist, GuardedResolver, Refused};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Largest webhook body. A `link.completed` whose result is larger carries
@@ -50,6 +51,11 @@ pub struct WebhookSettings {
     pub queue_stats_interval: Duration,
     /// Deliveries in flight per replica.
     pub concurrency: usize,
+    /// Deliveries in flight per replica to one destination, so a destination
+    /// that hangs holds at most this many of the `concurrency` slots.
+    pub per_destination: usize,
+    /// When a failing destination's events are held back together.
+    pub breaker: events::BreakerSettings,
     pub allow: Arc<Allowlist>,
 }
 
@@ -74,7 +80,8 @@ pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client
             allow: settings.allow.clone(),
         }))
         .user_agent(concat!("linkd-webhooks/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(8)
+        // A destination has at most this many deliveries at once.
+        .pool_max_idle_per_host(settings.per_destination.max(1))
         .build()?)
 }
 
@@ -171,9 +178,20 @@ async fn measure_queue(api: Api) {
                 .metrics
                 .oldest_due_seconds
                 .set(queue.oldest_due_seconds);
+            api.state
+                .metrics
+                .paused_destinations
+                .set(queue.paused_destinations);
         }
     }
 }
+
+/// Most destinations one claim looks at (each costs an index descent); the
+/// next claim goes on from there.
+const MAX_DESTINATIONS_PER_CLAIM: i64 = 256;
+
+/// How long a claim woken by a delivery ending waits for others to end.
+const CLAIM_COALESCE: Duration = Duration::from_millis(1);
 
 /// Most finished deliveries written in one statement.
 const RECORD_BATCH: usize = 256;
@@ -207,14 +225,84 @@ async fn record_loop(
         if let Err(err) = events::finish_attempts(api.db(), &ends).await {
             err.log();
         }
+        // After the attempts, so that an opening breaker also holds back the
+        // events that were just scheduled for a retry.
+        match events::record_destination_outcomes(api.db(), &ends, &api.state.webhooks.breaker)
+            .await
+        {
+            Ok(opened) => {
+                for o in opened {
+                    tracing::warn!(
+                        destination = %o.destination,
+                        open_until = %o.open_until,
+                        held = o.held,
+                        given_up = o.given_up,
+                        "webhook destination paused after repeated failures"
+                    );
+                }
+            }
+            Err(err) => err.log(),
+        }
         for ack in acks {
             let _ = ack.send(());
         }
     }
 }
 
-/// Claims as many due events as there are free delivery slots and sends
-/// each in its own task, until `stopped` turns true.
+/// Deliveries this replica has in flight per destination, and a signal
+/// each time one ends.
+#[derive(Default)]
+struct InFlight {
+    by_destination: Mutex<HashMap<String, usize>>,
+    ended: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn counts(&self) -> Vec<(String, i32)> {
+        let counts = self.by_destination.lock().expect("never poisoned");
+        counts
+            .iter()
+            .map(|(d, n)| (d.clone(), i32::try_from(*n).unwrap_or(i32::MAX)))
+            .collect()
+    }
+
+    fn start(self: &Arc<Self>, destination: &str) -> InFlightGuard {
+        let mut counts = self.by_destination.lock().expect("never poisoned");
+        *counts.entry(destination.to_string()).or_default() += 1;
+        InFlightGuard {
+            in_flight: self.clone(),
+            destination: destination.to_string(),
+        }
+    }
+}
+
+/// One delivery counted in [`InFlight`] until dropped.
+struct InFlightGuard {
+    in_flight: Arc<InFlight>,
+    destination: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut counts = self
+            .in_flight
+            .by_destination
+            .lock()
+            .expect("never poisoned");
+        if let Some(n) = counts.get_mut(&self.destination) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.destination);
+            }
+        }
+        drop(counts);
+        self.in_flight.ended.notify_one();
+    }
+}
+
+/// Claims as many due events as there are free delivery slots (at most
+/// `per_destination` in flight to one destination) and sends each in its
+/// own task, until `stopped` turns true.
 async fn claim_loop(
     api: Api,
     client: reqwest::Client,
@@ -223,6 +311,10 @@ async fn claim_loop(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let settings = api.state.webhooks.clone();
+    let cap = settings.per_destination.max(1);
+    let in_flight = Arc::new(InFlight::default());
+    // Destinations are visited in key order, each claim after the last.
+    let mut cursor = String::new();
     // Waits for `future` unless the dispatcher is stopped first.
     macro_rules! unless_stopped {
         ($future:expr) => {
@@ -238,8 +330,19 @@ async fn claim_loop(
         // as many events as slots are free.
         let first = unless_stopped!(slots.clone().acquire_owned()).expect("never closed");
         let free = slots.available_permits() + 1;
-        let due = match events::claim_due(api.db(), free as i64, settings.lease).await {
-            Ok(due) => due,
+        let busy = in_flight.counts();
+        let claimed = events::claim_due(
+            api.db(),
+            free as i64,
+            settings.lease,
+            i32::try_from(cap).unwrap_or(i32::MAX),
+            &busy,
+            &cursor,
+            MAX_DESTINATIONS_PER_CLAIM,
+        )
+        .await;
+        let (due, walked_to) = match claimed {
+            Ok(claim) => (claim.events, claim.walked_to),
             Err(err) => {
                 err.log();
                 drop(first);
@@ -247,7 +350,23 @@ async fn claim_loop(
                 continue;
             }
         };
-        let idle = due.len() < free;
+        // A claim that started after the first destination and found too
+        // little looks at the ones before it at once.
+        let looked_everywhere = cursor.is_empty() && walked_to.is_none();
+        cursor = walked_to.unwrap_or_default();
+        let idle = due.len() < free && looked_everywhere;
+        // Whether a destination's cap (as the claim saw it) may have left
+        // due events behind: then a delivery ending is worth a new claim.
+        let capped = {
+            let mut seen: HashMap<&str, usize> = busy
+                .iter()
+                .map(|(d, n)| (d.as_str(), usize::try_from(*n).unwrap_or(0)))
+                .collect();
+            for event in &due {
+                *seen.entry(event.destination.as_str()).or_default() += 1;
+            }
+            seen.values().any(|n| *n >= cap)
+        };
         let mut permit = Some(first);
         for event in due {
             // Only this loop takes slots, and it claimed no more than were
@@ -256,23 +375,46 @@ async fn claim_loop(
                 Some(permit) => permit,
                 None => slots.clone().acquire_owned().await.expect("never closed"),
             };
+            let counted = in_flight.start(&event.destination);
             let (api, client, recorder) = (api.clone(), client.clone(), recorder.clone());
             tokio::spawn(async move {
-                let (attempt, next) = deliver(&api, &client, &event).await;
+                let (attempt, next, reached) = deliver(&api, &client, &event).await;
                 recorder
                     .record(Finished {
                         event_id: event.id,
                         claimed_attempts: event.attempts,
+                        destination: event.destination,
+                        // A delivered attempt to a destination with no
+                        // failures on record changes no breaker: not
+                        // reporting it saves the batch a statement.
+                        reached: reached.filter(|delivered| !delivered || event.troubled),
                         attempt,
                         next,
                     })
                     .await;
+                drop(counted);
                 drop(permit);
             });
         }
         drop(permit);
         if idle {
-            unless_stopped!(tokio::time::sleep(settings.poll_interval));
+            if capped {
+                // Events may be due for a destination at its cap: look again
+                // as soon as a delivery ends (one that ended during the
+                // claim has left a wake-up behind).
+                unless_stopped!(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                        _ = in_flight.ended.notified() => {
+                            // Let the deliveries ending about now end too, so
+                            // the claim refills several slots at once.
+                            tokio::time::sleep(CLAIM_COALESCE).await;
+                        }
+                    }
+                });
+            } else {
+                unless_stopped!(tokio::time::sleep(settings.poll_interval));
+            }
         }
     }
 }
@@ -360,25 +502,30 @@ fn caused_by_refusal(err: &reqwest::Error) -> bool {
 }
 
 /// Sends one claimed event; returns its attempt (none when nothing was
-/// sent) and where the event goes next.
-async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Option<Attempt>, Next) {
+/// sent), where the event goes next, and what the attempt says about the
+/// destination's health (see [`Finished::reached`]).
+async fn deliver(
+    api: &Api,
+    client: &reqwest::Client,
+    event: &DueEvent,
+) -> (Option<Attempt>, Next, Option<bool>) {
     let settings = &api.state.webhooks;
     let metrics = &api.state.metrics;
     let Some(url) = event.url.as_deref() else {
         metrics.record("skipped");
         let why = "no destination: neither the link nor the client app has a webhook URL";
-        return (None, Next::Skipped(why.into()));
+        return (None, Next::Skipped(why.into()), None);
     };
     if event.disabled {
         metrics.record("disabled");
         let why = "the endpoint answered 410 Gone earlier and is disabled; redeliver to re-enable";
-        return (None, Next::Failed(why.into()));
+        return (None, Next::Failed(why.into()), None);
     }
     let secrets = secrets(api, event);
     if secrets.is_empty() {
         metrics.record("skipped");
         let why = "no signing secret for the client app";
-        return (None, Next::Skipped(why.into()));
+        return (None, Next::Skipped(why.into()), None);
     }
     let started_at = chrono::Utc::now();
     let started = Instant::now();
@@ -389,7 +536,7 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Opti
         _ => {
             metrics.record("failed");
             let why = "the webhook URL is not http(s)";
-            return (None, Next::Failed(why.into()));
+            return (None, Next::Failed(why.into()), None);
         }
     };
     if let Some(refused) = refused {
@@ -402,7 +549,7 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Opti
             error: Some(refused.to_string()),
         };
         let why = refused.to_string();
-        return (Some(attempt), Next::Failed(why));
+        return (Some(attempt), Next::Failed(why), None);
     }
     let message_id = IdKind::Event.format(event.id);
     let body = serde_json::to_vec(&event.payload.0).expect("JSON values serialize");
@@ -482,6 +629,13 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Opti
         Err(err) => (None, retry(format!("{}", err.without_url()), None)),
     };
     metrics.record(outcome);
+    // A 410 or a refusal is about the URL, not about a destination that is
+    // slow or down: the breaker ignores them.
+    let reached = match outcome {
+        "delivered" => Some(true),
+        "retry" | "failed" => Some(false),
+        _ => None,
+    };
     let attempt = Attempt {
         url: url.to_string(),
         started_at,
@@ -489,7 +643,7 @@ async fn deliver(api: &Api, client: &reqwest::Client, event: &DueEvent) -> (Opti
         status_code,
         error: Some(error).filter(|e| !e.is_empty()),
     };
-    (Some(attempt), next)
+    (Some(attempt), next, reached)
 }
 
 #[cfg(test)]

@@ -17,4 +17,5 @@ mod providers;
 mod replicas;
 mod sessions;
 mod surface;
+mod webhook_destinations;
 mod webhooks;

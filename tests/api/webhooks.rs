@@ -168,7 +168,7 @@ impl Receiver {
     }
 }
 
-async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
+pub async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
     let organization_id = linkd::ids::IdKind::Organization.new_uuid();
     linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Hooked org")
         .await
@@ -187,7 +187,7 @@ async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
 
 /// A cancelled link: one `link.failed` event, sent to `webhook_url` when
 /// given (else to the app's URL). Returns the link id.
-async fn failed_link(app: &TestApp, tenant: &TestTenant, webhook_url: Option<&str>) -> String {
+pub async fn failed_link(app: &TestApp, tenant: &TestTenant, webhook_url: Option<&str>) -> String {
     let mut body = json!({ "integrationId": "verizon",
         "operations": [{ "resource": "mobileBillingStatement", "action": "read" }] });
     if let Some(url) = webhook_url {
@@ -823,14 +823,14 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
 }
 
 /// The Prometheus exposition of `GET /metrics`.
-async fn metrics_of(app: &TestApp) -> String {
+pub async fn metrics_of(app: &TestApp) -> String {
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.unwrap()
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.
-fn metric(exposition: &str, name: &str) -> f64 {
+pub fn metric(exposition: &str, name: &str) -> f64 {
     exposition
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
