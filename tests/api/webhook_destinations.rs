@@ -39,6 +39,22 @@ async fn paused_destinations(app: &TestApp) -> f64 {
     metric(&metrics_of(app).await, "linkd_webhook_paused_destinations")
 }
 
+/// Writes `count` due events for the tenant's app straight into the outbox,
+/// in one statement (the destination comes from the outbox's trigger).
+async fn seed_events(db: &sqlx::PgPool, tenant: &TestTenant, count: i64) {
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, environment, type, payload)
+         SELECT gen_random_uuid(), $1, 'sandbox', 'link.completed',
+                jsonb_build_object('type', 'link.completed', 'data', jsonb_build_object('n', g))
+         FROM generate_series(1, $2) g",
+    )
+    .bind(tenant.tenant.organization_id)
+    .bind(count)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 fn schedule(delays_ms: &[u64]) -> Schedule {
     Schedule(
         delays_ms
@@ -257,16 +273,8 @@ async fn a_backlog_for_one_destination_drains_through_its_cap() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The backlog is there when the dispatcher starts: its first claim
     // takes 4, and only deliveries ending can bring the next claims.
-    sqlx::query(
-        "INSERT INTO events (id, organization_id, environment, type, payload)
-         SELECT gen_random_uuid(), $1, 'sandbox', 'link.completed',
-                jsonb_build_object('type', 'link.completed', 'data', jsonb_build_object('n', g))
-         FROM generate_series(1, 500) g",
-    )
-    .bind(tenant.tenant.organization_id)
-    .execute(&sqlx::PgPool::connect(&db_url).await.unwrap())
-    .await
-    .unwrap();
+    let db = sqlx::PgPool::connect(&db_url).await.unwrap();
+    seed_events(&db, &tenant, 500).await;
     let mut args = crate::helpers::serve_args();
     args.webhook_poll_interval = Duration::from_secs(3600);
     args.webhook_concurrency = 16;
@@ -288,19 +296,8 @@ async fn a_tenant_behind_another_tenants_backlog_gets_its_turn() {
     .await;
     let busy = hooked_tenant(&app, &receiver.url("ok")).await;
     let quiet = hooked_tenant(&app, &receiver.url("quiet")).await;
-    for (tenant, count) in [(&busy, 400), (&quiet, 1)] {
-        sqlx::query(
-            "INSERT INTO events (id, organization_id, environment, type, payload)
-             SELECT gen_random_uuid(), $1, 'sandbox', 'link.completed',
-                    jsonb_build_object('type', 'link.completed', 'data', jsonb_build_object('n', g))
-             FROM generate_series(1, $2) g",
-        )
-        .bind(tenant.tenant.organization_id)
-        .bind(count)
-        .execute(app.api.db())
-        .await
-        .unwrap();
-    }
+    seed_events(app.api.db(), &busy, 400).await;
+    seed_events(app.api.db(), &quiet, 1).await;
     receiver.wait_for("quiet", 1, Duration::from_secs(10)).await;
     let before = receiver.at("ok").len();
     assert!(
