@@ -34,6 +34,8 @@ pub struct AppState {
     pub app_clip_base_url: Url,
     /// How long a Link session accepts input.
     pub session_ttl: std::time::Duration,
+    /// The longest one provider call may take.
+    pub provider_timeout: std::time::Duration,
     /// API keys verified recently.
     pub key_cache: crate::auth::KeyCache,
     /// Largest `offset` a listing accepts.
@@ -50,6 +52,7 @@ pub struct Settings {
     /// Defaults to `<public URL>/appclip`.
     pub app_clip_base_url: Option<Url>,
     pub session_ttl: std::time::Duration,
+    pub provider_timeout: std::time::Duration,
     /// How long a verified API key is trusted without the database.
     pub api_key_cache_ttl: std::time::Duration,
     pub max_list_offset: i64,

@@ -223,6 +223,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_LINK_SESSION_TTL", default_value = "30m", value_parser = parse_session_ttl)]
     pub link_session_ttl: Duration,
 
+    /// The longest one provider call (a login, a second-factor code, one
+    /// operation) may take before it fails as `provider_unavailable`. A
+    /// flow is held by one call at a time for this long plus half again, so
+    /// a replica that dies mid-call frees the flow after that.
+    #[arg(long, env = "LINKD_PROVIDER_TIMEOUT", default_value = "30s", value_parser = parse_provider_timeout)]
+    pub provider_timeout: Duration,
+
     /// How often the database is probed to drive health status.
     #[arg(long, env = "LINKD_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
@@ -258,6 +265,7 @@ impl ServeArgs {
             public_url: self.public_url(bound),
             app_clip_base_url: self.app_clip_base_url.clone(),
             session_ttl: self.link_session_ttl,
+            provider_timeout: self.provider_timeout,
             api_key_cache_ttl: self.api_key_cache_ttl,
             max_list_offset: i64::from(self.max_list_offset),
             oauth: crate::app::OAuthSettings {
@@ -439,6 +447,14 @@ fn parse_session_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be between 1s and 24h".into());
     }
     Ok(ttl)
+}
+
+fn parse_provider_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(s)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(10 * 60)).contains(&timeout) {
+        return Err("must be between 1s and 10m".into());
+    }
+    Ok(timeout)
 }
 
 fn parse_key_cache_ttl(s: &str) -> Result<Duration, String> {

@@ -31,7 +31,7 @@ where
 }
 
 /// Every `interval`: marks links and Link sessions past their lifetime
-/// expired, marks connections whose provider session ended `expired` (each
+/// expired, fails links whose run was interrupted (its process died), marks connections whose provider session ended `expired` (each
 /// with its event), removes finished events older than `event_retention`,
 /// and forgets idempotency keys past their retention.
 pub fn spawn_expiry(
@@ -46,6 +46,10 @@ pub fn spawn_expiry(
             ticker.tick().await;
             drain("expired links", || {
                 crate::store::links::expire_links(&db, None, EXPIRY_BATCH)
+            })
+            .await;
+            drain("failed links whose run was interrupted", || {
+                crate::flow::link::fail_interrupted_runs(&db, EXPIRY_BATCH)
             })
             .await;
             drain("expired Link sessions", || async {

@@ -111,6 +111,7 @@ pub fn api(
         public_url,
         app_clip_base_url,
         session_ttl: settings.session_ttl,
+        provider_timeout: settings.provider_timeout,
         key_cache: crate::auth::KeyCache::new(settings.api_key_cache_ttl),
         max_list_offset: settings.max_list_offset,
         oauth: settings.oauth,

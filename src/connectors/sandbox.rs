@@ -10,11 +10,15 @@
 //! | `user_locked` | `account_locked` |
 //! | `user_opfail` | logs in; every operation fails (`operation_failed`) |
 //! | `user_slow` | logs in after 3 seconds |
+//! | `user_slow_2fa` | asks for a second factor; checking the code takes 3 seconds |
+//! | `user_slow_ops` | logs in; every operation takes 3 seconds |
 //! | `user_shortsession` | logs in; the provider session ends after 10 seconds |
 //!
 //! Data is deterministic per (integration, username). A `paymentMethod`
 //! write is stored (brand and last four digits only) and shows up in later
-//! reads of the same sandbox account of the same tenant.
+//! reads of the same sandbox account of the same tenant. Every login and
+//! code that reaches the sandbox is counted per account
+//! (`sandbox_accounts.login_attempts`, `code_attempts`).
 
 use super::{Connector, ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
 use crate::domain::Action;
@@ -26,7 +30,8 @@ use sqlx::PgPool;
 
 pub const PASSWORD: &str = "pass_good";
 pub const SECOND_FACTOR_CODE: &str = "123456";
-pub const SLOW_LOGIN: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the slow sandbox users' slow step takes.
+pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_secs(3);
 pub const SHORT_SESSION_SECS: i64 = 10;
 
 #[derive(Debug, Clone)]
@@ -148,12 +153,6 @@ impl SandboxConnector {
     ) -> Result<Value, ConnectorError> {
         let number = args["cardNumber"].as_str().unwrap_or_default();
         let make_default = args["makeDefault"].as_bool().unwrap_or(true);
-        let mut cards = self.stored_cards(ctx, username).await?;
-        if make_default {
-            for card in &mut cards {
-                card["isDefault"] = json!(false);
-            }
-        }
         // Only what a card list may show: never the full number or the CVV.
         let card = json!({
             "id": format!("pm_sandbox_{}", crate::ids::random_hex(6)),
@@ -164,23 +163,67 @@ impl SandboxConnector {
             "nameOnCard": args["nameOnCard"],
             "isDefault": make_default,
         });
-        cards.push(card.clone());
+        // One statement, as a provider's own write would be: concurrent
+        // writes each add their card.
         sqlx::query(
             "INSERT INTO sandbox_accounts (organization_id, environment, integration_id, username, payment_methods)
-             VALUES ($1, $2, $3, $4, $5)
+             VALUES ($1, $2, $3, $4, jsonb_build_array($5::jsonb))
              ON CONFLICT (organization_id, environment, integration_id, username)
-             DO UPDATE SET payment_methods = EXCLUDED.payment_methods, updated_at = now()",
+             DO UPDATE SET payment_methods = CASE WHEN $6 THEN
+                     (SELECT COALESCE(jsonb_agg(c || '{\"isDefault\": false}'), '[]')
+                      FROM jsonb_array_elements(sandbox_accounts.payment_methods) c)
+                 ELSE sandbox_accounts.payment_methods END || jsonb_build_array($5::jsonb),
+                 updated_at = now()",
         )
         .bind(ctx.tenant.organization_id)
         .bind(ctx.tenant.environment.as_str())
         .bind(&ctx.provider.id)
         .bind(username)
-        .bind(sqlx::types::Json(&cards))
+        .bind(&card)
+        .bind(make_default)
         .execute(&self.db)
         .await
         .map_err(|_| ConnectorError::ProviderUnavailable)?;
         Ok(card)
     }
+
+    /// Counts a login or a second-factor code reaching this provider for
+    /// an account, as a real provider's own counters would.
+    async fn count_attempt(
+        &self,
+        ctx: &LoginContext<'_>,
+        username: &str,
+        attempt: Attempt,
+    ) -> Result<(), ConnectorError> {
+        let (logins, codes) = match attempt {
+            Attempt::Login => (1, 0),
+            Attempt::Code => (0, 1),
+        };
+        sqlx::query(
+            "INSERT INTO sandbox_accounts (organization_id, environment, integration_id, username,
+                 login_attempts, code_attempts)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (organization_id, environment, integration_id, username)
+             DO UPDATE SET login_attempts = sandbox_accounts.login_attempts + $5,
+                 code_attempts = sandbox_accounts.code_attempts + $6, updated_at = now()",
+        )
+        .bind(ctx.tenant.organization_id)
+        .bind(ctx.tenant.environment.as_str())
+        .bind(&ctx.provider.id)
+        .bind(username)
+        .bind(logins)
+        .bind(codes)
+        .execute(&self.db)
+        .await
+        .map_err(|_| ConnectorError::ProviderUnavailable)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    Login,
+    Code,
 }
 
 fn billing(seed: &mut Seed, months: u32) -> Value {
@@ -299,7 +342,7 @@ fn creator(seed: &mut Seed, resource: &str, args: &Value, username: &str) -> Val
 impl Connector for SandboxConnector {
     async fn login(
         &self,
-        _ctx: &LoginContext<'_>,
+        ctx: &LoginContext<'_>,
         credentials: &Credentials,
     ) -> Result<LoginOutcome, ConnectorError> {
         let username = credentials
@@ -309,15 +352,19 @@ impl Connector for SandboxConnector {
         let password_ok = credentials
             .get("password")
             .is_some_and(|p| p.expose_secret() == PASSWORD);
-        if username == "user_slow" {
-            tokio::time::sleep(SLOW_LOGIN).await;
+        if username.is_empty() {
+            return Err(ConnectorError::InvalidCredentials);
         }
-        if !password_ok || username.is_empty() {
+        self.count_attempt(ctx, &username, Attempt::Login).await?;
+        if username == "user_slow" {
+            tokio::time::sleep(SLOW_CALL).await;
+        }
+        if !password_ok {
             return Err(ConnectorError::InvalidCredentials);
         }
         match username.as_str() {
             "user_locked" => Err(ConnectorError::AccountLocked),
-            "user_2fa" => Ok(LoginOutcome::SecondFactorRequired {
+            "user_2fa" | "user_slow_2fa" => Ok(LoginOutcome::SecondFactorRequired {
                 pending: ProviderSession {
                     data: json!({ "username": username }),
                     expires_at: None,
@@ -330,10 +377,15 @@ impl Connector for SandboxConnector {
 
     async fn second_factor(
         &self,
-        _ctx: &LoginContext<'_>,
+        ctx: &LoginContext<'_>,
         pending: &ProviderSession,
         code: &str,
     ) -> Result<LoginOutcome, ConnectorError> {
+        self.count_attempt(ctx, username(pending), Attempt::Code)
+            .await?;
+        if username(pending) == "user_slow_2fa" {
+            tokio::time::sleep(SLOW_CALL).await;
+        }
         if code != SECOND_FACTOR_CODE {
             return Err(ConnectorError::InvalidCode);
         }
@@ -351,6 +403,9 @@ impl Connector for SandboxConnector {
         let username = username(session);
         if session.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(ConnectorError::SessionExpired);
+        }
+        if username == "user_slow_ops" {
+            tokio::time::sleep(SLOW_CALL).await;
         }
         if username == "user_opfail" {
             return Err(ConnectorError::OperationFailed(format!(

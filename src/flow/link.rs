@@ -3,7 +3,14 @@
 //! Any failure fails the whole link and keeps no partial result. The link's
 //! final state, the purge of its arguments and its `link.completed` /
 //! `link.failed` event are written in one transaction.
+//!
+//! The operations run exactly once: the login attempt that succeeded moves
+//! the flow to `processing` and the link to `processing` in one statement
+//! (only the attempt's holder can), runs them, and finishes the link. If
+//! its process dies meanwhile, the expiry sweep fails the link with
+//! `operation_interrupted` once the run's lease has passed.
 
+use super::attempt::Attempt;
 use super::{EventSubject, Finish, FlowRow, close_flow, record_event};
 use crate::app::{Api, link_arguments_context, parse_id};
 use crate::catalog::Provider;
@@ -13,7 +20,7 @@ use crate::error::{Error, Precondition, Result};
 use crate::ids::{IdKind, random_token, token_hash};
 use crate::pb;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -22,6 +29,30 @@ struct LinkForFlow {
     integration_id: String,
     operations: sqlx::types::Json<Vec<LinkOperation>>,
     arguments_ciphertext: Option<Vec<u8>>,
+}
+
+/// What a run that moved its link to `processing` got: whether the
+/// attempt still held the flow (it may have been cancelled or expired
+/// meanwhile), and the link's columns when the link was still waiting for
+/// its login (not expired by the sweep meanwhile).
+#[derive(Debug, sqlx::FromRow)]
+struct StartedRun {
+    moved: bool,
+    id: Option<Uuid>,
+    integration_id: Option<String>,
+    operations: Option<sqlx::types::Json<Vec<LinkOperation>>>,
+    arguments_ciphertext: Option<Vec<u8>>,
+}
+
+impl StartedRun {
+    fn link(self) -> Option<LinkForFlow> {
+        Some(LinkForFlow {
+            id: self.id?,
+            integration_id: self.integration_id?,
+            operations: self.operations?,
+            arguments_ciphertext: self.arguments_ciphertext,
+        })
+    }
 }
 
 /// The result of the operations: flat for one, wrapped for several.
@@ -70,16 +101,6 @@ pub(super) async fn mark_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> 
 }
 
 impl Api {
-    async fn link_for_flow(&self, flow: &FlowRow) -> Result<LinkForFlow> {
-        let link_id = flow.link()?;
-        Ok(sqlx::query_as(
-            "SELECT id, integration_id, operations, arguments_ciphertext FROM links WHERE id = $1",
-        )
-        .bind(link_id)
-        .fetch_one(self.db())
-        .await?)
-    }
-
     /// The link's part of the flow view, from what the flow row carries.
     pub(super) fn link_view(&self, flow: &FlowRow, view: &mut pb::Flow) {
         let Some(link_id) = flow.link_id else {
@@ -149,20 +170,61 @@ impl Api {
         })
     }
 
-    /// After a successful login: runs the operations, finishes the link, and
-    /// logs out (a link needs the provider session only for its operations).
+    /// After a successful login: moves the flow and the link to
+    /// `processing` (only the holder of the login attempt can), runs the
+    /// operations, finishes the link, and logs out (a link needs the
+    /// provider session only for its operations).
     pub(super) async fn run_link(
         &self,
-        flow: &FlowRow,
+        attempt: &Attempt,
         ctx: &LoginContext<'_>,
         session: ProviderSession,
     ) -> Result<()> {
-        let link = self.link_for_flow(flow).await?;
-        let finish = self.run_operations(flow, &link, ctx, &session).await?;
-        self.finish_link(flow, finish).await?;
-        if let Ok(connector) = self.state.connectors.for_tenant(flow.tenant()) {
-            let _ = connector.logout(ctx, &session).await;
+        let link_id = attempt.flow.link()?;
+        let started: StartedRun = sqlx::query_as(
+            "WITH moved AS (
+                 UPDATE flows SET step = 'processing', failed_logins = failed_logins - 1,
+                     error_code = NULL, second_factor_prompt = NULL, session_ciphertext = NULL,
+                     attempt_until = now() + make_interval(secs =>
+                         $4 * (SELECT jsonb_array_length(operations) FROM links WHERE id = $2) + $5),
+                     updated_at = now()
+                 WHERE id = $1 AND attempt_id = $3 AND outcome IS NULL
+                 RETURNING link_id
+             ), run AS (
+                 UPDATE links SET status = 'processing'
+                 FROM moved WHERE links.id = moved.link_id AND links.status IN ('claimed', 'awaiting_2fa')
+                 RETURNING links.id, links.integration_id, links.operations, links.arguments_ciphertext
+             )
+             SELECT EXISTS (SELECT 1 FROM moved) AS moved, run.* FROM (SELECT 1) one LEFT JOIN run ON true",
+        )
+        .bind(attempt.flow.id)
+        .bind(link_id)
+        .bind(attempt.id)
+        // Each operation may take the timeout, plus the margin of `lease`.
+        .bind(self.state.provider_timeout.as_secs_f64())
+        .bind(self.lease(0).as_secs_f64())
+        .fetch_one(self.db())
+        .await?;
+        let running = FlowRow {
+            step: "processing".into(),
+            attempt_id: Some(attempt.id),
+            session_ciphertext: None,
+            ..attempt.flow.clone()
+        };
+        let moved = started.moved;
+        match (moved, started.link()) {
+            (true, Some(link)) => {
+                let finish = self.run_operations(&running, &link, ctx, &session).await?;
+                self.finish_link(&running, finish).await?;
+            }
+            // The sweep expired the link while the end user logged in.
+            (true, None) => {
+                self.finish_link(&running, Finish::Expired).await?;
+            }
+            // Cancelled or expired while the provider was logging in.
+            (false, _) => {}
         }
+        self.log_out(ctx, &session).await;
         Ok(())
     }
 
@@ -204,8 +266,8 @@ impl Api {
                 details["arguments"] = shown;
                 self.trace(flow, "operation.started", details).await?;
             }
-            match connector
-                .execute(ctx, session, &op.resource, op.action, args)
+            match self
+                .within_deadline(connector.execute(ctx, session, &op.resource, op.action, args))
                 .await
             {
                 Ok(value) => {
@@ -231,8 +293,10 @@ impl Api {
     }
 
     /// Ends the link and its flow, purges the arguments and the provider
-    /// session, and writes the event, all in one transaction.
-    pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
+    /// session, and writes the event, all in one transaction. Returns false,
+    /// changing nothing, when the flow was no longer at the step `flow`
+    /// shows (see [`close_flow`]).
+    pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
         let link_id = flow.link()?;
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
             match finish {
@@ -273,18 +337,20 @@ impl Api {
                     Some(step),
                 ),
             };
-        self.trace(
-            flow,
-            &format!("link.{status}"),
-            json!({ "errorCode": error_code }),
-        )
-        .await?;
         let mut tx = self.db().begin().await?;
-        // Only the request that finishes the link writes its event.
+        // The flow decides: only the request that closes it goes on.
+        if !close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await? {
+            return Ok(false);
+        }
+        if flow.debug {
+            let details = json!({ "errorCode": error_code });
+            append_trace(&mut *tx, link_id, &format!("link.{status}"), details).await?;
+        }
+        // Unless the expiry sweep got there first (it writes its own event).
         let finished: Option<(String, Option<String>)> = sqlx::query_as(
             "UPDATE links SET status = $2, error_code = $3, error_message = $4, result = $5,
                  finished_at = now(), arguments_ciphertext = NULL
-             WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa')
+             WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa', 'processing')
              RETURNING integration_id, external_user_id",
         )
         .bind(link_id)
@@ -294,7 +360,6 @@ impl Api {
         .bind(&result)
         .fetch_optional(&mut *tx)
         .await?;
-        close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await?;
         if let Some((integration_id, external_user_id)) = finished {
             let mut data = json!({
                 "linkId": IdKind::Link.format(link_id),
@@ -315,6 +380,48 @@ impl Api {
             record_event(&mut tx, flow.tenant(), event, subject, data).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 }
+
+/// Fails links whose run outlived its lease (the process running the
+/// operations died): `failed` with `operation_interrupted`, arguments
+/// purged, flow closed, a `link.failed` event, in one statement. Some
+/// operations may have reached the provider; the error says so. Skips rows
+/// another replica holds. Returns how many links failed.
+pub async fn fail_interrupted_runs(db: &PgPool, batch: i64) -> Result<u64> {
+    let failed = sqlx::query(
+        "WITH stale AS (
+             SELECT id FROM flows
+             WHERE step = 'processing' AND outcome IS NULL AND attempt_until <= now()
+             ORDER BY attempt_until
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         ), closed AS (
+             UPDATE flows f SET step = 'done', outcome = 'error', error_code = 'operation_interrupted',
+                 attempt_id = NULL, attempt_until = NULL, updated_at = now()
+             FROM stale WHERE f.id = stale.id
+             RETURNING f.link_id
+         ), failed AS (
+             UPDATE links SET status = 'failed', error_code = 'operation_interrupted',
+                 error_message = $2, finished_at = now(), arguments_ciphertext = NULL
+             FROM closed WHERE links.id = closed.link_id AND links.status = 'processing'
+             RETURNING links.id, links.organization_id, links.environment, links.integration_id,
+                 links.external_user_id
+         )
+         INSERT INTO events (id, organization_id, environment, type, link_id, payload)
+         SELECT gen_random_uuid(), organization_id, environment, 'link.failed', id,
+                link_event_payload('link.failed', id, integration_id, 'failed', external_user_id,
+                    'operation_interrupted')
+         FROM failed",
+    )
+    .bind(batch)
+    .bind(INTERRUPTED_MESSAGE)
+    .execute(db)
+    .await?;
+    Ok(failed.rows_affected())
+}
+
+/// `error_message` of a link whose run was interrupted.
+const INTERRUPTED_MESSAGE: &str =
+    "The run was interrupted before it finished; some operations may have reached the provider.";

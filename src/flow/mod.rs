@@ -6,6 +6,7 @@
 //!
 //! Every state change and its event are written in one transaction.
 
+mod attempt;
 pub mod link;
 pub mod session;
 
@@ -17,12 +18,14 @@ use crate::domain::{Environment, Tenant};
 use crate::error::{Error, Precondition, Result};
 use crate::ids::token_hash;
 use crate::pb;
+use attempt::{Attempt, detached};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Wrong logins allowed before the flow fails.
+/// Wrong logins and second-factor codes allowed before the flow fails;
+/// also the most provider calls that can fail for one flow.
 pub const MAX_FAILED_ATTEMPTS: i32 = 5;
 /// Longest credential value.
 pub const MAX_CREDENTIAL_LEN: usize = 1024;
@@ -33,7 +36,7 @@ pub(crate) enum FlowKind {
     Session,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct FlowRow {
     id: Uuid,
     organization_id: Uuid,
@@ -48,7 +51,11 @@ pub(crate) struct FlowRow {
     error_code: Option<String>,
     second_factor_prompt: Option<String>,
     session_ciphertext: Option<Vec<u8>>,
+    /// Provider calls that failed or are in flight (see [`attempt`]).
     failed_logins: i32,
+    /// The provider call in flight, and until when it holds the flow.
+    attempt_id: Option<Uuid>,
+    attempt_until: Option<chrono::DateTime<chrono::Utc>>,
     expires_at: chrono::DateTime<chrono::Utc>,
     client_app_id: Option<Uuid>,
     redirect_url: Option<String>,
@@ -77,6 +84,13 @@ impl FlowRow {
             .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))
     }
 
+    /// Unfinished and past its expiry. A link whose operations are running
+    /// is not cut short: its run finishes it (or the sweep, if the run's
+    /// process died).
+    fn due_to_expire(&self) -> bool {
+        self.outcome.is_none() && self.step != "processing" && self.expires_at <= chrono::Utc::now()
+    }
+
     fn kind(&self) -> FlowKind {
         if self.kind == "session" {
             FlowKind::Session
@@ -97,12 +111,13 @@ impl FlowRow {
     }
 }
 
-const SELECT_FLOW: &str = "SELECT f.id, f.organization_id, f.environment, f.kind, f.link_id,
+/// A [`FlowRow`] from `flows f LEFT JOIN links l`.
+const FLOW_COLUMNS: &str = "f.id, f.organization_id, f.environment, f.kind, f.link_id,
         COALESCE(l.debug, false) AS debug, f.integration_id, f.step, f.outcome, f.error_code,
-        f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.expires_at,
-        f.client_app_id, f.redirect_url, f.client_reference_id, f.connection_id, f.reconnect,
-        f.geolocation, f.cancelled_step, f.lang, f.oauth, l.return_url AS link_return_url
-     FROM flows f LEFT JOIN links l ON l.id = f.link_id";
+        f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.attempt_id,
+        f.attempt_until, f.expires_at, f.client_app_id, f.redirect_url, f.client_reference_id,
+        f.connection_id, f.reconnect, f.geolocation, f.cancelled_step, f.lang, f.oauth,
+        l.return_url AS link_return_url";
 
 /// Associated data binding a flow's held provider session to the flow.
 fn session_context(flow_id: Uuid) -> String {
@@ -147,6 +162,9 @@ fn error_message(code: &str) -> &'static str {
         "invalid_code" => "That code is incorrect. Check it and try again.",
         "account_locked" => "This account is locked at the provider.",
         "operation_failed" => "The provider could not complete the request.",
+        "operation_interrupted" => {
+            "The connection to the provider was interrupted. Some changes may have been made; check the account before trying again."
+        }
         "session_expired" => "This session has expired. Start again from the app.",
         "link_expired" => "This link has expired.",
         "cancelled" => "Cancelled.",
@@ -222,7 +240,8 @@ impl Api {
             return Err(Error::Unauthenticated);
         }
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_FLOW} WHERE f.token_hash = $1"
+            "SELECT {FLOW_COLUMNS} FROM flows f LEFT JOIN links l ON l.id = f.link_id
+             WHERE f.token_hash = $1"
         )))
         .bind(token_hash(token))
         .fetch_optional(self.db())
@@ -232,7 +251,8 @@ impl Api {
 
     async fn flow_by_id(&self, flow_id: Uuid) -> Result<FlowRow> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_FLOW} WHERE f.id = $1"
+            "SELECT {FLOW_COLUMNS} FROM flows f LEFT JOIN links l ON l.id = f.link_id
+             WHERE f.id = $1"
         )))
         .bind(flow_id)
         .fetch_one(self.db())
@@ -308,7 +328,7 @@ impl Api {
     /// so the page learns where to send the end user.
     pub async fn get_flow(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
         let flow = self.load_flow(token).await?;
-        if flow.outcome.is_none() && flow.expires_at <= chrono::Utc::now() {
+        if flow.due_to_expire() {
             self.finish(&flow, Finish::Expired).await?;
         }
         self.flow_view(flow.id).await
@@ -318,6 +338,13 @@ impl Api {
     /// finished as expired first) and at `step`.
     async fn flow_at(&self, token: Option<&SecretString>, step: &str) -> Result<FlowRow> {
         let flow = self.load_flow(token).await?;
+        self.check_open_at(&flow, step).await?;
+        Ok(flow)
+    }
+
+    /// Fails unless `flow` is unfinished, unexpired (an expired one is
+    /// finished as expired first) and at `step`.
+    async fn check_open_at(&self, flow: &FlowRow, step: &str) -> Result<()> {
         let expired = match flow.kind() {
             FlowKind::Link => Error::FailedPrecondition {
                 precondition: Precondition::Expired,
@@ -344,8 +371,8 @@ impl Api {
                 message: "this flow has already finished".into(),
             });
         }
-        if flow.expires_at <= chrono::Utc::now() {
-            self.finish(&flow, Finish::Expired).await?;
+        if flow.due_to_expire() {
+            self.finish(flow, Finish::Expired).await?;
             return Err(expired);
         }
         if flow.step != step {
@@ -354,7 +381,7 @@ impl Api {
                 flow.step
             )));
         }
-        Ok(flow)
+        Ok(())
     }
 
     fn provider_of(&self, flow: &FlowRow) -> Result<&Provider> {
@@ -389,6 +416,9 @@ impl Api {
         ))
     }
 
+    /// Logs in (step `login`). The credentials are checked against the
+    /// form before an attempt is spent; the attempt then runs to its end
+    /// even if the caller goes away.
     pub async fn submit_credentials(
         &self,
         token: Option<&SecretString>,
@@ -419,24 +449,41 @@ impl Api {
             );
         }
         v.finish()?;
+        let fields: Vec<String> = req.fields.into_keys().collect();
+        let api = self.clone();
+        detached(async move { api.log_in(&flow, &credentials, fields).await }).await
+    }
+
+    async fn log_in(
+        &self,
+        flow: &FlowRow,
+        credentials: &Credentials,
+        fields: Vec<String>,
+    ) -> Result<pb::Flow> {
+        let attempt = self.reserve_attempt(flow).await?;
+        let flow = &attempt.flow;
         if flow.kind() == FlowKind::Session {
-            self.insert_pending_connection(&flow).await?;
+            self.insert_pending_connection(flow).await?;
         }
+        let provider = self.provider_of(flow)?;
         let ctx = flow.login_context(provider);
-        let fields: Vec<&String> = req.fields.keys().collect();
         self.trace(
-            &flow,
+            flow,
             "login.started",
             json!({ "integrationId": provider.id, "fields": fields }),
         )
         .await?;
         let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
-            Ok(connector) => connector.login(&ctx, &credentials).await,
+            Ok(connector) => {
+                self.within_deadline(connector.login(&ctx, credentials))
+                    .await
+            }
             Err(unavailable) => Err(unavailable),
         };
-        self.after_login(&flow, &ctx, outcome).await
+        self.after_login(&attempt, &ctx, outcome).await
     }
 
+    /// Gives the second factor (step `2fa`); like a login, one attempt.
     pub async fn submit_second_factor(
         &self,
         token: Option<&SecretString>,
@@ -449,18 +496,28 @@ impl Api {
                 "is required (at most 32 characters)",
             ));
         }
-        let provider = self.provider_of(&flow)?;
+        let api = self.clone();
+        detached(async move { api.give_code(&flow, &req.code).await }).await
+    }
+
+    async fn give_code(&self, flow: &FlowRow, code: &str) -> Result<pb::Flow> {
+        let attempt = self.reserve_attempt(flow).await?;
+        let flow = &attempt.flow;
+        let provider = self.provider_of(flow)?;
         let pending = self
-            .open_held_session(&flow)?
+            .open_held_session(flow)?
             .ok_or_else(|| wrong_step("no second factor is pending"))?;
         let ctx = flow.login_context(provider);
-        self.trace(&flow, "second_factor.submitted", json!({}))
+        self.trace(flow, "second_factor.submitted", json!({}))
             .await?;
         let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
-            Ok(connector) => connector.second_factor(&ctx, &pending, &req.code).await,
+            Ok(connector) => {
+                self.within_deadline(connector.second_factor(&ctx, &pending, code))
+                    .await
+            }
             Err(unavailable) => Err(unavailable),
         };
-        self.after_login(&flow, &ctx, outcome).await
+        self.after_login(&attempt, &ctx, outcome).await
     }
 
     pub async fn cancel_flow(
@@ -478,16 +535,24 @@ impl Api {
                 )
             })?;
         let flow = self.flow_at(token, step).await?;
-        self.finish(&flow, Finish::Cancelled(step)).await?;
+        if !self.finish(&flow, Finish::Cancelled(step)).await? {
+            // It moved on meanwhile (a login succeeded, or it finished):
+            // say so, as if this request had come a moment later.
+            self.flow_at(token, step).await?;
+        }
         self.flow_view(flow.id).await
     }
 
+    /// Records what the provider said to a reserved attempt. Each outcome is
+    /// a transition only the attempt's holder can make; one that finds the
+    /// flow moved on (cancelled, expired) gives the provider session back.
     async fn after_login(
         &self,
-        flow: &FlowRow,
+        attempt: &Attempt,
         ctx: &LoginContext<'_>,
         outcome: Result<LoginOutcome, ConnectorError>,
     ) -> Result<pb::Flow> {
+        let flow = &attempt.flow;
         let traced = match &outcome {
             Ok(LoginOutcome::LoggedIn(_)) => ("login.succeeded", json!({})),
             Ok(LoginOutcome::SecondFactorRequired { .. }) => {
@@ -498,37 +563,40 @@ impl Api {
         self.trace(flow, traced.0, traced.1).await?;
         match outcome {
             Ok(LoginOutcome::LoggedIn(session)) => match flow.kind() {
-                FlowKind::Link => self.run_link(flow, ctx, session).await?,
-                FlowKind::Session => self.hold_for_consent(flow, &session).await?,
+                FlowKind::Link => self.run_link(attempt, ctx, session).await?,
+                FlowKind::Session => self.hold_for_consent(attempt, ctx, &session).await?,
             },
             Ok(LoginOutcome::SecondFactorRequired { pending, prompt }) => {
                 let sealed = self.seal_held_session(flow, &pending)?;
                 let mut tx = self.db().begin().await?;
-                sqlx::query(
-                    "UPDATE flows SET step = '2fa', second_factor_prompt = $2, session_ciphertext = $3,
-                         error_code = NULL, updated_at = now() WHERE id = $1",
+                // The successful call is given back: only failures count.
+                let moved = sqlx::query(
+                    "UPDATE flows SET step = '2fa', second_factor_prompt = $3, session_ciphertext = $4,
+                         error_code = NULL, failed_logins = failed_logins - 1,
+                         attempt_id = NULL, attempt_until = NULL, updated_at = now()
+                     WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",
                 )
                 .bind(flow.id)
+                .bind(attempt.id)
                 .bind(&prompt)
                 .bind(sealed)
                 .execute(&mut *tx)
-                .await?;
-                match flow.kind() {
-                    FlowKind::Link => link::mark_awaiting_2fa(&mut tx, flow).await?,
-                    FlowKind::Session => session::mark_awaiting_2fa(&mut tx, flow).await?,
+                .await?
+                .rows_affected()
+                    == 1;
+                if moved {
+                    match flow.kind() {
+                        FlowKind::Link => link::mark_awaiting_2fa(&mut tx, flow).await?,
+                        FlowKind::Session => session::mark_awaiting_2fa(&mut tx, flow).await?,
+                    }
+                    tx.commit().await?;
+                } else {
+                    drop(tx);
+                    self.log_out(ctx, &pending).await;
                 }
-                tx.commit().await?;
             }
-            Err(err)
-                if err.is_retryable_input() && flow.failed_logins + 1 < MAX_FAILED_ATTEMPTS =>
-            {
-                sqlx::query(
-                    "UPDATE flows SET error_code = $2, failed_logins = failed_logins + 1, updated_at = now() WHERE id = $1",
-                )
-                .bind(flow.id)
-                .bind(err.code())
-                .execute(self.db())
-                .await?;
+            Err(err) if err.is_retryable_input() && flow.failed_logins < MAX_FAILED_ATTEMPTS => {
+                self.release_attempt(attempt, err.code()).await?;
             }
             Err(err) => {
                 self.finish(flow, Finish::Failed(err.code(), err.to_string()))
@@ -538,19 +606,24 @@ impl Api {
         self.flow_view(flow.id).await
     }
 
+    /// Ends a provider session; best effort, within the call deadline.
+    async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
+        if let Ok(connector) = self.state.connectors.for_tenant(ctx.tenant) {
+            let _ = self.within_deadline(connector.logout(ctx, session)).await;
+        }
+    }
+
     /// Ends an unfinished flow that did not succeed (or a link that did):
     /// the flow, its link or connection, and the event, in one transaction.
     /// A provider session still held (consent or second factor pending) is
-    /// logged out.
-    async fn finish(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
+    /// logged out. Returns false, changing nothing, when the flow is no
+    /// longer at the step `flow` shows (another request moved or finished it).
+    async fn finish(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
         if let Ok(Some(held)) = self.open_held_session(flow)
-            && let (Ok(provider), Ok(connector)) = (
-                self.provider_of(flow),
-                self.state.connectors.for_tenant(flow.tenant()),
-            )
+            && let Ok(provider) = self.provider_of(flow)
         {
             // Best effort: the session is wiped from our side regardless.
-            let _ = connector.logout(&flow.login_context(provider), &held).await;
+            self.log_out(&flow.login_context(provider), &held).await;
         }
         match flow.kind() {
             FlowKind::Link => self.finish_link(flow, finish).await,
@@ -559,8 +632,9 @@ impl Api {
     }
 }
 
-/// Marks the flow done, wiping any held provider session, inside `tx`.
-/// Returns false when another request finished it first.
+/// Marks the flow done, wiping any held provider session, inside `tx`, if
+/// it is still at the step `flow` shows (a running link only by its run's
+/// attempt). Returns false when another request moved or finished it first.
 async fn close_flow(
     tx: &mut PgConnection,
     flow: &FlowRow,
@@ -570,13 +644,16 @@ async fn close_flow(
 ) -> Result<bool> {
     let closed = sqlx::query(
         "UPDATE flows SET step = 'done', outcome = $2, error_code = $3, cancelled_step = $4,
-             session_ciphertext = NULL, updated_at = now()
-         WHERE id = $1 AND outcome IS NULL",
+             session_ciphertext = NULL, attempt_id = NULL, attempt_until = NULL, updated_at = now()
+         WHERE id = $1 AND outcome IS NULL AND step = $5
+           AND (step <> 'processing' OR attempt_id = $6)",
     )
     .bind(flow.id)
     .bind(outcome)
     .bind(error_code)
     .bind(cancelled_step)
+    .bind(&flow.step)
+    .bind(flow.attempt_id)
     .execute(tx)
     .await?;
     Ok(closed.rows_affected() == 1)

@@ -11,12 +11,13 @@
 //! `failed` when the session ends without success. A reconnected connection
 //! keeps its state until the new login succeeds.
 
+use super::attempt::Attempt;
 use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
 use crate::connections::{connection_event_data, connection_session_context};
-use crate::connectors::ProviderSession;
+use crate::connectors::{LoginContext, ProviderSession};
 use crate::domain::Tenant;
 use crate::domain::oauth::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
 use crate::domain::session::{
@@ -471,28 +472,37 @@ impl Api {
     }
 
     /// Logged in: keep the provider session (encrypted, bound to the flow)
-    /// until the end user consents or leaves.
+    /// until the end user consents or leaves. Only the login attempt's
+    /// holder can; a session that finished meanwhile logs the provider out.
     pub(super) async fn hold_for_consent(
         &self,
-        flow: &FlowRow,
+        attempt: &Attempt,
+        ctx: &LoginContext<'_>,
         session: &ProviderSession,
     ) -> Result<()> {
-        let sealed = self.seal_held_session(flow, session)?;
-        sqlx::query(
-            "UPDATE flows SET step = 'authorization', session_ciphertext = $2, error_code = NULL,
-                 second_factor_prompt = NULL, updated_at = now()
-             WHERE id = $1 AND outcome IS NULL",
+        let sealed = self.seal_held_session(&attempt.flow, session)?;
+        let held = sqlx::query(
+            "UPDATE flows SET step = 'authorization', session_ciphertext = $3, error_code = NULL,
+                 second_factor_prompt = NULL, failed_logins = failed_logins - 1,
+                 attempt_id = NULL, attempt_until = NULL, updated_at = now()
+             WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",
         )
-        .bind(flow.id)
+        .bind(attempt.flow.id)
+        .bind(attempt.id)
         .bind(sealed)
         .execute(self.db())
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if !held {
+            self.log_out(ctx, session).await;
+        }
         Ok(())
     }
 
     /// Ends a session that did not succeed; a connection it was making is
     /// `failed`.
-    pub(super) async fn finish_session(&self, flow: &FlowRow, finish: Finish) -> Result<()> {
+    pub(super) async fn finish_session(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
         debug_assert_eq!(flow.kind(), FlowKind::Session);
         let (outcome, error_code, cancelled_step) = match &finish {
             Finish::Failed(code, _) => ("error", Some(*code), None),
@@ -505,13 +515,14 @@ impl Api {
             }
         };
         let mut tx = self.db().begin().await?;
-        if close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await?
-            && let (false, Some(id)) = (flow.reconnect, flow.connection_id)
-        {
+        if !close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await? {
+            return Ok(false);
+        }
+        if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
             store::set_unfinished_status(&mut tx, id, &["pending", "awaiting_2fa"], "failed")
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 }

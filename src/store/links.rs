@@ -101,12 +101,8 @@ pub async fn expire_links(
          )
          INSERT INTO events (id, organization_id, environment, type, link_id, payload)
          SELECT gen_random_uuid(), organization_id, environment, 'link.expired', id,
-                jsonb_build_object('type', 'link.expired', 'data', jsonb_build_object(
-                    'linkId', 'link_' || replace(id::text, '-', ''),
-                    'integrationId', integration_id,
-                    'status', 'expired',
-                    'externalUserId', external_user_id,
-                    'errorCode', 'link_expired'))
+                link_event_payload('link.expired', id, integration_id, 'expired', external_user_id,
+                    'link_expired')
          FROM expired",
     )
     .bind(id)

@@ -12,7 +12,7 @@ use tonic::Code;
 const CARD: &str = "5555555555554444";
 const CVV: &str = "987";
 
-async fn create(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
+pub async fn create(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
     let response = app
         .http
         .post(app.url("/v1/links"))
@@ -25,12 +25,12 @@ async fn create(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
-fn billing_link() -> Value {
+pub fn billing_link() -> Value {
     json!({ "integrationId": "verizon", "operations": [{ "resource": "mobileBillingStatement", "action": "read" }],
             "returnUrl": "https://your-app.com/done?tab=billing", "externalUserId": "user-42" })
 }
 
-fn card_link() -> Value {
+pub fn card_link() -> Value {
     json!({ "integrationId": "tmobile", "operations": [
         { "resource": "paymentMethod", "action": "write", "arguments": {
             "cardNumber": CARD, "expirationDate": "12/99", "cvv": CVV, "nameOnCard": "Ada L", "billingZip": "10001" } },
@@ -38,13 +38,13 @@ fn card_link() -> Value {
 }
 
 /// A REST client of the flow, as the app clip would use it.
-struct Flow<'a> {
-    app: &'a TestApp,
-    token: String,
+pub struct Flow<'a> {
+    pub app: &'a TestApp,
+    pub token: String,
 }
 
 impl Flow<'_> {
-    async fn claim<'a>(app: &'a TestApp, link: &Value) -> Flow<'a> {
+    pub async fn claim<'a>(app: &'a TestApp, link: &Value) -> Flow<'a> {
         let response = app
             .http
             .post(app.url("/v1/flow/claim"))
@@ -61,7 +61,7 @@ impl Flow<'_> {
         }
     }
 
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let response = self
             .app
             .http
@@ -74,7 +74,7 @@ impl Flow<'_> {
         (response.status(), response.json().await.unwrap())
     }
 
-    async fn login(&self, username: &str, password: &str) -> Value {
+    pub async fn login(&self, username: &str, password: &str) -> Value {
         let (status, body) = self
             .post(
                 "/v1/flow/credentials",
@@ -86,7 +86,7 @@ impl Flow<'_> {
     }
 }
 
-async fn link_json(app: &TestApp, tenant: &TestTenant, link: &Value) -> Value {
+pub async fn link_json(app: &TestApp, tenant: &TestTenant, link: &Value) -> Value {
     app.get(
         &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
         &tenant.key,
@@ -97,7 +97,7 @@ async fn link_json(app: &TestApp, tenant: &TestTenant, link: &Value) -> Value {
     .unwrap()
 }
 
-async fn events(app: &TestApp) -> Vec<Value> {
+pub async fn events(app: &TestApp) -> Vec<Value> {
     sqlx::query_scalar("SELECT payload FROM events ORDER BY created_at, id")
         .fetch_all(app.api.db())
         .await
@@ -537,7 +537,7 @@ async fn the_slow_sandbox_provider_answers_late_but_completes() {
     let flow = Flow::claim(&app, &link).await;
     let started = std::time::Instant::now();
     let done = flow.login("user_slow", "pass_good").await;
-    assert!(started.elapsed() >= linkd::connectors::sandbox::SLOW_LOGIN);
+    assert!(started.elapsed() >= linkd::connectors::sandbox::SLOW_CALL);
     assert_eq!(done["outcome"], "success");
     assert_eq!(link_json(&app, &tenant, &link).await["status"], "completed");
 }

@@ -132,6 +132,7 @@ pub fn serve_args() -> ServeArgs {
         expiry_interval: Duration::from_millis(300),
         event_retention: Duration::from_secs(30 * 24 * 60 * 60),
         link_session_ttl: Duration::from_secs(30 * 60),
+        provider_timeout: Duration::from_secs(30),
         oauth_require_pkce: true,
         oauth_state_min_length: 0,
         oauth_code_ttl: Duration::from_secs(600),

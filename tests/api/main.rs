@@ -6,6 +6,7 @@ mod browser;
 mod client_apps;
 mod connections;
 mod flow;
+mod flow_races;
 mod helpers;
 mod latency;
 mod links;
