@@ -108,12 +108,15 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
     }
 }
 
-/// Parses a public id given in a request, or fails naming the field.
+/// Parses a public id given in a request to look something up, or fails
+/// naming the field when it is missing or has the wrong prefix. A
+/// malformed id with the right prefix is then not found, like an unknown
+/// one (see [`IdKind::parse_reference`]).
 pub fn parse_id(kind: IdKind, field: &str, value: &str) -> Result<uuid::Uuid> {
     if value.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    kind.parse(value).ok_or_else(|| {
+    kind.parse_reference(value).ok_or_else(|| {
         Error::invalid(
             field,
             format!("must be an id starting with `{}`", kind.prefix()),
@@ -330,10 +333,10 @@ impl Api {
 
     /// Runs a creating call on one connection, under an optional
     /// idempotency key. Without a key `work` runs on the connection as it is,
-    /// so its writes must be one statement. With a key, a repeat of a finished
-    /// request gets the stored response; otherwise `work` runs in a
-    /// transaction that also stores its response under the key, and a failed
-    /// call releases the key so the client can retry.
+    /// so its writes must be one statement. With a key, one transaction takes
+    /// the key, runs `work` and stores its response (a repeat of a finished
+    /// request gets that response); a failure rolls all of it back, so the
+    /// client can retry at once.
     pub(crate) async fn idempotent<R: prost::Message + Default>(
         &self,
         key: Option<IdempotencyKey<'_>>,
@@ -344,21 +347,29 @@ impl Api {
             return work(&mut conn).await;
         };
         let cipher = &self.state.cipher;
-        if let Claim::Replay(encoded) = idempotency::claim(&mut conn, cipher, &key).await? {
-            return R::decode(encoded.as_slice()).map_err(Error::internal);
-        }
+        let mut tx = conn.begin().await?;
         let result = async {
-            let mut tx = conn.begin().await?;
+            if let Claim::Replay(encoded) = idempotency::claim(&mut tx, cipher, &key).await? {
+                return R::decode(encoded.as_slice()).map_err(Error::internal);
+            }
             let response = work(&mut tx).await?;
             idempotency::store_response(&mut tx, cipher, &key, &response.encode_to_vec()).await?;
-            tx.commit().await?;
             Ok(response)
         }
         .await;
-        if result.is_err() {
-            idempotency::release(&mut *conn, &key).await.ok();
+        match result {
+            Ok(response) => {
+                tx.commit().await?;
+                Ok(response)
+            }
+            Err(err) => {
+                // At once, not when the connection is next used: the key's
+                // lock and row go with the rollback. (A dead connection has
+                // rolled back in the server already.)
+                let _ = tx.rollback().await;
+                Err(err)
+            }
         }
-        result
     }
 
     /// Writes the link: one statement.

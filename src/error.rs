@@ -61,6 +61,9 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// A REST body in a media type the endpoint does not read.
+    #[error("Content-Type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
     /// An idempotency key was reused with a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyMismatch,
@@ -124,6 +127,11 @@ impl Error {
                 reason,
                 ..
             } => (Code::FailedPrecondition, precondition.http_status(), reason),
+            Error::UnsupportedMediaType { .. } => (
+                Code::InvalidArgument,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+            ),
             Error::IdempotencyMismatch => (
                 Code::InvalidArgument,
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -88,7 +88,8 @@ fn optional_id(
     value: &Option<String>,
 ) -> Option<Uuid> {
     let value = value.as_deref().filter(|s| !s.is_empty())?;
-    let parsed = kind.parse(value);
+    // A malformed id with the right prefix matches nothing.
+    let parsed = kind.parse_reference(value);
     if parsed.is_none() {
         v.add(
             path,

@@ -18,12 +18,12 @@ async fn caller<T>(api: &Api, req: &Request<T>) -> Result<Caller, Status> {
 }
 
 /// The `idempotency-key` metadata of a creating call.
-fn idempotency_key<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get("idempotency-key").map(|v| {
-        v.to_str()
-            .map(str::to_string)
-            .unwrap_or_else(|_| "\u{0}".into())
-    })
+fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    Ok(req
+        .metadata()
+        .get("idempotency-key")
+        .map(|v| crate::store::idempotency::read_key(v.as_bytes()))
+        .transpose()?)
 }
 
 #[tonic::async_trait]
@@ -33,7 +33,7 @@ impl pb::link_service_server::LinkService for Api {
         req: Request<pb::CreateLinkRequest>,
     ) -> Reply<pb::CreateLinkResponse> {
         let caller = caller(self, &req).await?;
-        let key = idempotency_key(&req);
+        let key = idempotency_key(&req)?;
         Ok(Response::new(
             Api::create_link(self, &caller, req.into_inner(), key.as_deref()).await?,
         ))
@@ -59,7 +59,7 @@ impl pb::link_service_server::LinkService for Api {
         req: Request<pb::InitLinkSessionRequest>,
     ) -> Reply<pb::InitLinkSessionResponse> {
         let caller = caller(self, &req).await?;
-        let key = idempotency_key(&req);
+        let key = idempotency_key(&req)?;
         Ok(Response::new(
             Api::init_link_session(self, &caller, req.into_inner(), key.as_deref()).await?,
         ))

@@ -52,6 +52,17 @@ impl IdKind {
         }
         Uuid::try_parse(rest).ok()
     }
+
+    /// Reads an id given to look something up: `None` only when the prefix
+    /// is wrong. An id with the right prefix that linkd never issued reads
+    /// as the nil UUID, which names no row (ids are UUIDv7), so it is not
+    /// found exactly like an unknown one.
+    pub fn parse_reference(self, public: &str) -> Option<Uuid> {
+        if !public.starts_with(self.prefix()) {
+            return None;
+        }
+        Some(self.parse(public).unwrap_or(Uuid::nil()))
+    }
 }
 
 /// 32 random bytes from the OS-seeded CSPRNG, base64url without padding.
@@ -86,6 +97,12 @@ mod tests {
         assert_eq!(IdKind::Connection.parse(&public), None);
         assert_eq!(IdKind::ClientApp.parse("app_nothex"), None);
         assert_eq!(IdKind::ClientApp.parse(&format!("{public}0")), None);
+        assert_eq!(IdKind::ClientApp.parse_reference(&public), Some(id));
+        assert_eq!(
+            IdKind::ClientApp.parse_reference("app_doesnotexist"),
+            Some(Uuid::nil())
+        );
+        assert_eq!(IdKind::ClientApp.parse_reference("conn_x"), None);
     }
 
     #[test]

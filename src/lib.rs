@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod gate;
 pub mod grpc;
 pub mod health;
 pub mod ids;

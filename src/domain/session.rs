@@ -80,7 +80,8 @@ impl NewSession {
         let mut v = Violations::new();
         let given = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         let client_app_id = given(&req.client_app_id).and_then(|id| {
-            let parsed = IdKind::ClientApp.parse(&id);
+            // A malformed id with the right prefix is an unknown app (404).
+            let parsed = IdKind::ClientApp.parse_reference(&id);
             if parsed.is_none() {
                 v.add(
                     "clientAppId",

@@ -1,11 +1,13 @@
-//! Reading REST request bodies: JSON objects whose wrong-typed fields become
-//! violations with their documented paths, merged with the domain's own
-//! findings, and the `Idempotency-Key` header.
+//! Reading REST request bodies: JSON objects (`application/json`, through
+//! the input gate) whose wrong-typed and unknown fields become violations
+//! with their documented paths, merged with the domain's own findings, and
+//! the `Idempotency-Key` header.
 
 use crate::error::{Error, FieldViolation};
 use crate::validate::Violations;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Reads fields of a JSON object, recording a violation for each value of
 /// the wrong type.
@@ -54,6 +56,28 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An object of strings (`{"username": "…"}`).
+    pub fn string_map(&mut self, name: &str) -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        match self.get(name) {
+            None => {}
+            Some(Value::Object(object)) => {
+                for (key, value) in object {
+                    match value {
+                        Value::String(s) => {
+                            map.insert(key.clone(), s.clone());
+                        }
+                        _ => self
+                            .problems
+                            .add(format!("{}.{key}", self.path(name)), "must be a string"),
+                    }
+                }
+            }
+            Some(_) => self.problems.add(self.path(name), "must be an object"),
+        }
+        map
+    }
+
     pub fn reject_unknown(&mut self, known: &[&str]) {
         for name in self.object.keys().filter(|k| !known.contains(&k.as_str())) {
             self.problems.add(self.path(name), "is not a known field");
@@ -61,13 +85,62 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The body as JSON (an empty body is `{}`), or a 400 saying why not.
-pub(super) fn json_body(body: &[u8]) -> Result<Value, Error> {
+/// Whether the request says its body is JSON (`application/json` or
+/// `application/…+json`, any case, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body as a JSON object, through the input gate: `415` unless it is
+/// `application/json`, `400` unless it parses to an object with no
+/// unstorable string. An empty body (any type) is `{}`: endpoints report
+/// the fields they require as missing.
+pub(super) fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Map::new()));
+        return Ok(Map::new());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| Error::invalid("", format!("the body is not valid JSON: {e}")))
+    if !is_json(headers) {
+        return Err(Error::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid("", format!("the body is not valid JSON: {e}")))?;
+    crate::gate::check_json(&value)?;
+    match value {
+        Value::Object(object) => Ok(object),
+        _ => Err(Error::invalid("", "the body must be a JSON object")),
+    }
+}
+
+/// Reads a JSON object body with `read`; its type problems and any field
+/// not in `known` are reported together, before anything is done.
+pub(super) fn read_object<T>(
+    headers: &HeaderMap,
+    body: &[u8],
+    known: &[&str],
+    read: impl FnOnce(&mut Fields<'_>) -> T,
+) -> Result<T, Error> {
+    let object = json_object(headers, body)?;
+    let mut problems = Violations::new();
+    let mut fields = Fields {
+        object: &object,
+        prefix: String::new(),
+        problems: &mut problems,
+    };
+    fields.reject_unknown(known);
+    let read = read(&mut fields);
+    problems.finish()?;
+    Ok(read)
 }
 
 /// Type problems first; then the domain's own findings for every other path
@@ -91,12 +164,9 @@ pub(super) fn merge_violations<T>(type_problems: Violations, domain: Result<T, E
 }
 
 /// The `Idempotency-Key` header, when given.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
     headers
         .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| Error::invalid("Idempotency-Key", "must be visible ASCII"))
-        })
+        .map(|v| crate::store::idempotency::read_key(v.as_bytes()))
         .transpose()
 }

@@ -1,7 +1,7 @@
 //! `/v1/events`: the tenant's events with their deliveries, and
 //! redeliveries; `/v1/client-apps/{id}/rotate-webhook-secret`.
 
-use super::body::json_body;
+use super::body::{Fields, read_object};
 use super::{Authenticated, RestState};
 use crate::error::Error;
 use crate::events::{parse_time, status_from_name};
@@ -10,6 +10,7 @@ use crate::validate::Violations;
 use crate::views::{attempt_json, event_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -100,11 +101,15 @@ pub(super) async fn get(
     .into_response())
 }
 
+/// Takes no fields: an empty body or `{}`.
 pub(super) async fn redeliver(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
     Path(event_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, Error> {
+    read_object(&headers, &body, &[], |_| ())?;
     let queued = state
         .api
         .redeliver_event(&caller, pb::RedeliverEventRequest { event_id })
@@ -112,24 +117,35 @@ pub(super) async fn redeliver(
     Ok(Json(json!({ "event": queued.event.as_ref().map(event_json) })).into_response())
 }
 
-fn optional_time(body: &Value, name: &str) -> Result<Option<prost_types::Timestamp>, Error> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_time(name, s).map(Some),
-        Some(_) => Err(Error::invalid(name, "must be an ISO 8601 time string")),
+/// An optional ISO 8601 time field.
+fn optional_time(fields: &mut Fields<'_>, name: &str) -> Option<prost_types::Timestamp> {
+    let text = fields.string(name)?;
+    match parse_time(name, &text) {
+        Ok(time) => Some(time),
+        Err(err) => {
+            for violation in err.violations() {
+                fields
+                    .problems
+                    .add(violation.path.clone(), violation.message.clone());
+            }
+            None
+        }
     }
 }
 
 pub(super) async fn redeliver_failed(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_body(&body)?;
-    let req = pb::RedeliverFailedEventsRequest {
-        created_after: optional_time(&body, "createdAfter")?,
-        created_before: optional_time(&body, "createdBefore")?,
-    };
+    let known = ["createdAfter", "createdBefore"];
+    let req = read_object(&headers, &body, &known, |f| {
+        pb::RedeliverFailedEventsRequest {
+            created_after: optional_time(f, "createdAfter"),
+            created_before: optional_time(f, "createdBefore"),
+        }
+    })?;
     let queued = state.api.redeliver_failed_events(&caller, req).await?;
     Ok(Json(json!({ "queued": queued.queued })).into_response())
 }
@@ -138,16 +154,12 @@ pub(super) async fn rotate_webhook_secret(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
     Path(client_app_id): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_body(&body)?;
-    let grace =
-        match body.get("previousSecretGraceSeconds") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(value.as_i64().ok_or_else(|| {
-                Error::invalid("previousSecretGraceSeconds", "must be an integer")
-            })?),
-        };
+    let grace = read_object(&headers, &body, &["previousSecretGraceSeconds"], |f| {
+        f.integer("previousSecretGraceSeconds", "must be an integer")
+    })?;
     let rotated = state
         .api
         .rotate_webhook_secret_for(

@@ -2,6 +2,7 @@
 //! token as `Authorization: Bearer lft_…`.
 
 use super::RestState;
+use super::body::read_object;
 use crate::auth::presented_key;
 use crate::error::Error;
 use crate::flow::{CANCELLABLE_STEPS, flow_step, step_name};
@@ -11,7 +12,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 
 pub(super) fn flow_json(flow: &pb::Flow) -> Value {
     let outcome = match flow.outcome() {
@@ -48,33 +48,18 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
     })
 }
 
-fn body_object(body: &axum::body::Bytes) -> Result<serde_json::Map<String, Value>, Error> {
-    match super::body::json_body(body)? {
-        Value::Object(object) => Ok(object),
-        _ => Err(Error::invalid("", "the body must be a JSON object")),
-    }
-}
-
-fn string_field(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, Error> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(Error::invalid(name, "must be a string")),
-    }
-}
-
 pub(super) async fn claim(
     State(state): State<RestState>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let object = body_object(&body)?;
-    let claimed = state
-        .api
-        .claim_link(pb::ClaimLinkRequest {
-            link_id: string_field(&object, "linkId")?,
-            claim_code: string_field(&object, "claimCode")?,
-        })
-        .await?;
+    let req = read_object(&headers, &body, &["linkId", "claimCode"], |f| {
+        pb::ClaimLinkRequest {
+            link_id: f.string("linkId").unwrap_or_default(),
+            claim_code: f.string("claimCode").unwrap_or_default(),
+        }
+    })?;
+    let claimed = state.api.claim_link(req).await?;
     let flow = claimed.flow.expect("claim returns the flow");
     Ok(Json(json!({ "flowToken": claimed.flow_token, "flow": flow_json(&flow) })).into_response())
 }
@@ -92,24 +77,14 @@ pub(super) async fn credentials(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let object = body_object(&body)?;
-    let fields: HashMap<String, String> = match object.get("fields") {
-        Some(Value::Object(fields)) => fields
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(Error::invalid(format!("fields.{k}"), "must be a string")),
-            })
-            .collect::<Result<_, _>>()?,
-        None | Some(Value::Null) => HashMap::new(),
-        Some(_) => return Err(Error::invalid("fields", "must be an object")),
-    };
+    let req = read_object(&headers, &body, &["fields"], |f| {
+        pb::SubmitCredentialsRequest {
+            fields: f.string_map("fields"),
+        }
+    })?;
     let flow = state
         .api
-        .submit_credentials(
-            presented_key(&headers).as_ref(),
-            pb::SubmitCredentialsRequest { fields },
-        )
+        .submit_credentials(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
 }
@@ -119,14 +94,14 @@ pub(super) async fn second_factor(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let object = body_object(&body)?;
-    let code = string_field(&object, "code")?;
+    let req = read_object(&headers, &body, &["code"], |f| {
+        pb::SubmitSecondFactorRequest {
+            code: f.string("code").unwrap_or_default(),
+        }
+    })?;
     let flow = state
         .api
-        .submit_second_factor(
-            presented_key(&headers).as_ref(),
-            pb::SubmitSecondFactorRequest { code },
-        )
+        .submit_second_factor(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
 }
@@ -136,8 +111,9 @@ pub(super) async fn cancel(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let object = body_object(&body)?;
-    let step = flow_step(&string_field(&object, "step")?);
+    let step = read_object(&headers, &body, &["step"], |f| {
+        flow_step(&f.string("step").unwrap_or_default())
+    })?;
     if !CANCELLABLE_STEPS.contains(&step) {
         return Err(Error::invalid(
             "step",
@@ -159,24 +135,25 @@ pub(super) async fn select_integration(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let object = body_object(&body)?;
-    let integration_id = string_field(&object, "integrationId")?;
+    let req = read_object(&headers, &body, &["integrationId"], |f| {
+        pb::SelectIntegrationRequest {
+            integration_id: f.string("integrationId").unwrap_or_default(),
+        }
+    })?;
     let flow = state
         .api
-        .select_integration(
-            presented_key(&headers).as_ref(),
-            pb::SelectIntegrationRequest { integration_id },
-        )
+        .select_integration(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+/// Takes no fields: an empty body or `{}`.
 pub(super) async fn approve(
     State(state): State<RestState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    body_object(&body)?;
+    read_object(&headers, &body, &[], |_| ())?;
     let flow = state
         .api
         .approve_access(presented_key(&headers).as_ref())

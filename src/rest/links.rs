@@ -1,7 +1,7 @@
 //! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
 //! (camelCase, epoch milliseconds).
 
-use super::body::{Fields, idempotency_key, json_body, merge_violations};
+use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
 use crate::domain::link::NewLink;
 use crate::error::Error;
@@ -15,13 +15,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// The body as a `CreateLinkRequest`, plus the type problems found on the way.
-fn create_link_request(body: &Value) -> (pb::CreateLinkRequest, Violations) {
+fn create_link_request(
+    object: &serde_json::Map<String, Value>,
+) -> (pb::CreateLinkRequest, Violations) {
     let mut problems = Violations::new();
     let mut req = pb::CreateLinkRequest::default();
-    let Some(object) = body.as_object() else {
-        problems.add("", "the body must be a JSON object");
-        return (req, problems);
-    };
     let mut fields = Fields {
         object,
         prefix: String::new(),
@@ -102,7 +100,7 @@ pub(super) async fn create_link(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_body(&body)?;
+    let body = json_object(&headers, &body)?;
     let (req, type_problems) = create_link_request(&body);
     if !type_problems.is_empty() {
         return Err(merge_violations(
@@ -111,7 +109,7 @@ pub(super) async fn create_link(
         ));
     }
     let key = idempotency_key(&headers)?;
-    let link = state.api.create_link(&caller, req, key).await?;
+    let link = state.api.create_link(&caller, req, key.as_deref()).await?;
     let mut body = json!({
         "linkId": link.link_id,
         "claimCode": link.claim_code,

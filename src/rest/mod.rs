@@ -216,6 +216,19 @@ async fn readyz(State(state): State<RestState>) -> Response {
     }
 }
 
+/// The input gate for every query string (see [`crate::gate`]): a NUL
+/// can only arrive percent-encoded, so most requests skip the parse.
+async fn gate_query(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(query) = request.uri().query().filter(|q| q.contains("%00")) {
+        let pairs: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
+        let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref()));
+        if let Err(err) = crate::gate::check_pairs(pairs) {
+            return err.into_response();
+        }
+    }
+    next.run(request).await
+}
+
 pub fn router(state: RestState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -265,5 +278,6 @@ pub fn router(state: RestState) -> Router {
             axum::routing::post(flow::second_factor),
         )
         .route("/v1/flow/cancel", axum::routing::post(flow::cancel))
+        .layer(axum::middleware::from_fn(gate_query))
         .with_state(state)
 }

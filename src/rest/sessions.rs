@@ -1,7 +1,7 @@
 //! `POST /v2/link/init`: starts a Link session (`{ url, expiresAt }`, ISO
 //! 8601).
 
-use super::body::{Fields, idempotency_key, json_body, merge_violations};
+use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
 use crate::domain::session::NewSession;
 use crate::error::Error;
@@ -14,13 +14,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// The body as an `InitLinkSessionRequest`, plus the type problems found.
-fn init_request(body: &Value) -> (pb::InitLinkSessionRequest, Violations) {
+fn init_request(
+    object: &serde_json::Map<String, Value>,
+) -> (pb::InitLinkSessionRequest, Violations) {
     let mut problems = Violations::new();
     let mut req = pb::InitLinkSessionRequest::default();
-    let Some(object) = body.as_object() else {
-        problems.add("", "the body must be a JSON object");
-        return (req, problems);
-    };
     let mut fields = Fields {
         object,
         prefix: String::new(),
@@ -62,13 +60,16 @@ pub(super) async fn init(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_body(&body)?;
+    let body = json_object(&headers, &body)?;
     let (req, type_problems) = init_request(&body);
     if !type_problems.is_empty() {
         return Err(merge_violations(type_problems, NewSession::parse(&req)));
     }
     let key = idempotency_key(&headers)?;
-    let session = state.api.init_link_session(&caller, req, key).await?;
+    let session = state
+        .api
+        .init_link_session(&caller, req, key.as_deref())
+        .await?;
     Ok(Json(json!({
         "url": session.url,
         "expiresAt": session.expires_at.as_ref().map(super::iso8601),

@@ -1,25 +1,25 @@
 //! Idempotency keys for creating calls (`Idempotency-Key` header,
 //! `idempotency-key` metadata).
 //!
-//! The first request with a key claims it (row with no response yet), does
-//! its work, and stores its response in the same transaction as the work. A
-//! repeat with the same request gets the stored response; with another
-//! request it is refused; while the first is still running it gets a
-//! conflict. A claim left behind by a crashed request is taken over after
-//! [`STALE_AFTER_SECS`].
+//! A request with a key takes it inside the transaction that does its
+//! work: a transaction-scoped advisory lock on the key (so a concurrent
+//! duplicate is told at once that the first is still running), then the
+//! key's row, written with the work and its response in that same
+//! transaction. A repeat with the same request gets the stored response;
+//! with another request it is refused. Nothing outlives a failure: a failed
+//! request, a dropped connection or a database outage rolls back the row
+//! and releases the lock together, so the retry runs at once.
 
 use crate::crypto::Cipher;
 use crate::domain::Tenant;
 use crate::error::{Error, Result};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 /// How long a key is remembered; a later request with it is a new request.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// Longest accepted key.
 pub const MAX_KEY_LEN: usize = 255;
-/// A claim without a response older than this belongs to a dead request.
-pub const STALE_AFTER_SECS: f64 = 60.0;
 
 pub struct IdempotencyKey<'a> {
     pub tenant: Tenant,
@@ -30,21 +30,25 @@ pub struct IdempotencyKey<'a> {
 
 /// What to do with a request carrying a key.
 pub enum Claim {
-    /// First use: do the work, then [`store_response`].
+    /// First use: do the work in this transaction, then [`store_response`].
     Fresh,
     /// Already done: answer with this (decrypted, encoded) response.
     Replay(Vec<u8>),
 }
 
-pub fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+/// The key as sent (header or metadata value), checked: 1 to
+/// [`MAX_KEY_LEN`] visible ASCII characters.
+pub fn read_key(value: &[u8]) -> Result<String> {
+    if value.is_empty()
+        || value.len() > MAX_KEY_LEN
+        || !value.iter().all(|b| (0x21..=0x7e).contains(b))
     {
         return Err(Error::invalid(
             "Idempotency-Key",
             format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(value).into_owned())
 }
 
 fn context(k: &IdempotencyKey<'_>) -> String {
@@ -54,33 +58,50 @@ fn context(k: &IdempotencyKey<'_>) -> String {
     )
 }
 
+/// Takes the key for the transaction `tx`, or says it is taken: `Fresh`
+/// (this transaction now owns it), `Replay` of a finished request,
+/// `IDEMPOTENCY_KEY_REUSED` for a different request, or
+/// `IDEMPOTENCY_KEY_IN_USE` while another transaction holds it.
 pub async fn claim(
-    conn: &mut PgConnection,
+    tx: &mut PgConnection,
     cipher: &Cipher,
     k: &IdempotencyKey<'_>,
 ) -> Result<Claim> {
-    check_key(k.key)?;
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (organization_id, environment, operation, key, request_hash)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (organization_id, environment, operation, key) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, created_at = now()
-            WHERE idempotency_keys.response_ciphertext IS NULL
-              AND idempotency_keys.request_hash = EXCLUDED.request_hash
-              AND idempotency_keys.created_at < now() - make_interval(secs => $6)",
+    // The lock is taken before the insert looks for a committed row, so a
+    // request that finished a moment ago is always seen. A row without a
+    // response is a claim of an older linkd that never finished: taken over.
+    let (held, inserted): (bool, bool) = sqlx::query_as(
+        "WITH lock AS (
+             SELECT pg_try_advisory_xact_lock(hashtextextended(
+                 $1::text || '/' || $2 || '/' || $3 || '/' || $4, 0)) AS held
+         ), inserted AS (
+             INSERT INTO idempotency_keys (organization_id, environment, operation, key, request_hash)
+             SELECT $1, $2, $3, $4, $5 FROM lock WHERE held
+             ON CONFLICT (organization_id, environment, operation, key) DO UPDATE
+                 SET request_hash = EXCLUDED.request_hash, created_at = now()
+                 WHERE idempotency_keys.response_ciphertext IS NULL
+             RETURNING 1
+         )
+         SELECT held, EXISTS (SELECT 1 FROM inserted) FROM lock",
     )
     .bind(k.tenant.organization_id)
     .bind(k.tenant.environment.as_str())
     .bind(k.operation)
     .bind(k.key)
     .bind(&k.request_hash)
-    .bind(STALE_AFTER_SECS)
-    .execute(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
-    if claimed.rows_affected() == 1 {
+    if !held {
+        return Err(Error::Aborted {
+            reason: "IDEMPOTENCY_KEY_IN_USE",
+            message: "a request with this Idempotency-Key is still being processed; retry later"
+                .into(),
+        });
+    }
+    if inserted {
         return Ok(Claim::Fresh);
     }
-    let (hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+    let (hash, sealed): (Vec<u8>, Vec<u8>) = sqlx::query_as(
         "SELECT request_hash, response_ciphertext FROM idempotency_keys
          WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4",
     )
@@ -88,23 +109,16 @@ pub async fn claim(
     .bind(k.tenant.environment.as_str())
     .bind(k.operation)
     .bind(k.key)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
     if hash != k.request_hash {
         return Err(Error::IdempotencyMismatch);
     }
-    match response {
-        Some(sealed) => Ok(Claim::Replay(
-            cipher
-                .decrypt(&sealed, &context(k))
-                .map_err(Error::Internal)?,
-        )),
-        None => Err(Error::Aborted {
-            reason: "IDEMPOTENCY_KEY_IN_USE",
-            message: "a request with this Idempotency-Key is still being processed; retry later"
-                .into(),
-        }),
-    }
+    Ok(Claim::Replay(
+        cipher
+            .decrypt(&sealed, &context(k))
+            .map_err(Error::Internal)?,
+    ))
 }
 
 /// Stores the response, in the transaction that did the work.
@@ -124,22 +138,6 @@ pub async fn store_response(
     .bind(k.key)
     .bind(cipher.encrypt(response, &context(k)))
     .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Releases a claim whose request failed, so a retry can run.
-pub async fn release(db: impl PgExecutor<'_>, k: &IdempotencyKey<'_>) -> Result<()> {
-    sqlx::query(
-        "DELETE FROM idempotency_keys
-         WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4
-           AND response_ciphertext IS NULL",
-    )
-    .bind(k.tenant.organization_id)
-    .bind(k.tenant.environment.as_str())
-    .bind(k.operation)
-    .bind(k.key)
-    .execute(db)
     .await?;
     Ok(())
 }

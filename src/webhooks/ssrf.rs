@@ -132,13 +132,11 @@ pub fn check_literal_host(url: &url::Url, allow: &Allowlist) -> Result<(), Refus
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
         _ => return Ok(()),
     };
-    let host = url.host_str().unwrap_or_default();
-    if allow.permits(host, ip) {
+    let host = normalize_host(url.host_str().unwrap_or_default());
+    if allow.permits(&host, ip) {
         Ok(())
     } else {
-        Err(Refused {
-            host: host.to_string(),
-        })
+        Err(Refused { host })
     }
 }
 
@@ -149,10 +147,18 @@ pub struct GuardedResolver {
     pub allow: Arc<Allowlist>,
 }
 
+/// The host name as the guard and the resolver see it: lowercase, without
+/// the root's trailing dot (`LocalHost.` is `localhost`), so that spelling
+/// cannot turn a refused destination into a lookup failure that is retried.
+/// (The URL parser has already applied IDNA.)
+pub fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow = self.allow.clone();
-        let host = name.as_str().to_string();
+        let host = normalize_host(name.as_str());
         Box::pin(async move {
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
@@ -237,5 +243,9 @@ mod tests {
         assert!(Allowlist::parse("bad entry!").is_err());
         let url = url::Url::parse("http://[::ffff:169.254.169.254]/x").unwrap();
         assert!(check_literal_host(&url, &Allowlist::default()).is_err());
+        assert!(allow.permits(
+            &normalize_host("Hooks.Internal."),
+            "10.9.9.9".parse().unwrap()
+        ));
     }
 }

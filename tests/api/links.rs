@@ -386,6 +386,7 @@ async fn wrong_json_types_are_reported_with_domain_problems() {
         .http
         .post(app.url("/v1/links"))
         .bearer_auth(&tenant.key)
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

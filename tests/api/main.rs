@@ -8,6 +8,7 @@ mod connections;
 mod flow;
 mod flow_races;
 mod helpers;
+mod input_gate;
 mod latency;
 mod links;
 mod oauth;

@@ -89,3 +89,82 @@ async fn database_outage_is_unavailable_then_recovers_without_restart() {
         .client_apps;
     assert_eq!(apps.len(), 1);
 }
+
+/// The database dies while a request with an `Idempotency-Key` is inside
+/// its transaction (held there by a lock this test takes on `links`): the
+/// request fails as unavailable, and once the database is back the retry
+/// with the same key creates the link at once, exactly once, instead of
+/// finding the key stuck.
+#[tokio::test]
+async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pg");
+    let cluster = start_cluster(root.clone()).await;
+    linkd::store::ensure_database(&cluster.url("postgres"), "linkd")
+        .await
+        .unwrap();
+    let url = cluster.url("linkd");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    linkd::store::migrate(&pool).await.unwrap();
+
+    let app = spawn_app_on(&url, Duration::from_millis(500)).await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let create = |app: &crate::helpers::TestApp| {
+        app.http
+            .post(app.url("/v1/links"))
+            .bearer_auth(&tenant.key)
+            .header("idempotency-key", "outage-1")
+            .json(&serde_json::json!({ "integrationId": "verizon",
+                "operations": [{ "resource": "mobileBillingStatement", "action": "read" }] }))
+            .send()
+    };
+    // Hold the request inside its transaction: its INSERT waits on this lock.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE links IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let request = tokio::spawn(create(&app));
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO links%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the request never reached its insert"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The database stops with the request still waiting (and the lock held).
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    drop(blocker);
+    drop(pool);
+    let failed = request.await.unwrap().unwrap();
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let _cluster = start_cluster(root).await;
+    app.wait_for_readiness(true).await;
+    let retried = create(&app).await.unwrap();
+    assert_eq!(
+        retried.status(),
+        StatusCode::CREATED,
+        "the retry runs at once"
+    );
+    let first: serde_json::Value = retried.json().await.unwrap();
+    let repeated: serde_json::Value = create(&app).await.unwrap().json().await.unwrap();
+    assert_eq!(repeated["linkId"], first["linkId"], "the repeat replays");
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+    assert_eq!(links, 1);
+}

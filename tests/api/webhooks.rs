@@ -497,6 +497,11 @@ async fn the_ssrf_guard_refuses_private_destinations_before_connecting() {
     let destinations = [
         format!("http://127.0.0.1:{port}/loopback"),
         format!("http://localhost:{port}/by-name"),
+        // Other spellings of the same host: trailing dot, case, IDNA.
+        format!("http://localhost.:{port}/trailing-dot"),
+        format!("http://LocalHost:{port}/case"),
+        format!("http://\u{24db}ocalhost:{port}/idna"),
+        format!("http://127.0.0.1.:{port}/dotted-literal"),
         format!("http://[::1]:{port}/v6-loopback"),
         format!("http://[::ffff:127.0.0.1]:{port}/mapped"),
         format!("http://0.0.0.0:{port}/unspecified"),
