@@ -116,8 +116,9 @@ fn walk_message(message: &DynamicMessage, path: &str, found: &mut Vec<FieldViola
         match name.as_str() {
             // Well-known JSON types keep their JSON paths: a Struct's keys,
             // a ListValue's indexes, a Value's content.
-            "google.protobuf.Struct" | "google.protobuf.Value" => walk_field(value, path, found),
-            "google.protobuf.ListValue" => walk_field(value, path, found),
+            "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue" => {
+                walk_field(value, path, found)
+            }
             _ => walk_field(value, &join(path, field.json_name()), found),
         }
     }
