@@ -102,11 +102,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The body as a JSON object, through the input gate: `415` unless it is
 /// `application/json`, `400` unless it parses to an object with no
-/// unstorable string. An empty body (any type) is `{}`: endpoints report
-/// the fields they require as missing.
+/// unstorable string. An endpoint that takes fields needs a body (`{}` for
+/// all defaults), so a request that lost its body is not acted on.
 pub(super) fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Err(Error::invalid(
+            "",
+            "the body must be a JSON object (send {} for the defaults)",
+        ));
     }
     if !is_json(headers) {
         return Err(Error::UnsupportedMediaType {
@@ -123,14 +126,19 @@ pub(super) fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String
 }
 
 /// Reads a JSON object body with `read`; its type problems and any field
-/// not in `known` are reported together, before anything is done.
+/// not in `known` are reported together, before anything is done. An
+/// endpoint that takes no fields (`known` empty) also accepts no body.
 pub(super) fn read_object<T>(
     headers: &HeaderMap,
     body: &[u8],
     known: &[&str],
     read: impl FnOnce(&mut Fields<'_>) -> T,
 ) -> Result<T, Error> {
-    let object = json_object(headers, body)?;
+    let object = if known.is_empty() && body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        json_object(headers, body)?
+    };
     let mut problems = Violations::new();
     let mut fields = Fields {
         object: &object,

@@ -385,7 +385,24 @@ async fn bodies_that_are_not_objects_or_carry_unknown_fields_change_nothing() {
         .unwrap();
     assert_eq!(flow["step"], "login", "nothing happened: {flow}");
     assert_eq!(flow["errorCode"], Value::Null);
-    // The endpoints that take no fields accept an empty body.
+    // Only the endpoints that take no fields accept no body at all.
+    for path in [
+        rotate.as_str(),
+        "/v1/events/redeliver-failed",
+        "/v1/links",
+        "/v2/link/init",
+    ] {
+        let empty = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&tenant.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(empty.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    assert_eq!(webhook_secret_sealed(&app).await, secret, "not rotated");
+    assert_eq!(failed_events(&app).await, 1, "nothing re-queued");
     let empty = app
         .http
         .post(app.url(&redeliver))

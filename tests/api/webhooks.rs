@@ -631,6 +631,7 @@ async fn a_rotated_secret_and_its_successor_both_sign_during_rotation() {
             tenant.app_id
         )))
         .bearer_auth(&other.key)
+        .json(&json!({}))
         .send()
         .await
         .unwrap();
