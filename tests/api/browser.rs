@@ -3,7 +3,7 @@
 //! client app's pages served by the test on another origin. Screenshots of
 //! every step land in `target/test-output/browser/<test>/`.
 
-use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, TestTenant, spawn_app};
 use axum::extract::Query;
 use axum::response::Html;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -18,6 +18,13 @@ use url::Url;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The first lines of every Link page screen: the header.
+const HEADER: [&str; 2] = ["◆", "linkd"];
+const LOGIN_LEAD: &str =
+    "Your credentials go to the provider only; they are not shared with the app.";
+const USED: &str = "This session has already been used. Start again from the app.";
+const CLOSE: &str = "You can close this window.";
 
 /// Chromium and chromedriver, installed from Debian when missing (as `.ci/run`
 /// does) so that `cargo test` alone sets up a fresh machine.
@@ -123,6 +130,57 @@ impl Browser {
         }
     }
 
+    /// The visible text of the Link page's card (the whole page elsewhere),
+    /// line by line, blank lines dropped.
+    async fn card_lines(&self) -> Vec<String> {
+        let text = self
+            .client
+            .execute(
+                "var c = document.getElementById('card'); return (c || document.body).innerText;",
+                vec![],
+            )
+            .await
+            .unwrap_or_default();
+        text.as_str()
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until the Link page shows exactly its header and `expected`,
+    /// line by line, and is not busy; fails on stray text; saves a
+    /// screenshot as `step`.
+    async fn screen(&mut self, step: &str, expected: &[&str]) {
+        let expected: Vec<&str> = HEADER.iter().chain(expected).copied().collect();
+        let started = Instant::now();
+        loop {
+            let lines = self.card_lines().await;
+            let busy = self
+                .client
+                .execute(
+                    "var v = document.getElementById('view'); return !!v && v.getAttribute('aria-busy') === 'true';",
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            if lines == expected && !busy {
+                assert_no_stray_text(step, &lines);
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{step}: the page shows {lines:#?}\nexpected {expected:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shot(step).await;
+    }
+
     async fn shot(&mut self, step: &str) {
         self.taken += 1;
         let png = self.client.screenshot().await.expect("screenshot");
@@ -208,6 +266,59 @@ impl Browser {
     }
 }
 
+/// Text an end user must never see: placeholders of missing values and
+/// untranslated message keys (`invalid_code`, `twoFactor`).
+fn stray(word: &str) -> bool {
+    let word =
+        word.trim_matches(|c: char| !c.is_alphanumeric() && c != '_' && c != '[' && c != ']');
+    let snake = word.contains('_') && word.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let camel = word.starts_with(|c: char| c.is_ascii_lowercase())
+        && word.chars().any(|c| c.is_ascii_uppercase())
+        && word.chars().all(|c| c.is_ascii_alphanumeric());
+    let placeholder = ["null", "undefined", "NaN", "[object"]
+        .iter()
+        .any(|p| word.contains(p));
+    placeholder || snake || camel
+}
+
+fn assert_no_stray_text(step: &str, lines: &[String]) {
+    for line in lines {
+        let bad: Vec<&str> = line.split_whitespace().filter(|w| stray(w)).collect();
+        assert!(bad.is_empty(), "{step}: stray text {bad:?} in {line:?}");
+    }
+}
+
+#[test]
+fn the_stray_text_guard_catches_what_shipped_before() {
+    for line in [
+        "Connected. null",
+        "nullnull",
+        "invalid_code",
+        "twoFactor",
+        "[object Object]",
+        "NaN",
+        "undefined",
+    ] {
+        assert!(line.split_whitespace().any(stray), "{line}");
+    }
+    for line in [
+        "Log in to OnlyFans",
+        "Allow Acme Budget to access your Uber Eats account?",
+        "◆ linkd",
+    ] {
+        assert!(!line.split_whitespace().any(stray), "{line}");
+    }
+}
+
+/// The integrations the Link page offers, in catalog order.
+fn offered() -> Vec<String> {
+    linkd::startup::load_catalog(None)
+        .unwrap()
+        .providers()
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 fn query(url: &Url) -> Vec<(String, String)> {
     url.query_pairs().into_owned().collect()
 }
@@ -220,10 +331,23 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// The client app's own web pages on another origin: its redirect target
-/// and a page that embeds Link with `/link/embed.js`.
+/// and a page that embeds Link with `/link/embed.js`; and an attacker's
+/// page on a third origin that the host page frames.
 struct ClientSite {
     origin: String,
+    forger: String,
 }
+
+/// Framed inside the host page, next to Link's own frame: forges what
+/// linkd would post to the host, and what the host would post to Link.
+const FORGER_PAGE: &str = r#"<!doctype html><html><body><script>
+  parent.postMessage({ source: 'linkd', type: 'success', connectionId: 'conn_forged' }, '*');
+  parent.postMessage({ source: 'linkd', type: 'exit', status: 'cancelled', step: 'login' }, '*');
+  for (var i = 0; i < parent.frames.length; i++) {
+    if (parent.frames[i] !== window) parent.frames[i].postMessage({ source: 'linkd-host', type: 'close' }, '*');
+  }
+  parent.postMessage({ source: 'forger', type: 'posted' }, '*');
+</script></body></html>"#;
 
 const HOST_PAGE: &str = r#"<!doctype html>
 <html><head><meta name="viewport" content="width=device-width, initial-scale=1"><title>Client app</title>
@@ -232,6 +356,9 @@ const HOST_PAGE: &str = r#"<!doctype html>
 <ol id="log"></ol>
 <script>
   window.results = [];
+  window.addEventListener('message', function (e) {
+    if (e.data && e.data.source === 'forger') window.forged = true;
+  });
   function record(kind, payload) {
     window.results.push({ kind: kind, payload: payload });
     var li = document.createElement('li');
@@ -270,8 +397,17 @@ impl ClientSite {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
+        let forger = axum::Router::new().route(
+            "/forger.html",
+            axum::routing::get(|| async { Html(FORGER_PAGE) }),
+        );
+        let forger_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let forger_addr = forger_listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(forger_listener, forger).await });
         ClientSite {
             origin: format!("http://{addr}"),
+            // Another origin: `localhost` rather than 127.0.0.1.
+            forger: format!("http://localhost:{}", forger_addr.port()),
         }
     }
 
@@ -320,16 +456,32 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
     let mut browser = Browser::start("hosted_success").await;
 
     browser.goto(&url).await;
-    browser.heading("Choose your provider").await;
+    let names = offered();
+    let mut pick = vec![
+        "Choose your provider",
+        "Acme Budget wants to connect to one of your accounts.",
+    ];
+    pick.extend(names.iter().map(String::as_str));
+    pick.push("Cancel");
+    browser.screen("pick-integration", &pick).await;
     let address = browser.client.current_url().await.unwrap();
     assert_eq!(address.fragment(), None, "the token leaves the address bar");
-    browser.text_of("main", "Acme Budget").await;
-    browser.shot("pick-integration").await;
     browser.click("button[data-integration=onlyfans]").await;
 
     // Keyboard only: the first field has focus; Tab, then Enter submits.
-    browser.heading("Log in to OnlyFans").await;
-    browser.shot("login").await;
+    browser
+        .screen(
+            "login",
+            &[
+                "Log in to OnlyFans",
+                LOGIN_LEAD,
+                "Email",
+                "Password",
+                "Continue",
+                "Cancel",
+            ],
+        )
+        .await;
     let focused = browser.client.active_element().await.unwrap();
     assert_eq!(
         focused.attr("name").await.unwrap().as_deref(),
@@ -341,12 +493,20 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
         .unwrap();
 
     browser
-        .heading("Allow Acme Budget to access your OnlyFans account?")
+        .screen(
+            "consent",
+            &[
+                "Allow Acme Budget to access your OnlyFans account?",
+                "Acme Budget will be able to use this connection until you or the app remove it.",
+                "Allow",
+                "Cancel",
+            ],
+        )
         .await;
-    browser.shot("consent").await;
     browser.click("button.primary").await;
-    browser.text_of("h1", "Connected").await;
-    browser.shot("done").await;
+    browser
+        .screen("done", &["Connected. Returning to the app…"])
+        .await;
 
     let landed = browser.landed_on(&site.callback()).await;
     browser.shot("back-in-app").await;
@@ -367,8 +527,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
 
     // Single use: opening the URL again cannot reuse it.
     browser.goto(&url).await;
-    browser.heading("already been used").await;
-    browser.shot("reused").await;
+    browser.screen("reused", &[USED, CLOSE]).await;
     browser.quit().await;
 }
 
@@ -384,24 +543,54 @@ async fn two_factor_after_a_wrong_password() {
     browser.click("button[data-integration=tmobile]").await;
     browser.login("user_2fa", "wrong-password").await;
     browser
-        .text_of("[role=alert]", "The username or password is incorrect.")
+        .screen(
+            "wrong-password",
+            &[
+                "Log in to T-Mobile",
+                LOGIN_LEAD,
+                "Phone number or email",
+                "Password",
+                "The username or password is incorrect.",
+                "Continue",
+                "Cancel",
+            ],
+        )
         .await;
-    browser.shot("wrong-password").await;
     browser.login("user_2fa", "pass_good").await;
-    browser.heading("Enter your verification code").await;
-    browser.shot("two-factor").await;
+    let two_factor = |alert: Option<&'static str>| {
+        let mut lines = vec![
+            "Enter your verification code",
+            "Enter the 6-digit code sent to your phone ending in 0042.",
+            "Verification code",
+        ];
+        lines.extend(alert);
+        lines.extend(["Verify", "Cancel"]);
+        lines
+    };
+    browser.screen("two-factor", &two_factor(None)).await;
     let code = browser.find("input[name=code]").await;
     code.send_keys("000000").await.unwrap();
     browser.click("button[type=submit]").await;
     browser
-        .text_of("[role=alert]", "That code is incorrect")
+        .screen(
+            "wrong-code",
+            &two_factor(Some("That code is incorrect. Check it and try again.")),
+        )
         .await;
-    browser.shot("wrong-code").await;
     let code = browser.find("input[name=code]").await;
     code.clear().await.unwrap();
     code.send_keys("123456\u{e007}").await.unwrap();
-    browser.heading("Allow Acme Budget").await;
-    browser.shot("consent").await;
+    browser
+        .screen(
+            "consent",
+            &[
+                "Allow Acme Budget to access your T-Mobile account?",
+                "Acme Budget will be able to use this connection until you or the app remove it.",
+                "Allow",
+                "Cancel",
+            ],
+        )
+        .await;
     browser.click("button.primary").await;
     let landed = browser.landed_on(&site.callback()).await;
     assert_eq!(query(&landed)[1], ("status".into(), "success".into()));
@@ -435,6 +624,12 @@ async fn cancel_at_each_step_returns_to_the_app() {
         }
         browser.shot(&format!("{step}-before-cancel")).await;
         browser.click("button.cancel").await;
+        browser
+            .screen(
+                &format!("{step}-cancelled"),
+                &["Cancelled. Returning to the app…"],
+            )
+            .await;
         let landed = browser.landed_on(&site.callback()).await;
         assert_eq!(
             query(&landed),
@@ -446,27 +641,33 @@ async fn cancel_at_each_step_returns_to_the_app() {
             ]),
             "cancel at {step}"
         );
-        browser.shot(&format!("{step}-cancelled")).await;
     }
     browser.quit().await;
 }
 
 #[tokio::test]
 async fn an_expired_session_says_so_and_returns_with_session_expired() {
-    let app = spawn_app_with(|args| args.link_session_ttl = Duration::from_secs(3)).await;
+    let app = spawn_app().await;
     let site = ClientSite::start(&app).await;
     let tenant = site.register(&app, new_tenant(&app).await).await;
     let mut browser = Browser::start("expired").await;
     let url = session_url(&app, &tenant, json!({})).await;
-    let opened = Instant::now();
     browser.goto(&url).await;
     browser.click("button[data-integration=verizon]").await;
     browser.heading("Log in to Verizon").await;
     browser.shot("login").await;
-    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(opened.elapsed())).await;
+    // The session's lifetime runs out while the end user types.
+    sqlx::query("UPDATE flows SET expires_at = now() - interval '1 second'")
+        .execute(app.api.db())
+        .await
+        .unwrap();
     browser.login("user_good", "pass_good").await;
-    browser.heading("This session has expired").await;
-    browser.shot("expired").await;
+    browser
+        .screen(
+            "expired",
+            &["This session has expired. Start again from the app."],
+        )
+        .await;
     let landed = browser.landed_on(&site.callback()).await;
     assert_eq!(
         query(&landed),
@@ -474,6 +675,39 @@ async fn an_expired_session_says_so_and_returns_with_session_expired() {
             ("from", "linkd"),
             ("status", "error"),
             ("error_code", "session_expired"),
+        ])
+    );
+    browser.quit().await;
+}
+
+/// A provider error ends the session on an error screen that names it,
+/// then returns with its code.
+#[tokio::test]
+async fn a_provider_error_shows_its_message_and_returns_with_its_code() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("provider_error").await;
+    let url = session_url(&app, &tenant, json!({ "clientReferenceId": "u9" })).await;
+    browser.goto(&url).await;
+    browser.click("button[data-integration=att]").await;
+    browser.login("user_locked", "pass_good").await;
+    browser
+        .screen(
+            "locked",
+            &[
+                                "This account is locked at the provider. Something went wrong. Returning to the app…",
+            ],
+        )
+        .await;
+    let landed = browser.landed_on(&site.callback()).await;
+    assert_eq!(
+        query(&landed),
+        pairs(&[
+            ("from", "linkd"),
+            ("status", "error"),
+            ("error_code", "account_locked"),
+            ("client_reference_id", "u9"),
         ])
     );
     browser.quit().await;
@@ -494,26 +728,43 @@ async fn embedded_results_reach_the_host_page_through_post_message() {
     // Success through onSuccess; the overlay goes away.
     let url = session_url(&app, &tenant, json!({ "clientReferenceId": "emb-1" })).await;
     browser.goto(&host_page(&url)).await;
-    // A forged message from the wrong origin is ignored.
+    browser.click("#connect").await;
+    let link_frame = "[data-linkd-overlay] iframe";
+    browser.find(link_frame).await.enter_frame().await.unwrap();
+    browser.heading("Choose your provider").await;
+    browser.client.enter_parent_frame().await.unwrap();
+    browser.shot("overlay").await;
+    // Once Link is open, a frame from a third origin forges messages to the
+    // host page and to Link's frame; both ignore them.
     browser
         .client
         .execute(
-            "window.postMessage({ source: 'linkd', type: 'success', connectionId: 'conn_forged' }, '*');",
+            "var f = document.createElement('iframe'); f.src = arguments[0]; document.body.appendChild(f);",
+            vec![json!(format!("{}/forger.html", site.forger))],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while browser
+        .client
+        .execute("return window.forged === true;", vec![])
+        .await
+        .unwrap()
+        != json!(true)
+    {
+        assert!(started.elapsed() < WAIT, "the forger never posted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let early = browser
+        .client
+        .execute(
+            "return window.results.filter(function (r) { return r.kind !== 'event'; });",
             vec![],
         )
         .await
         .unwrap();
-    browser.click("#connect").await;
-    browser.find("iframe").await;
-    browser.shot("overlay").await;
-    browser
-        .client
-        .find(Locator::Css("iframe"))
-        .await
-        .unwrap()
-        .enter_frame()
-        .await
-        .unwrap();
+    assert_eq!(early, json!([]), "forged results reached the app");
+    browser.find(link_frame).await.enter_frame().await.unwrap();
     browser.click("button[data-integration=ubereats]").await;
     browser.login("user_good", "pass_good").await;
     browser.heading("Allow Acme Budget").await;
@@ -539,7 +790,11 @@ async fn embedded_results_reach_the_host_page_through_post_message() {
         .collect();
     assert_eq!(steps, ["pre-login", "login", "authorization", "done"]);
     assert!(
-        browser.client.find(Locator::Css("iframe")).await.is_err(),
+        browser
+            .client
+            .find(Locator::Css("[data-linkd-overlay]"))
+            .await
+            .is_err(),
         "the overlay is removed"
     );
     let (_, connection) = crate::sessions::get_connection(&app, &tenant, connection_id).await;
@@ -675,15 +930,34 @@ async fn the_default_app_clip_url_claims_and_runs_a_link() {
         link["claimCode"].as_str().unwrap()
     );
     browser.goto(&page).await;
-    browser.heading("Log in to Verizon").await;
+    let login = [
+        "Log in to Verizon",
+        LOGIN_LEAD,
+        "Phone number or email",
+        "Password",
+        "Continue",
+        "Cancel",
+    ];
+    browser.screen("login", &login).await;
     let address = browser.client.current_url().await.unwrap();
     assert_eq!(
         address.query(),
         None,
         "the claim code leaves the address bar"
     );
-    browser.shot("login").await;
-    browser.login("user_good", "pass_good").await;
+    // A slow provider: the end user reloads while the operations run, and
+    // the page shows it is working, then finishes on its own.
+    browser.login("user_slow_ops", "pass_good").await;
+    let started = Instant::now();
+    while app.grpc_link(&tenant.key, link_id).await.status() != linkd::pb::LinkStatus::Processing {
+        assert!(started.elapsed() < WAIT, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    browser.client.refresh().await.unwrap();
+    browser.screen("connecting", &["Connecting…"]).await;
+    browser
+        .screen("done", &["Connected. Returning to the app…"])
+        .await;
     let landed = browser.landed_on(&site.callback()).await;
     assert_eq!(query(&landed), pairs(&[("linkId", link_id)]));
     browser.shot("back-in-app").await;
@@ -694,7 +968,7 @@ async fn the_default_app_clip_url_claims_and_runs_a_link() {
 
     // The claim code is single-use.
     browser.goto(&page).await;
-    browser.heading("already been used").await;
+    browser.screen("reused", &[USED, CLOSE]).await;
     browser.quit().await;
 }
 
