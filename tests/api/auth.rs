@@ -20,8 +20,9 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
     // Same lookup id with another secret; an unknown lookup id; garbage; and
     // the sandbox key relabelled as a production key.
     let mut wrong_secret = tenant.key.clone();
-    wrong_secret.pop();
-    wrong_secret.push('A');
+    // A different last character (the old one may have been any of 64).
+    let last = wrong_secret.pop().unwrap();
+    wrong_secret.push(if last == 'A' { 'B' } else { 'A' });
     let unknown =
         "lk_sandbox_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
     let relabelled = tenant.key.replacen("lk_sandbox_", "lk_production_", 1);

@@ -337,7 +337,7 @@ async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
     assert_eq!(types, [json!("link.failed"), json!("link.failed")]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;

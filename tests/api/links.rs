@@ -398,7 +398,7 @@ async fn wrong_json_types_are_reported_with_domain_problems() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_keys_replay_refuse_mismatches_and_survive_races() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
@@ -523,13 +523,22 @@ async fn links_are_tenant_scoped_and_expire_on_read() {
     let malformed = app.get("/v1/links/conn_123", &bob.key).await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
 
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let expired: Value = app
-        .get(&format!("/v1/links/{link_id}"), &alice.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    // Read until the one-second lifetime has passed (expiry on read, or the
+    // sweep, whichever comes first).
+    let started = std::time::Instant::now();
+    let expired: Value = loop {
+        let read: Value = app
+            .get(&format!("/v1/links/{link_id}"), &alice.key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if read["status"] != "pending" {
+            break read;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(expired["status"], "expired");
     assert_eq!(expired["errorCode"], "link_expired");
     assert_eq!(expired["finishedAt"], created["expiresAt"]);
@@ -556,7 +565,8 @@ async fn idempotency_keys_are_forgotten_after_their_retention() {
         .execute(app.api.db())
         .await
         .unwrap();
-    for _ in 0..50 {
+    let started = std::time::Instant::now();
+    loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
             .fetch_one(app.api.db())
             .await
@@ -564,6 +574,10 @@ async fn idempotency_keys_are_forgotten_after_their_retention() {
         if left == 0 {
             break;
         }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the sweep never forgot the key"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let again: Value = post_link(&app, &tenant.key, &documented_request(), Some("old"))
@@ -575,4 +589,88 @@ async fn idempotency_keys_are_forgotten_after_their_retention() {
         again["linkId"], first["linkId"],
         "an expired key is a new request"
     );
+}
+
+/// While a request with a key is still running (held inside its
+/// transaction by a lock this test takes), the same key is `409` /
+/// `ABORTED` at once on both surfaces; the same key on another RPC is a
+/// different key; once the first finishes, repeats replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_in_use_is_refused_at_once_and_keys_are_per_rpc() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut blocker = app.api.db().begin().await.unwrap();
+    sqlx::query("LOCK TABLE links IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let (http, url, key) = (app.http.clone(), app.url("/v1/links"), tenant.key.clone());
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .header("Idempotency-Key", "busy-1")
+                .json(&documented_request())
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO links%'",
+        )
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let busy = post_link(&app, &tenant.key, &documented_request(), Some("busy-1")).await;
+    assert_eq!(busy.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        busy.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_in_use"
+    );
+    let mut grpc = LinkServiceClient::new(app.channel().await);
+    let mut req = with_key(documented_proto(), &tenant.key);
+    req.metadata_mut()
+        .insert("idempotency-key", "busy-1".parse().unwrap());
+    let status = grpc.create_link(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "IDEMPOTENCY_KEY_IN_USE"
+    );
+    blocker.rollback().await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let replay: Value = post_link(&app, &tenant.key, &documented_request(), Some("busy-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["linkId"], first["linkId"]);
+    // The same key on InitLinkSession is its own key, not a reuse.
+    let session = app
+        .http
+        .post(app.url("/v2/link/init"))
+        .bearer_auth(&tenant.key)
+        .header("Idempotency-Key", "busy-1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), StatusCode::OK);
+
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+    assert_eq!(links, 1);
 }

@@ -726,7 +726,7 @@ async fn codes_exchange_once_with_pkce_and_a_replay_revokes_the_token() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_redemptions_let_exactly_one_succeed() {
     let app = spawn_app().await;
     let client = client(&app, &[CB]).await;
