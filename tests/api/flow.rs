@@ -375,10 +375,17 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
 
-    let mut short = billing_link();
-    short["expiresIn"] = json!(1);
-    let expiring = create(&app, &tenant, short).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let expiring = create(&app, &tenant, billing_link()).await;
+    // Its lifetime runs out before anyone claims it.
+    sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(
+            linkd::ids::IdKind::Link
+                .parse(expiring["linkId"].as_str().unwrap())
+                .unwrap(),
+        )
+        .execute(app.api.db())
+        .await
+        .unwrap();
     let late = app
         .http
         .post(app.url("/v1/flow/claim"))
@@ -438,14 +445,23 @@ async fn cancelling_and_flow_authentication() {
 async fn a_background_sweep_expires_links_and_records_events() {
     let app = spawn_app().await; // sweep every 300 ms
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let mut short = card_link();
-    short["expiresIn"] = json!(1);
-    let link = create(&app, &tenant, short).await;
+    let link = create(&app, &tenant, card_link()).await;
     let _flow = Flow::claim(&app, &link).await; // claimed, never finished
     let keep = create(&app, &tenant, billing_link()).await;
+    // The claimed link's lifetime runs out; the other's does not.
+    sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(
+            linkd::ids::IdKind::Link
+                .parse(link["linkId"].as_str().unwrap())
+                .unwrap(),
+        )
+        .execute(app.api.db())
+        .await
+        .unwrap();
 
     let mut expired = Vec::new();
-    for _ in 0..50 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         expired = events(&app).await;
         if !expired.is_empty() {

@@ -152,7 +152,15 @@ async fn created_link_has_exactly_the_documented_shape() {
     assert_eq!(sessions, 1);
     assert!(!String::from_utf8_lossy(&ciphertext).contains(CARD));
     assert!(!String::from_utf8_lossy(&ciphertext).contains("\"123\""));
-    assert_eq!(hash, linkd::ids::token_hash(claim_code));
+    let independent: Vec<u8> = sqlx::query_scalar("SELECT sha256(convert_to($1, 'UTF8'))")
+        .bind(claim_code)
+        .fetch_one(app.api.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        hash, independent,
+        "SHA-256 of the claim code, as Postgres computes it"
+    );
 
     // GetLink shows it pending, on both surfaces.
     let got: Value = app

@@ -2,7 +2,7 @@
 //! the flow API the Link page uses: defaults, validation, every redirect
 //! shape, reconnects, expiry.
 
-use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
+use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
 use linkd::domain::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -515,7 +515,7 @@ async fn provider_errors_redirect_with_their_error_code() {
 
 #[tokio::test]
 async fn an_expired_session_is_unusable_and_redirects_with_session_expired() {
-    let app = spawn_app_with(|args| args.link_session_ttl = Duration::from_secs(1)).await;
+    let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let page = Page::open(&app, &tenant, json!({ "clientReferenceId": "late" })).await;
     page.pick("onlyfans").await;
@@ -524,7 +524,11 @@ async fn an_expired_session_is_unusable_and_redirects_with_session_expired() {
     let abandoned = Page::open(&app, &tenant, json!({})).await;
     abandoned.pick("onlyfans").await;
     abandoned.login("user_2fa", "pass_good").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both sessions' lifetimes run out.
+    sqlx::query("UPDATE flows SET expires_at = now() - interval '1 second'")
+        .execute(app.api.db())
+        .await
+        .unwrap();
 
     let (status, error) = page
         .call(
