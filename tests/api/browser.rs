@@ -71,18 +71,24 @@ impl Browser {
     async fn start(test: &str) -> Browser {
         ensure_chromium();
         let slot = browser_slots().acquire().await.unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = tokio::process::Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting chromedriver");
+        // A free port, then chromedriver on it; another process may take
+        // the port in between, and chromedriver then exits: pick again.
+        let spawn_driver = || {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let driver = tokio::process::Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("starting chromedriver");
+            (port, driver)
+        };
+        let (mut port, mut driver) = spawn_driver();
         let profile = tempfile::tempdir().unwrap();
         let capabilities = json!({
             "browserName": "chrome",
@@ -108,6 +114,9 @@ impl Browser {
                 .await
             {
                 Ok(client) => break client,
+                Err(_) if matches!(driver.try_wait(), Ok(Some(_))) && started.elapsed() < WAIT => {
+                    (port, driver) = spawn_driver();
+                }
                 Err(err) if started.elapsed() < WAIT => {
                     let _ = err;
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -9,6 +9,7 @@ mod flow;
 mod flow_races;
 mod helpers;
 mod input_gate;
+mod key_rotation;
 mod latency;
 mod links;
 mod oauth;
