@@ -12,6 +12,7 @@
 //! | `user_slow` | logs in after 3 seconds |
 //! | `user_slow_2fa` | asks for a second factor; checking the code takes 3 seconds |
 //! | `user_slow_ops` | logs in; every operation takes 3 seconds |
+//! | `user_large` | logs in; transaction reads return the whole `limit` asked for (up to 500, not 60) |
 //! | `user_shortsession` | logs in; the provider session ends after 10 seconds |
 //!
 //! Data is deterministic per (integration, username). A `paymentMethod`
@@ -284,7 +285,7 @@ fn accounts(seed: &mut Seed) -> Value {
     ])
 }
 
-fn transactions(seed: &mut Seed, args: &Value) -> Value {
+fn transactions(seed: &mut Seed, args: &Value, cap: u32) -> Value {
     const MERCHANTS: [&str; 6] = [
         "Grocery Mart",
         "Metro Transit",
@@ -297,7 +298,7 @@ fn transactions(seed: &mut Seed, args: &Value) -> Value {
         .as_str()
         .unwrap_or("acc_chequing")
         .to_string();
-    (0..int_arg(args, "limit", 50).min(60))
+    (0..int_arg(args, "limit", 50).min(cap))
         .map(|i| {
             let merchant = MERCHANTS[seed.next(6) as usize];
             let amount = if merchant == "Payroll Deposit" {
@@ -421,7 +422,10 @@ impl Connector for SandboxConnector {
             }
             ("orderHistory", Action::Read) => orders(&mut seed, int_arg(arguments, "limit", 20)),
             ("accounts", Action::Read) => accounts(&mut seed),
-            ("transactions", Action::Read) => transactions(&mut seed, arguments),
+            ("transactions", Action::Read) => {
+                let cap = if username == "user_large" { 500 } else { 60 };
+                transactions(&mut seed, arguments, cap)
+            }
             ("profile" | "subscribers" | "earnings", Action::Read) => {
                 creator(&mut seed, resource, arguments, username)
             }

@@ -742,32 +742,77 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A real link whose result is larger than a webhook body may be: the
+/// `link.completed` webhook leaves the result out and says so, and GetLink
+/// still returns all of it.
 #[tokio::test]
 async fn oversized_link_results_are_left_out_of_the_webhook_body() {
+    let receiver = Receiver::start().await;
     let app = spawn_app().await;
-    let tenant = app.create_tenant(Environment::Sandbox).await;
-    let big = "x".repeat(linkd::webhooks::MAX_PAYLOAD_BYTES + 1);
-    let mut tx = app.api.db().begin().await.unwrap();
-    linkd::flow::record_event(
-        &mut tx,
-        tenant.tenant,
-        "link.completed",
-        linkd::flow::EventSubject::default(),
-        json!({ "linkId": "link_x", "status": "completed", "result": { "blob": big } }),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let payload: Value =
-        sqlx::query_scalar("SELECT payload FROM events WHERE organization_id = $1")
-            .bind(tenant.tenant.organization_id)
-            .fetch_one(app.api.db())
-            .await
-            .unwrap();
-    assert_eq!(payload["data"]["resultTruncated"], true);
-    assert!(payload["data"].get("result").is_none());
-    assert_eq!(payload["data"]["linkId"], "link_x");
-    assert!(serde_json::to_vec(&payload).unwrap().len() < linkd::webhooks::MAX_PAYLOAD_BYTES);
+    let tenant = hooked_tenant(&app, &receiver.url("large")).await;
+    let read =
+        json!({ "resource": "transactions", "action": "read", "arguments": { "limit": 500 } });
+    let link: Value = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({ "integrationId": "northbank", "operations": [read.clone(), read.clone(), read.clone(), read] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claimed: Value = app
+        .http
+        .post(app.url("/v1/flow/claim"))
+        .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done: Value = app
+        .http
+        .post(app.url("/v1/flow/credentials"))
+        .bearer_auth(claimed["flowToken"].as_str().unwrap())
+        .json(&json!({ "fields": { "username": "user_large", "password": "pass_good" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["outcome"], "success", "{done}");
+
+    let got = receiver.wait_for("large", 1, Duration::from_secs(20)).await;
+    let body = got[0].json();
+    assert_eq!(body["type"], "link.completed");
+    assert_eq!(body["data"]["linkId"], link["linkId"]);
+    assert_eq!(body["data"]["resultTruncated"], true);
+    assert!(body["data"].get("result").is_none());
+    assert!(got[0].body.len() < linkd::webhooks::MAX_PAYLOAD_BYTES);
+    let full: Value = app
+        .get(
+            &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
+            &tenant.key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let operations = full["result"]["operations"].as_array().unwrap();
+    assert_eq!(operations.len(), 4);
+    assert!(
+        operations
+            .iter()
+            .all(|op| op["data"].as_array().unwrap().len() == 500)
+    );
+    assert!(
+        serde_json::to_vec(&full["result"]).unwrap().len() > linkd::webhooks::MAX_PAYLOAD_BYTES,
+        "the result really is larger than a webhook body"
+    );
 }
 
 /// The sweep removes finished events older than the retention (30 days by
