@@ -503,3 +503,31 @@ pub struct Allow(pub crate::webhooks::ssrf::Allowlist);
 fn parse_allowlist(s: &str) -> Result<Allow, String> {
     crate::webhooks::ssrf::Allowlist::parse(s).map(Allow)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults the README's configuration table documents.
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cli = Cli::try_parse_from(["linkd"]).unwrap();
+        let serve = cli.serve;
+        let secs = Duration::from_secs;
+        assert_eq!(
+            serve.webhook_retry_schedule.0,
+            [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400].map(secs),
+            "0s,5s,5m,30m,2h,5h,10h,14h,20h,24h"
+        );
+        assert_eq!(serve.webhook_timeout, secs(15));
+        assert_eq!(serve.webhook_lease, secs(60));
+        assert_eq!(serve.webhook_concurrency, 64);
+        assert_eq!(serve.webhook_destination_concurrency, 32);
+        assert_eq!(serve.provider_timeout, secs(30));
+        assert_eq!(serve.link_session_ttl, secs(30 * 60));
+        assert_eq!(serve.oauth_code_ttl, secs(600));
+        assert_eq!(serve.oauth_token_ttl, secs(3600));
+        assert_eq!(serve.api_key_cache_ttl, secs(5));
+        assert_eq!(serve.max_list_offset, 10_000);
+    }
+}

@@ -61,7 +61,8 @@ struct Log {
 /// `/streamed` (200 whose body follows the headers 50 ms later),
 /// `/busy` (429 with `Retry-After: 2` once, then 200), `/unavailable` (503
 /// with `Retry-After` as an HTTP date 3 s ahead once, then 200), `/redirect` (302 to
-/// `/ok`), `/slow` (answers after 3 s).
+/// `/ok`), `/slow` (answers after 3 s), `/busy-for-weeks` (429 with
+/// `Retry-After` of two weeks, always).
 pub struct Receiver {
     pub base: String,
     log: Log,
@@ -101,6 +102,9 @@ async fn receive(
             let at = chrono::Utc::now() + chrono::Duration::seconds(3);
             let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
             (AxumStatus::SERVICE_UNAVAILABLE, [("retry-after", date)]).into_response()
+        }
+        (Some("busy-for-weeks"), _) => {
+            (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "1209600")]).into_response()
         }
         (Some("redirect"), _) => (AxumStatus::FOUND, [("location", "/ok")]).into_response(),
         (Some("stall"), _) => {
@@ -921,4 +925,41 @@ async fn queue_metrics_show_the_backlog_while_every_slot_is_busy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(receiver.at("stall").len(), 1, "still one at a time");
+}
+
+/// A `Retry-After` beyond 24 hours is held to 24 hours: a receiver cannot
+/// park its events for weeks.
+#[tokio::test]
+async fn retry_after_is_capped_at_a_day() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app().await;
+    let tenant = hooked_tenant(&app, &receiver.url("busy-for-weeks")).await;
+    failed_link(&app, &tenant, None).await;
+    let got = receiver
+        .wait_for("busy-for-weeks", 1, Duration::from_secs(10))
+        .await;
+    let event = wait_attempts(&app, &tenant, got[0].id(), 1).await;
+    let next =
+        chrono::DateTime::parse_from_rfc3339(event["event"]["nextAttemptAt"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+    let wait = next - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::hours(23) && wait <= chrono::Duration::hours(24),
+        "next attempt in {wait}: {event}"
+    );
+    assert_eq!(event["event"]["deliveryStatus"], "pending");
+}
+
+/// The event once `n` attempts are recorded.
+async fn wait_attempts(app: &TestApp, tenant: &TestTenant, event_id: &str, n: usize) -> Value {
+    let started = Instant::now();
+    loop {
+        let event = event_of(app, tenant, event_id).await;
+        if event["attempts"].as_array().map_or(0, Vec::len) >= n {
+            return event;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{event}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
