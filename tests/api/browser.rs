@@ -475,6 +475,50 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
     browser.screen("pick-integration", &pick).await;
     let address = browser.client.current_url().await.unwrap();
     assert_eq!(address.fragment(), None, "the token leaves the address bar");
+    // Everything the page loaded came from linkd, and its CSP refuses an
+    // injected inline script.
+    let loaded = browser
+        .client
+        .execute(
+            "return performance.getEntriesByType('resource').map(function (e) { return new URL(e.name).origin; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let linkd_origin = app.url("");
+    let loaded: Vec<&str> = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert!(
+        !loaded.is_empty() && loaded.iter().all(|o| *o == linkd_origin),
+        "{loaded:?}"
+    );
+    let injected = browser
+        .client
+        .execute(
+            "var s = document.createElement('script'); s.textContent = 'window.injected = true;'; \
+             document.head.appendChild(s); return window.injected === true;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(false), "the CSP blocks inline script");
+    let page = app.http.get(app.url("/link")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "form-action 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
     browser.click("button[data-integration=onlyfans]").await;
 
     // Keyboard only: the first field has focus; Tab, then Enter submits.

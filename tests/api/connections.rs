@@ -307,3 +307,37 @@ async fn concurrent_expiry_sweeps_expire_each_connection_once() {
     expected.sort();
     assert_eq!(expired_ids, expected, "one event per connection");
 }
+
+/// Page tokens carry the filter's place: paging a filtered listing returns
+/// each matching connection once, in order, and nothing else.
+#[tokio::test]
+async fn page_tokens_walk_a_filtered_listing() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let made = make(&app, &tenant, 9).await; // references ref-0, ref-1, ref-2, …
+    let wanted: Vec<String> = made
+        .iter()
+        .enumerate()
+        // Newest first: made[j] was connection 8 - j, reference ref-((8 - j) % 3).
+        .filter(|(j, _)| (8 - j) % 3 == 1)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(wanted.len(), 3);
+    let mut seen = Vec::new();
+    let mut query = "?status=active&clientReferenceId=ref-1&limit=2".to_string();
+    loop {
+        let (status, page) = list(&app, &tenant, &query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for connection in page["connections"].as_array().unwrap() {
+            assert_eq!(connection["clientReferenceId"], "ref-1");
+        }
+        seen.extend(ids(&page));
+        match page["nextPageToken"].as_str() {
+            Some(token) => {
+                query = format!("?status=active&clientReferenceId=ref-1&limit=2&pageToken={token}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, wanted);
+}

@@ -848,3 +848,42 @@ async fn exchange_over_grpc_maps_oauth_errors() {
     assert_eq!(issued.token_type, "Bearer");
     assert!(issued.connection_id.starts_with("conn_"));
 }
+
+/// `LINKD_OAUTH_TOKEN_TTL` sets `expires_in` and how long the token reads
+/// its connection; past it the token is refused like an unknown one.
+#[tokio::test]
+async fn access_tokens_live_the_configured_lifetime() {
+    let app =
+        spawn_app_with(|args| args.oauth_token_ttl = std::time::Duration::from_secs(120)).await;
+    let client = client(&app, &[CB]).await;
+    let code = code_for(&app, &client, "ttl").await;
+    let basic = Some((client.app_id.as_str(), client.client_secret.as_str()));
+    let (status, _, issued) = token(&app, &exchange(&client, &code), basic).await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    assert_eq!(issued["expires_in"], 120);
+    let lifetime: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM oauth_tokens",
+    )
+    .fetch_one(app.api.db())
+    .await
+    .unwrap();
+    assert!(
+        (100.0..=120.0).contains(&lifetime),
+        "stored lifetime {lifetime}"
+    );
+    let access = issued["access_token"].as_str().unwrap();
+    let path = format!(
+        "/v2/connections/{}",
+        issued["connection_id"].as_str().unwrap()
+    );
+    assert_eq!(app.get(&path, access).await.status(), StatusCode::OK);
+    // The lifetime runs out.
+    sqlx::query("UPDATE oauth_tokens SET expires_at = now() - interval '1 second'")
+        .execute(app.api.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get(&path, access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

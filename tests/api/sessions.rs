@@ -778,3 +778,60 @@ async fn init_is_idempotent_and_works_over_grpc_end_to_end() {
         })
     );
 }
+
+/// Reconnecting leaves the connection as it was until the new login
+/// succeeds: a wrong password, a second factor pending, a cancel or an
+/// expired session change nothing; the successful reconnect updates it in
+/// place (`connection.updated`, same id).
+#[tokio::test]
+async fn a_reconnected_connection_keeps_its_state_until_the_new_login_succeeds() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let done = connect(
+        &app,
+        &tenant,
+        json!({ "clientReferenceId": "r" }),
+        "user_good",
+    )
+    .await;
+    let id = done["connectionId"].as_str().unwrap().to_string();
+    let status = async |app: &TestApp| get_connection(app, &tenant, &id).await.1["status"].clone();
+    assert_eq!(status(&app).await, "active");
+
+    let again = json!({ "connectionId": id });
+    let page = Page::open(&app, &tenant, again.clone()).await;
+    let (code, wrong) = page
+        .call(
+            "/v1/flow/credentials",
+            Some(json!({ "fields": { "username": "user_2fa", "password": "nope" } })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(wrong["errorCode"], "invalid_credentials");
+    assert_eq!(status(&app).await, "active", "after a wrong password");
+    let asked = page.login("user_2fa", "pass_good").await;
+    assert_eq!(asked["step"], "2fa");
+    assert_eq!(
+        status(&app).await,
+        "active",
+        "while a second factor is pending"
+    );
+    page.cancel("2fa").await;
+    assert_eq!(status(&app).await, "active", "after a cancel");
+
+    let abandoned = Page::open(&app, &tenant, again.clone()).await;
+    abandoned.login("user_2fa", "pass_good").await;
+    sqlx::query("UPDATE flows SET expires_at = now() - interval '1 second' WHERE outcome IS NULL")
+        .execute(app.api.db())
+        .await
+        .unwrap();
+    let expired = abandoned.flow().await;
+    assert_eq!(expired["errorCode"], "session_expired");
+    assert_eq!(status(&app).await, "active", "after an expired session");
+
+    let reconnected = connect(&app, &tenant, again, "user_good").await;
+    assert_eq!(reconnected["connectionId"], id.as_str());
+    assert_eq!(status(&app).await, "active");
+    assert_eq!(events(&app, &tenant, "connection.updated").await.len(), 1);
+    assert_eq!(events(&app, &tenant, "connection.created").await.len(), 1);
+}
