@@ -485,9 +485,31 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         ServingStatus::NotServing,
         "NOT_SERVING once shutdown starts"
     );
-
-    // Past the drain delay the listener is closed; the call still waits.
-    tokio::time::sleep(Duration::from_millis(3500).saturating_sub(signalled.elapsed())).await;
+    // Still accepting new connections during the delay (a mesh may still
+    // route some here)...
+    let address = format!("127.0.0.1:{}", server.port);
+    if signalled.elapsed() < Duration::from_millis(2500) {
+        tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("new connections are accepted during the drain delay");
+    }
+    // ...and once it has passed the listener is closed, while the call in
+    // flight still waits.
+    loop {
+        if tokio::net::TcpStream::connect(&address).await.is_err() {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "the listener stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "closed before the drain delay: {:?}",
+        signalled.elapsed()
+    );
     assert!(!in_flight.is_finished(), "still waiting on the lock");
     blocker.rollback().await.unwrap();
     let reply = in_flight
