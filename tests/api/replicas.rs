@@ -253,3 +253,97 @@ async fn a_replica_stopped_by_sigterm_finishes_its_deliveries_and_claims_no_more
     assert_eq!(untouched, 2, "nothing was claimed after shutdown began");
     assert_eq!(receiver.at("slow").len(), 3);
 }
+
+/// Three replicas (and the test's own server) sweep the same database at
+/// once: every link, abandoned Link session and connection past its
+/// lifetime is expired exactly once, each with one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sweep_links_sessions_and_connections_once() {
+    use crate::flow::{Flow, billing_link, create};
+    use crate::sessions::{Page, connect};
+    let db_url = fresh_database().await;
+    let app = crate::helpers::spawn_app_on(&db_url, Duration::from_secs(5)).await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut links = Vec::new();
+    for i in 0..40 {
+        let link = create(&app, &tenant, billing_link()).await;
+        if i % 2 == 0 {
+            Flow::claim(&app, &link).await;
+        }
+        links.push(link);
+    }
+    for _ in 0..20 {
+        let page = Page::open(&app, &tenant, serde_json::json!({})).await;
+        page.pick("verizon").await;
+        page.login("user_2fa", "pass_good").await; // a connection awaiting 2FA
+    }
+    for _ in 0..20 {
+        connect(&app, &tenant, serde_json::json!({}), "user_good").await;
+    }
+    let fleet = replicas(&db_url, 3, &[("LINKD_EXPIRY_INTERVAL", "100ms")]);
+    let pool = app.api.db();
+    // Everything's lifetime runs out at once.
+    for aging in [
+        "UPDATE links SET expires_at = now() - interval '1 second'",
+        "UPDATE flows SET expires_at = now() - interval '1 second' WHERE kind = 'session' AND outcome IS NULL",
+        "UPDATE connections SET session_expires_at = now() - interval '1 second' WHERE status = 'active'",
+    ] {
+        sqlx::query(aging).execute(pool).await.unwrap();
+    }
+    let started = Instant::now();
+    let count = async |sql: &str| -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    loop {
+        let links_left = count("SELECT count(*) FROM links WHERE status <> 'expired'").await;
+        let sessions_left =
+            count("SELECT count(*) FROM flows WHERE kind = 'session' AND outcome IS NULL").await;
+        let connections_left =
+            count("SELECT count(*) FROM connections WHERE status IN ('active', 'awaiting_2fa')")
+                .await;
+        if links_left + sessions_left + connections_left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "left: {links_left} links, {sessions_left} sessions, {connections_left} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE type = 'link.expired'").await,
+        40
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT link_id) FROM events WHERE type = 'link.expired'").await,
+        40
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE type = 'connection.expired'").await,
+        20
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT connection_id) FROM events WHERE type = 'connection.expired'")
+            .await,
+        20
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM flows WHERE kind = 'session' AND error_code = 'session_expired'"
+        )
+        .await,
+        20
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM connections WHERE status = 'failed'").await,
+        20
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM connections WHERE status = 'expired'").await,
+        20
+    );
+    stop(fleet);
+}
