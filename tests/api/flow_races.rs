@@ -353,3 +353,71 @@ async fn a_run_whose_replica_dies_is_failed_by_the_sweep_as_interrupted() {
     assert_eq!(seen["outcome"], "error");
     assert_eq!(seen["errorCode"], "operation_interrupted");
 }
+
+/// A cancel that read the flow at `login` but reaches its update after the
+/// login moved the flow to `processing` must not close it: the close is
+/// conditional on the step the cancel saw. The test holds the flow row so
+/// the cancel waits between its read and its update, moves the flow on as
+/// the winning login does, and lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_that_lost_the_race_does_not_close_a_running_link() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let link = create(&app, &tenant, billing_link()).await;
+    let flow = Flow::claim(&app, &link).await;
+    let mut holder = app.api.db().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM flows FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let cancel = flow.post("/v1/flow/cancel", json!({ "step": "login" }));
+    let race = async {
+        let started = Instant::now();
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE flows SET step = ''done''%'",
+            )
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+            if waiting == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the cancel never reached its update"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What the winning login's transition writes.
+        sqlx::query(
+            "UPDATE flows SET step = 'processing', attempt_id = gen_random_uuid(),
+                 attempt_until = now() + interval '1 minute'",
+        )
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE links SET status = 'processing'")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        holder.commit().await.unwrap();
+    };
+    let ((status, answer), ()) = tokio::join!(cancel, race);
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["code"], "wrong_step", "{answer}");
+    let (step, outcome): (String, Option<String>) =
+        sqlx::query_as("SELECT step, outcome FROM flows")
+            .fetch_one(app.api.db())
+            .await
+            .unwrap();
+    assert_eq!(
+        (step.as_str(), outcome),
+        ("processing", None),
+        "the run keeps its flow"
+    );
+    assert_eq!(
+        link_json(&app, &tenant, &link).await["status"],
+        "processing"
+    );
+}
