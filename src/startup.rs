@@ -173,7 +173,7 @@ pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr)
          \nThe key and secret are shown only now. Try it:\n\
          \n  grpcurl -plaintext -H 'authorization: Bearer {key}' localhost:{port} linkd.v1.ClientAppService/ListClientApps\
          \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\
-         \n  curl -X POST -H 'Authorization: Bearer {key}' http://localhost:{port}/v2/link/init   # open the returned url in a browser\n",
+         \n  curl -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{}}' http://localhost:{port}/v2/link/init   # open the returned url in a browser\n",
         org = IdKind::Organization.format(sandbox.organization_id),
         app = IdKind::ClientApp.format(sandbox.app_id),
         secret = sandbox.client_secret.expose_secret(),

@@ -548,6 +548,22 @@ async fn without_database_url_linkd_runs_and_stops_its_own_postgres() {
         .to_string();
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
     assert!(banner.contains("curl -H"), "{banner}");
+    // The suggested session call sends the JSON body the endpoint needs, and
+    // that call works.
+    assert!(
+        banner.contains("-H 'Content-Type: application/json' -d '{}'"),
+        "{banner}"
+    );
+    crate::helpers::install_crypto();
+    let session = reqwest::Client::new()
+        .post(format!("http://localhost:{}/v2/link/init", server.port))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), reqwest::StatusCode::OK);
 
     let mut apps = ClientAppServiceClient::new(server.channel().await);
     let listed = apps
