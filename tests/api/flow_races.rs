@@ -250,7 +250,22 @@ async fn a_cancel_during_a_slow_login_stops_the_operations_from_running() {
         json!({ "fields": { "username": "user_slow", "password": "pass_good" } }),
     );
     let cancel = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the login holds its attempt (it is at the provider for 3 s).
+        let started = Instant::now();
+        loop {
+            let held: bool = sqlx::query_scalar("SELECT attempt_id IS NOT NULL FROM flows")
+                .fetch_one(app.api.db())
+                .await
+                .unwrap();
+            if held {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the login never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         flow.post("/v1/flow/cancel", json!({ "step": "login" }))
             .await
     };

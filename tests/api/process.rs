@@ -458,7 +458,24 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
             .list_client_apps(crate::helpers::with_key(ListClientAppsRequest {}, &key))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: its read waits on the lock.
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM client_apps%'",
+        )
+        .fetch_one(helper.api.db())
+        .await
+        .unwrap();
+        if waiting >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the call never reached the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!in_flight.is_finished());
 
     server.sigterm();
