@@ -387,23 +387,7 @@ async fn a_cancel_that_lost_the_race_does_not_close_a_running_link() {
         .unwrap();
     let cancel = flow.post("/v1/flow/cancel", json!({ "step": "login" }));
     let race = async {
-        let started = Instant::now();
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE flows SET step = ''done''%'",
-            )
-            .fetch_one(app.api.db())
-            .await
-            .unwrap();
-            if waiting == 1 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the cancel never reached its update"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::helpers::wait_for_lock_wait(app.api.db(), "UPDATE flows SET step = 'done'%").await;
         // What the winning login's transition writes.
         sqlx::query(
             "UPDATE flows SET step = 'processing', attempt_id = gen_random_uuid(),

@@ -382,3 +382,27 @@ pub fn good_login() -> linkd::pb::SubmitCredentialsRequest {
             .into(),
     }
 }
+
+/// Waits until a statement whose text matches `pattern` (SQL `LIKE`) is
+/// waiting on a lock in the database behind `db`: the request running it is
+/// held exactly where a test wants it.
+pub async fn wait_for_lock_wait(db: &sqlx::PgPool, pattern: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(pattern)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        if waiting >= 1 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no statement like {pattern:?} ever waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -624,20 +624,7 @@ async fn a_key_in_use_is_refused_at_once_and_keys_are_per_rpc() {
                 .unwrap()
         }
     });
-    let started = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO links%'",
-        )
-        .fetch_one(app.api.db())
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for_lock_wait(app.api.db(), "INSERT INTO links%").await;
     let busy = post_link(&app, &tenant.key, &documented_request(), Some("busy-1")).await;
     assert_eq!(busy.status(), StatusCode::CONFLICT);
     assert_eq!(

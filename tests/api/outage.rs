@@ -125,23 +125,7 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
         .await
         .unwrap();
     let request = tokio::spawn(create(&app));
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO links%'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the request never reached its insert"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for_lock_wait(&pool, "INSERT INTO links%").await;
     // The database stops with the request still waiting (and the lock held).
     tokio::task::spawn_blocking(move || cluster.stop())
         .await

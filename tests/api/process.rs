@@ -459,23 +459,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
             .await
     });
     // In flight: its read waits on the lock.
-    let started = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM client_apps%'",
-        )
-        .fetch_one(helper.api.db())
-        .await
-        .unwrap();
-        if waiting >= 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the call never reached the database"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for_lock_wait(helper.api.db(), "%FROM client_apps%").await;
     assert!(!in_flight.is_finished());
 
     server.sigterm();

@@ -767,27 +767,8 @@ async fn oversized_link_results_are_left_out_of_the_webhook_body() {
         .json()
         .await
         .unwrap();
-    let claimed: Value = app
-        .http
-        .post(app.url("/v1/flow/claim"))
-        .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let done: Value = app
-        .http
-        .post(app.url("/v1/flow/credentials"))
-        .bearer_auth(claimed["flowToken"].as_str().unwrap())
-        .json(&json!({ "fields": { "username": "user_large", "password": "pass_good" } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flow = crate::flow::Flow::claim(&app, &link).await;
+    let done = flow.login("user_large", "pass_good").await;
     assert_eq!(done["outcome"], "success", "{done}");
 
     let got = receiver.wait_for("large", 1, Duration::from_secs(20)).await;
