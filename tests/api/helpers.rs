@@ -163,6 +163,7 @@ pub struct TestApp {
     pub api: Api,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A tenant with one client app and one API key.
@@ -216,7 +217,7 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
     );
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
+    let running = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
     let app = TestApp {
@@ -227,12 +228,24 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
             reqwest::Client::new()
         },
         shutdown: Some(tx),
+        running: Some(running),
     };
     app.wait_for_readiness(true).await;
     app
 }
 
 impl TestApp {
+    /// Shuts the server down and waits until it has stopped: its listener
+    /// is closed and its background jobs (sweeps, webhook dispatch) ended.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

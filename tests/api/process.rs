@@ -693,7 +693,6 @@ async fn traced_calls(mut cmd: Command) -> ([(&'static str, &'static str); 2], V
     );
     let _ = apps.list_client_apps(request).await;
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
     server.sigterm(); // flushes the span exporter on the way out
     let (status, logs) = tokio::task::spawn_blocking(move || server.wait())
         .await

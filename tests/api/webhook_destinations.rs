@@ -269,8 +269,7 @@ async fn a_backlog_for_one_destination_drains_through_its_cap() {
     )
     .await;
     let tenant = hooked_tenant(&first, &receiver.url("ok")).await;
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.stop().await;
     // The backlog is there when the dispatcher starts: its first claim
     // takes 4, and only deliveries ending can bring the next claims.
     let db = sqlx::PgPool::connect(&db_url).await.unwrap();
