@@ -2,9 +2,9 @@
 
 use crate::app::{Api, parse_id};
 use crate::config::AdminCommand;
-use crate::domain::Tenant;
 use crate::domain::client_app::NewClientApp;
-use crate::ids::IdKind;
+use crate::kernel::ids::IdKind;
+use crate::kernel::tenant::Tenant;
 use crate::store::tenancy;
 use anyhow::bail;
 use secrecy::ExposeSecret;
@@ -116,7 +116,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
                 .rotate_webhook_secret(None, id, grace.as_secs() as i64)
                 .await
             {
-                Err(crate::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+                Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
                 other => other?,
             };
             print(
@@ -156,7 +156,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::RotateClientSecret { app_id, json } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
             let secret = match api.rotate_client_secret(id).await {
-                Err(crate::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+                Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
                 other => other?,
             };
             print(

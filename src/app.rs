@@ -4,18 +4,18 @@
 
 use crate::auth::Caller;
 use crate::catalog::{Catalog, Category};
-use crate::crypto::Cipher;
-use crate::domain::Tenant;
 use crate::domain::client_app::NewClientApp;
 use crate::domain::link::{LinkStatus, NewLink, return_url_with_link_id};
-use crate::error::{Error, Result};
-use crate::ids::{IdKind, random_token, token_hash};
+use crate::kernel::crypto::{Cipher, Sealed};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::tenant::Tenant;
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::proto_json;
 use crate::store::idempotency::{self, Claim, IdempotencyKey};
 use crate::store::links;
 use crate::store::tenancy::{self, ClientAppRow};
-use crate::validate::{Violations, limits};
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -172,7 +172,7 @@ impl Api {
         let sealed = self
             .state
             .cipher
-            .encrypt(secret.as_bytes(), &webhook_secret_context(id));
+            .encrypt(secret.as_bytes(), Sealed::WebhookSecret(id));
         let client_secret = crate::domain::client_app::generate_client_secret();
         let app = tenancy::insert_client_app(
             self.db(),
@@ -220,7 +220,7 @@ impl Api {
         .ok_or(Error::NotFound("client app"))?;
         let cipher = &self.state.cipher;
         let previous = cipher
-            .decrypt(&current, &webhook_secret_context(app_id))
+            .decrypt(&current, Sealed::WebhookSecret(app_id))
             .map_err(Error::Internal)?;
         let secret = crate::domain::client_app::generate_webhook_secret();
         let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
@@ -230,8 +230,8 @@ impl Api {
              WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
         )
         .bind(app_id)
-        .bind(cipher.encrypt(secret.as_bytes(), &webhook_secret_context(app_id)))
-        .bind(cipher.encrypt(&previous, &previous_webhook_secret_context(app_id)))
+        .bind(cipher.encrypt(secret.as_bytes(), Sealed::WebhookSecret(app_id)))
+        .bind(cipher.encrypt(&previous, Sealed::PreviousWebhookSecret(app_id)))
         .bind(grace_secs as f64)
         .fetch_one(&mut *tx)
         .await?;
@@ -386,7 +386,7 @@ impl Api {
         let sealed = self
             .state
             .cipher
-            .encrypt(&arguments, &link_arguments_context(id));
+            .encrypt(&arguments, Sealed::LinkArguments(id));
         let row = links::insert_link(
             conn,
             links::LinkInsert {
@@ -488,25 +488,4 @@ fn operation_summaries(row: &links::LinkRow) -> Vec<pb::OperationSummary> {
             action: op.action.to_proto() as i32,
         })
         .collect()
-}
-
-/// Associated data binding a link's encrypted arguments to the link.
-pub fn link_arguments_context(link_id: uuid::Uuid) -> String {
-    format!("links.arguments:{}", IdKind::Link.format(link_id))
-}
-
-/// Associated data binding an app's previous (rotated-out) webhook secret.
-pub fn previous_webhook_secret_context(app_id: uuid::Uuid) -> String {
-    format!(
-        "client_apps.previous_webhook_secret:{}",
-        IdKind::ClientApp.format(app_id)
-    )
-}
-
-/// Associated data binding a webhook secret's ciphertext to its app.
-pub fn webhook_secret_context(app_id: uuid::Uuid) -> String {
-    format!(
-        "client_apps.webhook_secret:{}",
-        IdKind::ClientApp.format(app_id)
-    )
 }

@@ -5,9 +5,9 @@
 //! unknown or revoked key all produce the same `UNAUTHENTICATED`, with no
 //! hint which.
 
-use crate::domain::{Environment, Tenant};
-use crate::error::{Error, Result};
-use crate::ids::{IdKind, random_hex, random_token, token_hash};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{IdKind, random_hex, random_token, token_hash};
+use crate::kernel::tenant::{Environment, Tenant};
 use crate::store::tenancy;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgExecutor, PgPool};

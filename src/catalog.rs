@@ -152,7 +152,7 @@ impl Capability {
 
 fn valid_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= crate::validate::limits::ID
+        && s.len() <= crate::kernel::validate::limits::ID
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && s.starts_with(|c: char| c.is_ascii_lowercase())
 }

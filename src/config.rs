@@ -2,8 +2,8 @@
 //! `LINKD_*` variable (plus the conventional `DATABASE_URL`); a bad value
 //! stops start-up with one line naming the setting.
 
-use crate::crypto::EncryptionKey;
-use crate::domain::Environment;
+use crate::kernel::crypto::EncryptionKey;
+use crate::kernel::tenant::Environment;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;

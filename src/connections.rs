@@ -4,14 +4,15 @@
 use crate::app::{Api, parse_id, timestamp};
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
-use crate::domain::Tenant;
-use crate::error::{Error, Result};
 use crate::flow::{EventSubject, record_event};
-use crate::ids::IdKind;
-use crate::paging::Cursor;
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::IdKind;
+use crate::kernel::paging::Cursor;
+use crate::kernel::tenant::Tenant;
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::store::connections::{self as store, ConnectionRow, ListFilter};
-use crate::validate::{Violations, limits};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -43,10 +44,6 @@ pub fn status_from_name(name: &str) -> Option<pb::ConnectionStatus> {
 }
 
 /// Associated data binding a connection's provider session to it.
-pub fn connection_session_context(id: Uuid) -> String {
-    format!("connections.session:{}", IdKind::Connection.format(id))
-}
-
 pub fn connection_to_proto(row: &ConnectionRow) -> pb::Connection {
     pb::Connection {
         id: IdKind::Connection.format(row.id),
@@ -135,7 +132,7 @@ impl ListQuery {
                 v.add("pageToken", "cannot be combined with offset");
                 None
             }
-            Some(token) => crate::paging::decode(token, &filter_key(&filter))
+            Some(token) => crate::kernel::paging::decode(token, &filter_key(&filter))
                 .map_err(|msg| v.add("pageToken", msg))
                 .ok(),
             None => None,
@@ -173,7 +170,7 @@ impl Api {
         let more = rows.len() as i64 > query.limit;
         rows.truncate(query.limit as usize);
         let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => crate::paging::encode(
+            (true, Some(last)) => crate::kernel::paging::encode(
                 Cursor {
                     created_at: last.created_at,
                     id: last.id,
@@ -242,7 +239,7 @@ impl Api {
         let session: Option<ProviderSession> = self
             .state
             .cipher
-            .decrypt(sealed, &connection_session_context(row.id))
+            .decrypt(sealed, Sealed::ConnectionSession(row.id))
             .ok()
             .and_then(|plain| serde_json::from_slice(&plain).ok());
         let (Some(session), Ok(connector)) = (session, self.state.connectors.for_tenant(tenant))

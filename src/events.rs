@@ -3,13 +3,13 @@
 
 use crate::app::{Api, parse_id, timestamp};
 use crate::auth::Caller;
-use crate::error::{Error, Result};
-use crate::ids::IdKind;
-use crate::paging::Cursor;
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::IdKind;
+use crate::kernel::paging::Cursor;
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::proto_json;
 use crate::store::events::{self as store, AttemptRow, EventFilter, EventRow};
-use crate::validate::{Violations, limits};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -139,7 +139,7 @@ impl Api {
         };
         let filter_key = format!("{filter:?}");
         let cursor = match req.page_token.as_deref().filter(|t| !t.is_empty()) {
-            Some(token) => crate::paging::decode(token, &filter_key)
+            Some(token) => crate::kernel::paging::decode(token, &filter_key)
                 .map_err(|msg| v.add("pageToken", msg))
                 .ok(),
             None => None,
@@ -157,7 +157,7 @@ impl Api {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => crate::paging::encode(
+            (true, Some(last)) => crate::kernel::paging::encode(
                 Cursor {
                     created_at: last.created_at,
                     id: last.id,

@@ -9,7 +9,7 @@
 //! a message that does not decode into `INVALID_ARGUMENT` (tonic's default
 //! is `INTERNAL`, but a malformed message is the caller's fault).
 
-use crate::error::{Error, FieldViolation};
+use crate::kernel::error::{Error, FieldViolation};
 use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage as _, Value as Field};
 use serde_json::Value;
 use std::marker::PhantomData;

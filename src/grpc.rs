@@ -107,7 +107,7 @@ impl pb::authorize_service_server::AuthorizeService for Api {
         Api::authorize(self, req.into_inner())
             .await
             .map(Response::new)
-            .map_err(|err| crate::error::Error::from(err).into())
+            .map_err(|err| crate::kernel::error::Error::from(err).into())
     }
 
     async fn exchange_code(

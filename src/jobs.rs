@@ -12,7 +12,7 @@ const EXPIRY_BATCH: i64 = 500;
 async fn drain<F, Fut>(what: &str, mut sweep: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = crate::error::Result<u64>>,
+    Fut: Future<Output = crate::kernel::error::Result<u64>>,
 {
     loop {
         match sweep().await {

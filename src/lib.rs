@@ -7,16 +7,14 @@ pub mod catalog;
 pub mod config;
 pub mod connections;
 pub mod connectors;
-pub mod crypto;
 pub mod domain;
-pub mod error;
 pub mod events;
 pub mod flow;
 pub mod gate;
 pub mod grpc;
 pub mod health;
-pub mod ids;
 pub mod jobs;
+pub mod kernel;
 pub mod views;
 pub mod web;
 pub mod webhooks;
@@ -24,14 +22,12 @@ pub mod webhooks;
 pub mod local_postgres;
 pub mod metrics;
 pub mod oauth;
-pub mod paging;
 pub mod proto_json;
 pub mod rest;
 pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod validate;
 
 /// Generated code of the public contract in `proto/linkd/v1`.
 #[allow(clippy::all)]

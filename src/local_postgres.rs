@@ -207,7 +207,7 @@ impl LocalPostgres {
     ) -> anyhow::Result<ClusterState> {
         let state = ClusterState {
             port: free_local_port()?,
-            password: crate::ids::random_hex(24),
+            password: crate::kernel::ids::random_hex(24),
         };
         std::fs::create_dir_all(pgdata)?;
         std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;

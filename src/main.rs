@@ -1,5 +1,5 @@
 use linkd::config::{Cli, Command};
-use linkd::crypto::EncryptionKey;
+use linkd::kernel::crypto::EncryptionKey;
 use linkd::server::{Server, shutdown_signal};
 use linkd::startup;
 use std::process::ExitCode;

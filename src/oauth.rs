@@ -18,13 +18,13 @@ use crate::domain::oauth::{
     self, AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value,
     redirect_uri_matches, verifier_matches,
 };
-use crate::domain::{Environment, Tenant};
-use crate::error::{Error, FieldViolation, Result};
 use crate::flow::session::NewSessionFlow;
-use crate::ids::{IdKind, random_token, token_hash};
+use crate::kernel::error::{Error, FieldViolation, Result};
+use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::tenant::{Environment, Tenant};
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::store::tenancy;
-use crate::validate::{Violations, limits};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use subtle::ConstantTimeEq;

@@ -11,8 +11,8 @@
 
 use crate::app::Api;
 use crate::config::ServeArgs;
-use crate::error::Error;
 use crate::health::Health;
+use crate::kernel::error::Error;
 use crate::pb;
 use crate::rest::{self, RestState};
 use anyhow::Context;

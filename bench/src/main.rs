@@ -110,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args,
         bin,
         db,
-        key: linkd::crypto::EncryptionKey::generate().to_base64(),
+        key: linkd::kernel::crypto::EncryptionKey::generate().to_base64(),
         report: Report::default(),
     };
     bench.api().await?;
@@ -415,15 +415,18 @@ impl Bench {
         .bind(rows - 20)
         .fetch_one(&db)
         .await?;
-        let token = linkd::paging::encode(
-            linkd::paging::Cursor {
+        let token = linkd::kernel::paging::encode(
+            linkd::kernel::paging::Cursor {
                 created_at: deep_at,
                 id: deep_id,
             },
             "\u{0}",
         );
         let c = 8;
-        let get = calls::get_connection(clients, linkd::ids::IdKind::Connection.format(first_id));
+        let get = calls::get_connection(
+            clients,
+            linkd::kernel::ids::IdKind::Connection.format(first_id),
+        );
         let row = self.closed(linkd, "GetConnection", "gRPC", &get, c).await;
         self.report.push(row);
         let first = self

@@ -231,9 +231,13 @@ pub fn create_tenant(
             .map(str::to_string)
             .with_context(|| format!("create-app printed no {name}"))
     };
-    let uuid_of =
-        |kind: linkd::ids::IdKind, id: &str| kind.parse(id).with_context(|| format!("bad id {id}"));
-    let organization_id = uuid_of(linkd::ids::IdKind::Organization, &field("organizationId")?)?;
+    let uuid_of = |kind: linkd::kernel::ids::IdKind, id: &str| {
+        kind.parse(id).with_context(|| format!("bad id {id}"))
+    };
+    let organization_id = uuid_of(
+        linkd::kernel::ids::IdKind::Organization,
+        &field("organizationId")?,
+    )?;
     let client_app_id = field("clientAppId")?;
     Ok(Tenant {
         api_key: field("apiKey")?,
@@ -241,8 +245,8 @@ pub fn create_tenant(
         organization_id,
         known_ids: vec![
             organization_id,
-            uuid_of(linkd::ids::IdKind::ClientApp, &client_app_id)?,
-            uuid_of(linkd::ids::IdKind::ApiKey, &field("apiKeyId")?)?,
+            uuid_of(linkd::kernel::ids::IdKind::ClientApp, &client_app_id)?,
+            uuid_of(linkd::kernel::ids::IdKind::ApiKey, &field("apiKeyId")?)?,
         ],
         client_app_id,
     })

@@ -6,7 +6,8 @@
 pub mod sandbox;
 
 use crate::catalog::Provider;
-use crate::domain::{Action, Tenant};
+use crate::domain::Action;
+use crate::kernel::tenant::Tenant;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,8 +148,10 @@ impl Connectors {
 
     pub fn for_tenant(&self, tenant: Tenant) -> Result<&dyn Connector, ConnectorError> {
         match tenant.environment {
-            crate::domain::Environment::Sandbox => Ok(self.sandbox.as_ref()),
-            crate::domain::Environment::Production => Err(ConnectorError::ProviderUnavailable),
+            crate::kernel::tenant::Environment::Sandbox => Ok(self.sandbox.as_ref()),
+            crate::kernel::tenant::Environment::Production => {
+                Err(ConnectorError::ProviderUnavailable)
+            }
         }
     }
 }

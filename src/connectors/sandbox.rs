@@ -76,7 +76,7 @@ impl Seed {
 fn logged_in(username: &str, short: bool) -> LoginOutcome {
     let now = Utc::now();
     LoginOutcome::LoggedIn(ProviderSession {
-        data: json!({ "username": username, "sandboxSession": crate::ids::random_hex(8) }),
+        data: json!({ "username": username, "sandboxSession": crate::kernel::ids::random_hex(8) }),
         expires_at: Some(if short {
             now + Duration::seconds(SHORT_SESSION_SECS)
         } else {
@@ -156,7 +156,7 @@ impl SandboxConnector {
         let make_default = args["makeDefault"].as_bool().unwrap_or(true);
         // Only what a card list may show: never the full number or the CVV.
         let card = json!({
-            "id": format!("pm_sandbox_{}", crate::ids::random_hex(6)),
+            "id": format!("pm_sandbox_{}", crate::kernel::ids::random_hex(6)),
             "type": "card",
             "brand": brand(number),
             "last4": &number[number.len().saturating_sub(4)..],

@@ -1,7 +1,7 @@
 //! Client app rules: names, redirect URIs, webhook URLs and signing secrets.
 
-use crate::error::Error;
-use crate::validate::{Violations, limits};
+use crate::kernel::error::Error;
+use crate::kernel::validate::{Violations, limits};
 use base64::Engine as _;
 use rand::RngCore;
 use url::Url;
@@ -104,7 +104,7 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
 
 /// An OAuth client secret: `lcs_` and 256 random bits, stored only hashed.
 pub fn generate_client_secret() -> String {
-    format!("lcs_{}", crate::ids::random_token())
+    format!("lcs_{}", crate::kernel::ids::random_token())
 }
 
 /// A Standard Webhooks signing secret: `whsec_` and base64 of 32 random bytes.

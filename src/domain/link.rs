@@ -3,10 +3,10 @@
 use crate::catalog::Catalog;
 use crate::domain::Action;
 use crate::domain::client_app::{check_redirect_uri, is_web_url};
-use crate::error::Error;
+use crate::kernel::error::Error;
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::proto_json;
-use crate::validate::{Violations, limits};
 
 /// Most operations one link may carry.
 pub const MAX_OPERATIONS: usize = 10;

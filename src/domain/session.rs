@@ -1,10 +1,10 @@
 //! Link session rules: what `InitLinkSession` accepts, the proxy location,
 //! and the query parameters the end user is redirected back with.
 
-use crate::error::Error;
-use crate::ids::IdKind;
+use crate::kernel::error::Error;
+use crate::kernel::ids::IdKind;
+use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::validate::{Violations, limits};
 use url::Url;
 
 /// A proxy location: an ISO 3166-1 alpha-2 country and optionally an

@@ -10,7 +10,7 @@
 use super::{FLOW_COLUMNS, Finish, FlowRow, MAX_FAILED_ATTEMPTS};
 use crate::app::Api;
 use crate::connectors::ConnectorError;
-use crate::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Result};
 use std::time::Duration;
 use tracing::Instrument as _;
 use uuid::Uuid;

@@ -12,12 +12,13 @@
 
 use super::attempt::Attempt;
 use super::{EventSubject, Finish, FlowRow, close_flow, record_event};
-use crate::app::{Api, link_arguments_context, parse_id};
+use crate::app::{Api, parse_id};
 use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::domain::link::{LinkOperation, return_url_with_link_id};
-use crate::error::{Error, Precondition, Result};
-use crate::ids::{IdKind, random_token, token_hash};
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::pb;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor, PgPool};
@@ -245,7 +246,7 @@ impl Api {
             &self
                 .state
                 .cipher
-                .decrypt(sealed, &link_arguments_context(link.id))
+                .decrypt(sealed, Sealed::LinkArguments(link.id))
                 .map_err(Error::Internal)?,
         )
         .map_err(Error::internal)?;

@@ -14,9 +14,10 @@ use crate::app::Api;
 use crate::catalog::Provider;
 use crate::connectors::{ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
 use crate::domain::session::Geolocation;
-use crate::domain::{Environment, Tenant};
-use crate::error::{Error, Precondition, Result};
-use crate::ids::token_hash;
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::ids::token_hash;
+use crate::kernel::tenant::{Environment, Tenant};
 use crate::pb;
 use attempt::{Attempt, detached};
 use secrecy::{ExposeSecret, SecretString};
@@ -118,11 +119,6 @@ const FLOW_COLUMNS: &str = "f.id, f.organization_id, f.environment, f.kind, f.li
         f.attempt_until, f.expires_at, f.client_app_id, f.redirect_url, f.client_reference_id,
         f.connection_id, f.reconnect, f.geolocation, f.cancelled_step, f.lang, f.oauth,
         l.return_url AS link_return_url";
-
-/// Associated data binding a flow's held provider session to the flow.
-fn session_context(flow_id: Uuid) -> String {
-    format!("flows.session:{flow_id}")
-}
 
 /// Flow steps and their names: stored in `flows.step` and rendered by REST.
 const FLOW_STEPS: [(pb::FlowStep, &str); 6] = [
@@ -402,7 +398,7 @@ impl Api {
         let plain = self
             .state
             .cipher
-            .decrypt(sealed, &session_context(flow.id))
+            .decrypt(sealed, Sealed::FlowSession(flow.id))
             .map_err(Error::Internal)?;
         serde_json::from_slice(&plain)
             .map(Some)
@@ -412,7 +408,7 @@ impl Api {
     fn seal_held_session(&self, flow: &FlowRow, session: &ProviderSession) -> Result<Vec<u8>> {
         Ok(self.state.cipher.encrypt(
             &serde_json::to_vec(session).map_err(Error::internal)?,
-            &session_context(flow.id),
+            Sealed::FlowSession(flow.id),
         ))
     }
 
@@ -426,7 +422,7 @@ impl Api {
     ) -> Result<pb::Flow> {
         let flow = self.flow_at(token, "login").await?;
         let provider = self.provider_of(&flow)?;
-        let mut v = crate::validate::Violations::new();
+        let mut v = crate::kernel::validate::Violations::new();
         let mut credentials = Credentials::new();
         for field in &provider.credentials {
             let path = format!("fields.{}", field.name);

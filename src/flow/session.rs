@@ -16,15 +16,16 @@ use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, w
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
-use crate::connections::{connection_event_data, connection_session_context};
+use crate::connections::connection_event_data;
 use crate::connectors::{LoginContext, ProviderSession};
-use crate::domain::Tenant;
 use crate::domain::oauth::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
 use crate::domain::session::{
     Geolocation, NewSession, SessionResult, session_redirect_url, web_origin,
 };
-use crate::error::{Error, Precondition, Result};
-use crate::ids::{IdKind, random_token, token_hash};
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::tenant::Tenant;
 use crate::pb;
 use crate::store::connections::{self as store, FreshSession, NewConnection};
 use crate::store::idempotency::IdempotencyKey;
@@ -421,7 +422,7 @@ impl Api {
     ) -> Result<Option<store::ConnectionRow>> {
         let sealed = self.state.cipher.encrypt(
             &serde_json::to_vec(session).map_err(Error::internal)?,
-            &connection_session_context(id),
+            Sealed::ConnectionSession(id),
         );
         store::activate(
             tx,

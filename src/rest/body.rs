@@ -3,8 +3,8 @@
 //! with their documented paths, merged with the domain's own findings, and
 //! the `Idempotency-Key` header.
 
-use crate::error::{Error, FieldViolation};
-use crate::validate::Violations;
+use crate::kernel::error::{Error, FieldViolation};
+use crate::kernel::validate::Violations;
 use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
 use std::collections::HashMap;

@@ -2,9 +2,9 @@
 //! `clientReferenceId` and `page_token`), get and delete.
 
 use super::{Authenticated, RestState};
-use crate::error::Error;
+use crate::kernel::error::Error;
+use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::validate::Violations;
 use crate::views::{connection_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};

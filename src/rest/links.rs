@@ -4,10 +4,10 @@
 use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
 use crate::domain::link::NewLink;
-use crate::error::Error;
+use crate::kernel::error::Error;
+use crate::kernel::validate::Violations;
 use crate::pb;
 use crate::proto_json;
-use crate::validate::Violations;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};

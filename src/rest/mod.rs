@@ -4,8 +4,8 @@
 
 use crate::app::Api;
 use crate::auth::{Caller, presented_key};
-use crate::error::Error;
 use crate::health::Health;
+use crate::kernel::error::Error;
 use crate::pb;
 use crate::proto_json;
 pub(crate) use crate::views::{enum_name, iso8601};

@@ -2,7 +2,7 @@
 //! `POST /v3/oauth/token` in their documented and RFC 6749 shapes.
 
 use super::RestState;
-use crate::error::Error;
+use crate::kernel::error::Error;
 use crate::oauth::{AuthorizeError, BasicCredentials};
 use crate::pb;
 use axum::Json;
@@ -61,7 +61,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 /// `400 {"<parameter>": ["message", …]}`, the documented shape.
-fn parameter_errors(violations: &[crate::error::FieldViolation]) -> Response {
+fn parameter_errors(violations: &[crate::kernel::error::FieldViolation]) -> Response {
     let mut body = Map::new();
     for violation in violations {
         body.entry(violation.path.clone())
@@ -141,7 +141,7 @@ pub(super) async fn authorize(
     let mut params = match single_values(pairs) {
         Ok(params) => params,
         Err(name) => {
-            return parameter_errors(&[crate::error::FieldViolation {
+            return parameter_errors(&[crate::kernel::error::FieldViolation {
                 message: format!("The field {name} must not be repeated."),
                 path: name,
             }]);

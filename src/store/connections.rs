@@ -1,10 +1,10 @@
 //! Connection queries. Deleted connections are kept for billing records but
 //! no read returns them.
 
-use crate::domain::Tenant;
 use crate::domain::session::Geolocation;
-use crate::error::{Error, Result};
-use crate::paging::Cursor;
+use crate::kernel::error::{Error, Result};
+use crate::kernel::paging::Cursor;
+use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
@@ -272,7 +272,7 @@ pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant
     Ok(rows
         .into_iter()
         .filter_map(|e| {
-            let environment = crate::domain::Environment::parse(&e.environment)?;
+            let environment = crate::kernel::tenant::Environment::parse(&e.environment)?;
             Some((
                 Tenant {
                     organization_id: e.organization_id,

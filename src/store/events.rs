@@ -1,8 +1,8 @@
 //! The event outbox as a delivery queue: claiming due events (with a lease),
 //! recording attempts, and the reads and redeliveries of the events API.
 
-use crate::domain::Tenant;
-use crate::error::{Error, Result};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;

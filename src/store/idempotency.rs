@@ -10,9 +10,9 @@
 //! request, a dropped connection or a database outage rolls back the row
 //! and releases the lock together, so the retry runs at once.
 
-use crate::crypto::Cipher;
-use crate::domain::Tenant;
-use crate::error::{Error, Result};
+use crate::kernel::crypto::{Cipher, Sealed};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 
 /// How long a key is remembered; a later request with it is a new request.
@@ -51,11 +51,12 @@ pub fn read_key(value: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(value).into_owned())
 }
 
-fn context(k: &IdempotencyKey<'_>) -> String {
-    format!(
-        "idempotency_keys.response:{}:{}:{}:{}",
-        k.tenant.organization_id, k.tenant.environment, k.operation, k.key
-    )
+fn response_seal<'k>(k: &IdempotencyKey<'k>) -> Sealed<'k> {
+    Sealed::IdempotentResponse {
+        tenant: k.tenant,
+        operation: k.operation,
+        key: k.key,
+    }
 }
 
 /// Takes the key for the transaction `tx`, or says it is taken: `Fresh`
@@ -116,7 +117,7 @@ pub async fn claim(
     }
     Ok(Claim::Replay(
         cipher
-            .decrypt(&sealed, &context(k))
+            .decrypt(&sealed, response_seal(k))
             .map_err(Error::Internal)?,
     ))
 }
@@ -136,7 +137,7 @@ pub async fn store_response(
     .bind(k.tenant.environment.as_str())
     .bind(k.operation)
     .bind(k.key)
-    .bind(cipher.encrypt(response, &context(k)))
+    .bind(cipher.encrypt(response, response_seal(k)))
     .execute(tx)
     .await?;
     Ok(())

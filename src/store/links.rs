@@ -1,7 +1,7 @@
 //! Link intents.
 
-use crate::domain::Tenant;
-use crate::error::{Error, Result};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;

@@ -1,8 +1,8 @@
 //! Organizations, client apps and API keys.
 
 use crate::domain::client_app::NewClientApp;
-use crate::domain::{Environment, Tenant};
-use crate::error::{Error, Result};
+use crate::kernel::error::{Error, Result};
+use crate::kernel::tenant::{Environment, Tenant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;

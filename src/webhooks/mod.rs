@@ -17,8 +17,9 @@
 pub mod signing;
 pub mod ssrf;
 
-use crate::app::{Api, webhook_secret_context};
-use crate::ids::IdKind;
+use crate::app::Api;
+use crate::kernel::crypto::Sealed;
+use crate::kernel::ids::IdKind;
 use crate::store::events::{self, Attempt, DueEvent, Finished, Next};
 use signing::SigningSecret;
 use ssrf::{Allowlist, GuardedResolver, Refused};
@@ -430,14 +431,14 @@ fn secrets(api: &Api, event: &DueEvent) -> Vec<SigningSecret> {
     let current = event
         .webhook_secret_ciphertext
         .as_deref()
-        .and_then(|sealed| cipher.decrypt(sealed, &webhook_secret_context(app_id)).ok());
+        .and_then(|sealed| cipher.decrypt(sealed, Sealed::WebhookSecret(app_id)).ok());
     let previous = event
         .previous_webhook_secret_ciphertext
         .as_deref()
         .filter(|_| event.previous_active)
         .and_then(|sealed| {
             cipher
-                .decrypt(sealed, &crate::app::previous_webhook_secret_context(app_id))
+                .decrypt(sealed, Sealed::PreviousWebhookSecret(app_id))
                 .ok()
         });
     for plain in [current, previous].into_iter().flatten() {

@@ -1,5 +1,5 @@
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb::ListClientAppsRequest;
 use linkd::pb::client_app_service_client::ClientAppServiceClient;
 use reqwest::StatusCode;

@@ -7,7 +7,7 @@ use crate::helpers::{TestApp, TestTenant, spawn_app};
 use axum::extract::Query;
 use axum::response::Html;
 use fantoccini::{Client, ClientBuilder, Locator};
-use linkd::domain::Tenant;
+use linkd::kernel::tenant::Tenant;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -446,13 +446,13 @@ async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String 
 }
 
 async fn new_tenant(app: &TestApp) -> Tenant {
-    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
     linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Browser org")
         .await
         .unwrap();
     Tenant {
         organization_id,
-        environment: linkd::domain::Environment::Sandbox,
+        environment: linkd::kernel::tenant::Environment::Sandbox,
     }
 }
 

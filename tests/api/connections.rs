@@ -3,7 +3,7 @@
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
 use crate::sessions::{connect, events, get_connection};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! sandbox connector's magic credentials.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
 use reqwest::StatusCode;
@@ -379,7 +379,7 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
     // Its lifetime runs out before anyone claims it.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(
-            linkd::ids::IdKind::Link
+            linkd::kernel::ids::IdKind::Link
                 .parse(expiring["linkId"].as_str().unwrap())
                 .unwrap(),
         )
@@ -451,7 +451,7 @@ async fn a_background_sweep_expires_links_and_records_events() {
     // The claimed link's lifetime runs out; the other's does not.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(
-            linkd::ids::IdKind::Link
+            linkd::kernel::ids::IdKind::Link
                 .parse(link["linkId"].as_str().unwrap())
                 .unwrap(),
         )
@@ -473,7 +473,9 @@ async fn a_background_sweep_expires_links_and_records_events() {
     assert_eq!(expired[0]["data"]["linkId"], link["linkId"]);
     let (status, arguments): (String, Option<Vec<u8>>) =
         sqlx::query_as("SELECT status, arguments_ciphertext FROM links WHERE claim_code_hash = $1")
-            .bind(linkd::ids::token_hash(link["claimCode"].as_str().unwrap()))
+            .bind(linkd::kernel::ids::token_hash(
+                link["claimCode"].as_str().unwrap(),
+            ))
             .fetch_one(app.api.db())
             .await
             .unwrap();

@@ -8,7 +8,7 @@ use crate::flow::{Flow, billing_link, card_link, create, events, link_json};
 use crate::helpers::{TestApp, fresh_database, spawn_app, test_key};
 use crate::process::{linkd, spawn_linkd};
 use crate::sessions::Page;
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

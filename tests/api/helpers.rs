@@ -4,10 +4,10 @@
 
 use linkd::app::Api;
 use linkd::config::ServeArgs;
-use linkd::crypto::{Cipher, EncryptionKey};
 use linkd::domain::client_app::NewClientApp;
-use linkd::domain::{Environment, Tenant};
-use linkd::ids::IdKind;
+use linkd::kernel::crypto::{Cipher, EncryptionKey};
+use linkd::kernel::ids::IdKind;
+use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::local_postgres::{Durability, LocalPostgres};
 use linkd::server::Server;
 use linkd::store::{self, PoolSettings, tenancy};

@@ -5,7 +5,7 @@
 //! surfaces, and changes nothing.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -272,7 +272,7 @@ async fn nul_in_any_grpc_string_is_invalid_argument_naming_the_field() {
 /// A hooked app with one failed event, for the admin-like endpoints.
 async fn tenant_with_a_failed_event(app: &TestApp) -> (TestTenant, String) {
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let id = linkd::ids::IdKind::Event.new_uuid();
+    let id = linkd::kernel::ids::IdKind::Event.new_uuid();
     sqlx::query(
         "INSERT INTO events (id, organization_id, environment, type, payload, delivery_status, attempts)
          VALUES ($1, $2, 'sandbox', 'link.failed', '{}', 'failed', 10)",
@@ -282,7 +282,7 @@ async fn tenant_with_a_failed_event(app: &TestApp) -> (TestTenant, String) {
     .execute(app.api.db())
     .await
     .unwrap();
-    (tenant, linkd::ids::IdKind::Event.format(id))
+    (tenant, linkd::kernel::ids::IdKind::Event.format(id))
 }
 
 async fn webhook_secret_sealed(app: &TestApp) -> Vec<u8> {

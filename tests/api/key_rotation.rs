@@ -7,7 +7,7 @@
 use crate::helpers::{fresh_database, test_key};
 use crate::process::{Running, linkd, spawn_linkd};
 use crate::webhooks::Receiver;
-use linkd::crypto::EncryptionKey;
+use linkd::kernel::crypto::EncryptionKey;
 use serde_json::{Value, json};
 use std::time::Duration;
 

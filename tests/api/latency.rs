@@ -3,7 +3,7 @@
 //! (Throughput and latency are the benchmark's job, never a test's.)
 
 use crate::helpers::{TestApp, fresh_database, serve_args, spawn_app, spawn_configured, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
 use linkd::pb::link_service_client::LinkServiceClient;

@@ -1,5 +1,5 @@
 use crate::helpers::{TestApp, spawn_app, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_service_client::LinkServiceClient;
 use reqwest::StatusCode;
@@ -521,7 +521,7 @@ async fn links_are_tenant_scoped_and_expire_on_read() {
         .get(
             &format!(
                 "/v1/links/{}",
-                linkd::ids::IdKind::Link.format(uuid::Uuid::now_v7())
+                linkd::kernel::ids::IdKind::Link.format(uuid::Uuid::now_v7())
             ),
             &bob.key,
         )

@@ -4,7 +4,7 @@
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
 use crate::sessions::Page;
-use linkd::domain::{Environment, Tenant};
+use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,7 +27,7 @@ fn no_redirects() -> reqwest::Client {
 
 /// An OAuth client app with several redirect URIs.
 async fn client(app: &TestApp, redirect_uris: &[&str]) -> TestTenant {
-    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
     linkd::store::tenancy::create_organization(app.api.db(), organization_id, "OAuth org")
         .await
         .unwrap();

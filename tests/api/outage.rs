@@ -1,5 +1,5 @@
 use crate::helpers::{spawn_app_on, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::local_postgres::{Durability, LocalPostgres};
 use linkd::pb::ListClientAppsRequest;
 use linkd::pb::client_app_service_client::ClientAppServiceClient;

@@ -1,5 +1,5 @@
 use crate::helpers::spawn_app;
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use std::process::Command;
 
 fn python() -> Command {

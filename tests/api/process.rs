@@ -121,7 +121,11 @@ fn gen_key_prints_a_usable_key() {
     let out = run(linkd().arg("gen-key"));
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap();
-    assert!(key.trim().parse::<linkd::crypto::EncryptionKey>().is_ok());
+    assert!(
+        key.trim()
+            .parse::<linkd::kernel::crypto::EncryptionKey>()
+            .is_ok()
+    );
 }
 
 fn admin(db_url: &str, args: &[&str]) -> Output {
@@ -425,7 +429,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let db = fresh_database().await;
     let helper = spawn_app_on(&db, Duration::from_secs(2)).await;
     let tenant = helper
-        .create_tenant(linkd::domain::Environment::Sandbox)
+        .create_tenant(linkd::kernel::tenant::Environment::Sandbox)
         .await;
     let mut cmd = linkd();
     cmd.env("DATABASE_URL", &db)

@@ -3,7 +3,7 @@
 //! shape, reconnects, expiry.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -1,5 +1,5 @@
 use crate::helpers::{spawn_app, with_key};
-use linkd::domain::Environment;
+use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
 use tonic::Code;

@@ -8,7 +8,7 @@ use crate::sessions::{CALLBACK, connect};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::response::IntoResponse;
-use linkd::domain::{Environment, Tenant};
+use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -173,7 +173,7 @@ impl Receiver {
 }
 
 pub async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
-    let organization_id = linkd::ids::IdKind::Organization.new_uuid();
+    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
     linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Hooked org")
         .await
         .unwrap();
@@ -815,7 +815,7 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
     for id in &ids {
         wait_status(&app, &tenant, id, "delivered").await;
     }
-    let uuid = |id: &str| linkd::ids::IdKind::Event.parse(id).unwrap();
+    let uuid = |id: &str| linkd::kernel::ids::IdKind::Event.parse(id).unwrap();
     let (old_delivered, old_pending) = (uuid(&ids[0]), uuid(&ids[1]));
     sqlx::query("UPDATE events SET created_at = now() - interval '31 days' WHERE id = ANY($1)")
         .bind([old_delivered, old_pending])

@@ -1,7 +1,7 @@
 //! Collecting every invalid field of a request before answering, so a client
 //! sees all its mistakes at once.
 
-use crate::error::{Error, FieldViolation};
+use crate::kernel::error::{Error, FieldViolation};
 
 /// Per-field length caps shared by every API. Longer values are rejected, not
 /// truncated.

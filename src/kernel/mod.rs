@@ -1,0 +1,10 @@
+//! What every concern shares and nothing else owns: the error table, typed
+//! ids, the tenant, encryption, validation and paging. The kernel imports no
+//! concern.
+
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod paging;
+pub mod tenant;
+pub mod validate;
