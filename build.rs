@@ -25,14 +25,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("linkd_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    // Type names let the gRPC codec (`src/gate.rs`) find each message's
+    // Type names let the gRPC codec (`src/api/gate.rs`) find each message's
     // descriptor to check its strings field by field.
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .codec_path("crate::gate::GatedCodec")
+        .codec_path("crate::api::gate::GatedCodec")
         .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::proto_json;
+use crate::api::proto_json;
 use crate::store::idempotency::{self, Claim, IdempotencyKey};
 use crate::store::links;
 use crate::store::tenancy::{self, ClientAppRow};
@@ -42,7 +42,7 @@ pub struct AppState {
     pub max_list_offset: i64,
     pub oauth: OAuthSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::webhooks::metrics::Metrics>,
 }
 
 /// Request-handling settings, from configuration.

@@ -67,10 +67,10 @@ pub fn connection_event_data(
 ) -> Value {
     let mut data = json!({
         "clientReferenceId": row.client_reference_id,
-        "connection": crate::views::connection_json(&connection_to_proto(row)),
+        "connection": crate::api::views::connection_json(&connection_to_proto(row)),
     });
     if let Some(at) = billing_stopped_at {
-        data["billingStoppedAt"] = json!(crate::views::iso8601(&timestamp(at)));
+        data["billingStoppedAt"] = json!(crate::api::views::iso8601(&timestamp(at)));
     }
     data
 }

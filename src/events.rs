@@ -8,7 +8,7 @@ use crate::kernel::ids::IdKind;
 use crate::kernel::paging::Cursor;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::proto_json;
+use crate::api::proto_json;
 use crate::store::events::{self as store, AttemptRow, EventFilter, EventRow};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

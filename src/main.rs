@@ -1,7 +1,7 @@
-use linkd::config::{Cli, Command};
+use linkd::ops::config::{Cli, Command};
 use linkd::kernel::crypto::EncryptionKey;
-use linkd::server::{Server, shutdown_signal};
-use linkd::startup;
+use linkd::ops::server::{Server, shutdown_signal};
+use linkd::ops::startup;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let _telemetry = linkd::telemetry::init(&cli.log)?;
+    let _telemetry = linkd::ops::telemetry::init(&cli.log)?;
     // Check the key before touching the database, so a bad key fails fast.
     let cipher = cli.shared.cipher()?;
     let catalog = startup::load_catalog(cli.shared.catalog_dir.as_deref())?;
@@ -44,7 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!("migrations applied");
                     Ok(())
                 }
-                Command::Admin(admin) => linkd::admin::run(&api, admin).await,
+                Command::Admin(admin) => linkd::ops::admin::run(&api, admin).await,
                 Command::Serve(_) | Command::GenKey => unreachable!("handled above"),
             };
         }

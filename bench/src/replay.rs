@@ -225,7 +225,7 @@ pub fn run_pgbench(
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<PgbenchResult> {
-    let pgbench = linkd::local_postgres::find_binary("pgbench")?;
+    let pgbench = linkd::ops::local_postgres::find_binary("pgbench")?;
     let out = Command::new(pgbench)
         .args(["-n", "-M", "prepared", "-c"])
         .arg(clients.to_string())

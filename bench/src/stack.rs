@@ -3,7 +3,7 @@
 //! processes, and tenants made with its own admin CLI.
 
 use anyhow::{Context, bail};
-use linkd::local_postgres::{Durability, LocalPostgres};
+use linkd::ops::local_postgres::{Durability, LocalPostgres};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

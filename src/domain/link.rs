@@ -6,7 +6,7 @@ use crate::domain::client_app::{check_redirect_uri, is_web_url};
 use crate::kernel::error::Error;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::proto_json;
+use crate::api::proto_json;
 
 /// Most operations one link may carry.
 pub const MAX_OPERATIONS: usize = 10;

@@ -14,6 +14,7 @@
 //! A destination refused by the SSRF guard fails at once (retrying cannot
 //! help; fix the URL and redeliver).
 
+pub mod metrics;
 pub mod signing;
 pub mod ssrf;
 

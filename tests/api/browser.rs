@@ -321,7 +321,7 @@ fn the_stray_text_guard_catches_what_shipped_before() {
 
 /// The integrations the Link page offers, in catalog order.
 fn offered() -> Vec<String> {
-    linkd::startup::load_catalog(None)
+    linkd::ops::startup::load_catalog(None)
         .unwrap()
         .providers()
         .map(|p| p.name.clone())

@@ -3,13 +3,13 @@
 //! of it per test, and the real server on port 0.
 
 use linkd::app::Api;
-use linkd::config::ServeArgs;
+use linkd::ops::config::ServeArgs;
 use linkd::domain::client_app::NewClientApp;
 use linkd::kernel::crypto::{Cipher, EncryptionKey};
 use linkd::kernel::ids::IdKind;
 use linkd::kernel::tenant::{Environment, Tenant};
-use linkd::local_postgres::{Durability, LocalPostgres};
-use linkd::server::Server;
+use linkd::ops::local_postgres::{Durability, LocalPostgres};
+use linkd::ops::server::Server;
 use linkd::store::{self, PoolSettings, tenancy};
 use secrecy::ExposeSecret;
 use sqlx::Connection;
@@ -138,7 +138,7 @@ pub fn serve_args() -> ServeArgs {
         oauth_code_ttl: Duration::from_secs(600),
         oauth_token_ttl: Duration::from_secs(3600),
         webhook_timeout: Duration::from_secs(2),
-        webhook_retry_schedule: linkd::config::Schedule(vec![
+        webhook_retry_schedule: linkd::ops::config::Schedule(vec![
             Duration::ZERO,
             Duration::from_millis(300),
             Duration::from_millis(600),
@@ -152,7 +152,7 @@ pub fn serve_args() -> ServeArgs {
         webhook_queue_stats_interval: Duration::from_secs(1),
         api_key_cache_ttl: Duration::from_secs(5),
         max_list_offset: 10_000,
-        webhook_allow: linkd::config::Allow(
+        webhook_allow: linkd::ops::config::Allow(
             linkd::webhooks::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
     }
@@ -208,8 +208,8 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
         },
     )
     .unwrap();
-    let catalog = linkd::startup::load_catalog(None).unwrap();
-    let api = linkd::startup::api(
+    let catalog = linkd::ops::startup::load_catalog(None).unwrap();
+    let api = linkd::ops::startup::api(
         pool,
         catalog,
         Cipher::new(&test_key(), &[]),

@@ -43,7 +43,7 @@ async fn post_link(
 
 /// The same request as a proto message, built independently of the shim.
 fn documented_proto() -> pb::CreateLinkRequest {
-    let args = linkd::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
+    let args = linkd::api::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
     pb::CreateLinkRequest {
         integration_id: "tmobile".into(),
         operations: vec![
@@ -356,7 +356,7 @@ fn rest_to_proto(body: &Value) -> pb::CreateLinkRequest {
                             Some("write") => pb::OperationAction::Write as i32,
                             _ => 0,
                         },
-                        arguments: op.get("arguments").map(linkd::proto_json::to_struct),
+                        arguments: op.get("arguments").map(linkd::api::proto_json::to_struct),
                     })
                     .collect()
             })

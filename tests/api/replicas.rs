@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, String) {
     let pool = sqlx::PgPool::connect(db_url).await.unwrap();
     linkd::store::migrate(&pool).await.unwrap();
-    let api = linkd::startup::api(
+    let api = linkd::ops::startup::api(
         pool.clone(),
-        linkd::startup::load_catalog(None).unwrap(),
+        linkd::ops::startup::load_catalog(None).unwrap(),
         Cipher::new(&test_key(), &[]),
         crate::helpers::serve_args().settings("127.0.0.1:1".parse().unwrap()),
     );

@@ -5,7 +5,7 @@
 
 use crate::helpers::{TestApp, TestTenant, spawn_app_with};
 use crate::webhooks::{Receiver, failed_link, hooked_tenant, metric, metrics_of};
-use linkd::config::{AdminCommand, Schedule};
+use linkd::ops::config::{AdminCommand, Schedule};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -206,13 +206,13 @@ async fn a_corrected_webhook_url_receives_the_events_that_waited() {
         json: true,
     };
     // A bad URL names the field and changes nothing.
-    let refused = linkd::admin::run(&app.api, set("ftp://hooks.example")).await;
+    let refused = linkd::ops::admin::run(&app.api, set("ftp://hooks.example")).await;
     let message = format!("{:#}", refused.unwrap_err());
     assert!(message.contains("webhook_url"), "{message}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.at("always500").len(), 2, "still paused");
 
-    linkd::admin::run(&app.api, set(&receiver.url("ok")))
+    linkd::ops::admin::run(&app.api, set(&receiver.url("ok")))
         .await
         .unwrap();
     // Long before the 60 s cool-down would have ended.

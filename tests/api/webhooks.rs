@@ -333,7 +333,7 @@ async fn failures_retry_on_the_schedule_with_the_same_id_and_a_fresh_timestamp()
     // 1.3 s ± 20 % jitter is over a second, so each attempt's
     // `webhook-timestamp` (whole seconds) is later than the one before.
     let app = spawn_app_with(|args| {
-        args.webhook_retry_schedule = linkd::config::Schedule(vec![
+        args.webhook_retry_schedule = linkd::ops::config::Schedule(vec![
             Duration::ZERO,
             Duration::from_millis(1300),
             Duration::from_millis(1300),
@@ -493,7 +493,7 @@ async fn retry_after_is_honoured_for_429_and_503_and_timeouts_are_failures() {
 async fn the_ssrf_guard_refuses_private_destinations_before_connecting() {
     let receiver = Receiver::start().await;
     let app = spawn_app_with(|args| {
-        args.webhook_allow = linkd::config::Allow(Default::default());
+        args.webhook_allow = linkd::ops::config::Allow(Default::default());
     })
     .await;
     let tenant = hooked_tenant(&app, &receiver.url("app-default")).await;

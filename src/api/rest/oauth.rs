@@ -288,7 +288,7 @@ pub(super) async fn token(
         ));
     }
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    crate::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    crate::api::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|err| Error::oauth("invalid_request", err.to_string()))?;
     let mut form = single_values(pairs)
         .map_err(|name| Error::oauth("invalid_request", format!("{name} must not be repeated.")))?;

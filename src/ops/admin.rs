@@ -1,7 +1,7 @@
 //! `linkd admin …`: operator commands against the same database.
 
 use crate::app::{Api, parse_id};
-use crate::config::AdminCommand;
+use crate::ops::config::AdminCommand;
 use crate::domain::client_app::NewClientApp;
 use crate::kernel::ids::IdKind;
 use crate::kernel::tenant::Tenant;

@@ -118,7 +118,7 @@ pub(super) fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::invalid("", format!("the body is not valid JSON: {e}")))?;
-    crate::gate::check_json(&value)?;
+    crate::api::gate::check_json(&value)?;
     match value {
         Value::Object(object) => Ok(object),
         _ => Err(Error::invalid("", "the body must be a JSON object")),

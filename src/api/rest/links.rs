@@ -7,7 +7,7 @@ use crate::domain::link::NewLink;
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::proto_json;
+use crate::api::proto_json;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -5,7 +5,7 @@ use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::views::{connection_json, iso8601};
+use crate::api::views::{connection_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};

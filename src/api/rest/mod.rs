@@ -4,11 +4,11 @@
 
 use crate::app::Api;
 use crate::auth::{Caller, presented_key};
-use crate::health::Health;
+use crate::api::health::Health;
 use crate::kernel::error::Error;
 use crate::pb;
-use crate::proto_json;
-pub(crate) use crate::views::{enum_name, iso8601};
+use crate::api::proto_json;
+pub(crate) use crate::api::views::{enum_name, iso8601};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
@@ -216,13 +216,13 @@ async fn readyz(State(state): State<RestState>) -> Response {
     }
 }
 
-/// The input gate for every query string (see [`crate::gate`]): a NUL
+/// The input gate for every query string (see [`crate::api::gate`]): a NUL
 /// can only arrive percent-encoded, so most requests skip the parse.
 async fn gate_query(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if let Some(query) = request.uri().query().filter(|q| q.contains("%00")) {
         let pairs: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
         let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref()));
-        if let Err(err) = crate::gate::check_pairs(pairs) {
+        if let Err(err) = crate::api::gate::check_pairs(pairs) {
             return err.into_response();
         }
     }

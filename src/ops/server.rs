@@ -10,11 +10,11 @@
 //!    replica after their lease, with the same `webhook-id`).
 
 use crate::app::Api;
-use crate::config::ServeArgs;
-use crate::health::Health;
+use crate::ops::config::ServeArgs;
+use crate::api::health::Health;
 use crate::kernel::error::Error;
 use crate::pb;
-use crate::rest::{self, RestState};
+use crate::api::rest::{self, RestState};
 use anyhow::Context;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -127,11 +127,11 @@ impl Server {
                 })
                 .layer(RequestBodyLimitLayer::new(max)),
             )
-            .merge(crate::web::router())
+            .merge(crate::api::web::router())
             .fallback(fallback)
             .layer(
                 TraceLayer::new_for_http()
-                    .make_span_with(crate::telemetry::request_span)
+                    .make_span_with(crate::ops::telemetry::request_span)
                     // One line per request at debug: at info it would cost
                     // every call a formatted log line.
                     .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
@@ -166,7 +166,7 @@ impl Server {
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
         let expiry =
-            crate::jobs::spawn_expiry(api.db().clone(), args.expiry_interval, args.event_retention);
+            crate::ops::jobs::spawn_expiry(api.db().clone(), args.expiry_interval, args.event_retention);
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(

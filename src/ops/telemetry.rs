@@ -4,7 +4,7 @@
 //! same thing on one listener) taken as the parent of its span. Every log
 //! line of a request carries its `trace_id`.
 
-use crate::config::{LogArgs, LogFormat};
+use crate::ops::config::{LogArgs, LogFormat};
 use anyhow::Context;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};

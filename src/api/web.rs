@@ -11,10 +11,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-const PAGE: &str = include_str!("../web/link.html");
-const SCRIPT: &str = include_str!("../web/link.js");
-const STYLE: &str = include_str!("../web/link.css");
-const EMBED: &str = include_str!("../web/embed.js");
+const PAGE: &str = include_str!("../../web/link.html");
+const SCRIPT: &str = include_str!("../../web/link.js");
+const STYLE: &str = include_str!("../../web/link.css");
+const EMBED: &str = include_str!("../../web/embed.js");
 
 /// Everything the page loads comes from this origin; it may be framed by
 /// client apps (embed mode), and it never sends a Referer.

@@ -5,12 +5,12 @@
 use crate::app::{Api, AppState};
 use crate::auth::IssuedKey;
 use crate::catalog::Catalog;
-use crate::config::SharedArgs;
+use crate::ops::config::SharedArgs;
 use crate::domain::client_app::NewClientApp;
 use crate::kernel::crypto::{Cipher, EncryptionKey};
 use crate::kernel::ids::IdKind;
 use crate::kernel::tenant::{Environment, Tenant};
-use crate::local_postgres::{Durability, LocalPostgres};
+use crate::ops::local_postgres::{Durability, LocalPostgres};
 use crate::store::{self, PoolSettings, tenancy};
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;

@@ -7,7 +7,7 @@ use crate::events::{parse_time, status_from_name};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::views::{attempt_json, event_json, iso8601};
+use crate::api::views::{attempt_json, event_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
