@@ -2,20 +2,19 @@
 //! gRPC services and the REST shim are thin adapters that authenticate,
 //! convert, and call these methods, so both surfaces always behave the same.
 
+use crate::api::proto_json;
 use crate::auth::Caller;
 use crate::catalog::{Catalog, Category};
-use crate::domain::client_app::NewClientApp;
 use crate::domain::link::{LinkStatus, NewLink, return_url_with_link_id};
 use crate::kernel::crypto::{Cipher, Sealed};
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::{IdKind, random_token, token_hash};
-use crate::kernel::tenant::Tenant;
+use crate::kernel::ids::{IdKind, parse_id, random_token, token_hash};
+use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::api::proto_json;
 use crate::store::idempotency::{self, Claim, IdempotencyKey};
 use crate::store::links;
-use crate::store::tenancy::{self, ClientAppRow};
+
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -76,54 +75,6 @@ pub struct Api {
     pub state: Arc<AppState>,
 }
 
-/// How long a rotated-out webhook secret keeps signing by default.
-pub const DEFAULT_ROTATION_GRACE_SECS: i64 = 24 * 60 * 60;
-/// The longest such grace period.
-pub const MAX_ROTATION_GRACE_SECS: i64 = 7 * 24 * 60 * 60;
-
-/// A client app just created, with the secrets that are shown only now.
-#[derive(Debug)]
-pub struct CreatedClientApp {
-    pub app: ClientAppRow,
-    pub webhook_secret: SecretString,
-    /// The OAuth client secret (`client_secret` at `/v3/oauth/token`).
-    pub client_secret: SecretString,
-}
-
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
-    pb::ClientApp {
-        id: IdKind::ClientApp.format(row.id),
-        environment: row.environment().to_proto() as i32,
-        name: row.name,
-        redirect_uris: row.redirect_uris,
-        webhook_url: row.webhook_url,
-        created_at: Some(timestamp(row.created_at)),
-    }
-}
-
-/// Parses a public id given in a request to look something up, or fails
-/// naming the field when it is missing or has the wrong prefix. A
-/// malformed id with the right prefix is then not found, like an unknown
-/// one (see [`IdKind::parse_reference`]).
-pub fn parse_id(kind: IdKind, field: &str, value: &str) -> Result<uuid::Uuid> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    kind.parse_reference(value).ok_or_else(|| {
-        Error::invalid(
-            field,
-            format!("must be an id starting with `{}`", kind.prefix()),
-        )
-    })
-}
-
 impl Api {
     pub fn new(state: AppState) -> Self {
         Api {
@@ -137,134 +88,6 @@ impl Api {
 
     pub async fn authenticate(&self, key: Option<&SecretString>) -> Result<Caller> {
         crate::auth::authenticate(self.db(), &self.state.key_cache, key).await
-    }
-
-    // ---- ClientAppService -------------------------------------------------
-
-    pub async fn list_client_apps(&self, caller: &Caller) -> Result<pb::ListClientAppsResponse> {
-        let apps = tenancy::list_client_apps(self.db(), caller.tenant).await?;
-        Ok(pb::ListClientAppsResponse {
-            client_apps: apps.into_iter().map(client_app_to_proto).collect(),
-        })
-    }
-
-    pub async fn get_client_app(
-        &self,
-        caller: &Caller,
-        req: pb::GetClientAppRequest,
-    ) -> Result<pb::GetClientAppResponse> {
-        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
-        let app = tenancy::get_client_app(self.db(), caller.tenant, id).await?;
-        Ok(pb::GetClientAppResponse {
-            client_app: Some(client_app_to_proto(app)),
-        })
-    }
-
-    /// Registers a client app (operators, through `linkd admin`). The webhook
-    /// signing secret is stored encrypted and returned only here.
-    pub async fn create_client_app(
-        &self,
-        tenant: Tenant,
-        app: &NewClientApp,
-    ) -> Result<CreatedClientApp> {
-        let id = IdKind::ClientApp.new_uuid();
-        let secret = crate::domain::client_app::generate_webhook_secret();
-        let sealed = self
-            .state
-            .cipher
-            .encrypt(secret.as_bytes(), Sealed::WebhookSecret(id));
-        let client_secret = crate::domain::client_app::generate_client_secret();
-        let app = tenancy::insert_client_app(
-            self.db(),
-            id,
-            tenant,
-            app,
-            &sealed,
-            &token_hash(&client_secret),
-        )
-        .await?;
-        Ok(CreatedClientApp {
-            app,
-            webhook_secret: SecretString::from(secret),
-            client_secret: SecretString::from(client_secret),
-        })
-    }
-
-    /// Replaces an app's webhook signing secret. The previous one keeps
-    /// signing next to it for `grace_secs`. `tenant` scopes the app to the
-    /// caller; operators pass `None`. Returns the new secret (its only copy)
-    /// and when the previous one stops signing.
-    pub async fn rotate_webhook_secret(
-        &self,
-        tenant: Option<Tenant>,
-        app_id: uuid::Uuid,
-        grace_secs: i64,
-    ) -> Result<(SecretString, chrono::DateTime<chrono::Utc>)> {
-        if !(0..=MAX_ROTATION_GRACE_SECS).contains(&grace_secs) {
-            return Err(Error::invalid(
-                "previousSecretGraceSeconds",
-                format!("must be between 0 and {MAX_ROTATION_GRACE_SECS}"),
-            ));
-        }
-        let mut tx = self.db().begin().await?;
-        let current: Vec<u8> = sqlx::query_scalar(
-            "SELECT webhook_secret_ciphertext FROM client_apps
-             WHERE id = $1 AND ($2::uuid IS NULL OR (organization_id = $2 AND environment = $3))
-             FOR UPDATE",
-        )
-        .bind(app_id)
-        .bind(tenant.map(|t| t.organization_id))
-        .bind(tenant.map(|t| t.environment.as_str()))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(Error::NotFound("client app"))?;
-        let cipher = &self.state.cipher;
-        let previous = cipher
-            .decrypt(&current, Sealed::WebhookSecret(app_id))
-            .map_err(Error::Internal)?;
-        let secret = crate::domain::client_app::generate_webhook_secret();
-        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-            "UPDATE client_apps SET webhook_secret_ciphertext = $2,
-                 previous_webhook_secret_ciphertext = $3,
-                 previous_webhook_secret_expires_at = now() + make_interval(secs => $4)
-             WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
-        )
-        .bind(app_id)
-        .bind(cipher.encrypt(secret.as_bytes(), Sealed::WebhookSecret(app_id)))
-        .bind(cipher.encrypt(&previous, Sealed::PreviousWebhookSecret(app_id)))
-        .bind(grace_secs as f64)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((SecretString::from(secret), expires_at))
-    }
-
-    pub async fn rotate_webhook_secret_for(
-        &self,
-        caller: &Caller,
-        req: pb::RotateWebhookSecretRequest,
-    ) -> Result<pb::RotateWebhookSecretResponse> {
-        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
-        let grace = req
-            .previous_secret_grace_seconds
-            .unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
-        let (secret, expires_at) = self
-            .rotate_webhook_secret(Some(caller.tenant), id, grace)
-            .await?;
-        Ok(pb::RotateWebhookSecretResponse {
-            webhook_secret: secrecy::ExposeSecret::expose_secret(&secret).to_string(),
-            previous_secret_expires_at: Some(timestamp(expires_at)),
-        })
-    }
-
-    /// Issues a new OAuth client secret for an app (any tenant: operators),
-    /// replacing the old one at once. Returns the only copy.
-    pub async fn rotate_client_secret(&self, app_id: uuid::Uuid) -> Result<SecretString> {
-        let secret = crate::domain::client_app::generate_client_secret();
-        if !tenancy::set_client_secret_hash(self.db(), app_id, &token_hash(&secret)).await? {
-            return Err(Error::NotFound("client app"));
-        }
-        Ok(SecretString::from(secret))
     }
 
     // ---- LinkService: provider discovery -----------------------------------

@@ -1,15 +1,17 @@
 //! ConnectionService: list, get and delete the connections Link sessions
 //! leave behind, and the background expiry of their provider sessions.
 
-use crate::app::{Api, parse_id, timestamp};
+use crate::app::Api;
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::flow::{EventSubject, record_event};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
+use crate::kernel::ids::parse_id;
 use crate::kernel::paging::Cursor;
 use crate::kernel::tenant::Tenant;
+use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use crate::store::connections::{self as store, ConnectionRow, ListFilter};

@@ -1,5 +1,5 @@
-use linkd::ops::config::{Cli, Command};
 use linkd::kernel::crypto::EncryptionKey;
+use linkd::ops::config::{Cli, Command};
 use linkd::ops::server::{Server, shutdown_signal};
 use linkd::ops::startup;
 use std::process::ExitCode;

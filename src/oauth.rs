@@ -14,6 +14,7 @@
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
+use crate::client_apps::store as tenancy;
 use crate::domain::oauth::{
     self, AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value,
     redirect_uri_matches, verifier_matches,
@@ -24,7 +25,6 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::store::tenancy;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use subtle::ConstantTimeEq;

@@ -76,7 +76,7 @@ impl Health {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let ping = sqlx::query("SELECT 1").execute(&db);
+                let ping = crate::kernel::db::ping(&db);
                 let up = matches!(
                     tokio::time::timeout(interval.max(Duration::from_secs(1)), ping).await,
                     Ok(Ok(_))

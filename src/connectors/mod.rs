@@ -5,8 +5,8 @@
 
 pub mod sandbox;
 
+use crate::catalog::Action;
 use crate::catalog::Provider;
-use crate::domain::Action;
 use crate::kernel::tenant::Tenant;
 use secrecy::SecretString;
 use std::collections::BTreeMap;

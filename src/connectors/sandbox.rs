@@ -22,7 +22,7 @@
 //! (`sandbox_accounts.login_attempts`, `code_attempts`).
 
 use super::{Connector, ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
-use crate::domain::Action;
+use crate::catalog::Action;
 use chrono::{Datelike, Duration, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};

@@ -1,12 +1,12 @@
 //! Link intents: the rules of `CreateLink`, and how links are rendered.
 
+use crate::api::proto_json;
+use crate::catalog::Action;
 use crate::catalog::Catalog;
-use crate::domain::Action;
-use crate::domain::client_app::{check_redirect_uri, is_web_url};
+use crate::client_apps::rules::{check_redirect_uri, is_web_url};
 use crate::kernel::error::Error;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::api::proto_json;
 
 /// Most operations one link may carry.
 pub const MAX_OPERATIONS: usize = 10;

@@ -12,12 +12,13 @@
 
 use super::attempt::Attempt;
 use super::{EventSubject, Finish, FlowRow, close_flow, record_event};
-use crate::app::{Api, parse_id};
+use crate::app::Api;
 use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::domain::link::{LinkOperation, return_url_with_link_id};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::ids::parse_id;
 use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::pb;
 use serde_json::{Value, json};

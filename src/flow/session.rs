@@ -16,6 +16,7 @@ use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, w
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
+use crate::client_apps::store as client_apps;
 use crate::connections::connection_event_data;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::domain::oauth::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
@@ -29,7 +30,6 @@ use crate::kernel::tenant::Tenant;
 use crate::pb;
 use crate::store::connections::{self as store, FreshSession, NewConnection};
 use crate::store::idempotency::IdempotencyKey;
-use crate::store::tenancy;
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
@@ -177,8 +177,8 @@ impl Api {
     ) -> Result<pb::InitLinkSessionResponse> {
         let tenant = caller.tenant;
         let app = match new.client_app_id {
-            Some(id) => tenancy::get_client_app(&mut *conn, tenant, id).await?,
-            None => tenancy::list_client_apps(&mut *conn, tenant)
+            Some(id) => client_apps::get_client_app(&mut *conn, tenant, id).await?,
+            None => client_apps::list_client_apps(&mut *conn, tenant)
                 .await?
                 .into_iter()
                 .next()
@@ -223,7 +223,7 @@ impl Api {
             .await?;
         Ok(pb::InitLinkSessionResponse {
             url,
-            expires_at: Some(crate::app::timestamp(expires_at)),
+            expires_at: Some(crate::kernel::time::timestamp(expires_at)),
         })
     }
 

@@ -84,6 +84,26 @@ pub fn token_hash(token: impl AsRef<[u8]>) -> Vec<u8> {
     Sha256::digest(token.as_ref()).to_vec()
 }
 
+/// Parses a public id given in a request to look something up, or fails
+/// naming the field when it is missing or has the wrong prefix. A
+/// malformed id with the right prefix is then not found, like an unknown
+/// one (see [`IdKind::parse_reference`]).
+pub fn parse_id(
+    kind: IdKind,
+    field: &str,
+    value: &str,
+) -> crate::kernel::error::Result<uuid::Uuid> {
+    if value.is_empty() {
+        return Err(crate::kernel::error::Error::invalid(field, "is required"));
+    }
+    kind.parse_reference(value).ok_or_else(|| {
+        crate::kernel::error::Error::invalid(
+            field,
+            format!("must be an id starting with `{}`", kind.prefix()),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,10 @@
 //! concern.
 
 pub mod crypto;
+pub mod db;
 pub mod error;
 pub mod ids;
 pub mod paging;
 pub mod tenant;
+pub mod time;
 pub mod validate;

@@ -1,11 +1,12 @@
 //! `linkd admin …`: operator commands against the same database.
 
-use crate::app::{Api, parse_id};
-use crate::ops::config::AdminCommand;
-use crate::domain::client_app::NewClientApp;
+use crate::app::Api;
+use crate::client_apps::rules::NewClientApp;
+use crate::client_apps::store as tenancy;
 use crate::kernel::ids::IdKind;
+use crate::kernel::ids::parse_id;
 use crate::kernel::tenant::Tenant;
-use crate::store::tenancy;
+use crate::ops::config::AdminCommand;
 use anyhow::bail;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -101,7 +102,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::RevokeKey { key_id } => {
             let id = parse_id(IdKind::ApiKey, "key_id", &key_id)?;
-            if !tenancy::revoke_api_key(api.db(), id).await? {
+            if !crate::auth::store::revoke_api_key(api.db(), id).await? {
                 bail!("no active API key {key_id}");
             }
             println!("revoked {key_id}");
@@ -140,10 +141,19 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
             json,
         } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
-            let url = crate::domain::client_app::parse_webhook_url(url.as_deref())?;
-            if !crate::store::events::set_app_webhook_url(api.db(), id, url.as_deref()).await? {
+            let url = crate::client_apps::rules::parse_webhook_url(url.as_deref())?;
+            // The app's breaker closes with the change: events it held
+            // back go to the corrected URL at once.
+            let mut tx = api.db().begin().await?;
+            if !tenancy::set_webhook_url(&mut *tx, id, url.as_deref()).await? {
                 bail!("no client app {app_id}");
             }
+            crate::webhooks::store::release_destination(
+                &mut *tx,
+                &crate::webhooks::app_destination(id),
+            )
+            .await?;
+            tx.commit().await?;
             print(
                 json,
                 json!({ "clientAppId": app_id, "webhookUrl": url }),

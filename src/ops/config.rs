@@ -285,7 +285,7 @@ impl ServeArgs {
                     self.webhook_destination_concurrency
                         .min(self.webhook_concurrency),
                 ),
-                breaker: crate::store::events::BreakerSettings {
+                breaker: crate::webhooks::store::BreakerSettings {
                     failures: i32::from(self.webhook_breaker_failures),
                     cooldown: self.webhook_breaker_cooldown,
                     give_up_after: self.webhook_retry_schedule.0.iter().sum(),

@@ -65,7 +65,7 @@ pub fn spawn_expiry(
             })
             .await;
             drain("removed finished events past their retention", || {
-                crate::store::events::prune_finished(&db, event_retention, EXPIRY_BATCH)
+                crate::events::store::prune_finished(&db, event_retention, EXPIRY_BATCH)
             })
             .await;
             if let Err(err) = crate::store::idempotency::prune(&db).await {

@@ -9,12 +9,12 @@
 //!    grace period to finish (deliveries cut off are retried by another
 //!    replica after their lease, with the same `webhook-id`).
 
-use crate::app::Api;
-use crate::ops::config::ServeArgs;
 use crate::api::health::Health;
-use crate::kernel::error::Error;
-use crate::pb;
 use crate::api::rest::{self, RestState};
+use crate::app::Api;
+use crate::kernel::error::Error;
+use crate::ops::config::ServeArgs;
+use crate::pb;
 use anyhow::Context;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -165,8 +165,11 @@ impl Server {
             args,
         } = self;
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
-        let expiry =
-            crate::ops::jobs::spawn_expiry(api.db().clone(), args.expiry_interval, args.event_retention);
+        let expiry = crate::ops::jobs::spawn_expiry(
+            api.db().clone(),
+            args.expiry_interval,
+            args.event_retention,
+        );
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(

@@ -5,13 +5,14 @@
 use crate::app::{Api, AppState};
 use crate::auth::IssuedKey;
 use crate::catalog::Catalog;
-use crate::ops::config::SharedArgs;
-use crate::domain::client_app::NewClientApp;
+use crate::client_apps::rules::NewClientApp;
+use crate::client_apps::store as tenancy;
 use crate::kernel::crypto::{Cipher, EncryptionKey};
+use crate::kernel::db::PoolSettings;
 use crate::kernel::ids::IdKind;
 use crate::kernel::tenant::{Environment, Tenant};
+use crate::ops::config::SharedArgs;
 use crate::ops::local_postgres::{Durability, LocalPostgres};
-use crate::store::{self, PoolSettings, tenancy};
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -80,12 +81,12 @@ impl SharedArgs {
                     LocalPostgres::start(&root, Durability::Durable)
                 })
                 .await??;
-                store::ensure_database(&local.url("postgres"), LOCAL_DATABASE).await?;
+                crate::kernel::db::ensure_database(&local.url("postgres"), LOCAL_DATABASE).await?;
                 (local.url(LOCAL_DATABASE), Some(local))
             }
         };
-        let pool = store::pool(&url, &self.pool_settings())?;
-        store::migrate(&pool).await?;
+        let pool = crate::kernel::db::pool(&url, &self.pool_settings())?;
+        crate::kernel::db::migrate(&pool).await?;
         Ok(Database { pool, local })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Each replica runs one [`Dispatcher`]. It claims due events
 //! with `FOR UPDATE SKIP LOCKED` and a lease (see
-//! [`crate::store::events::claim_due`]), sends each through one pooled HTTP
+//! [`store::claim_due`]), sends each through one pooled HTTP
 //! client that never follows redirects, never uses a proxy and resolves
 //! names through the SSRF guard, and records every attempt.
 //!
@@ -17,16 +17,17 @@
 pub mod metrics;
 pub mod signing;
 pub mod ssrf;
+pub mod store;
 
 use crate::app::Api;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::ids::IdKind;
-use crate::store::events::{self, Attempt, DueEvent, Finished, Next};
 use signing::SigningSecret;
 use ssrf::{Allowlist, GuardedResolver, Refused};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use store::{Attempt, DueEvent, Finished, Next};
 
 /// Largest webhook body. A `link.completed` whose result is larger carries
 /// `"resultTruncated": true` instead of `result` (see `GetLink`).
@@ -57,7 +58,7 @@ pub struct WebhookSettings {
     /// that hangs holds at most this many of the `concurrency` slots.
     pub per_destination: usize,
     /// When a failing destination's events are held back together.
-    pub breaker: events::BreakerSettings,
+    pub breaker: store::BreakerSettings,
     pub allow: Arc<Allowlist>,
 }
 
@@ -174,7 +175,7 @@ async fn measure_queue(api: Api) {
     loop {
         ticker.tick().await;
         // An unreachable database is reported by the health probe.
-        if let Ok(queue) = events::queue_stats(api.db()).await {
+        if let Ok(queue) = store::queue_stats(api.db()).await {
             api.state.metrics.queue_depth.set(queue.depth);
             api.state
                 .metrics
@@ -191,6 +192,13 @@ async fn measure_queue(api: Api) {
 /// Most destinations one claim looks at (each costs an index descent); the
 /// next claim goes on from there.
 const MAX_DESTINATIONS_PER_CLAIM: i64 = 256;
+
+/// The destination (breaker and per-destination cap) of events sent to a
+/// client app's own webhook URL; the SQL function `event_destination` names
+/// it the same way.
+pub fn app_destination(app_id: uuid::Uuid) -> String {
+    format!("app:{app_id}")
+}
 
 /// How long a claim woken by a delivery ending waits for others to end.
 const CLAIM_COALESCE: Duration = Duration::from_millis(1);
@@ -224,13 +232,12 @@ async fn record_loop(
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (ends, acks): (Vec<Finished>, Vec<_>) = batch.drain(..).unzip();
-        if let Err(err) = events::finish_attempts(api.db(), &ends).await {
+        if let Err(err) = store::finish_attempts(api.db(), &ends).await {
             err.log();
         }
         // After the attempts, so that an opening breaker also holds back the
         // events that were just scheduled for a retry.
-        match events::record_destination_outcomes(api.db(), &ends, &api.state.webhooks.breaker)
-            .await
+        match store::record_destination_outcomes(api.db(), &ends, &api.state.webhooks.breaker).await
         {
             Ok(opened) => {
                 for o in opened {
@@ -333,7 +340,7 @@ async fn claim_loop(
         let first = unless_stopped!(slots.clone().acquire_owned()).expect("never closed");
         let free = slots.available_permits() + 1;
         let busy = in_flight.counts();
-        let claimed = events::claim_due(
+        let claimed = store::claim_due(
             api.db(),
             free as i64,
             settings.lease,
@@ -588,7 +595,7 @@ async fn deliver(
             if status.is_success() {
                 (code, ("delivered", Next::Delivered, String::new()))
             } else if status == reqwest::StatusCode::GONE {
-                if let Err(err) = events::disable_endpoint(
+                if let Err(err) = store::disable_endpoint(
                     api.db(),
                     event.organization_id,
                     &event.environment,

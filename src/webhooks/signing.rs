@@ -54,8 +54,8 @@ mod tests {
 
     #[test]
     fn an_independent_implementation_verifies_each_signature() {
-        let old = crate::domain::client_app::generate_webhook_secret();
-        let new = crate::domain::client_app::generate_webhook_secret();
+        let old = crate::client_apps::rules::generate_webhook_secret();
+        let new = crate::client_apps::rules::generate_webhook_secret();
         let secrets = [
             SigningSecret::parse(&old).unwrap(),
             SigningSecret::parse(&new).unwrap(),
@@ -72,7 +72,7 @@ mod tests {
             let webhook = standardwebhooks::Webhook::new(secret).unwrap();
             webhook.verify(body, &headers).expect("signature verifies");
         }
-        let stranger = crate::domain::client_app::generate_webhook_secret();
+        let stranger = crate::client_apps::rules::generate_webhook_secret();
         assert!(
             standardwebhooks::Webhook::new(&stranger)
                 .unwrap()
@@ -86,7 +86,7 @@ mod tests {
         assert!(SigningSecret::parse("whsec_c2hvcnQ=").is_none());
         assert!(SigningSecret::parse("not-a-secret").is_none());
         assert!(
-            SigningSecret::parse(&crate::domain::client_app::generate_webhook_secret()).is_some()
+            SigningSecret::parse(&crate::client_apps::rules::generate_webhook_secret()).is_some()
         );
     }
 }

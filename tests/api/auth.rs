@@ -12,7 +12,7 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let revoked = app.add_app(tenant.tenant, "Second").await;
     assert!(
-        linkd::store::tenancy::revoke_api_key(app.api.db(), revoked.api_key_id)
+        linkd::auth::store::revoke_api_key(app.api.db(), revoked.api_key_id)
             .await
             .unwrap()
     );
@@ -147,7 +147,7 @@ async fn a_revoked_key_stops_working_within_the_cache_lifetime() {
             StatusCode::OK
         );
         assert!(
-            linkd::store::tenancy::revoke_api_key(app.api.db(), tenant.api_key_id)
+            linkd::auth::store::revoke_api_key(app.api.db(), tenant.api_key_id)
                 .await
                 .unwrap()
         );

@@ -447,7 +447,7 @@ async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String 
 
 async fn new_tenant(app: &TestApp) -> Tenant {
     let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
-    linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Browser org")
+    linkd::client_apps::store::create_organization(app.api.db(), organization_id, "Browser org")
         .await
         .unwrap();
     Tenant {

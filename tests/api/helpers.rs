@@ -3,14 +3,15 @@
 //! of it per test, and the real server on port 0.
 
 use linkd::app::Api;
-use linkd::ops::config::ServeArgs;
-use linkd::domain::client_app::NewClientApp;
+use linkd::client_apps::rules::NewClientApp;
+use linkd::client_apps::store as tenancy;
 use linkd::kernel::crypto::{Cipher, EncryptionKey};
+use linkd::kernel::db::{self, PoolSettings};
 use linkd::kernel::ids::IdKind;
 use linkd::kernel::tenant::{Environment, Tenant};
+use linkd::ops::config::ServeArgs;
 use linkd::ops::local_postgres::{Durability, LocalPostgres};
 use linkd::ops::server::Server;
-use linkd::store::{self, PoolSettings, tenancy};
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use std::net::SocketAddr;
@@ -75,7 +76,7 @@ async fn template() -> &'static str {
                 .await
                 .unwrap();
             let pool = sqlx::PgPool::connect(&database_url(&name)).await.unwrap();
-            store::migrate(&pool).await.unwrap();
+            db::migrate(&pool).await.unwrap();
             pool.close().await;
             name
         })
@@ -200,7 +201,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
 pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeArgs) -> TestApp {
     let listener = Server::bind(&args).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let pool = store::pool(
+    let pool = db::pool(
         db_url,
         &PoolSettings {
             max_connections: 10,

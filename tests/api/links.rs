@@ -43,7 +43,8 @@ async fn post_link(
 
 /// The same request as a proto message, built independently of the shim.
 fn documented_proto() -> pb::CreateLinkRequest {
-    let args = linkd::api::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
+    let args =
+        linkd::api::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
     pb::CreateLinkRequest {
         integration_id: "tmobile".into(),
         operations: vec![

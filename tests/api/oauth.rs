@@ -28,7 +28,7 @@ fn no_redirects() -> reqwest::Client {
 /// An OAuth client app with several redirect URIs.
 async fn client(app: &TestApp, redirect_uris: &[&str]) -> TestTenant {
     let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
-    linkd::store::tenancy::create_organization(app.api.db(), organization_id, "OAuth org")
+    linkd::client_apps::store::create_organization(app.api.db(), organization_id, "OAuth org")
         .await
         .unwrap();
     let uris: Vec<String> = redirect_uris.iter().map(|u| u.to_string()).collect();

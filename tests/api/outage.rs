@@ -25,12 +25,12 @@ async fn database_outage_is_unavailable_then_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
     let cluster = start_cluster(root.clone()).await;
-    linkd::store::ensure_database(&cluster.url("postgres"), "linkd")
+    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
         .await
         .unwrap();
     let url = cluster.url("linkd");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    linkd::store::migrate(&pool).await.unwrap();
+    linkd::kernel::db::migrate(&pool).await.unwrap();
     pool.close().await;
 
     // Short enough to show the outage promptly, long enough for a fresh
@@ -103,12 +103,12 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
     let cluster = start_cluster(root.clone()).await;
-    linkd::store::ensure_database(&cluster.url("postgres"), "linkd")
+    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
         .await
         .unwrap();
     let url = cluster.url("linkd");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    linkd::store::migrate(&pool).await.unwrap();
+    linkd::kernel::db::migrate(&pool).await.unwrap();
 
     // Short enough to show the outage promptly, long enough for a fresh
     // cluster's first connections on a busy machine.

@@ -6,7 +6,7 @@
 use crate::helpers::{fresh_database, test_key};
 use crate::process::{Running, linkd, spawn_linkd};
 use crate::webhooks::Receiver;
-use linkd::domain::client_app::NewClientApp;
+use linkd::client_apps::rules::NewClientApp;
 use linkd::kernel::crypto::Cipher;
 use linkd::kernel::tenant::{Environment, Tenant};
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// the app's webhook secret.
 pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, String) {
     let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-    linkd::store::migrate(&pool).await.unwrap();
+    linkd::kernel::db::migrate(&pool).await.unwrap();
     let api = linkd::ops::startup::api(
         pool.clone(),
         linkd::ops::startup::load_catalog(None).unwrap(),
@@ -24,7 +24,7 @@ pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, S
         crate::helpers::serve_args().settings("127.0.0.1:1".parse().unwrap()),
     );
     let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
-    linkd::store::tenancy::create_organization(&pool, organization_id, "Replicated")
+    linkd::client_apps::store::create_organization(&pool, organization_id, "Replicated")
         .await
         .unwrap();
     let tenant = Tenant {

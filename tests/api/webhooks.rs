@@ -174,7 +174,7 @@ impl Receiver {
 
 pub async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
     let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
-    linkd::store::tenancy::create_organization(app.api.db(), organization_id, "Hooked org")
+    linkd::client_apps::store::create_organization(app.api.db(), organization_id, "Hooked org")
         .await
         .unwrap();
     app.add_app_hooked(
@@ -270,7 +270,7 @@ async fn deliveries_are_signed_and_verify_with_an_independent_library() {
     let got = receiver.wait_for("app", 1, Duration::from_secs(10)).await;
     let hook = &got[0];
     assert!(hook.verifies_with(&tenant.webhook_secret));
-    assert!(!hook.verifies_with(&linkd::domain::client_app::generate_webhook_secret()));
+    assert!(!hook.verifies_with(&linkd::client_apps::rules::generate_webhook_secret()));
     assert!(hook.id().starts_with("evt_"));
     assert!((hook.timestamp() - chrono::Utc::now().timestamp()).abs() < 30);
     assert_eq!(hook.headers["content-type"], "application/json");

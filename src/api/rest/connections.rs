@@ -2,10 +2,10 @@
 //! `clientReferenceId` and `page_token`), get and delete.
 
 use super::{Authenticated, RestState};
+use crate::api::views::{connection_json, iso8601};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::api::views::{connection_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};

@@ -3,11 +3,11 @@
 
 use super::body::{Fields, read_object};
 use super::{Authenticated, RestState};
+use crate::api::views::{attempt_json, event_json, iso8601};
 use crate::events::{parse_time, status_from_name};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
-use crate::api::views::{attempt_json, event_json, iso8601};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;

@@ -2,13 +2,13 @@
 //! shapes. Handlers authenticate from headers, call [`Api`] exactly as the
 //! gRPC services do, and render the documented JSON.
 
-use crate::app::Api;
-use crate::auth::{Caller, presented_key};
 use crate::api::health::Health;
-use crate::kernel::error::Error;
-use crate::pb;
 use crate::api::proto_json;
 pub(crate) use crate::api::views::{enum_name, iso8601};
+use crate::app::Api;
+use crate::auth::{Caller, presented_key};
+use crate::kernel::error::Error;
+use crate::pb;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};

@@ -1,16 +1,20 @@
 //! EventService: the tenant's events with their webhook deliveries, and
 //! redeliveries. Delivery itself is [`crate::webhooks`].
 
-use crate::app::{Api, parse_id, timestamp};
+use crate::api::proto_json;
+use crate::app::Api;
 use crate::auth::Caller;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
+use crate::kernel::ids::parse_id;
 use crate::kernel::paging::Cursor;
+use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::api::proto_json;
-use crate::store::events::{self as store, AttemptRow, EventFilter, EventRow};
+pub mod store;
+
 use chrono::{DateTime, Utc};
+use store::{AttemptRow, EventFilter, EventRow};
 use uuid::Uuid;
 
 /// Events per page when `limit` is not given.

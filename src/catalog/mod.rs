@@ -5,7 +5,9 @@
 //! checked at start-up; `LINKD_CATALOG_DIR` loads another directory instead.
 //! Any problem stops start-up with an error naming the file and entry.
 
-use crate::domain::Action;
+pub mod formats;
+
+use crate::pb;
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -100,13 +102,13 @@ impl Capability {
             .iter()
             .map(|(name, value)| {
                 let shown = match (format_of(name), value.as_str()) {
-                    (crate::domain::card::CARD_NUMBER, Some(number)) => {
+                    (crate::catalog::formats::CARD_NUMBER, Some(number)) => {
                         serde_json::json!(format!(
                             "•••• {}",
                             &number[number.len().saturating_sub(4)..]
                         ))
                     }
-                    (crate::domain::card::CARD_CVV, _) => serde_json::json!("[redacted]"),
+                    (crate::catalog::formats::CARD_CVV, _) => serde_json::json!("[redacted]"),
                     _ => value.clone(),
                 };
                 (name.clone(), shown)
@@ -140,7 +142,7 @@ impl Capability {
                     }
                     jsonschema::error::ValidationErrorKind::Format { format } => (
                         path,
-                        crate::domain::card::format_message(format).to_string(),
+                        crate::catalog::formats::format_message(format).to_string(),
                     ),
                     _ => (path, error.masked().to_string()),
                 };
@@ -163,7 +165,7 @@ fn compile_schema(schema: &serde_json::Value) -> anyhow::Result<jsonschema::Vali
     if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
         bail!("arguments schema must have \"type\": \"object\"");
     }
-    crate::domain::card::register_formats(jsonschema::options())
+    crate::catalog::formats::register_formats(jsonschema::options())
         .should_validate_formats(true)
         .build(schema)
         .map_err(|e| anyhow!("arguments schema does not compile: {e}"))
@@ -297,6 +299,38 @@ impl Catalog {
             .capabilities
             .iter()
             .find(|c| c.resource == resource && c.action == action)
+    }
+}
+
+/// What an operation does to its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Write,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Action::Read),
+            "write" => Some(Action::Write),
+            _ => None,
+        }
+    }
+
+    pub fn to_proto(self) -> pb::OperationAction {
+        match self {
+            Action::Read => pb::OperationAction::Read,
+            Action::Write => pb::OperationAction::Write,
+        }
     }
 }
 

@@ -1,10 +1,10 @@
-//! Organizations, client apps and API keys.
+//! Organizations and their client apps.
 
-use crate::domain::client_app::NewClientApp;
+use crate::client_apps::rules::NewClientApp;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::tenant::{Environment, Tenant};
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,15 +22,6 @@ impl ClientAppRow {
     pub fn environment(&self) -> Environment {
         Environment::parse(&self.environment).expect("CHECK constraint limits environment")
     }
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ApiKeyRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub environment: String,
-    pub secret_hash: Vec<u8>,
-    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// Columns of [`ClientAppRow`], as a macro so queries stay `&'static str`.
@@ -139,45 +130,6 @@ pub async fn get_client_app(
     .ok_or(Error::NotFound("client app"))
 }
 
-pub async fn insert_api_key(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    tenant: Tenant,
-    lookup_id: &str,
-    secret_hash: &[u8],
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO api_keys (id, organization_id, environment, lookup_id, secret_hash) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(tenant.organization_id)
-    .bind(tenant.environment.as_str())
-    .bind(lookup_id)
-    .bind(secret_hash)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-pub async fn find_api_key(db: &PgPool, lookup_id: &str) -> Result<Option<ApiKeyRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, organization_id, environment, secret_hash, revoked_at FROM api_keys WHERE lookup_id = $1",
-    )
-    .bind(lookup_id)
-    .fetch_optional(db)
-    .await?)
-}
-
-/// Revokes a key; `false` when no unrevoked key has this id.
-pub async fn revoke_api_key(db: &PgPool, id: Uuid) -> Result<bool> {
-    let done =
-        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(db)
-            .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Any tenant's app by id (OAuth identifies the client by `client_id` alone).
 pub async fn find_client_app(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ClientAppRow>> {
     Ok(sqlx::query_as(concat!(
@@ -210,6 +162,63 @@ pub async fn set_client_secret_hash(
     let updated = sqlx::query("UPDATE client_apps SET client_secret_hash = $2 WHERE id = $1")
         .bind(id)
         .bind(hash)
+        .execute(db)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Locks an app's row for a secret rotation and returns its sealed webhook
+/// secret. `tenant` scopes the app to the caller; operators pass `None`.
+pub async fn lock_webhook_secret(
+    tx: &mut PgConnection,
+    tenant: Option<Tenant>,
+    app_id: Uuid,
+) -> Result<Vec<u8>> {
+    sqlx::query_scalar(
+        "SELECT webhook_secret_ciphertext FROM client_apps
+         WHERE id = $1 AND ($2::uuid IS NULL OR (organization_id = $2 AND environment = $3))
+         FOR UPDATE",
+    )
+    .bind(app_id)
+    .bind(tenant.map(|t| t.organization_id))
+    .bind(tenant.map(|t| t.environment.as_str()))
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound("client app"))
+}
+
+/// Stores a new webhook secret, keeping the previous one signing for
+/// `grace_secs`; returns when it stops.
+pub async fn replace_webhook_secret(
+    tx: &mut PgConnection,
+    app_id: Uuid,
+    sealed: &[u8],
+    sealed_previous: &[u8],
+    grace_secs: i64,
+) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE client_apps SET webhook_secret_ciphertext = $2,
+             previous_webhook_secret_ciphertext = $3,
+             previous_webhook_secret_expires_at = now() + make_interval(secs => $4)
+         WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
+    )
+    .bind(app_id)
+    .bind(sealed)
+    .bind(sealed_previous)
+    .bind(grace_secs as f64)
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// Sets (or with `None` clears) an app's webhook URL; false when no such app.
+pub async fn set_webhook_url(
+    db: impl PgExecutor<'_>,
+    app_id: Uuid,
+    url: Option<&str>,
+) -> Result<bool> {
+    let updated = sqlx::query("UPDATE client_apps SET webhook_url = $2 WHERE id = $1")
+        .bind(app_id)
+        .bind(url)
         .execute(db)
         .await?;
     Ok(updated.rows_affected() == 1)

@@ -5,10 +5,12 @@
 //! unknown or revoked key all produce the same `UNAUTHENTICATED`, with no
 //! hint which.
 
+pub mod store;
+
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{IdKind, random_hex, random_token, token_hash};
 use crate::kernel::tenant::{Environment, Tenant};
-use crate::store::tenancy;
+
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgExecutor, PgPool};
 use std::collections::HashMap;
@@ -68,7 +70,7 @@ pub async fn issue_key(db: impl PgExecutor<'_>, tenant: Tenant) -> Result<Issued
     let id = IdKind::ApiKey.new_uuid();
     let lookup_id = random_hex(8);
     let secret = random_token();
-    tenancy::insert_api_key(db, id, tenant, &lookup_id, &token_hash(&secret)).await?;
+    store::insert_api_key(db, id, tenant, &lookup_id, &token_hash(&secret)).await?;
     let key = format!("{KEY_PREFIX}_{}_{lookup_id}_{secret}", tenant.environment);
     Ok(IssuedKey {
         id,
@@ -153,7 +155,7 @@ pub async fn authenticate(
 /// Checks a presented key against the database.
 async fn verify(db: &PgPool, key: &SecretString) -> Result<Caller> {
     let parsed = parse_key(key.expose_secret()).ok_or(Error::Unauthenticated)?;
-    let row = tenancy::find_api_key(db, parsed.lookup_id).await?;
+    let row = store::find_api_key(db, parsed.lookup_id).await?;
     let presented_hash = token_hash(parsed.secret);
     // Compare against a dummy hash when the row is missing so timing does not
     // reveal whether a lookup id exists.

@@ -1,0 +1,158 @@
+//! Client apps: the apps of an organization that send end users to Link,
+//! with their redirect URIs, webhook URL and secrets. Imports the kernel
+//! only.
+
+pub mod rules;
+pub mod store;
+
+use crate::app::Api;
+use crate::auth::Caller;
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::parse_id;
+use crate::kernel::ids::{IdKind, token_hash};
+use crate::kernel::tenant::Tenant;
+use crate::kernel::time::timestamp;
+use crate::pb;
+use rules::NewClientApp;
+use secrecy::SecretString;
+use store::ClientAppRow;
+
+/// How long a rotated-out webhook secret keeps signing by default.
+pub const DEFAULT_ROTATION_GRACE_SECS: i64 = 24 * 60 * 60;
+/// The longest such grace period.
+pub const MAX_ROTATION_GRACE_SECS: i64 = 7 * 24 * 60 * 60;
+
+/// A client app just created, with the secrets that are shown only now.
+#[derive(Debug)]
+pub struct CreatedClientApp {
+    pub app: ClientAppRow,
+    pub webhook_secret: SecretString,
+    /// The OAuth client secret (`client_secret` at `/v3/oauth/token`).
+    pub client_secret: SecretString,
+}
+
+fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
+    pb::ClientApp {
+        id: IdKind::ClientApp.format(row.id),
+        environment: row.environment().to_proto() as i32,
+        name: row.name,
+        redirect_uris: row.redirect_uris,
+        webhook_url: row.webhook_url,
+        created_at: Some(timestamp(row.created_at)),
+    }
+}
+
+impl Api {
+    pub async fn list_client_apps(&self, caller: &Caller) -> Result<pb::ListClientAppsResponse> {
+        let apps = store::list_client_apps(self.db(), caller.tenant).await?;
+        Ok(pb::ListClientAppsResponse {
+            client_apps: apps.into_iter().map(client_app_to_proto).collect(),
+        })
+    }
+
+    pub async fn get_client_app(
+        &self,
+        caller: &Caller,
+        req: pb::GetClientAppRequest,
+    ) -> Result<pb::GetClientAppResponse> {
+        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
+        let app = store::get_client_app(self.db(), caller.tenant, id).await?;
+        Ok(pb::GetClientAppResponse {
+            client_app: Some(client_app_to_proto(app)),
+        })
+    }
+
+    /// Registers a client app (operators, through `linkd admin`). The webhook
+    /// signing secret is stored encrypted and returned only here.
+    pub async fn create_client_app(
+        &self,
+        tenant: Tenant,
+        app: &NewClientApp,
+    ) -> Result<CreatedClientApp> {
+        let id = IdKind::ClientApp.new_uuid();
+        let secret = rules::generate_webhook_secret();
+        let sealed = self
+            .state
+            .cipher
+            .encrypt(secret.as_bytes(), Sealed::WebhookSecret(id));
+        let client_secret = rules::generate_client_secret();
+        let app = store::insert_client_app(
+            self.db(),
+            id,
+            tenant,
+            app,
+            &sealed,
+            &token_hash(&client_secret),
+        )
+        .await?;
+        Ok(CreatedClientApp {
+            app,
+            webhook_secret: SecretString::from(secret),
+            client_secret: SecretString::from(client_secret),
+        })
+    }
+
+    /// Replaces an app's webhook signing secret. The previous one keeps
+    /// signing next to it for `grace_secs`. `tenant` scopes the app to the
+    /// caller; operators pass `None`. Returns the new secret (its only copy)
+    /// and when the previous one stops signing.
+    pub async fn rotate_webhook_secret(
+        &self,
+        tenant: Option<Tenant>,
+        app_id: uuid::Uuid,
+        grace_secs: i64,
+    ) -> Result<(SecretString, chrono::DateTime<chrono::Utc>)> {
+        if !(0..=MAX_ROTATION_GRACE_SECS).contains(&grace_secs) {
+            return Err(Error::invalid(
+                "previousSecretGraceSeconds",
+                format!("must be between 0 and {MAX_ROTATION_GRACE_SECS}"),
+            ));
+        }
+        let mut tx = self.db().begin().await?;
+        let current = store::lock_webhook_secret(&mut tx, tenant, app_id).await?;
+        let cipher = &self.state.cipher;
+        let previous = cipher
+            .decrypt(&current, Sealed::WebhookSecret(app_id))
+            .map_err(Error::Internal)?;
+        let secret = rules::generate_webhook_secret();
+        let expires_at = store::replace_webhook_secret(
+            &mut tx,
+            app_id,
+            &cipher.encrypt(secret.as_bytes(), Sealed::WebhookSecret(app_id)),
+            &cipher.encrypt(&previous, Sealed::PreviousWebhookSecret(app_id)),
+            grace_secs,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((SecretString::from(secret), expires_at))
+    }
+
+    pub async fn rotate_webhook_secret_for(
+        &self,
+        caller: &Caller,
+        req: pb::RotateWebhookSecretRequest,
+    ) -> Result<pb::RotateWebhookSecretResponse> {
+        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
+        let grace = req
+            .previous_secret_grace_seconds
+            .unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
+        let (secret, expires_at) = self
+            .rotate_webhook_secret(Some(caller.tenant), id, grace)
+            .await?;
+        Ok(pb::RotateWebhookSecretResponse {
+            webhook_secret: secrecy::ExposeSecret::expose_secret(&secret).to_string(),
+            previous_secret_expires_at: Some(timestamp(expires_at)),
+        })
+    }
+
+    /// Issues a new OAuth client secret for an app (any tenant: operators),
+    /// replacing the old one at once. Returns the only copy.
+    pub async fn rotate_client_secret(&self, app_id: uuid::Uuid) -> Result<SecretString> {
+        let secret = rules::generate_client_secret();
+        if !store::set_client_secret_hash(self.db(), app_id, &token_hash(&secret)).await? {
+            return Err(Error::NotFound("client app"));
+        }
+        Ok(SecretString::from(secret))
+    }
+}

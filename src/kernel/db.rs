@@ -1,0 +1,76 @@
+//! The database itself: the pool, migrations, the liveness ping. Queries
+//! live in each concern's `store.rs`; every tenant-scoped one takes the
+//! caller's organization and environment.
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// A lazily connecting pool: start-up does not fail when the database is
+/// briefly down, and requests fail fast with UNAVAILABLE (bounded acquire
+/// timeout) until it is back.
+pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .context("DATABASE_URL is not a valid Postgres URL")?
+        .application_name("linkd")
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        // No ping before each use: a dead connection fails its statement and
+        // is dropped, and idle connections are retired after `idle_timeout`.
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations. Safe to run from several replicas at once
+/// (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// Creates `database` on the server behind `admin_url` when it does not exist.
+pub async fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the local Postgres")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // The name is quoted as an identifier; it comes from our own constant.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{}\"",
+            database.replace('"', "\"\"")
+        )))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("creating database {database}"))?;
+    }
+    Ok(())
+}
+
+/// One round trip that succeeds while the database answers.
+pub async fn ping(db: &PgPool) -> crate::kernel::error::Result<()> {
+    sqlx::query("SELECT 1").execute(db).await?;
+    Ok(())
+}
