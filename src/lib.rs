@@ -7,15 +7,16 @@ pub mod catalog;
 pub mod client_apps;
 pub mod connections;
 pub mod connectors;
-pub mod domain;
 pub mod events;
-pub mod flow;
+pub mod flows;
+pub mod idempotency;
 pub mod kernel;
+pub mod links;
 pub mod ops;
+pub mod sessions;
 pub mod webhooks;
 
 pub mod oauth;
-pub mod store;
 
 /// Generated code of the public contract in `proto/linkd/v1`.
 #[allow(clippy::all)]

@@ -22,7 +22,7 @@ fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     Ok(req
         .metadata()
         .get("idempotency-key")
-        .map(|v| crate::store::idempotency::read_key(v.as_bytes()))
+        .map(|v| crate::idempotency::store::read_key(v.as_bytes()))
         .transpose()?)
 }
 

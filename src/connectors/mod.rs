@@ -3,6 +3,9 @@
 //! built-in [`sandbox::SandboxConnector`] serves every catalog integration
 //! with deterministic data and magic credentials (see README).
 
+mod geolocation;
+pub use geolocation::Geolocation;
+
 pub mod sandbox;
 
 use crate::catalog::Action;

@@ -45,15 +45,15 @@ pub fn spawn_expiry(
         loop {
             ticker.tick().await;
             drain("expired links", || {
-                crate::store::links::expire_links(&db, None, EXPIRY_BATCH)
+                crate::links::store::expire_links(&db, None, EXPIRY_BATCH)
             })
             .await;
             drain("failed links whose run was interrupted", || {
-                crate::flow::link::fail_interrupted_runs(&db, EXPIRY_BATCH)
+                crate::flows::link::fail_interrupted_runs(&db, EXPIRY_BATCH)
             })
             .await;
             drain("expired Link sessions", || async {
-                crate::flow::session::expire_sessions(&db, EXPIRY_BATCH)
+                crate::sessions::expire_sessions(&db, EXPIRY_BATCH)
                     .await
                     .map(|n| n as u64)
             })
@@ -68,7 +68,7 @@ pub fn spawn_expiry(
                 crate::events::store::prune_finished(&db, event_retention, EXPIRY_BATCH)
             })
             .await;
-            if let Err(err) = crate::store::idempotency::prune(&db).await {
+            if let Err(err) = crate::idempotency::store::prune(&db).await {
                 err.log();
             }
         }

@@ -175,6 +175,6 @@ pub(super) fn merge_violations<T>(type_problems: Violations, domain: Result<T, E
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
     headers
         .get("idempotency-key")
-        .map(|v| crate::store::idempotency::read_key(v.as_bytes()))
+        .map(|v| crate::idempotency::store::read_key(v.as_bytes()))
         .transpose()
 }

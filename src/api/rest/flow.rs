@@ -4,7 +4,7 @@
 use super::RestState;
 use super::body::read_object;
 use crate::auth::presented_key;
-use crate::flow::{CANCELLABLE_STEPS, flow_step, step_name};
+use crate::flows::{CANCELLABLE_STEPS, flow_step, step_name};
 use crate::kernel::error::Error;
 use crate::pb;
 use axum::Json;

@@ -4,9 +4,9 @@
 use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
 use crate::api::proto_json;
-use crate::domain::link::NewLink;
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
+use crate::links::rules::NewLink;
 use crate::pb;
 use axum::Json;
 use axum::extract::{Path, State};

@@ -3,10 +3,10 @@
 
 use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
-use crate::domain::session::NewSession;
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::pb;
+use crate::sessions::rules::NewSession;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -11,20 +11,22 @@
 //! connection. `exchange_code` turns the code into an opaque access token
 //! scoped to that one connection.
 
+pub mod rules;
+
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
 use crate::client_apps::store as tenancy;
-use crate::domain::oauth::{
-    self, AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value,
-    redirect_uri_matches, verifier_matches,
-};
-use crate::flow::session::NewSessionFlow;
 use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::kernel::validate::{Violations, limits};
+use crate::oauth::rules::{
+    AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value, redirect_uri_matches,
+    verifier_matches,
+};
 use crate::pb;
+use crate::sessions::NewSessionFlow;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use subtle::ConstantTimeEq;
@@ -77,7 +79,7 @@ fn given(value: &Option<String>) -> Option<&str> {
 /// the REST parameter name.
 fn check_parameters(req: &pb::AuthorizeRequest, api: &Api) -> Result<&'static str, AuthorizeError> {
     let mut v = Violations::new();
-    let lang = oauth::parse_lang(given(&req.lang)).map_err(|message| v.add("lang", message));
+    let lang = rules::parse_lang(given(&req.lang)).map_err(|message| v.add("lang", message));
     for (name, value, max) in [
         ("redirect_uri", &req.redirect_uri, limits::URL),
         ("state", &req.state, MAX_STATE_LEN),
@@ -182,7 +184,7 @@ impl Api {
                 ));
             }
         }
-        let scope = match oauth::parse_scope(req.scope.as_deref()) {
+        let scope = match rules::parse_scope(req.scope.as_deref()) {
             Ok(scope) => scope,
             Err(message) => return Ok(redirect_error("invalid_scope", &message)),
         };

@@ -18,7 +18,7 @@ use uuid::Uuid;
 /// A reserved attempt: the flow as the reservation left it (the attempt
 /// counted) and the attempt's id.
 #[derive(Debug)]
-pub(super) struct Attempt {
+pub(crate) struct Attempt {
     pub flow: FlowRow,
     pub id: Uuid,
 }
@@ -26,7 +26,7 @@ pub(super) struct Attempt {
 /// Runs `work` to its end even if the request that started it goes away (a
 /// closed tab drops the request's future): once a provider call is
 /// reserved, its outcome is always recorded.
-pub(super) async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     tokio::spawn(work.in_current_span())
@@ -34,7 +34,7 @@ pub(super) async fn detached<T: Send + 'static>(
         .map_err(Error::internal)?
 }
 
-pub(super) fn flow_busy() -> Error {
+pub(crate) fn flow_busy() -> Error {
     Error::Aborted {
         reason: "FLOW_BUSY",
         message: "another request is already working on this flow; read the flow and try again"
@@ -45,7 +45,7 @@ pub(super) fn flow_busy() -> Error {
 impl Api {
     /// Waits for a provider call at most `LINKD_PROVIDER_TIMEOUT`; a call
     /// past it fails as `provider_unavailable`.
-    pub(super) async fn within_deadline<T>(
+    pub(crate) async fn within_deadline<T>(
         &self,
         call: impl Future<Output = Result<T, ConnectorError>>,
     ) -> Result<T, ConnectorError> {
@@ -56,14 +56,14 @@ impl Api {
 
     /// How long `calls` provider calls hold a flow: each may take the
     /// timeout, and half of one more is left for recording the outcome.
-    pub(super) fn lease(&self, calls: u32) -> Duration {
+    pub(crate) fn lease(&self, calls: u32) -> Duration {
         self.state.provider_timeout * calls + self.state.provider_timeout / 2
     }
 
     /// Reserves the next provider call of `flow` at its current step, or
     /// fails saying why not: finished, expired, moved to another step (the
     /// errors of `flow_at`), or busy with another request (`FLOW_BUSY`).
-    pub(super) async fn reserve_attempt(&self, flow: &FlowRow) -> Result<Attempt> {
+    pub(crate) async fn reserve_attempt(&self, flow: &FlowRow) -> Result<Attempt> {
         let id = Uuid::now_v7();
         let lease = self.lease(1);
         let reserved: Option<FlowRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -111,7 +111,7 @@ impl Api {
 
     /// Records a failed attempt the end user may retry: the flow stays at
     /// its step with `error_code`, and is free for the next attempt.
-    pub(super) async fn release_attempt(&self, attempt: &Attempt, error_code: &str) -> Result<()> {
+    pub(crate) async fn release_attempt(&self, attempt: &Attempt, error_code: &str) -> Result<()> {
         sqlx::query(
             "UPDATE flows SET error_code = $3, attempt_id = NULL, attempt_until = NULL, updated_at = now()
              WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",

@@ -1,7 +1,7 @@
 //! Connection queries. Deleted connections are kept for billing records but
 //! no read returns them.
 
-use crate::domain::session::Geolocation;
+use crate::connectors::Geolocation;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::paging::Cursor;
 use crate::kernel::tenant::Tenant;

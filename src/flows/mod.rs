@@ -6,14 +6,13 @@
 //!
 //! Every state change and its event are written in one transaction.
 
-mod attempt;
+pub(crate) mod attempt;
 pub mod link;
-pub mod session;
 
 use crate::app::Api;
 use crate::catalog::Provider;
+use crate::connectors::Geolocation;
 use crate::connectors::{ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
-use crate::domain::session::Geolocation;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::token_hash;
@@ -39,40 +38,40 @@ pub(crate) enum FlowKind {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct FlowRow {
-    id: Uuid,
-    organization_id: Uuid,
-    environment: String,
-    kind: String,
-    link_id: Option<Uuid>,
+    pub(crate) id: Uuid,
+    pub(crate) organization_id: Uuid,
+    pub(crate) environment: String,
+    pub(crate) kind: String,
+    pub(crate) link_id: Option<Uuid>,
     /// The link's `debug` flag (false for sessions).
-    debug: bool,
-    integration_id: Option<String>,
-    step: String,
-    outcome: Option<String>,
-    error_code: Option<String>,
-    second_factor_prompt: Option<String>,
-    session_ciphertext: Option<Vec<u8>>,
+    pub(crate) debug: bool,
+    pub(crate) integration_id: Option<String>,
+    pub(crate) step: String,
+    pub(crate) outcome: Option<String>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) second_factor_prompt: Option<String>,
+    pub(crate) session_ciphertext: Option<Vec<u8>>,
     /// Provider calls that failed or are in flight (see [`attempt`]).
-    failed_logins: i32,
+    pub(crate) failed_logins: i32,
     /// The provider call in flight, and until when it holds the flow.
-    attempt_id: Option<Uuid>,
-    attempt_until: Option<chrono::DateTime<chrono::Utc>>,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    client_app_id: Option<Uuid>,
-    redirect_url: Option<String>,
-    client_reference_id: Option<String>,
-    connection_id: Option<Uuid>,
-    reconnect: bool,
-    geolocation: Option<sqlx::types::Json<Geolocation>>,
-    cancelled_step: Option<String>,
-    lang: String,
-    oauth: Option<sqlx::types::Json<crate::domain::oauth::AuthorizationRequest>>,
+    pub(crate) attempt_id: Option<Uuid>,
+    pub(crate) attempt_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) expires_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) client_app_id: Option<Uuid>,
+    pub(crate) redirect_url: Option<String>,
+    pub(crate) client_reference_id: Option<String>,
+    pub(crate) connection_id: Option<Uuid>,
+    pub(crate) reconnect: bool,
+    pub(crate) geolocation: Option<sqlx::types::Json<Geolocation>>,
+    pub(crate) cancelled_step: Option<String>,
+    pub(crate) lang: String,
+    pub(crate) oauth: Option<sqlx::types::Json<crate::oauth::rules::AuthorizationRequest>>,
     /// The link's `return_url` (link flows), read with the flow.
-    link_return_url: Option<String>,
+    pub(crate) link_return_url: Option<String>,
 }
 
 impl FlowRow {
-    fn tenant(&self) -> Tenant {
+    pub(crate) fn tenant(&self) -> Tenant {
         Tenant {
             organization_id: self.organization_id,
             environment: Environment::parse(&self.environment).unwrap_or(Environment::Sandbox),
@@ -80,7 +79,7 @@ impl FlowRow {
     }
 
     /// The link of a link flow.
-    fn link(&self) -> Result<Uuid> {
+    pub(crate) fn link(&self) -> Result<Uuid> {
         self.link_id
             .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))
     }
@@ -88,11 +87,11 @@ impl FlowRow {
     /// Unfinished and past its expiry. A link whose operations are running
     /// is not cut short: its run finishes it (or the sweep, if the run's
     /// process died).
-    fn due_to_expire(&self) -> bool {
+    pub(crate) fn due_to_expire(&self) -> bool {
         self.outcome.is_none() && self.step != "processing" && self.expires_at <= chrono::Utc::now()
     }
 
-    fn kind(&self) -> FlowKind {
+    pub(crate) fn kind(&self) -> FlowKind {
         if self.kind == "session" {
             FlowKind::Session
         } else {
@@ -100,7 +99,7 @@ impl FlowRow {
         }
     }
 
-    fn login_context<'p>(&self, provider: &'p Provider) -> LoginContext<'p> {
+    pub(crate) fn login_context<'p>(&self, provider: &'p Provider) -> LoginContext<'p> {
         LoginContext {
             tenant: self.tenant(),
             provider,
@@ -168,7 +167,7 @@ fn error_message(code: &str) -> &'static str {
     }
 }
 
-fn wrong_step(message: &str) -> Error {
+pub(crate) fn wrong_step(message: &str) -> Error {
     Error::FailedPrecondition {
         precondition: Precondition::WrongState,
         reason: "WRONG_STEP",
@@ -265,7 +264,7 @@ impl Api {
     }
 
     /// The end user's view of the flow, read fresh.
-    async fn flow_view(&self, flow_id: Uuid) -> Result<pb::Flow> {
+    pub(crate) async fn flow_view(&self, flow_id: Uuid) -> Result<pb::Flow> {
         let flow = self.flow_by_id(flow_id).await?;
         let provider = flow
             .integration_id
@@ -332,7 +331,11 @@ impl Api {
 
     /// The flow, checked to be unfinished, unexpired (an expired one is
     /// finished as expired first) and at `step`.
-    async fn flow_at(&self, token: Option<&SecretString>, step: &str) -> Result<FlowRow> {
+    pub(crate) async fn flow_at(
+        &self,
+        token: Option<&SecretString>,
+        step: &str,
+    ) -> Result<FlowRow> {
         let flow = self.load_flow(token).await?;
         self.check_open_at(&flow, step).await?;
         Ok(flow)
@@ -391,7 +394,7 @@ impl Api {
             .ok_or_else(|| Error::internal(anyhow::anyhow!("integration {id} left the catalog")))
     }
 
-    fn open_held_session(&self, flow: &FlowRow) -> Result<Option<ProviderSession>> {
+    pub(crate) fn open_held_session(&self, flow: &FlowRow) -> Result<Option<ProviderSession>> {
         let Some(sealed) = flow.session_ciphertext.as_deref() else {
             return Ok(None);
         };
@@ -405,7 +408,11 @@ impl Api {
             .map_err(Error::internal)
     }
 
-    fn seal_held_session(&self, flow: &FlowRow, session: &ProviderSession) -> Result<Vec<u8>> {
+    pub(crate) fn seal_held_session(
+        &self,
+        flow: &FlowRow,
+        session: &ProviderSession,
+    ) -> Result<Vec<u8>> {
         Ok(self.state.cipher.encrypt(
             &serde_json::to_vec(session).map_err(Error::internal)?,
             Sealed::FlowSession(flow.id),
@@ -583,7 +590,7 @@ impl Api {
                 if moved {
                     match flow.kind() {
                         FlowKind::Link => link::mark_awaiting_2fa(&mut tx, flow).await?,
-                        FlowKind::Session => session::mark_awaiting_2fa(&mut tx, flow).await?,
+                        FlowKind::Session => mark_connection_awaiting_2fa(&mut tx, flow).await?,
                     }
                     tx.commit().await?;
                 } else {
@@ -603,7 +610,7 @@ impl Api {
     }
 
     /// Ends a provider session; best effort, within the call deadline.
-    async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
+    pub(crate) async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
         if let Ok(connector) = self.state.connectors.for_tenant(ctx.tenant) {
             let _ = self.within_deadline(connector.logout(ctx, session)).await;
         }
@@ -628,10 +635,19 @@ impl Api {
     }
 }
 
+/// A new connection waits for the second factor with its flow.
+async fn mark_connection_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
+    if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
+        crate::connections::store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa")
+            .await?;
+    }
+    Ok(())
+}
+
 /// Marks the flow done, wiping any held provider session, inside `tx`, if
 /// it is still at the step `flow` shows (a running link only by its run's
 /// attempt). Returns false when another request moved or finished it first.
-async fn close_flow(
+pub(crate) async fn close_flow(
     tx: &mut PgConnection,
     flow: &FlowRow,
     outcome: &str,

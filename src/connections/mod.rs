@@ -4,7 +4,7 @@
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
-use crate::flow::{EventSubject, record_event};
+use crate::flows::{EventSubject, record_event};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
@@ -14,9 +14,11 @@ use crate::kernel::tenant::Tenant;
 use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
-use crate::store::connections::{self as store, ConnectionRow, ListFilter};
+pub mod store;
+
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use store::{ConnectionRow, ListFilter};
 use uuid::Uuid;
 
 /// Connections per page when `limit` is not given.

@@ -11,25 +11,26 @@
 //! `failed` when the session ends without success. A reconnected connection
 //! keeps its state until the new login succeeds.
 
-use super::attempt::Attempt;
-use super::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
+pub mod rules;
+
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
 use crate::client_apps::store as client_apps;
 use crate::connections::connection_event_data;
+use crate::connections::store::{self as store, FreshSession, NewConnection};
+use crate::connectors::Geolocation;
 use crate::connectors::{LoginContext, ProviderSession};
-use crate::domain::oauth::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
-use crate::domain::session::{
-    Geolocation, NewSession, SessionResult, session_redirect_url, web_origin,
-};
+use crate::flows::attempt::Attempt;
+use crate::flows::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
+use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
+use crate::oauth::rules::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
 use crate::pb;
-use crate::store::connections::{self as store, FreshSession, NewConnection};
-use crate::store::idempotency::IdempotencyKey;
+use crate::sessions::rules::{NewSession, SessionResult, session_redirect_url, web_origin};
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
@@ -38,13 +39,6 @@ use uuid::Uuid;
 /// Path of the Link page under the public URL; the flow token follows in
 /// the fragment so it never reaches access logs or `Referer` headers.
 pub const LINK_PAGE_PATH: &str = "link";
-
-pub(super) async fn mark_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
-    if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
-        store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa").await?;
-    }
-    Ok(())
-}
 
 /// Closes Link sessions past their expiry that nobody touched (the page
 /// closes its own on the next call), failing the connections they were

@@ -10,7 +10,7 @@ use uuid::Uuid;
 pub struct LinkRow {
     pub id: Uuid,
     pub integration_id: String,
-    pub operations: sqlx::types::Json<Vec<crate::domain::link::LinkOperation>>,
+    pub operations: sqlx::types::Json<Vec<crate::links::rules::LinkOperation>>,
     pub webhook_url: Option<String>,
     pub return_url: Option<String>,
     pub external_user_id: Option<String>,
@@ -37,7 +37,7 @@ macro_rules! link_columns {
 pub struct LinkInsert<'a> {
     pub id: Uuid,
     pub tenant: Tenant,
-    pub new: &'a crate::domain::link::NewLink,
+    pub new: &'a crate::links::rules::NewLink,
     pub arguments_ciphertext: &'a [u8],
     pub claim_code_hash: &'a [u8],
 }

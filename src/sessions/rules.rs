@@ -1,66 +1,12 @@
 //! Link session rules: what `InitLinkSession` accepts, the proxy location,
 //! and the query parameters the end user is redirected back with.
 
+use crate::connectors::Geolocation;
 use crate::kernel::error::Error;
 use crate::kernel::ids::IdKind;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use url::Url;
-
-/// A proxy location: an ISO 3166-1 alpha-2 country and optionally an
-/// ISO 3166-2 subdivision of it (without the country prefix).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Geolocation {
-    pub country: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-}
-
-impl Geolocation {
-    /// Checks a requested location, normalising codes to upper case.
-    fn parse(v: &mut Violations, geo: &pb::Geolocation) -> Option<Self> {
-        let country = geo.country.trim().to_ascii_uppercase();
-        if country.is_empty() {
-            v.add(
-                "geolocation.country",
-                "is required when geolocation is given",
-            );
-            return None;
-        }
-        if country.len() != 2 || rust_iso3166::from_alpha2(&country).is_none() {
-            v.add(
-                "geolocation.country",
-                "must be an ISO 3166-1 alpha-2 country code such as US",
-            );
-            return None;
-        }
-        let state = match geo.state.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(state) => {
-                let state = state.to_ascii_uppercase();
-                let code = format!("{country}-{state}");
-                if state.len() > 3 || rust_iso3166::iso3166_2::from_code(&code).is_none() {
-                    v.add(
-                        "geolocation.state",
-                        format!(
-                            "must be an ISO 3166-2 subdivision code of {country} without the country prefix, such as CA for US-CA"
-                        ),
-                    );
-                    return None;
-                }
-                Some(state)
-            }
-        };
-        Some(Geolocation { country, state })
-    }
-
-    pub fn to_proto(&self) -> pb::Geolocation {
-        pb::Geolocation {
-            country: self.country.clone(),
-            state: self.state.clone(),
-        }
-    }
-}
 
 /// An `InitLinkSession` request whose fields are well-formed. Whether the
 /// app and redirect URL exist is checked against the store afterwards.
@@ -118,7 +64,7 @@ impl NewSession {
         let geolocation = req
             .geolocation
             .as_ref()
-            .and_then(|geo| Geolocation::parse(&mut v, geo));
+            .and_then(|geo| Geolocation::parse(&mut v, &geo.country, geo.state.as_deref()));
         v.finish()?;
         Ok(NewSession {
             client_app_id,

@@ -1,0 +1,53 @@
+//! Idempotency keys: a creating call run under a key answers a repeat of
+//! the same request with the first response and creates nothing twice.
+//! Imports the kernel only.
+
+pub mod store;
+
+use crate::app::Api;
+use crate::kernel::error::{Error, Result};
+use sqlx::{Connection as _, PgConnection};
+use store::{Claim, IdempotencyKey};
+
+impl Api {
+    /// Runs a creating call on one connection, under an optional
+    /// idempotency key. Without a key `work` runs on the connection as it is,
+    /// so its writes must be one statement. With a key, one transaction takes
+    /// the key, runs `work` and stores its response (a repeat of a finished
+    /// request gets that response); a failure rolls all of it back, so the
+    /// client can retry at once.
+    pub(crate) async fn idempotent<R: prost::Message + Default>(
+        &self,
+        key: Option<IdempotencyKey<'_>>,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<R>,
+    ) -> Result<R> {
+        let mut conn = self.db().acquire().await?;
+        let Some(key) = key else {
+            return work(&mut conn).await;
+        };
+        let cipher = &self.state.cipher;
+        let mut tx = conn.begin().await?;
+        let result = async {
+            if let Claim::Replay(encoded) = store::claim(&mut tx, cipher, &key).await? {
+                return R::decode(encoded.as_slice()).map_err(Error::internal);
+            }
+            let response = work(&mut tx).await?;
+            store::store_response(&mut tx, cipher, &key, &response.encode_to_vec()).await?;
+            Ok(response)
+        }
+        .await;
+        match result {
+            Ok(response) => {
+                tx.commit().await?;
+                Ok(response)
+            }
+            Err(err) => {
+                // At once, not when the connection is next used: the key's
+                // lock and row go with the rollback. (A dead connection has
+                // rolled back in the server already.)
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+}

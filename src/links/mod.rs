@@ -1,0 +1,200 @@
+//! Link intents: `CreateLink` and `GetLink`, and the provider list a client
+//! chooses from. Imports the kernel, the catalog, idempotency and
+//! client apps.
+
+pub mod rules;
+pub mod store;
+
+use crate::api::proto_json;
+use crate::app::Api;
+use crate::auth::Caller;
+use crate::catalog::Category;
+use crate::idempotency::store::IdempotencyKey;
+use crate::kernel::crypto::Sealed;
+use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{IdKind, parse_id, random_token, token_hash};
+use crate::kernel::time::timestamp;
+use crate::kernel::validate::{Violations, limits};
+use crate::pb;
+use prost::Message as _;
+use rules::{LinkStatus, NewLink, return_url_with_link_id};
+use sqlx::PgConnection;
+
+impl Api {
+    pub fn list_providers(
+        &self,
+        req: pb::ListProvidersRequest,
+    ) -> Result<pb::ListProvidersResponse> {
+        let mut v = Violations::new();
+        if let Some(id) = &req.integration_id {
+            v.max_len("integrationId", id, limits::ID);
+        }
+        v.finish()?;
+        let wanted = req.integration_id.as_deref().filter(|id| !id.is_empty());
+        let providers = self
+            .state
+            .catalog
+            .providers()
+            .filter(|p| wanted.is_none_or(|id| id == p.id))
+            .map(|p| pb::Provider {
+                integration_id: p.id.clone(),
+                name: p.name.clone(),
+                category: match p.category {
+                    Category::MobileCarrier => pb::ProviderCategory::MobileCarrier,
+                    Category::Delivery => pb::ProviderCategory::Delivery,
+                    Category::Creator => pb::ProviderCategory::Creator,
+                    Category::Bank => pb::ProviderCategory::Bank,
+                } as i32,
+                capabilities: p
+                    .capabilities
+                    .iter()
+                    .map(|c| pb::Capability {
+                        resource: c.resource.clone(),
+                        action: c.action.to_proto() as i32,
+                        description: c.description.clone(),
+                        arguments_schema: Some(proto_json::to_struct(&c.arguments_schema)),
+                        result_description: c.result_description.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(pb::ListProvidersResponse { providers })
+    }
+
+    /// Creates a link record (no session until it is claimed). With an
+    /// idempotency key, a repeat of the same request returns the first
+    /// response and creates nothing.
+    pub async fn create_link(
+        &self,
+        caller: &Caller,
+        req: pb::CreateLinkRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<pb::CreateLinkResponse> {
+        let new = NewLink::parse(&req, &self.state.catalog)?;
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            tenant: caller.tenant,
+            operation: "LinkService.CreateLink",
+            key,
+            request_hash: token_hash(req.encode_to_vec()),
+        });
+        self.idempotent(key, async |conn| self.insert_link(conn, caller, &new).await)
+            .await
+    }
+
+    /// Writes the link: one statement.
+    async fn insert_link(
+        &self,
+        conn: &mut PgConnection,
+        caller: &Caller,
+        new: &NewLink,
+    ) -> Result<pb::CreateLinkResponse> {
+        let id = IdKind::Link.new_uuid();
+        let link_id = IdKind::Link.format(id);
+        let claim_code = format!("clm_{}", random_token());
+        let arguments = serde_json::to_vec(&new.arguments).map_err(Error::internal)?;
+        let sealed = self
+            .state
+            .cipher
+            .encrypt(&arguments, Sealed::LinkArguments(id));
+        let row = store::insert_link(
+            conn,
+            store::LinkInsert {
+                id,
+                tenant: caller.tenant,
+                new,
+                arguments_ciphertext: &sealed,
+                claim_code_hash: &token_hash(&claim_code),
+            },
+        )
+        .await?;
+        let mut app_clip_url = self.state.app_clip_base_url.clone();
+        app_clip_url
+            .path_segments_mut()
+            .expect("http(s) base URL")
+            .pop_if_empty()
+            .push(&link_id);
+        app_clip_url
+            .query_pairs_mut()
+            .append_pair("code", &claim_code);
+        let response = pb::CreateLinkResponse {
+            link_id: link_id.clone(),
+            claim_code,
+            integration_id: row.integration_id.clone(),
+            operations: operation_summaries(&row),
+            status: pb::LinkStatus::Pending as i32,
+            app_clip_url: app_clip_url.to_string(),
+            return_url: row
+                .return_url
+                .as_deref()
+                .map(|url| return_url_with_link_id(url, &link_id))
+                .unwrap_or_default(),
+            expires_at: Some(timestamp(row.expires_at)),
+            created_at: Some(timestamp(row.created_at)),
+        };
+        Ok(response)
+    }
+
+    pub async fn get_link(
+        &self,
+        caller: &Caller,
+        req: pb::GetLinkRequest,
+    ) -> Result<pb::GetLinkResponse> {
+        let id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
+        let row = store::get_link(self.db(), caller.tenant, id).await?;
+        let link_id = IdKind::Link.format(row.id);
+        let status = LinkStatus::parse(&row.status)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("bad status {}", row.status)))?;
+        Ok(pb::GetLinkResponse {
+            link: Some(pb::Link {
+                operations: operation_summaries(&row),
+                status: status.to_proto() as i32,
+                return_url: row
+                    .return_url
+                    .as_deref()
+                    .map(|url| return_url_with_link_id(url, &link_id)),
+                link_id,
+                integration_id: row.integration_id,
+                webhook_url: row.webhook_url,
+                external_user_id: row.external_user_id,
+                debug: row.debug,
+                error_code: row.error_code,
+                error_message: row.error_message,
+                result: row.result.as_ref().map(proto_json::to_struct),
+                debug_trace: debug_steps(&row.debug_trace),
+                created_at: Some(timestamp(row.created_at)),
+                expires_at: Some(timestamp(row.expires_at)),
+                claimed_at: row.claimed_at.map(timestamp),
+                finished_at: row.finished_at.map(timestamp),
+            }),
+        })
+    }
+}
+
+fn debug_steps(trace: &serde_json::Value) -> Vec<pb::DebugStep> {
+    trace
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|step| pb::DebugStep {
+                    at: step["at"]
+                        .as_str()
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                        .map(|at| timestamp(at.with_timezone(&chrono::Utc))),
+                    event: step["event"].as_str().unwrap_or_default().to_string(),
+                    details: Some(proto_json::to_struct(&step["details"])),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn operation_summaries(row: &store::LinkRow) -> Vec<pb::OperationSummary> {
+    row.operations
+        .iter()
+        .map(|op| pb::OperationSummary {
+            resource: op.resource.clone(),
+            action: op.action.to_proto() as i32,
+        })
+        .collect()
+}
