@@ -294,7 +294,13 @@ pub async fn finish_attempts(db: impl PgExecutor<'_>, finished: &[Finished]) -> 
              FROM input WHERE has_attempt
          )
          UPDATE events e SET delivery_status = i.status,
-             next_attempt_at = now() + make_interval(secs => i.delay_secs),
+             -- A retry never comes before the end of a pause that began
+             -- while this attempt was in flight.
+             next_attempt_at = GREATEST(now() + make_interval(secs => i.delay_secs),
+                                        CASE WHEN i.status = 'pending' THEN
+                                            (SELECT w.open_until FROM webhook_destinations w
+                                             WHERE w.destination = e.destination AND w.open_until > now())
+                                        END),
              delivered_at = CASE WHEN i.status = 'delivered' THEN now() ELSE e.delivered_at END,
              -- The error of this step, else that of the latest attempt (this
              -- one when there was one).

@@ -312,3 +312,61 @@ async fn a_tenant_behind_another_tenants_backlog_gets_its_turn() {
     );
     receiver.wait_for("ok", 400, Duration::from_secs(30)).await;
 }
+
+/// An event written while its destination's breaker opens is held with the
+/// others: the opening waits for the transaction writing it, then moves it
+/// too (before, it showed as due with no reason while nothing sent it).
+#[tokio::test]
+async fn an_event_written_while_the_breaker_opens_is_held_too() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|args| args.webhook_poll_interval = Duration::from_secs(3600)).await;
+    let tenant = hooked_tenant(&app, &receiver.url("always500")).await;
+    let destination = linkd::webhooks::app_destination(
+        linkd::kernel::ids::IdKind::ClientApp
+            .parse(&tenant.app_id)
+            .unwrap(),
+    );
+    let db = app.api.db().clone();
+
+    // A transaction writing an event for the destination, still open.
+    let mut writing = db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, environment, type, payload)
+         VALUES (gen_random_uuid(), $1, 'sandbox', 'link.failed', '{}')",
+    )
+    .bind(tenant.tenant.organization_id)
+    .execute(&mut *writing)
+    .await
+    .unwrap();
+
+    // The breaker opens meanwhile (five failures, as a dispatcher records).
+    let opening = tokio::spawn({
+        let (db, destination) = (db.clone(), destination.clone());
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT open_until FROM record_destination_outcomes(
+                     ARRAY[$1], ARRAY[false], ARRAY[5], ARRAY['HTTP 500'], 5, 60, 86400)",
+            )
+            .bind(&destination)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    });
+    crate::helpers::wait_for_lock_wait(&db, "%record_destination_outcomes%").await;
+    writing.commit().await.unwrap();
+    let open_until = opening.await.unwrap();
+
+    let (next_attempt_at, last_error): (chrono::DateTime<chrono::Utc>, Option<String>) =
+        sqlx::query_as("SELECT next_attempt_at, last_error FROM events WHERE destination = $1")
+            .bind(&destination)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(next_attempt_at, open_until, "held until the breaker's end");
+    let why = last_error.unwrap_or_default();
+    assert!(
+        why.starts_with("destination paused until") && why.contains("5 failed attempts in a row"),
+        "{why}"
+    );
+}
