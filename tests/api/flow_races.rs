@@ -64,12 +64,20 @@ async fn attack(
 }
 
 fn assert_only_expected_answers(seen: &[(StatusCode, String)]) {
+    let mut tally = std::collections::BTreeMap::<(u16, &str), usize>::new();
     for (status, code) in seen {
+        *tally.entry((status.as_u16(), code.as_str())).or_default() += 1;
+    }
+    for (status, code) in seen {
+        // A 503 is the documented "database busy, retry" answer (the pool's
+        // acquire timeout on a loaded machine); it changes nothing, and the
+        // attacker retries like any client.
         assert!(
             *status == StatusCode::OK
+                || (*status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable")
                 || (*status == StatusCode::CONFLICT
                     && ["flow_busy", "flow_finished", "wrong_step"].contains(&code.as_str())),
-            "unexpected answer {status} {code}: {seen:?}"
+            "unexpected answer {status} {code}; all answers: {tally:?}"
         );
     }
 }

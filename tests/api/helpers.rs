@@ -138,13 +138,15 @@ pub fn serve_args() -> ServeArgs {
         oauth_state_min_length: 0,
         oauth_code_ttl: Duration::from_secs(600),
         oauth_token_ttl: Duration::from_secs(3600),
-        webhook_timeout: Duration::from_secs(2),
+        // Roomy: a receiver on a busy machine that answers late must not
+        // turn into a retry. Tests of time-outs set their own.
+        webhook_timeout: Duration::from_secs(5),
         webhook_retry_schedule: linkd::ops::config::Schedule(vec![
             Duration::ZERO,
             Duration::from_millis(300),
             Duration::from_millis(600),
         ]),
-        webhook_lease: Duration::from_secs(5),
+        webhook_lease: Duration::from_secs(10),
         webhook_poll_interval: Duration::from_millis(100),
         webhook_concurrency: 16,
         webhook_destination_concurrency: 8,

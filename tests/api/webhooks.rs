@@ -451,7 +451,8 @@ async fn gone_disables_the_endpoint_and_redirects_are_not_followed() {
 #[tokio::test]
 async fn retry_after_is_honoured_for_429_and_503_and_timeouts_are_failures() {
     let receiver = Receiver::start().await;
-    let app = spawn_app().await; // schedule 0, 300 ms, 600 ms; timeout 2 s
+    // Schedule 0, 300 ms, 600 ms; `/slow` answers after 3 s, well past 1 s.
+    let app = spawn_app_with(|args| args.webhook_timeout = Duration::from_secs(1)).await;
     let busy = hooked_tenant(&app, &receiver.url("busy")).await;
     failed_link(&app, &busy, None).await;
     let got = receiver.wait_for("busy", 2, Duration::from_secs(10)).await;
