@@ -150,7 +150,9 @@ fn link_proto(operations: usize) -> pb::CreateLinkRequest {
                     Some("write") => pb::OperationAction::Write,
                     _ => pb::OperationAction::Read,
                 } as i32,
-                arguments: op.get("arguments").map(linkd::api::proto_json::to_struct),
+                arguments: op
+                    .get("arguments")
+                    .map(linkd::kernel::proto_json::to_struct),
             })
             .collect(),
         ..Default::default()

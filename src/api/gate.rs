@@ -242,7 +242,7 @@ mod tests {
             external_user_id: Some("x\u{0}".into()),
             operations: vec![crate::pb::Operation {
                 resource: "paymentMethod".into(),
-                arguments: Some(crate::api::proto_json::to_struct(
+                arguments: Some(crate::kernel::proto_json::to_struct(
                     &json!({ "cvv": "1\u{0}" }),
                 )),
                 ..Default::default()

@@ -6,7 +6,5 @@
 pub mod gate;
 pub mod grpc;
 pub mod health;
-pub mod proto_json;
 pub mod rest;
-pub mod views;
 pub mod web;

@@ -223,3 +223,22 @@ pub async fn set_webhook_url(
         .await?;
     Ok(updated.rows_affected() == 1)
 }
+
+/// An app's display name, shown to its end users on the Link page.
+pub async fn app_name(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM client_apps WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Serialises first starts on an empty database until `tx` ends, so only
+/// one creates the development sandbox tenant.
+pub async fn lock_bootstrap(tx: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7131001)")
+        .execute(tx)
+        .await?;
+    Ok(())
+}

@@ -4,7 +4,7 @@
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
-use crate::flows::{EventSubject, record_event};
+use crate::events::outbox::{self, EventSubject};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
@@ -71,10 +71,10 @@ pub fn connection_event_data(
 ) -> Value {
     let mut data = json!({
         "clientReferenceId": row.client_reference_id,
-        "connection": crate::api::views::connection_json(&connection_to_proto(row)),
+        "connection": crate::kernel::views::connection_json(&connection_to_proto(row)),
     });
     if let Some(at) = billing_stopped_at {
-        data["billingStoppedAt"] = json!(crate::api::views::iso8601(&timestamp(at)));
+        data["billingStoppedAt"] = json!(crate::kernel::views::iso8601(&timestamp(at)));
     }
     data
 }
@@ -228,7 +228,7 @@ impl Api {
             connection_id: Some(row.id),
         };
         let data = connection_event_data(&row, Some(billing_stopped_at));
-        record_event(&mut tx, tenant, "connection.deleted", subject, data).await?;
+        outbox::record(&mut tx, tenant, "connection.deleted", subject, data).await?;
         tx.commit().await?;
         Ok(pb::DeleteConnectionResponse {
             connection_id: IdKind::Connection.format(row.id),
@@ -280,7 +280,7 @@ pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<usize> {
             connection_id: Some(row.id),
         };
         let data = connection_event_data(row, None);
-        record_event(&mut tx, *tenant, "connection.expired", subject, data).await?;
+        outbox::record(&mut tx, *tenant, "connection.expired", subject, data).await?;
     }
     tx.commit().await?;
     Ok(expired.len())

@@ -283,3 +283,13 @@ pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant
         })
         .collect())
 }
+
+/// Whether the connection exists and is not deleted.
+pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1 AND deleted_at IS NULL)",
+    )
+    .bind(id)
+    .fetch_one(db)
+    .await?)
+}

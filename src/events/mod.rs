@@ -1,16 +1,17 @@
 //! EventService: the tenant's events with their webhook deliveries, and
 //! redeliveries. Delivery itself is [`crate::webhooks`].
 
-use crate::api::proto_json;
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
 use crate::kernel::ids::parse_id;
 use crate::kernel::paging::Cursor;
+use crate::kernel::proto_json;
 use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
+pub mod outbox;
 pub mod store;
 
 use chrono::{DateTime, Utc};

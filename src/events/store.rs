@@ -10,6 +10,30 @@ use sqlx::types::Json;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Appends an event to the outbox, inside the caller's transaction.
+pub async fn insert(
+    tx: &mut sqlx::PgConnection,
+    tenant: Tenant,
+    event_type: &str,
+    subject: super::outbox::EventSubject,
+    payload: &Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, environment, type, link_id, connection_id, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant.organization_id)
+    .bind(tenant.environment)
+    .bind(event_type)
+    .bind(subject.link_id)
+    .bind(subject.connection_id)
+    .bind(payload)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Removes up to `batch` events that are done (delivered, failed or
 /// skipped) and older than `retention`, with their attempts; returns how
 /// many. Safe in several replicas at once.

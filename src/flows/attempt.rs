@@ -7,7 +7,7 @@
 //! failing calls ever reach the provider for one flow, and a successful
 //! login moves the flow on exactly once.
 
-use super::{FLOW_COLUMNS, Finish, FlowRow, MAX_FAILED_ATTEMPTS};
+use super::{Finish, FlowRow, MAX_FAILED_ATTEMPTS, store};
 use crate::app::Api;
 use crate::connectors::ConnectorError;
 use crate::kernel::error::{Error, Precondition, Result};
@@ -66,21 +66,14 @@ impl Api {
     pub(crate) async fn reserve_attempt(&self, flow: &FlowRow) -> Result<Attempt> {
         let id = Uuid::now_v7();
         let lease = self.lease(1);
-        let reserved: Option<FlowRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH f AS (
-                 UPDATE flows SET failed_logins = failed_logins + 1, attempt_id = $2,
-                     attempt_until = now() + make_interval(secs => $3), updated_at = now()
-                 WHERE id = $1 AND step = $4 AND outcome IS NULL AND expires_at > now()
-                   AND failed_logins < $5 AND (attempt_until IS NULL OR attempt_until <= now())
-                 RETURNING *)
-             SELECT {FLOW_COLUMNS} FROM f LEFT JOIN links l ON l.id = f.link_id"
-        )))
-        .bind(flow.id)
-        .bind(id)
-        .bind(lease.as_secs_f64())
-        .bind(&flow.step)
-        .bind(MAX_FAILED_ATTEMPTS)
-        .fetch_optional(self.db())
+        let reserved = store::reserve_attempt(
+            self.db(),
+            flow.id,
+            id,
+            lease,
+            &flow.step,
+            MAX_FAILED_ATTEMPTS,
+        )
         .await?;
         if let Some(flow) = reserved {
             return Ok(Attempt { flow, id });
@@ -112,15 +105,6 @@ impl Api {
     /// Records a failed attempt the end user may retry: the flow stays at
     /// its step with `error_code`, and is free for the next attempt.
     pub(crate) async fn release_attempt(&self, attempt: &Attempt, error_code: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE flows SET error_code = $3, attempt_id = NULL, attempt_until = NULL, updated_at = now()
-             WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",
-        )
-        .bind(attempt.flow.id)
-        .bind(attempt.id)
-        .bind(error_code)
-        .execute(self.db())
-        .await?;
-        Ok(())
+        store::release_attempt(self.db(), attempt.flow.id, attempt.id, error_code).await
     }
 }

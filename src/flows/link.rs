@@ -11,10 +11,12 @@
 //! `operation_interrupted` once the run's lease has passed.
 
 use super::attempt::Attempt;
-use super::{EventSubject, Finish, FlowRow, close_flow, record_event};
+use super::store::{self, LinkForFlow};
+use super::{Finish, FlowRow, close_flow};
 use crate::app::Api;
 use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
+use crate::events::outbox::{self, EventSubject};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::parse_id;
@@ -22,40 +24,7 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::links::rules::{LinkOperation, return_url_with_link_id};
 use crate::pb;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
-
-#[derive(Debug, sqlx::FromRow)]
-struct LinkForFlow {
-    id: Uuid,
-    integration_id: String,
-    operations: sqlx::types::Json<Vec<LinkOperation>>,
-    arguments_ciphertext: Option<Vec<u8>>,
-}
-
-/// What a run that moved its link to `processing` got: whether the
-/// attempt still held the flow (it may have been cancelled or expired
-/// meanwhile), and the link's columns when the link was still waiting for
-/// its login (not expired by the sweep meanwhile).
-#[derive(Debug, sqlx::FromRow)]
-struct StartedRun {
-    moved: bool,
-    id: Option<Uuid>,
-    integration_id: Option<String>,
-    operations: Option<sqlx::types::Json<Vec<LinkOperation>>>,
-    arguments_ciphertext: Option<Vec<u8>>,
-}
-
-impl StartedRun {
-    fn link(self) -> Option<LinkForFlow> {
-        Some(LinkForFlow {
-            id: self.id?,
-            integration_id: self.integration_id?,
-            operations: self.operations?,
-            arguments_ciphertext: self.arguments_ciphertext,
-        })
-    }
-}
 
 /// The result of the operations: flat for one, wrapped for several.
 pub fn shape_result(provider: &Provider, operations: &[LinkOperation], data: Vec<Value>) -> Value {
@@ -73,33 +42,6 @@ pub fn shape_result(provider: &Provider, operations: &[LinkOperation], data: Vec
         .map(|(op, data)| json!({ "resource": op.resource, "action": op.action, "data": data }))
         .collect();
     json!({ "operations": wrapped })
-}
-
-pub(super) async fn append_trace(
-    db: impl PgExecutor<'_>,
-    link_id: Uuid,
-    event: &str,
-    details: Value,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE links SET debug_trace = debug_trace || jsonb_build_array(
-             jsonb_build_object('at', now(), 'event', $2::text, 'details', $3::jsonb))
-         WHERE id = $1",
-    )
-    .bind(link_id)
-    .bind(event)
-    .bind(details)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn mark_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
-    sqlx::query("UPDATE links SET status = 'awaiting_2fa' WHERE id = $1 AND status = 'claimed'")
-        .bind(flow.link_id)
-        .execute(tx)
-        .await?;
-    Ok(())
 }
 
 impl Api {
@@ -129,29 +71,10 @@ impl Api {
         let token = format!("lft_{}", random_token());
         // The claim and its flow in one statement: only the request whose
         // UPDATE matched a pending link gets a flow.
-        let claimed: Option<Uuid> = sqlx::query_scalar(
-            "WITH claimed AS (
-                 UPDATE links SET status = 'claimed', claimed_at = now()
-                 WHERE id = $1 AND claim_code_hash = $2 AND status = 'pending' AND expires_at > now()
-                 RETURNING id, organization_id, environment, integration_id, expires_at)
-             INSERT INTO flows (id, token_hash, organization_id, environment, kind, link_id, integration_id, step, expires_at)
-             SELECT $3, $4, organization_id, environment, 'link', id, integration_id, 'login', expires_at
-             FROM claimed
-             RETURNING id",
-        )
-        .bind(link_id)
-        .bind(&code_hash)
-        .bind(flow_id)
-        .bind(token_hash(&token))
-        .fetch_optional(self.db())
-        .await?;
+        let claimed =
+            store::claim_link(self.db(), link_id, &code_hash, flow_id, &token_hash(&token)).await?;
         if claimed.is_none() {
-            let state: Option<(String, bool)> =
-                sqlx::query_as("SELECT status, expires_at <= now() FROM links WHERE id = $1 AND claim_code_hash = $2")
-                    .bind(link_id)
-                    .bind(&code_hash)
-                    .fetch_optional(self.db())
-                    .await?;
+            let state = crate::links::store::claim_state(self.db(), link_id, &code_hash).await?;
             return Err(match state {
                 None => Error::NotFound("link"),
                 Some((status, past)) if past || status == "expired" => Error::FailedPrecondition {
@@ -183,29 +106,15 @@ impl Api {
         session: ProviderSession,
     ) -> Result<()> {
         let link_id = attempt.flow.link()?;
-        let started: StartedRun = sqlx::query_as(
-            "WITH moved AS (
-                 UPDATE flows SET step = 'processing', failed_logins = failed_logins - 1,
-                     error_code = NULL, second_factor_prompt = NULL, session_ciphertext = NULL,
-                     attempt_until = now() + make_interval(secs =>
-                         $4 * (SELECT jsonb_array_length(operations) FROM links WHERE id = $2) + $5),
-                     updated_at = now()
-                 WHERE id = $1 AND attempt_id = $3 AND outcome IS NULL
-                 RETURNING link_id
-             ), run AS (
-                 UPDATE links SET status = 'processing'
-                 FROM moved WHERE links.id = moved.link_id AND links.status IN ('claimed', 'awaiting_2fa')
-                 RETURNING links.id, links.integration_id, links.operations, links.arguments_ciphertext
-             )
-             SELECT EXISTS (SELECT 1 FROM moved) AS moved, run.* FROM (SELECT 1) one LEFT JOIN run ON true",
-        )
-        .bind(attempt.flow.id)
-        .bind(link_id)
-        .bind(attempt.id)
         // Each operation may take the timeout, plus the margin of `lease`.
-        .bind(self.state.provider_timeout.as_secs_f64())
-        .bind(self.lease(0).as_secs_f64())
-        .fetch_one(self.db())
+        let started = store::start_run(
+            self.db(),
+            attempt.flow.id,
+            link_id,
+            attempt.id,
+            self.state.provider_timeout,
+            self.lease(0),
+        )
         .await?;
         let running = FlowRow {
             step: "processing".into(),
@@ -346,21 +255,23 @@ impl Api {
         }
         if flow.debug {
             let details = json!({ "errorCode": error_code });
-            append_trace(&mut *tx, link_id, &format!("link.{status}"), details).await?;
+            crate::links::store::append_trace(
+                &mut *tx,
+                link_id,
+                &format!("link.{status}"),
+                details,
+            )
+            .await?;
         }
         // Unless the expiry sweep got there first (it writes its own event).
-        let finished: Option<(String, Option<String>)> = sqlx::query_as(
-            "UPDATE links SET status = $2, error_code = $3, error_message = $4, result = $5,
-                 finished_at = now(), arguments_ciphertext = NULL
-             WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa', 'processing')
-             RETURNING integration_id, external_user_id",
+        let finished = crate::links::store::finish(
+            &mut tx,
+            link_id,
+            status,
+            error_code,
+            error_message.as_deref(),
+            result.as_ref(),
         )
-        .bind(link_id)
-        .bind(status)
-        .bind(error_code)
-        .bind(&error_message)
-        .bind(&result)
-        .fetch_optional(&mut *tx)
         .await?;
         if let Some((integration_id, external_user_id)) = finished {
             let mut data = json!({
@@ -379,51 +290,9 @@ impl Api {
                 link_id: Some(link_id),
                 connection_id: None,
             };
-            record_event(&mut tx, flow.tenant(), event, subject, data).await?;
+            outbox::record(&mut tx, flow.tenant(), event, subject, data).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 }
-
-/// Fails links whose run outlived its lease (the process running the
-/// operations died): `failed` with `operation_interrupted`, arguments
-/// purged, flow closed, a `link.failed` event, in one statement. Some
-/// operations may have reached the provider; the error says so. Skips rows
-/// another replica holds. Returns how many links failed.
-pub async fn fail_interrupted_runs(db: &PgPool, batch: i64) -> Result<u64> {
-    let failed = sqlx::query(
-        "WITH stale AS (
-             SELECT id FROM flows
-             WHERE step = 'processing' AND outcome IS NULL AND attempt_until <= now()
-             ORDER BY attempt_until
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED
-         ), closed AS (
-             UPDATE flows f SET step = 'done', outcome = 'error', error_code = 'operation_interrupted',
-                 attempt_id = NULL, attempt_until = NULL, updated_at = now()
-             FROM stale WHERE f.id = stale.id
-             RETURNING f.link_id
-         ), failed AS (
-             UPDATE links SET status = 'failed', error_code = 'operation_interrupted',
-                 error_message = $2, finished_at = now(), arguments_ciphertext = NULL
-             FROM closed WHERE links.id = closed.link_id AND links.status = 'processing'
-             RETURNING links.id, links.organization_id, links.environment, links.integration_id,
-                 links.external_user_id
-         )
-         INSERT INTO events (id, organization_id, environment, type, link_id, payload)
-         SELECT gen_random_uuid(), organization_id, environment, 'link.failed', id,
-                link_event_payload('link.failed', id, integration_id, 'failed', external_user_id,
-                    'operation_interrupted')
-         FROM failed",
-    )
-    .bind(batch)
-    .bind(INTERRUPTED_MESSAGE)
-    .execute(db)
-    .await?;
-    Ok(failed.rows_affected())
-}
-
-/// `error_message` of a link whose run was interrupted.
-const INTERRUPTED_MESSAGE: &str =
-    "The run was interrupted before it finished; some operations may have reached the provider.";

@@ -8,20 +8,21 @@
 
 pub(crate) mod attempt;
 pub mod link;
+pub mod store;
 
 use crate::app::Api;
 use crate::catalog::Provider;
-use crate::connectors::Geolocation;
 use crate::connectors::{ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::token_hash;
-use crate::kernel::tenant::{Environment, Tenant};
+use crate::kernel::tenant::Tenant;
 use crate::pb;
 use attempt::{Attempt, detached};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
+pub(crate) use store::FlowRow;
 use uuid::Uuid;
 
 /// Wrong logins and second-factor codes allowed before the flow fails;
@@ -36,45 +37,11 @@ pub(crate) enum FlowKind {
     Session,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct FlowRow {
-    pub(crate) id: Uuid,
-    pub(crate) organization_id: Uuid,
-    pub(crate) environment: String,
-    pub(crate) kind: String,
-    pub(crate) link_id: Option<Uuid>,
-    /// The link's `debug` flag (false for sessions).
-    pub(crate) debug: bool,
-    pub(crate) integration_id: Option<String>,
-    pub(crate) step: String,
-    pub(crate) outcome: Option<String>,
-    pub(crate) error_code: Option<String>,
-    pub(crate) second_factor_prompt: Option<String>,
-    pub(crate) session_ciphertext: Option<Vec<u8>>,
-    /// Provider calls that failed or are in flight (see [`attempt`]).
-    pub(crate) failed_logins: i32,
-    /// The provider call in flight, and until when it holds the flow.
-    pub(crate) attempt_id: Option<Uuid>,
-    pub(crate) attempt_until: Option<chrono::DateTime<chrono::Utc>>,
-    pub(crate) expires_at: chrono::DateTime<chrono::Utc>,
-    pub(crate) client_app_id: Option<Uuid>,
-    pub(crate) redirect_url: Option<String>,
-    pub(crate) client_reference_id: Option<String>,
-    pub(crate) connection_id: Option<Uuid>,
-    pub(crate) reconnect: bool,
-    pub(crate) geolocation: Option<sqlx::types::Json<Geolocation>>,
-    pub(crate) cancelled_step: Option<String>,
-    pub(crate) lang: String,
-    pub(crate) oauth: Option<sqlx::types::Json<crate::oauth::rules::AuthorizationRequest>>,
-    /// The link's `return_url` (link flows), read with the flow.
-    pub(crate) link_return_url: Option<String>,
-}
-
 impl FlowRow {
     pub(crate) fn tenant(&self) -> Tenant {
         Tenant {
             organization_id: self.organization_id,
-            environment: Environment::parse(&self.environment).unwrap_or(Environment::Sandbox),
+            environment: self.environment,
         }
     }
 
@@ -110,14 +77,6 @@ impl FlowRow {
         }
     }
 }
-
-/// A [`FlowRow`] from `flows f LEFT JOIN links l`.
-const FLOW_COLUMNS: &str = "f.id, f.organization_id, f.environment, f.kind, f.link_id,
-        COALESCE(l.debug, false) AS debug, f.integration_id, f.step, f.outcome, f.error_code,
-        f.second_factor_prompt, f.session_ciphertext, f.failed_logins, f.attempt_id,
-        f.attempt_until, f.expires_at, f.client_app_id, f.redirect_url, f.client_reference_id,
-        f.connection_id, f.reconnect, f.geolocation, f.cancelled_step, f.lang, f.oauth,
-        l.return_url AS link_return_url";
 
 /// Flow steps and their names: stored in `flows.step` and rendered by REST.
 const FLOW_STEPS: [(pb::FlowStep, &str); 6] = [
@@ -175,45 +134,6 @@ pub(crate) fn wrong_step(message: &str) -> Error {
     }
 }
 
-/// Writes an event to the outbox, inside the caller's transaction.
-pub async fn record_event(
-    tx: &mut PgConnection,
-    tenant: Tenant,
-    event_type: &str,
-    subject: EventSubject,
-    mut data: Value,
-) -> Result<()> {
-    let size = serde_json::to_vec(&data).map_or(0, |v| v.len());
-    if size > crate::webhooks::MAX_PAYLOAD_BYTES
-        && let Some(object) = data.as_object_mut()
-        && object.remove("result").is_some()
-    {
-        // Webhook bodies are capped; the full result stays readable by GetLink.
-        object.insert("resultTruncated".into(), Value::Bool(true));
-    }
-    sqlx::query(
-        "INSERT INTO events (id, organization_id, environment, type, link_id, connection_id, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(tenant.organization_id)
-    .bind(tenant.environment.as_str())
-    .bind(event_type)
-    .bind(subject.link_id)
-    .bind(subject.connection_id)
-    .bind(json!({ "type": event_type, "data": data }))
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// What an event is about, for filtering deliveries.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EventSubject {
-    pub link_id: Option<Uuid>,
-    pub connection_id: Option<Uuid>,
-}
-
 /// How an unfinished flow ends (success of a session is
 /// [`session`]'s `connect`, which also writes the connection).
 pub(crate) enum Finish {
@@ -234,31 +154,20 @@ impl Api {
         if !token.starts_with("lft_") {
             return Err(Error::Unauthenticated);
         }
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {FLOW_COLUMNS} FROM flows f LEFT JOIN links l ON l.id = f.link_id
-             WHERE f.token_hash = $1"
-        )))
-        .bind(token_hash(token))
-        .fetch_optional(self.db())
-        .await?
-        .ok_or(Error::Unauthenticated)
+        store::by_token_hash(self.db(), &token_hash(token))
+            .await?
+            .ok_or(Error::Unauthenticated)
     }
 
     async fn flow_by_id(&self, flow_id: Uuid) -> Result<FlowRow> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {FLOW_COLUMNS} FROM flows f LEFT JOIN links l ON l.id = f.link_id
-             WHERE f.id = $1"
-        )))
-        .bind(flow_id)
-        .fetch_one(self.db())
-        .await?)
+        store::by_id(self.db(), flow_id).await
     }
 
     /// Appends a step to the link's debug trace when the link has `debug`
     /// on. `details` must already be free of secrets.
     async fn trace(&self, flow: &FlowRow, event: &str, details: Value) -> Result<()> {
         if let (true, Some(link_id)) = (flow.debug, flow.link_id) {
-            link::append_trace(self.db(), link_id, event, details).await?;
+            crate::links::store::append_trace(self.db(), link_id, event, details).await?;
         }
         Ok(())
     }
@@ -573,23 +482,14 @@ impl Api {
                 let sealed = self.seal_held_session(flow, &pending)?;
                 let mut tx = self.db().begin().await?;
                 // The successful call is given back: only failures count.
-                let moved = sqlx::query(
-                    "UPDATE flows SET step = '2fa', second_factor_prompt = $3, session_ciphertext = $4,
-                         error_code = NULL, failed_logins = failed_logins - 1,
-                         attempt_id = NULL, attempt_until = NULL, updated_at = now()
-                     WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",
-                )
-                .bind(flow.id)
-                .bind(attempt.id)
-                .bind(&prompt)
-                .bind(sealed)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
+                let moved =
+                    store::await_second_factor(&mut tx, flow.id, attempt.id, &prompt, &sealed)
+                        .await?;
                 if moved {
                     match flow.kind() {
-                        FlowKind::Link => link::mark_awaiting_2fa(&mut tx, flow).await?,
+                        FlowKind::Link => {
+                            crate::links::store::set_awaiting_2fa(&mut tx, flow.link()?).await?
+                        }
                         FlowKind::Session => mark_connection_awaiting_2fa(&mut tx, flow).await?,
                     }
                     tx.commit().await?;
@@ -654,19 +554,5 @@ pub(crate) async fn close_flow(
     error_code: Option<&str>,
     cancelled_step: Option<&str>,
 ) -> Result<bool> {
-    let closed = sqlx::query(
-        "UPDATE flows SET step = 'done', outcome = $2, error_code = $3, cancelled_step = $4,
-             session_ciphertext = NULL, attempt_id = NULL, attempt_until = NULL, updated_at = now()
-         WHERE id = $1 AND outcome IS NULL AND step = $5
-           AND (step <> 'processing' OR attempt_id = $6)",
-    )
-    .bind(flow.id)
-    .bind(outcome)
-    .bind(error_code)
-    .bind(cancelled_step)
-    .bind(&flow.step)
-    .bind(flow.attempt_id)
-    .execute(tx)
-    .await?;
-    Ok(closed.rows_affected() == 1)
+    store::close(tx, flow, outcome, error_code, cancelled_step).await
 }

@@ -5,7 +5,6 @@
 pub mod rules;
 pub mod store;
 
-use crate::api::proto_json;
 use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
@@ -13,6 +12,7 @@ use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{IdKind, parse_id, random_token, token_hash};
+use crate::kernel::proto_json;
 use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;

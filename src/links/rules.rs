@@ -1,10 +1,10 @@
 //! Link intents: the rules of `CreateLink`, and how links are rendered.
 
-use crate::api::proto_json;
 use crate::catalog::Action;
 use crate::catalog::Catalog;
 use crate::client_apps::rules::{check_redirect_uri, is_web_url};
 use crate::kernel::error::Error;
+use crate::kernel::proto_json;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 

@@ -3,7 +3,8 @@
 use crate::kernel::error::{Error, Result};
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -142,4 +143,75 @@ async fn find_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRo
     .fetch_optional(db)
     .await?
     .ok_or(Error::NotFound("link"))
+}
+
+/// Appends a step to a link's debug trace.
+pub async fn append_trace(
+    db: impl PgExecutor<'_>,
+    link_id: Uuid,
+    event: &str,
+    details: Value,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE links SET debug_trace = debug_trace || jsonb_build_array(
+             jsonb_build_object('at', now(), 'event', $2::text, 'details', $3::jsonb))
+         WHERE id = $1",
+    )
+    .bind(link_id)
+    .bind(event)
+    .bind(details)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A claimed link waits for its end user's second factor.
+pub async fn set_awaiting_2fa(tx: &mut PgConnection, link_id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE links SET status = 'awaiting_2fa' WHERE id = $1 AND status = 'claimed'")
+        .bind(link_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// A link's status and whether it is past its expiry, when `code_hash` is
+/// its claim code's: why a claim did not take it.
+pub async fn claim_state(
+    db: impl PgExecutor<'_>,
+    link_id: Uuid,
+    code_hash: &[u8],
+) -> Result<Option<(String, bool)>> {
+    Ok(sqlx::query_as(
+        "SELECT status, expires_at <= now() FROM links WHERE id = $1 AND claim_code_hash = $2",
+    )
+    .bind(link_id)
+    .bind(code_hash)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Ends an unfinished link with `status` (purging its arguments) unless the
+/// expiry sweep got there first; returns its integration and external user
+/// id for the event.
+pub async fn finish(
+    tx: &mut PgConnection,
+    link_id: Uuid,
+    status: &str,
+    error_code: Option<&str>,
+    error_message: Option<&str>,
+    result: Option<&serde_json::Value>,
+) -> Result<Option<(String, Option<String>)>> {
+    Ok(sqlx::query_as(
+        "UPDATE links SET status = $2, error_code = $3, error_message = $4, result = $5,
+             finished_at = now(), arguments_ciphertext = NULL
+         WHERE id = $1 AND status IN ('pending', 'claimed', 'awaiting_2fa', 'processing')
+         RETURNING integration_id, external_user_id",
+    )
+    .bind(link_id)
+    .bind(status)
+    .bind(error_code)
+    .bind(error_message)
+    .bind(result)
+    .fetch_optional(&mut *tx)
+    .await?)
 }

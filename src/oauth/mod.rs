@@ -12,6 +12,7 @@
 //! scoped to that one connection.
 
 pub mod rules;
+pub mod store;
 
 use crate::app::Api;
 use crate::auth::Caller;
@@ -19,7 +20,7 @@ use crate::catalog::Category;
 use crate::client_apps::store as tenancy;
 use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{IdKind, random_token, token_hash};
-use crate::kernel::tenant::{Environment, Tenant};
+use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
 use crate::oauth::rules::{
     AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value, redirect_uri_matches,
@@ -282,23 +283,15 @@ impl Api {
         connection_id: Uuid,
     ) -> Result<String> {
         let code = format!("lac_{}", random_token());
-        sqlx::query(
-            "INSERT INTO oauth_codes (id, code_hash, organization_id, environment, client_app_id, connection_id,
-                 redirect_uri, effective_redirect_uri, code_challenge, scope, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))",
+        store::insert_code(
+            tx,
+            &token_hash(&code),
+            tenant,
+            client_app_id,
+            connection_id,
+            request,
+            self.state.oauth.code_ttl,
         )
-        .bind(Uuid::now_v7())
-        .bind(token_hash(&code))
-        .bind(tenant.organization_id)
-        .bind(tenant.environment.as_str())
-        .bind(client_app_id)
-        .bind(connection_id)
-        .bind(&request.redirect_uri)
-        .bind(&request.effective_redirect_uri)
-        .bind(&request.code_challenge)
-        .bind(&request.scope)
-        .bind(self.state.oauth.code_ttl.as_secs_f64())
-        .execute(tx)
         .await?;
         Ok(code)
     }
@@ -379,42 +372,16 @@ impl Api {
                 "code_verifier must be 43 to 128 unreserved characters.",
             ));
         }
-        #[derive(sqlx::FromRow)]
-        struct CodeRow {
-            id: Uuid,
-            organization_id: Uuid,
-            environment: String,
-            client_app_id: Uuid,
-            connection_id: Uuid,
-            redirect_uri: Option<String>,
-            effective_redirect_uri: String,
-            code_challenge: Option<String>,
-            scope: String,
-            expired: bool,
-            used: bool,
-        }
         let invalid_grant = |why: &str| Error::oauth("invalid_grant", why);
         let mut tx = self.db().begin().await?;
-        let code: CodeRow = sqlx::query_as(
-            "SELECT id, organization_id, environment, client_app_id, connection_id, redirect_uri,
-                    effective_redirect_uri, code_challenge, scope, expires_at <= now() AS expired,
-                    used_at IS NOT NULL AS used
-             FROM oauth_codes WHERE code_hash = $1 FOR UPDATE",
-        )
-        .bind(token_hash(&req.code))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| invalid_grant("The code is invalid."))?;
+        let code = store::lock_code(&mut tx, &token_hash(&req.code))
+            .await?
+            .ok_or_else(|| invalid_grant("The code is invalid."))?;
         if code.client_app_id != client {
             return Err(invalid_grant("The code was issued to another client."));
         }
         if code.used {
-            sqlx::query(
-                "UPDATE oauth_tokens SET revoked_at = now() WHERE code_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(code.id)
-            .execute(&mut *tx)
-            .await?;
+            store::revoke_tokens_of_code(&mut tx, code.id).await?;
             tx.commit().await?;
             tracing::warn!(
                 client_app_id = %IdKind::ClientApp.format(client),
@@ -448,37 +415,14 @@ impl Api {
             }
             (None, None) => {}
         }
-        let live: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1 AND deleted_at IS NULL)",
-        )
-        .bind(code.connection_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let live = crate::connections::store::exists(&mut *tx, code.connection_id).await?;
         if !live {
             return Err(invalid_grant("The connection no longer exists."));
         }
         let token = format!("lat_{}", random_token());
         let ttl = self.state.oauth.token_ttl;
-        sqlx::query(
-            "INSERT INTO oauth_tokens (id, token_hash, code_id, organization_id, environment, client_app_id,
-                 connection_id, scope, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))",
-        )
-        .bind(Uuid::now_v7())
-        .bind(token_hash(&token))
-        .bind(code.id)
-        .bind(code.organization_id)
-        .bind(&code.environment)
-        .bind(client)
-        .bind(code.connection_id)
-        .bind(&code.scope)
-        .bind(ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE oauth_codes SET used_at = now() WHERE id = $1")
-            .bind(code.id)
-            .execute(&mut *tx)
-            .await?;
+        store::insert_token(&mut tx, &token_hash(&token), &code, client, ttl).await?;
+        store::mark_code_used(&mut tx, code.id).await?;
         tx.commit().await?;
         Ok(pb::ExchangeCodeResponse {
             access_token: token,
@@ -498,19 +442,13 @@ impl Api {
         let Some(token) = credential.filter(|t| t.expose_secret().starts_with("lat_")) else {
             return self.authenticate(credential).await;
         };
-        let row: Option<(Uuid, Uuid, String, Uuid)> = sqlx::query_as(
-            "SELECT id, organization_id, environment, connection_id FROM oauth_tokens
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
-        )
-        .bind(token_hash(token.expose_secret()))
-        .fetch_optional(self.db())
-        .await?;
+        let row = store::live_token(self.db(), &token_hash(token.expose_secret())).await?;
         let (id, organization_id, environment, connection_id) =
             row.ok_or(Error::Unauthenticated)?;
         Ok(Caller {
             tenant: Tenant {
                 organization_id,
-                environment: Environment::parse(&environment).ok_or(Error::Unauthenticated)?,
+                environment,
             },
             api_key_id: id,
             only_connection: Some(connection_id),

@@ -49,11 +49,11 @@ pub fn spawn_expiry(
             })
             .await;
             drain("failed links whose run was interrupted", || {
-                crate::flows::link::fail_interrupted_runs(&db, EXPIRY_BATCH)
+                crate::flows::store::fail_interrupted_runs(&db, EXPIRY_BATCH)
             })
             .await;
             drain("expired Link sessions", || async {
-                crate::sessions::expire_sessions(&db, EXPIRY_BATCH)
+                crate::flows::store::expire_sessions(&db, EXPIRY_BATCH)
                     .await
                     .map(|n| n as u64)
             })

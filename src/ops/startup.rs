@@ -135,9 +135,7 @@ pub struct SandboxTenant {
 pub async fn bootstrap_sandbox(api: &Api) -> anyhow::Result<Option<SandboxTenant>> {
     let mut tx = api.db().begin().await?;
     // Serialise concurrent first starts.
-    sqlx::query("SELECT pg_advisory_xact_lock(7131001)")
-        .execute(&mut *tx)
-        .await?;
+    tenancy::lock_bootstrap(&mut tx).await?;
     if tenancy::count_organizations(&mut *tx).await? > 0 {
         return Ok(None);
     }

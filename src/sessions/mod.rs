@@ -19,73 +19,26 @@ use crate::catalog::Category;
 use crate::client_apps::store as client_apps;
 use crate::connections::connection_event_data;
 use crate::connections::store::{self as store, FreshSession, NewConnection};
-use crate::connectors::Geolocation;
 use crate::connectors::{LoginContext, ProviderSession};
+use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
-use crate::flows::{EventSubject, Finish, FlowKind, FlowRow, close_flow, record_event, wrong_step};
+pub(crate) use crate::flows::store::NewSessionFlow;
+use crate::flows::{Finish, FlowKind, FlowRow, close_flow, wrong_step};
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::{IdKind, random_token, token_hash};
-use crate::kernel::tenant::Tenant;
-use crate::oauth::rules::{AuthorizationRequest, code_redirect, error_redirect, flow_error};
+use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
 use crate::sessions::rules::{NewSession, SessionResult, session_redirect_url, web_origin};
 use prost::Message as _;
 use secrecy::SecretString;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Path of the Link page under the public URL; the flow token follows in
 /// the fragment so it never reaches access logs or `Referer` headers.
 pub const LINK_PAGE_PATH: &str = "link";
-
-/// Closes Link sessions past their expiry that nobody touched (the page
-/// closes its own on the next call), failing the connections they were
-/// making. Skips rows another replica holds. Returns how many closed.
-pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "WITH due AS (
-             SELECT id FROM flows
-             WHERE kind = 'session' AND outcome IS NULL AND expires_at <= now()
-             ORDER BY expires_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED
-         ), closed AS (
-             UPDATE flows f SET step = 'done', outcome = 'error', error_code = 'session_expired',
-                 session_ciphertext = NULL, updated_at = now()
-             FROM due WHERE f.id = due.id
-             RETURNING f.connection_id, f.reconnect
-         ), failed AS (
-             UPDATE connections c SET status = 'failed', updated_at = now()
-             FROM closed
-             WHERE c.id = closed.connection_id AND NOT closed.reconnect
-               AND c.status IN ('pending', 'awaiting_2fa') AND c.deleted_at IS NULL
-             RETURNING 1
-         )
-         SELECT count(*) FROM closed",
-    )
-    .bind(batch)
-    .fetch_one(db)
-    .await?)
-}
-
-/// A Link session about to start (from `InitLinkSession` or an OAuth
-/// authorization request).
-pub(crate) struct NewSessionFlow<'a> {
-    pub tenant: Tenant,
-    pub client_app_id: Uuid,
-    pub redirect_url: &'a str,
-    pub client_reference_id: Option<&'a str>,
-    /// The connection to make (fresh id) or to reconnect.
-    pub connection_id: Uuid,
-    pub reconnect: bool,
-    /// Fixed integration; `None` lets the end user choose.
-    pub integration_id: Option<&'a str>,
-    pub geolocation: Option<&'a Geolocation>,
-    pub lang: &'a str,
-    pub oauth: Option<&'a AuthorizationRequest>,
-}
 
 impl Api {
     /// Inserts a session flow inside `tx`; returns the Link page URL (the
@@ -101,30 +54,13 @@ impl Api {
             "pre-login"
         };
         let token = format!("lft_{}", random_token());
-        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-            "INSERT INTO flows (id, token_hash, organization_id, environment, kind, integration_id, step,
-                 expires_at, client_app_id, redirect_url, client_reference_id, connection_id, reconnect,
-                 geolocation, lang, oauth)
-             VALUES ($1, $2, $3, $4, 'session', $5, $6, now() + make_interval(secs => $7), $8, $9, $10,
-                 $11, $12, $13, $14, $15)
-             RETURNING expires_at",
+        let expires_at = crate::flows::store::insert_session(
+            tx,
+            &token_hash(&token),
+            new,
+            step,
+            self.state.session_ttl,
         )
-        .bind(Uuid::now_v7())
-        .bind(token_hash(&token))
-        .bind(new.tenant.organization_id)
-        .bind(new.tenant.environment.as_str())
-        .bind(new.integration_id)
-        .bind(step)
-        .bind(self.state.session_ttl.as_secs_f64())
-        .bind(new.client_app_id)
-        .bind(new.redirect_url)
-        .bind(new.client_reference_id)
-        .bind(new.connection_id)
-        .bind(new.reconnect)
-        .bind(new.geolocation.map(sqlx::types::Json))
-        .bind(new.lang)
-        .bind(new.oauth.map(sqlx::types::Json))
-        .fetch_one(&mut *tx)
         .await?;
         Ok((self.link_page_url(&token)?, expires_at))
     }
@@ -223,11 +159,12 @@ impl Api {
 
     pub(super) async fn session_view(&self, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
         let redirect_url = flow.redirect_url.as_deref().unwrap_or_default();
-        view.client_app_name = sqlx::query_scalar("SELECT name FROM client_apps WHERE id = $1")
-            .bind(flow.client_app_id)
-            .fetch_optional(self.db())
-            .await?
-            .unwrap_or_default();
+        view.client_app_name = match flow.client_app_id {
+            Some(id) => client_apps::app_name(self.db(), id)
+                .await?
+                .unwrap_or_default(),
+            None => String::new(),
+        };
         view.client_origin = web_origin(redirect_url).unwrap_or_default();
         view.client_reference_id = flow.client_reference_id.clone().unwrap_or_default();
         let oauth = flow.oauth.as_ref().map(|o| &o.0);
@@ -310,14 +247,7 @@ impl Api {
                 "is not one of the offered integrations",
             ));
         }
-        sqlx::query(
-            "UPDATE flows SET integration_id = $2, step = 'login', updated_at = now()
-             WHERE id = $1 AND step = 'pre-login' AND outcome IS NULL",
-        )
-        .bind(flow.id)
-        .bind(&req.integration_id)
-        .execute(self.db())
-        .await?;
+        crate::flows::store::choose_integration(self.db(), flow.id, &req.integration_id).await?;
         self.flow_view(flow.id).await
     }
 
@@ -352,11 +282,7 @@ impl Api {
                     .activate_connection(&mut tx, &flow, id, &session)
                     .await?
                     .ok_or_else(|| Error::internal(anyhow::anyhow!("new connection vanished")))?;
-                sqlx::query("UPDATE flows SET connection_id = $2 WHERE id = $1")
-                    .bind(flow.id)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                crate::flows::store::set_connection(&mut *tx, flow.id, id).await?;
                 (row, true)
             }
         };
@@ -369,7 +295,7 @@ impl Api {
             link_id: None,
             connection_id: Some(row.id),
         };
-        record_event(
+        outbox::record(
             &mut tx,
             flow.tenant(),
             event,
@@ -476,19 +402,9 @@ impl Api {
         session: &ProviderSession,
     ) -> Result<()> {
         let sealed = self.seal_held_session(&attempt.flow, session)?;
-        let held = sqlx::query(
-            "UPDATE flows SET step = 'authorization', session_ciphertext = $3, error_code = NULL,
-                 second_factor_prompt = NULL, failed_logins = failed_logins - 1,
-                 attempt_id = NULL, attempt_until = NULL, updated_at = now()
-             WHERE id = $1 AND attempt_id = $2 AND outcome IS NULL",
-        )
-        .bind(attempt.flow.id)
-        .bind(attempt.id)
-        .bind(sealed)
-        .execute(self.db())
-        .await?
-        .rows_affected()
-            == 1;
+        let held =
+            crate::flows::store::hold_for_consent(self.db(), attempt.flow.id, attempt.id, &sealed)
+                .await?;
         if !held {
             self.log_out(ctx, session).await;
         }

@@ -29,9 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Attempt, DueEvent, Finished, Next};
 
-/// Largest webhook body. A `link.completed` whose result is larger carries
-/// `"resultTruncated": true` instead of `result` (see `GetLink`).
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// How much of a receiver's answer is read (and dropped) so that its
 /// connection goes back to the pool; a longer answer closes it instead.
 const MAX_RESPONSE_DRAIN_BYTES: usize = 64 * 1024;

@@ -190,7 +190,7 @@ async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads()
         .grpc_link(&tenant.key, link["linkId"].as_str().unwrap())
         .await;
     assert_eq!(got.status(), pb::LinkStatus::Completed);
-    let result = linkd::api::proto_json::from_struct(got.result.as_ref().unwrap());
+    let result = linkd::kernel::proto_json::from_struct(got.result.as_ref().unwrap());
     let ops = result["operations"]
         .as_array()
         .expect("wrapped {operations: [...]}");

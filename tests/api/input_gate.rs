@@ -182,8 +182,9 @@ async fn nul_in_any_grpc_string_is_invalid_argument_naming_the_field() {
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let channel = app.channel().await;
     let mut links = pb::link_service_client::LinkServiceClient::new(channel.clone());
-    let arguments =
-        linkd::api::proto_json::to_struct(&json!({ "cardNumber": "5555555555554444", "cvv": NUL }));
+    let arguments = linkd::kernel::proto_json::to_struct(
+        &json!({ "cardNumber": "5555555555554444", "cvv": NUL }),
+    );
     let request = pb::CreateLinkRequest {
         integration_id: "tmobile".into(),
         operations: vec![pb::Operation {

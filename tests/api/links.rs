@@ -44,7 +44,7 @@ async fn post_link(
 /// The same request as a proto message, built independently of the shim.
 fn documented_proto() -> pb::CreateLinkRequest {
     let args =
-        linkd::api::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
+        linkd::kernel::proto_json::to_struct(&documented_request()["operations"][1]["arguments"]);
     pb::CreateLinkRequest {
         integration_id: "tmobile".into(),
         operations: vec![
@@ -357,7 +357,9 @@ fn rest_to_proto(body: &Value) -> pb::CreateLinkRequest {
                             Some("write") => pb::OperationAction::Write as i32,
                             _ => 0,
                         },
-                        arguments: op.get("arguments").map(linkd::api::proto_json::to_struct),
+                        arguments: op
+                            .get("arguments")
+                            .map(linkd::kernel::proto_json::to_struct),
                     })
                     .collect()
             })

@@ -45,7 +45,7 @@ async fn providers_list_every_combination_with_argument_schemas() {
         .iter()
         .find(|c| c.resource == "paymentMethod" && c.action() == pb::OperationAction::Write)
         .expect("paymentMethod write");
-    let schema = linkd::api::proto_json::from_struct(write.arguments_schema.as_ref().unwrap());
+    let schema = linkd::kernel::proto_json::from_struct(write.arguments_schema.as_ref().unwrap());
     assert_eq!(schema["properties"]["cardNumber"]["format"], "card-number");
     assert!(
         schema["required"]

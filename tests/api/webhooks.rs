@@ -778,7 +778,7 @@ async fn oversized_link_results_are_left_out_of_the_webhook_body() {
     assert_eq!(body["data"]["linkId"], link["linkId"]);
     assert_eq!(body["data"]["resultTruncated"], true);
     assert!(body["data"].get("result").is_none());
-    assert!(got[0].body.len() < linkd::webhooks::MAX_PAYLOAD_BYTES);
+    assert!(got[0].body.len() < linkd::events::outbox::MAX_PAYLOAD_BYTES);
     let full: Value = app
         .get(
             &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
@@ -796,7 +796,8 @@ async fn oversized_link_results_are_left_out_of_the_webhook_body() {
             .all(|op| op["data"].as_array().unwrap().len() == 500)
     );
     assert!(
-        serde_json::to_vec(&full["result"]).unwrap().len() > linkd::webhooks::MAX_PAYLOAD_BYTES,
+        serde_json::to_vec(&full["result"]).unwrap().len()
+            > linkd::events::outbox::MAX_PAYLOAD_BYTES,
         "the result really is larger than a webhook body"
     );
 }

@@ -2,9 +2,9 @@
 //! `clientReferenceId` and `page_token`), get and delete.
 
 use super::{Authenticated, RestState};
-use crate::api::views::{connection_json, iso8601};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
+use crate::kernel::views::{connection_json, iso8601};
 use crate::pb;
 use axum::Json;
 use axum::extract::{Path, Query, State};

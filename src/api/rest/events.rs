@@ -3,10 +3,10 @@
 
 use super::body::{Fields, read_object};
 use super::{Authenticated, RestState};
-use crate::api::views::{attempt_json, event_json, iso8601};
 use crate::events::{parse_time, status_from_name};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
+use crate::kernel::views::{attempt_json, event_json, iso8601};
 use crate::pb;
 use axum::Json;
 use axum::extract::{Path, Query, State};

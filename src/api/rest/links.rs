@@ -3,8 +3,8 @@
 
 use super::body::{Fields, idempotency_key, json_object, merge_violations};
 use super::{Authenticated, RestState};
-use crate::api::proto_json;
 use crate::kernel::error::Error;
+use crate::kernel::proto_json;
 use crate::kernel::validate::Violations;
 use crate::links::rules::NewLink;
 use crate::pb;

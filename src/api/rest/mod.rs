@@ -3,11 +3,11 @@
 //! gRPC services do, and render the documented JSON.
 
 use crate::api::health::Health;
-use crate::api::proto_json;
-pub(crate) use crate::api::views::{enum_name, iso8601};
 use crate::app::Api;
 use crate::auth::{Caller, presented_key};
 use crate::kernel::error::Error;
+use crate::kernel::proto_json;
+pub(crate) use crate::kernel::views::{enum_name, iso8601};
 use crate::pb;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};

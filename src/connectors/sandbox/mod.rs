@@ -21,6 +21,8 @@
 //! code that reaches the sandbox is counted per account
 //! (`sandbox_accounts.login_attempts`, `code_attempts`).
 
+mod store;
+
 use super::{Connector, ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
 use crate::catalog::Action;
 use chrono::{Datelike, Duration, Utc};
@@ -112,17 +114,9 @@ impl SandboxConnector {
         ctx: &LoginContext<'_>,
         username: &str,
     ) -> Result<Vec<Value>, ConnectorError> {
-        let cards: Option<sqlx::types::Json<Vec<Value>>> = sqlx::query_scalar(
-            "SELECT payment_methods FROM sandbox_accounts
-             WHERE organization_id = $1 AND environment = $2 AND integration_id = $3 AND username = $4",
-        )
-        .bind(ctx.tenant.organization_id)
-        .bind(ctx.tenant.environment.as_str())
-        .bind(&ctx.provider.id)
-        .bind(username)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(|_| ConnectorError::ProviderUnavailable)?;
+        let cards = store::cards(&self.db, ctx.tenant, &ctx.provider.id, username)
+            .await
+            .map_err(|_| ConnectorError::ProviderUnavailable)?;
         Ok(cards.map(|c| c.0).unwrap_or_default())
     }
 
@@ -166,23 +160,14 @@ impl SandboxConnector {
         });
         // One statement, as a provider's own write would be: concurrent
         // writes each add their card.
-        sqlx::query(
-            "INSERT INTO sandbox_accounts (organization_id, environment, integration_id, username, payment_methods)
-             VALUES ($1, $2, $3, $4, jsonb_build_array($5::jsonb))
-             ON CONFLICT (organization_id, environment, integration_id, username)
-             DO UPDATE SET payment_methods = CASE WHEN $6 THEN
-                     (SELECT COALESCE(jsonb_agg(c || '{\"isDefault\": false}'), '[]')
-                      FROM jsonb_array_elements(sandbox_accounts.payment_methods) c)
-                 ELSE sandbox_accounts.payment_methods END || jsonb_build_array($5::jsonb),
-                 updated_at = now()",
+        store::add_card(
+            &self.db,
+            ctx.tenant,
+            &ctx.provider.id,
+            username,
+            &card,
+            make_default,
         )
-        .bind(ctx.tenant.organization_id)
-        .bind(ctx.tenant.environment.as_str())
-        .bind(&ctx.provider.id)
-        .bind(username)
-        .bind(&card)
-        .bind(make_default)
-        .execute(&self.db)
         .await
         .map_err(|_| ConnectorError::ProviderUnavailable)?;
         Ok(card)
@@ -200,21 +185,14 @@ impl SandboxConnector {
             Attempt::Login => (1, 0),
             Attempt::Code => (0, 1),
         };
-        sqlx::query(
-            "INSERT INTO sandbox_accounts (organization_id, environment, integration_id, username,
-                 login_attempts, code_attempts)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (organization_id, environment, integration_id, username)
-             DO UPDATE SET login_attempts = sandbox_accounts.login_attempts + $5,
-                 code_attempts = sandbox_accounts.code_attempts + $6, updated_at = now()",
+        store::count_attempts(
+            &self.db,
+            ctx.tenant,
+            &ctx.provider.id,
+            username,
+            logins,
+            codes,
         )
-        .bind(ctx.tenant.organization_id)
-        .bind(ctx.tenant.environment.as_str())
-        .bind(&ctx.provider.id)
-        .bind(username)
-        .bind(logins)
-        .bind(codes)
-        .execute(&self.db)
         .await
         .map_err(|_| ConnectorError::ProviderUnavailable)?;
         Ok(())

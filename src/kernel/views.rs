@@ -53,7 +53,7 @@ pub fn event_json(e: &pb::Event) -> Value {
     json!({
         "id": e.id,
         "type": e.r#type,
-        "data": e.data.as_ref().map(crate::api::proto_json::from_struct),
+        "data": e.data.as_ref().map(crate::kernel::proto_json::from_struct),
         "linkId": e.link_id,
         "connectionId": e.connection_id,
         "createdAt": time(&e.created_at),

@@ -1,0 +1,113 @@
+//! The house rules of `src/`, checked on the source: a change that puts SQL
+//! outside a store, or makes the kernel or a concern reach up into the
+//! transports or the wiring, fails here with the file and line.
+
+use std::path::{Path, PathBuf};
+
+/// Folders (and single-file modules) directly under `src/`.
+const TRANSPORTS: &str = "api";
+const WIRING: &str = "ops";
+const KERNEL: &str = "kernel";
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every source file as (path under `src/`, its top-level module, its code
+/// lines with their numbers, comments left out).
+fn sources() -> Vec<(String, String, Vec<(usize, String)>)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let relative = path
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let top = relative
+                .split('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".rs")
+                .to_string();
+            let lines = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim_start().starts_with("//"))
+                .map(|(i, line)| (i + 1, line.to_string()))
+                .collect();
+            (relative, top, lines)
+        })
+        .collect()
+}
+
+/// The top-level modules a line names as `crate::<module>`.
+fn named_modules(line: &str) -> Vec<String> {
+    line.match_indices("crate::")
+        .map(|(at, _)| {
+            line[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn sql_lives_only_in_stores() {
+    let mut strays = Vec::new();
+    for (file, _, lines) in sources() {
+        let allowed = file.ends_with("/store.rs") || file == "kernel/db.rs";
+        for (number, line) in lines {
+            // `query`, `query_as`, `query_scalar`, with or without turbofish.
+            if line.contains("sqlx::query") && !allowed {
+                strays.push(format!("src/{file}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "SQL belongs in the concern's store.rs:\n{}",
+        strays.join("\n")
+    );
+}
+
+#[test]
+fn the_kernel_and_the_concerns_never_reach_up() {
+    let mut wrong = Vec::new();
+    for (file, top, lines) in sources() {
+        // What this module may not name: the kernel names no other module;
+        // a concern names neither the transports nor the wiring; the
+        // transports do not name the wiring.
+        let forbidden = |named: &str| match top.as_str() {
+            WIRING | "lib" | "main" => false,
+            TRANSPORTS => named == WIRING,
+            KERNEL => named != KERNEL && named != "pb",
+            _ => named == TRANSPORTS || named == WIRING,
+        };
+        for (number, line) in lines {
+            for named in named_modules(&line) {
+                if forbidden(&named) {
+                    wrong.push(format!("src/{file}:{number}: {top} names {named}"));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering (kernel < concerns < api < ops):\n{}",
+        wrong.join("\n")
+    );
+}
