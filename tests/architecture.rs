@@ -20,9 +20,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every source file as (path under `src/`, its top-level module, its code
-/// lines with their numbers, comments left out).
-fn sources() -> Vec<(String, String, Vec<(usize, String)>)> {
+/// A source file: its path under `src/`, its top-level module, and its code
+/// lines with their numbers (comment lines left out).
+struct Source {
+    file: String,
+    top: String,
+    lines: Vec<(usize, String)>,
+}
+
+fn sources() -> Vec<Source> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -48,7 +54,11 @@ fn sources() -> Vec<(String, String, Vec<(usize, String)>)> {
                 .filter(|(_, line)| !line.trim_start().starts_with("//"))
                 .map(|(i, line)| (i + 1, line.to_string()))
                 .collect();
-            (relative, top, lines)
+            Source {
+                file: relative,
+                top,
+                lines,
+            }
         })
         .collect()
 }
@@ -68,7 +78,7 @@ fn named_modules(line: &str) -> Vec<String> {
 #[test]
 fn sql_lives_only_in_stores() {
     let mut strays = Vec::new();
-    for (file, _, lines) in sources() {
+    for Source { file, lines, .. } in sources() {
         let allowed = file.ends_with("/store.rs") || file == "kernel/db.rs";
         for (number, line) in lines {
             // `query`, `query_as`, `query_scalar`, with or without turbofish.
@@ -87,7 +97,7 @@ fn sql_lives_only_in_stores() {
 #[test]
 fn the_kernel_and_the_concerns_never_reach_up() {
     let mut wrong = Vec::new();
-    for (file, top, lines) in sources() {
+    for Source { file, top, lines } in sources() {
         // What this module may not name: the kernel names no other module;
         // a concern names neither the transports nor the wiring; the
         // transports do not name the wiring.

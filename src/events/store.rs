@@ -144,6 +144,11 @@ pub async fn list(
 }
 
 pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec<AttemptRow>)> {
+    // One snapshot for both reads: a delivery finishing in between must not
+    // show its attempt next to the event as it was before (still leased).
+    let mut tx = db
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
     let event: EventRow = sqlx::query_as(concat!(
         "SELECT ",
         event_columns!(),
@@ -153,7 +158,7 @@ pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec
     .bind(id)
     .bind(tenant.organization_id)
     .bind(tenant.environment.as_str())
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound("event"))?;
     let attempts = sqlx::query_as(
@@ -161,8 +166,9 @@ pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec
          WHERE event_id = $1 ORDER BY attempt",
     )
     .bind(id)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((event, attempts))
 }
 

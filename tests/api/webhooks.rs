@@ -946,3 +946,70 @@ async fn wait_attempts(app: &TestApp, tenant: &TestTenant, event_id: &str, n: us
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `GET /v1/events/{id}` reads the event and its attempts from one
+/// snapshot: an attempt recorded between the two reads is not shown next to
+/// the event as it was before it.
+#[tokio::test]
+async fn an_event_and_its_attempts_are_read_together() {
+    let receiver = Receiver::start().await;
+    // The dispatcher looks once at start-up, then not for an hour.
+    let app = spawn_app_with(|args| args.webhook_poll_interval = Duration::from_secs(3600)).await;
+    let tenant = hooked_tenant(&app, &receiver.url("ok")).await;
+    failed_link(&app, &tenant, None).await;
+    let db = app.api.db().clone();
+    let event_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let public_id = linkd::kernel::ids::IdKind::Event.format(event_id);
+
+    // A delivery's outcome being written, with the attempts table held so
+    // the read waits between its two queries.
+    let mut recording = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE delivery_attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *recording)
+        .await
+        .unwrap();
+    let read = tokio::spawn({
+        let (url, key, http) = (
+            app.url(&format!("/v1/events/{public_id}")),
+            tenant.key.clone(),
+            app.http.clone(),
+        );
+        async move {
+            let response = http.get(url).bearer_auth(key).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()
+        }
+    });
+    crate::helpers::wait_for_lock_wait(&db, "%FROM delivery_attempts%").await;
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, event_id, attempt, url, started_at, latency_ms, status_code)
+         VALUES (gen_random_uuid(), $1, 1, 'http://127.0.0.1/ok', now(), 3, 200)",
+    )
+    .bind(event_id)
+    .execute(&mut *recording)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE events SET attempts = 1, delivery_status = 'delivered', delivered_at = now() WHERE id = $1",
+    )
+    .bind(event_id)
+    .execute(&mut *recording)
+    .await
+    .unwrap();
+    recording.commit().await.unwrap();
+
+    let seen = read.await.unwrap();
+    assert_eq!(seen["event"]["deliveryStatus"], "pending", "{seen}");
+    assert_eq!(
+        seen["attempts"].as_array().map(Vec::len),
+        Some(0),
+        "the attempt recorded after the event was read is not shown with it: {seen}"
+    );
+    // Read again: both changes, together.
+    let now = event_of(&app, &tenant, &public_id).await;
+    assert_eq!(now["event"]["deliveryStatus"], "delivered");
+    assert_eq!(now["attempts"].as_array().map(Vec::len), Some(1));
+}
