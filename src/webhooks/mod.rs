@@ -197,6 +197,10 @@ pub fn app_destination(app_id: uuid::Uuid) -> String {
     format!("app:{app_id}")
 }
 
+/// The longest wait before a claim that failed (database unreachable or
+/// busy) is tried again.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a claim woken by a delivery ending waits for others to end.
 const CLAIM_COALESCE: Duration = Duration::from_millis(1);
 
@@ -350,9 +354,11 @@ async fn claim_loop(
         let (due, walked_to) = match claimed {
             Ok(claim) => (claim.events, claim.walked_to),
             Err(err) => {
+                // A database hiccup: look again soon, not after a long idle
+                // poll interval with the backlog waiting.
                 err.log();
                 drop(first);
-                unless_stopped!(tokio::time::sleep(settings.poll_interval));
+                unless_stopped!(tokio::time::sleep(settings.poll_interval.min(CLAIM_RETRY)));
                 continue;
             }
         };

@@ -181,8 +181,13 @@ pub struct TestTenant {
     pub webhook_secret: String,
 }
 
+/// How long test servers wait for a database connection: roomy, so a busy
+/// machine does not turn a slow query into a `503` (the outage tests set
+/// their own, short one).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn spawn_app() -> TestApp {
-    spawn_app_on(&fresh_database().await, Duration::from_secs(2)).await
+    spawn_app_on(&fresh_database().await, ACQUIRE_TIMEOUT).await
 }
 
 /// Starts the server on `db_url` with the given database acquire timeout and
@@ -196,7 +201,7 @@ pub async fn spawn_app_on(db_url: &str, acquire_timeout: Duration) -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     let mut args = serve_args();
     configure(&mut args);
-    spawn_configured(&fresh_database().await, Duration::from_secs(2), args).await
+    spawn_configured(&fresh_database().await, ACQUIRE_TIMEOUT, args).await
 }
 
 /// Starts the server on `db_url` with `args`.

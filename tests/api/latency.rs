@@ -89,7 +89,7 @@ async fn counted_app() -> (TestApp, CountingProxy) {
     args.expiry_interval = quiet;
     args.webhook_poll_interval = quiet;
     args.webhook_queue_stats_interval = quiet;
-    let app = spawn_configured(&proxy.url, Duration::from_secs(2), args).await;
+    let app = spawn_configured(&proxy.url, crate::helpers::ACQUIRE_TIMEOUT, args).await;
     (app, proxy)
 }
 

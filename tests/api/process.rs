@@ -171,7 +171,7 @@ async fn admin_cli_creates_apps_and_keys_that_work_and_revokes_them() {
 
     let mut args = crate::helpers::serve_args();
     args.api_key_cache_ttl = Duration::from_secs(1);
-    let app = crate::helpers::spawn_configured(&db, Duration::from_secs(2), args).await;
+    let app = crate::helpers::spawn_configured(&db, crate::helpers::ACQUIRE_TIMEOUT, args).await;
     let apps: serde_json::Value = app.get("/v1/client-apps", key).await.json().await.unwrap();
     assert_eq!(apps["clientApps"][0]["id"], created["clientAppId"]);
     assert_eq!(
@@ -427,7 +427,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     use tonic_health::pb::health_client::HealthClient;
 
     let db = fresh_database().await;
-    let helper = spawn_app_on(&db, Duration::from_secs(2)).await;
+    let helper = spawn_app_on(&db, crate::helpers::ACQUIRE_TIMEOUT).await;
     let tenant = helper
         .create_tenant(linkd::kernel::tenant::Environment::Sandbox)
         .await;

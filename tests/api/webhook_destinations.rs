@@ -271,7 +271,7 @@ async fn a_backlog_for_one_destination_drains_through_its_cap() {
     let db_url = crate::helpers::fresh_database().await;
     let first = crate::helpers::spawn_configured(
         &db_url,
-        Duration::from_secs(2),
+        crate::helpers::ACQUIRE_TIMEOUT,
         crate::helpers::serve_args(),
     )
     .await;
@@ -285,7 +285,8 @@ async fn a_backlog_for_one_destination_drains_through_its_cap() {
     args.webhook_poll_interval = Duration::from_secs(3600);
     args.webhook_concurrency = 16;
     args.webhook_destination_concurrency = 4;
-    let _app = crate::helpers::spawn_configured(&db_url, Duration::from_secs(2), args).await;
+    let _app =
+        crate::helpers::spawn_configured(&db_url, crate::helpers::ACQUIRE_TIMEOUT, args).await;
     let got = receiver.wait_for("ok", 500, Duration::from_secs(30)).await;
     assert!(got.iter().all(|r| r.verifies_with(&tenant.webhook_secret)));
 }

@@ -234,8 +234,10 @@ async fn event_of(app: &TestApp, tenant: &TestTenant, event_id: &str) -> Value {
     let response = app
         .get(&format!("/v1/events/{event_id}"), &tenant.key)
         .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "GET /v1/events/{event_id}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Polls an event until its delivery status is `status`.
