@@ -1,6 +1,6 @@
 //! The end user's side of linkd (LinkFlowService). A flow is either a claimed
 //! link intent (`link`, see [`link`]) or a Link session (`session`, see
-//! [`session`]). Both share the flow token, login, second factor, cancel and
+//! [`crate::sessions`]). Both share the flow token, login, second factor, cancel and
 //! expiry, which live here; what success means differs: a link runs its
 //! operations, a session asks for consent and leaves a connection.
 //!
@@ -135,7 +135,7 @@ pub(crate) fn wrong_step(message: &str) -> Error {
 }
 
 /// How an unfinished flow ends (success of a session is
-/// [`session`]'s `connect`, which also writes the connection).
+/// [`crate::sessions`]'s `connect`, which also writes the connection).
 pub(crate) enum Finish {
     /// A link's operations all succeeded, with this result.
     Completed(Value),

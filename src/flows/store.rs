@@ -25,7 +25,7 @@ pub struct FlowRow {
     pub error_code: Option<String>,
     pub second_factor_prompt: Option<String>,
     pub session_ciphertext: Option<Vec<u8>>,
-    /// Provider calls that failed or are in flight (see [`super::attempt`]).
+    /// Provider calls that failed or are in flight (see `flows::attempt`).
     pub failed_logins: i32,
     /// The provider call in flight, and until when it holds the flow.
     pub attempt_id: Option<Uuid>,

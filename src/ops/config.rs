@@ -121,12 +121,12 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Public base URL of this service, used in links sent to end users.
-    /// Defaults to http://<listen>.
+    /// Defaults to `http://<listen>`.
     #[arg(long, env = "LINKD_PUBLIC_URL", value_parser = parse_http_url)]
     pub public_url: Option<Url>,
 
     /// Base URL of the app clip that claims links; `app_clip_url` is
-    /// `<base>/<link id>?code=<claim code>`. Defaults to <public URL>/appclip.
+    /// `<base>/<link id>?code=<claim code>`. Defaults to `<public URL>/appclip`.
     #[arg(long, env = "LINKD_APP_CLIP_BASE_URL", value_parser = parse_http_url)]
     pub app_clip_base_url: Option<Url>,
 
