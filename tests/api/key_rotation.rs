@@ -17,6 +17,8 @@ fn replica(db_url: &str, key: &EncryptionKey, previous: Option<&EncryptionKey>) 
         .env("LINKD_ENCRYPTION_KEY", key.to_base64())
         .env("LINKD_WEBHOOK_ALLOW", "127.0.0.1")
         .env("LINKD_WEBHOOK_POLL_INTERVAL", "100ms")
+        // Roomy on a busy machine (the default 3 s turned slow queries into 503s).
+        .env("LINKD_DB_ACQUIRE_TIMEOUT", "10s")
         .env("LINKD_LOG", "warn");
     if let Some(previous) = previous {
         cmd.env("LINKD_PREVIOUS_ENCRYPTION_KEYS", previous.to_base64());
@@ -55,7 +57,10 @@ async fn run(http: &reqwest::Client, replica: &Running, link: &Value) -> Value {
         .json()
         .await
         .unwrap();
-    let token = claimed["flowToken"].as_str().expect("claimed").to_string();
+    let token = claimed["flowToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not claimed: {claimed}"))
+        .to_string();
     http.post(format!("{base}/v1/flow/credentials"))
         .bearer_auth(&token)
         .json(&json!({ "fields": { "username": "user_good", "password": "pass_good" } }))

@@ -54,6 +54,7 @@ fn replicas(db_url: &str, n: usize, env: &[(&str, &str)]) -> Vec<Running> {
                 .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
                 .env("LINKD_WEBHOOK_ALLOW", "127.0.0.1")
                 .env("LINKD_WEBHOOK_POLL_INTERVAL", "100ms")
+                .env("LINKD_DB_ACQUIRE_TIMEOUT", "10s")
                 .env("LINKD_LOG", "warn")
                 .envs(env.iter().copied());
             spawn_linkd(cmd)

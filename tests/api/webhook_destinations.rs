@@ -111,8 +111,9 @@ async fn failures_in_a_row_pause_a_destination_and_its_events_wait_together() {
         args.webhook_breaker_cooldown = COOLDOWN;
         // Retries come well before the cool-down ends, so whichever events
         // took the three failures (one event three times, on a slow
-        // machine) are held with the rest.
-        args.webhook_retry_schedule = schedule(&[0, 200, 200, 200]);
+        // machine) are held with the rest; the long last step keeps every
+        // event's schedule (its give-up age) far from over.
+        args.webhook_retry_schedule = schedule(&[0, 200, 200, 200, 60_000]);
     })
     .await;
     // Three `500`s, then `200`.
