@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Folders (and single-file modules) directly under `src/`.
+/// The top-level modules the layering names.
 const TRANSPORTS: &str = "api";
 const WIRING: &str = "ops";
 const KERNEL: &str = "kernel";

@@ -12,7 +12,7 @@
 
 use super::attempt::Attempt;
 use super::store::{self, LinkForFlow};
-use super::{Finish, FlowRow, close_flow};
+use super::{Finish, FlowRow};
 use crate::app::Api;
 use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
@@ -206,7 +206,7 @@ impl Api {
     /// Ends the link and its flow, purges the arguments and the provider
     /// session, and writes the event, all in one transaction. Returns false,
     /// changing nothing, when the flow was no longer at the step `flow`
-    /// shows (see [`close_flow`]).
+    /// shows (see [`store::close`]).
     pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
         let link_id = flow.link()?;
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
@@ -250,7 +250,7 @@ impl Api {
             };
         let mut tx = self.db().begin().await?;
         // The flow decides: only the request that closes it goes on.
-        if !close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await? {
+        if !store::close(&mut tx, flow, outcome, error_code, cancelled_step).await? {
             return Ok(false);
         }
         if flow.debug {

@@ -543,16 +543,3 @@ async fn mark_connection_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> 
     }
     Ok(())
 }
-
-/// Marks the flow done, wiping any held provider session, inside `tx`, if
-/// it is still at the step `flow` shows (a running link only by its run's
-/// attempt). Returns false when another request moved or finished it first.
-pub(crate) async fn close_flow(
-    tx: &mut PgConnection,
-    flow: &FlowRow,
-    outcome: &str,
-    error_code: Option<&str>,
-    cancelled_step: Option<&str>,
-) -> Result<bool> {
-    store::close(tx, flow, outcome, error_code, cancelled_step).await
-}

@@ -296,7 +296,6 @@ mod tests {
         for (sealed, stored) in cases {
             assert_eq!(sealed.associated_data(), stored);
         }
-        assert!(IdKind::Link.format(id).starts_with("link_"));
     }
 
     #[test]

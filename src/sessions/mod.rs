@@ -22,8 +22,7 @@ use crate::connections::store::{self as store, FreshSession, NewConnection};
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
-pub(crate) use crate::flows::store::NewSessionFlow;
-use crate::flows::{Finish, FlowKind, FlowRow, close_flow, wrong_step};
+use crate::flows::{Finish, FlowKind, FlowRow, store as flows_store, wrong_step};
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
@@ -31,6 +30,7 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
 use crate::sessions::rules::{NewSession, SessionResult, session_redirect_url, web_origin};
+pub(crate) use flows_store::NewSessionFlow;
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::PgConnection;
@@ -54,14 +54,9 @@ impl Api {
             "pre-login"
         };
         let token = format!("lft_{}", random_token());
-        let expires_at = crate::flows::store::insert_session(
-            tx,
-            &token_hash(&token),
-            new,
-            step,
-            self.state.session_ttl,
-        )
-        .await?;
+        let expires_at =
+            flows_store::insert_session(tx, &token_hash(&token), new, step, self.state.session_ttl)
+                .await?;
         Ok((self.link_page_url(&token)?, expires_at))
     }
 
@@ -247,7 +242,7 @@ impl Api {
                 "is not one of the offered integrations",
             ));
         }
-        crate::flows::store::choose_integration(self.db(), flow.id, &req.integration_id).await?;
+        flows_store::choose_integration(self.db(), flow.id, &req.integration_id).await?;
         self.flow_view(flow.id).await
     }
 
@@ -259,7 +254,7 @@ impl Api {
             .open_held_session(&flow)?
             .ok_or_else(|| wrong_step("no login is waiting for consent"))?;
         let mut tx = self.db().begin().await?;
-        if !close_flow(&mut tx, &flow, "success", None, None).await? {
+        if !flows_store::close(&mut tx, &flow, "success", None, None).await? {
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::AlreadyUsed,
                 reason: "FLOW_FINISHED",
@@ -282,7 +277,7 @@ impl Api {
                     .activate_connection(&mut tx, &flow, id, &session)
                     .await?
                     .ok_or_else(|| Error::internal(anyhow::anyhow!("new connection vanished")))?;
-                crate::flows::store::set_connection(&mut *tx, flow.id, id).await?;
+                flows_store::set_connection(&mut *tx, flow.id, id).await?;
                 (row, true)
             }
         };
@@ -403,8 +398,7 @@ impl Api {
     ) -> Result<()> {
         let sealed = self.seal_held_session(&attempt.flow, session)?;
         let held =
-            crate::flows::store::hold_for_consent(self.db(), attempt.flow.id, attempt.id, &sealed)
-                .await?;
+            flows_store::hold_for_consent(self.db(), attempt.flow.id, attempt.id, &sealed).await?;
         if !held {
             self.log_out(ctx, session).await;
         }
@@ -426,7 +420,7 @@ impl Api {
             }
         };
         let mut tx = self.db().begin().await?;
-        if !close_flow(&mut tx, flow, outcome, error_code, cancelled_step).await? {
+        if !flows_store::close(&mut tx, flow, outcome, error_code, cancelled_step).await? {
             return Ok(false);
         }
         if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
