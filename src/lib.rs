@@ -1,7 +1,6 @@
 //! linkd: an account-linking service. See README.md for the architecture.
 
 pub mod api;
-pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod client_apps;

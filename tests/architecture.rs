@@ -1,6 +1,7 @@
 //! The house rules of `src/`, checked on the source: a change that puts SQL
-//! outside a store, or makes the kernel or a concern reach up into the
-//! transports or the wiring, fails here with the file and line.
+//! outside a store, makes the kernel or a concern reach up into the
+//! transports or the wiring, or closes an import circle between top-level
+//! modules, fails here with the file and line.
 
 use std::path::{Path, PathBuf};
 
@@ -120,4 +121,66 @@ fn the_kernel_and_the_concerns_never_reach_up() {
         "imports against the layering (kernel < concerns < api < ops):\n{}",
         wrong.join("\n")
     );
+}
+
+#[test]
+fn the_top_level_modules_import_no_circles() {
+    use std::collections::BTreeMap;
+    // module -> module it names -> where it first does.
+    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for Source { file, top, lines } in sources() {
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        for (number, line) in lines {
+            for named in named_modules(&line) {
+                if named != top && named != "pb" {
+                    edges
+                        .entry(top.clone())
+                        .or_default()
+                        .entry(named)
+                        .or_insert_with(|| format!("src/{file}:{number}"));
+                }
+            }
+        }
+    }
+    // Depth-first search; a module met again on the current path closes a
+    // circle, reported with the line behind each step.
+    fn visit(
+        module: &str,
+        edges: &BTreeMap<String, BTreeMap<String, String>>,
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|m| m == module) {
+            let mut circle = path[start..].to_vec();
+            circle.push(module.to_string());
+            return Some(circle);
+        }
+        if done.iter().any(|m| m == module) {
+            return None;
+        }
+        path.push(module.to_string());
+        for next in edges.get(module).into_iter().flat_map(|e| e.keys()) {
+            if let Some(circle) = visit(next, edges, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.push(module.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    for module in edges.keys() {
+        if let Some(circle) = visit(module, &edges, &mut Vec::new(), &mut done) {
+            let steps: Vec<String> = circle
+                .windows(2)
+                .map(|pair| format!("{} -> {} ({})", pair[0], pair[1], edges[&pair[0]][&pair[1]]))
+                .collect();
+            panic!(
+                "top-level modules import in a circle:\n{}",
+                steps.join("\n")
+            );
+        }
+    }
 }

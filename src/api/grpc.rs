@@ -1,7 +1,7 @@
-//! gRPC adapters: authenticate from metadata, call [`Api`], map errors
+//! gRPC adapters: authenticate from metadata, call [`Services`], map errors
 //! through the one code table.
 
-use crate::app::Api;
+use crate::api::services::Services;
 use crate::auth::{Caller, presented_key};
 use crate::pb;
 use tonic::{Request, Response, Status};
@@ -13,8 +13,8 @@ fn bearer<T>(req: &Request<T>) -> Option<secrecy::SecretString> {
     presented_key(&req.metadata().clone().into_headers())
 }
 
-async fn caller<T>(api: &Api, req: &Request<T>) -> Result<Caller, Status> {
-    Ok(api.authenticate(bearer(req).as_ref()).await?)
+async fn caller<T>(api: &Services, req: &Request<T>) -> Result<Caller, Status> {
+    Ok(api.auth.authenticate(bearer(req).as_ref()).await?)
 }
 
 /// The `idempotency-key` metadata of a creating call.
@@ -27,7 +27,7 @@ fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, Status> {
 }
 
 #[tonic::async_trait]
-impl pb::link_service_server::LinkService for Api {
+impl pb::link_service_server::LinkService for Services {
     async fn create_link(
         &self,
         req: Request<pb::CreateLinkRequest>,
@@ -35,14 +35,16 @@ impl pb::link_service_server::LinkService for Api {
         let caller = caller(self, &req).await?;
         let key = idempotency_key(&req)?;
         Ok(Response::new(
-            Api::create_link(self, &caller, req.into_inner(), key.as_deref()).await?,
+            self.links
+                .create_link(&caller, req.into_inner(), key.as_deref())
+                .await?,
         ))
     }
 
     async fn get_link(&self, req: Request<pb::GetLinkRequest>) -> Reply<pb::GetLinkResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::get_link(self, &caller, req.into_inner()).await?,
+            self.links.get_link(&caller, req.into_inner()).await?,
         ))
     }
 
@@ -51,7 +53,7 @@ impl pb::link_service_server::LinkService for Api {
         req: Request<pb::ListProvidersRequest>,
     ) -> Reply<pb::ListProvidersResponse> {
         caller(self, &req).await?;
-        Ok(Response::new(Api::list_providers(self, req.into_inner())?))
+        Ok(Response::new(self.links.list_providers(req.into_inner())?))
     }
 
     async fn init_link_session(
@@ -61,20 +63,24 @@ impl pb::link_service_server::LinkService for Api {
         let caller = caller(self, &req).await?;
         let key = idempotency_key(&req)?;
         Ok(Response::new(
-            Api::init_link_session(self, &caller, req.into_inner(), key.as_deref()).await?,
+            self.sessions
+                .init_link_session(&caller, req.into_inner(), key.as_deref())
+                .await?,
         ))
     }
 }
 
 #[tonic::async_trait]
-impl pb::connection_service_server::ConnectionService for Api {
+impl pb::connection_service_server::ConnectionService for Services {
     async fn list_connections(
         &self,
         req: Request<pb::ListConnectionsRequest>,
     ) -> Reply<pb::ListConnectionsResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::list_connections(self, &caller, req.into_inner()).await?,
+            self.connections
+                .list_connections(&caller, req.into_inner())
+                .await?,
         ))
     }
 
@@ -83,10 +89,13 @@ impl pb::connection_service_server::ConnectionService for Api {
         req: Request<pb::GetConnectionRequest>,
     ) -> Reply<pb::GetConnectionResponse> {
         let caller = self
+            .oauth
             .authenticate_connection_reader(bearer(&req).as_ref())
             .await?;
         Ok(Response::new(
-            Api::get_connection(self, &caller, req.into_inner()).await?,
+            self.connections
+                .get_connection(&caller, req.into_inner())
+                .await?,
         ))
     }
 
@@ -96,15 +105,18 @@ impl pb::connection_service_server::ConnectionService for Api {
     ) -> Reply<pb::DeleteConnectionResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::delete_connection(self, &caller, req.into_inner()).await?,
+            self.connections
+                .delete_connection(&caller, req.into_inner())
+                .await?,
         ))
     }
 }
 
 #[tonic::async_trait]
-impl pb::authorize_service_server::AuthorizeService for Api {
+impl pb::authorize_service_server::AuthorizeService for Services {
     async fn authorize(&self, req: Request<pb::AuthorizeRequest>) -> Reply<pb::AuthorizeResponse> {
-        Api::authorize(self, req.into_inner())
+        self.oauth
+            .authorize(req.into_inner())
             .await
             .map(Response::new)
             .map_err(|err| crate::kernel::error::Error::from(err).into())
@@ -115,21 +127,21 @@ impl pb::authorize_service_server::AuthorizeService for Api {
         req: Request<pb::ExchangeCodeRequest>,
     ) -> Reply<pb::ExchangeCodeResponse> {
         Ok(Response::new(
-            Api::exchange_code(self, req.into_inner(), None).await?,
+            self.oauth.exchange_code(req.into_inner(), None).await?,
         ))
     }
 }
 
 #[tonic::async_trait]
-impl pb::link_flow_service_server::LinkFlowService for Api {
+impl pb::link_flow_service_server::LinkFlowService for Services {
     async fn claim_link(&self, req: Request<pb::ClaimLinkRequest>) -> Reply<pb::ClaimLinkResponse> {
         Ok(Response::new(
-            Api::claim_link(self, req.into_inner()).await?,
+            self.links.claim_link(req.into_inner()).await?,
         ))
     }
 
     async fn get_flow(&self, req: Request<pb::GetFlowRequest>) -> Reply<pb::GetFlowResponse> {
-        let flow = Api::get_flow(self, bearer(&req).as_ref()).await?;
+        let flow = self.flows.get_flow(bearer(&req).as_ref()).await?;
         Ok(Response::new(pb::GetFlowResponse { flow: Some(flow) }))
     }
 
@@ -138,7 +150,10 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         req: Request<pb::SelectIntegrationRequest>,
     ) -> Reply<pb::SelectIntegrationResponse> {
         let token = bearer(&req);
-        let flow = Api::select_integration(self, token.as_ref(), req.into_inner()).await?;
+        let flow = self
+            .sessions
+            .select_integration(token.as_ref(), req.into_inner())
+            .await?;
         Ok(Response::new(pb::SelectIntegrationResponse {
             flow: Some(flow),
         }))
@@ -148,7 +163,7 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         &self,
         req: Request<pb::ApproveAccessRequest>,
     ) -> Reply<pb::ApproveAccessResponse> {
-        let flow = Api::approve_access(self, bearer(&req).as_ref()).await?;
+        let flow = self.sessions.approve_access(bearer(&req).as_ref()).await?;
         Ok(Response::new(pb::ApproveAccessResponse {
             flow: Some(flow),
         }))
@@ -159,7 +174,10 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         req: Request<pb::SubmitCredentialsRequest>,
     ) -> Reply<pb::SubmitCredentialsResponse> {
         let token = bearer(&req);
-        let flow = Api::submit_credentials(self, token.as_ref(), req.into_inner()).await?;
+        let flow = self
+            .flows
+            .submit_credentials(token.as_ref(), req.into_inner())
+            .await?;
         Ok(Response::new(pb::SubmitCredentialsResponse {
             flow: Some(flow),
         }))
@@ -170,7 +188,10 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         req: Request<pb::SubmitSecondFactorRequest>,
     ) -> Reply<pb::SubmitSecondFactorResponse> {
         let token = bearer(&req);
-        let flow = Api::submit_second_factor(self, token.as_ref(), req.into_inner()).await?;
+        let flow = self
+            .flows
+            .submit_second_factor(token.as_ref(), req.into_inner())
+            .await?;
         Ok(Response::new(pb::SubmitSecondFactorResponse {
             flow: Some(flow),
         }))
@@ -181,19 +202,24 @@ impl pb::link_flow_service_server::LinkFlowService for Api {
         req: Request<pb::CancelFlowRequest>,
     ) -> Reply<pb::CancelFlowResponse> {
         let token = bearer(&req);
-        let flow = Api::cancel_flow(self, token.as_ref(), req.into_inner()).await?;
+        let flow = self
+            .flows
+            .cancel_flow(token.as_ref(), req.into_inner())
+            .await?;
         Ok(Response::new(pb::CancelFlowResponse { flow: Some(flow) }))
     }
 }
 
 #[tonic::async_trait]
-impl pb::client_app_service_server::ClientAppService for Api {
+impl pb::client_app_service_server::ClientAppService for Services {
     async fn list_client_apps(
         &self,
         req: Request<pb::ListClientAppsRequest>,
     ) -> Reply<pb::ListClientAppsResponse> {
         let caller = caller(self, &req).await?;
-        Ok(Response::new(Api::list_client_apps(self, &caller).await?))
+        Ok(Response::new(
+            self.client_apps.list_client_apps(&caller).await?,
+        ))
     }
 
     async fn get_client_app(
@@ -202,7 +228,9 @@ impl pb::client_app_service_server::ClientAppService for Api {
     ) -> Reply<pb::GetClientAppResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::get_client_app(self, &caller, req.into_inner()).await?,
+            self.client_apps
+                .get_client_app(&caller, req.into_inner())
+                .await?,
         ))
     }
 
@@ -212,27 +240,29 @@ impl pb::client_app_service_server::ClientAppService for Api {
     ) -> Reply<pb::RotateWebhookSecretResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::rotate_webhook_secret_for(self, &caller, req.into_inner()).await?,
+            self.client_apps
+                .rotate_webhook_secret_for(&caller, req.into_inner())
+                .await?,
         ))
     }
 }
 
 #[tonic::async_trait]
-impl pb::event_service_server::EventService for Api {
+impl pb::event_service_server::EventService for Services {
     async fn list_events(
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Reply<pb::ListEventsResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::list_events(self, &caller, req.into_inner()).await?,
+            self.events.list_events(&caller, req.into_inner()).await?,
         ))
     }
 
     async fn get_event(&self, req: Request<pb::GetEventRequest>) -> Reply<pb::GetEventResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::get_event(self, &caller, req.into_inner()).await?,
+            self.events.get_event(&caller, req.into_inner()).await?,
         ))
     }
 
@@ -242,7 +272,9 @@ impl pb::event_service_server::EventService for Api {
     ) -> Reply<pb::RedeliverEventResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::redeliver_event(self, &caller, req.into_inner()).await?,
+            self.events
+                .redeliver_event(&caller, req.into_inner())
+                .await?,
         ))
     }
 
@@ -252,7 +284,9 @@ impl pb::event_service_server::EventService for Api {
     ) -> Reply<pb::RedeliverFailedEventsResponse> {
         let caller = caller(self, &req).await?;
         Ok(Response::new(
-            Api::redeliver_failed_events(self, &caller, req.into_inner()).await?,
+            self.events
+                .redeliver_failed_events(&caller, req.into_inner())
+                .await?,
         ))
     }
 }

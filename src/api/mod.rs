@@ -7,4 +7,5 @@ pub mod gate;
 pub mod grpc;
 pub mod health;
 pub mod rest;
+pub mod services;
 pub mod web;

@@ -98,7 +98,7 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<SecretString> {
 /// successes are kept (a new key works at once); entries are keyed by the
 /// SHA-256 of the whole presented key, never the key itself.
 #[derive(Debug)]
-pub struct KeyCache {
+struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
 }
@@ -107,7 +107,7 @@ pub struct KeyCache {
 const KEY_CACHE_CAPACITY: usize = 10_000;
 
 impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
+    fn new(ttl: Duration) -> Self {
         KeyCache {
             ttl,
             entries: Mutex::default(),
@@ -135,13 +135,33 @@ impl KeyCache {
     }
 }
 
+/// Authenticates API keys: verifies them against the database, and trusts
+/// one verified within the cache's lifetime without it.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    db: PgPool,
+    cache: std::sync::Arc<KeyCache>,
+}
+
+impl Authenticator {
+    /// `cache_ttl`: how long a verified key is trusted without the database
+    /// (zero: never).
+    pub fn new(db: PgPool, cache_ttl: Duration) -> Self {
+        Authenticator {
+            db,
+            cache: std::sync::Arc::new(KeyCache::new(cache_ttl)),
+        }
+    }
+
+    /// The caller a presented key belongs to, or `UNAUTHENTICATED`.
+    pub async fn authenticate(&self, key: Option<&SecretString>) -> Result<Caller> {
+        authenticate(&self.db, &self.cache, key).await
+    }
+}
+
 /// Resolves a presented key to its tenant, from `cache` when it was
 /// verified within the cache's lifetime.
-pub async fn authenticate(
-    db: &PgPool,
-    cache: &KeyCache,
-    key: Option<&SecretString>,
-) -> Result<Caller> {
+async fn authenticate(db: &PgPool, cache: &KeyCache, key: Option<&SecretString>) -> Result<Caller> {
     let key = key.ok_or(Error::Unauthenticated)?;
     let whole_key_hash = token_hash(key.expose_secret());
     if let Some(caller) = cache.get(&whole_key_hash) {

@@ -1,11 +1,10 @@
 //! Client apps: the apps of an organization that send end users to Link,
 //! with their redirect URIs, webhook URL and secrets. Imports the kernel
-//! only.
+//! and auth (the caller).
 
 pub mod rules;
 pub mod store;
 
-use crate::app::Api;
 use crate::auth::Caller;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
@@ -43,9 +42,22 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
     }
 }
 
-impl Api {
+/// Client apps: create, read, rotate their secrets.
+#[derive(Debug, Clone)]
+pub struct ClientApps {
+    db: sqlx::PgPool,
+    cipher: crate::kernel::crypto::Cipher,
+}
+
+impl ClientApps {
+    pub fn new(db: sqlx::PgPool, cipher: crate::kernel::crypto::Cipher) -> Self {
+        ClientApps { db, cipher }
+    }
+}
+
+impl ClientApps {
     pub async fn list_client_apps(&self, caller: &Caller) -> Result<pb::ListClientAppsResponse> {
-        let apps = store::list_client_apps(self.db(), caller.tenant).await?;
+        let apps = store::list_client_apps(&self.db, caller.tenant).await?;
         Ok(pb::ListClientAppsResponse {
             client_apps: apps.into_iter().map(client_app_to_proto).collect(),
         })
@@ -57,7 +69,7 @@ impl Api {
         req: pb::GetClientAppRequest,
     ) -> Result<pb::GetClientAppResponse> {
         let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
-        let app = store::get_client_app(self.db(), caller.tenant, id).await?;
+        let app = store::get_client_app(&self.db, caller.tenant, id).await?;
         Ok(pb::GetClientAppResponse {
             client_app: Some(client_app_to_proto(app)),
         })
@@ -73,12 +85,11 @@ impl Api {
         let id = IdKind::ClientApp.new_uuid();
         let secret = rules::generate_webhook_secret();
         let sealed = self
-            .state
             .cipher
             .encrypt(secret.as_bytes(), Sealed::WebhookSecret(id));
         let client_secret = rules::generate_client_secret();
         let app = store::insert_client_app(
-            self.db(),
+            &self.db,
             id,
             tenant,
             app,
@@ -109,9 +120,9 @@ impl Api {
                 format!("must be between 0 and {MAX_ROTATION_GRACE_SECS}"),
             ));
         }
-        let mut tx = self.db().begin().await?;
+        let mut tx = self.db.begin().await?;
         let current = store::lock_webhook_secret(&mut tx, tenant, app_id).await?;
-        let cipher = &self.state.cipher;
+        let cipher = &self.cipher;
         let previous = cipher
             .decrypt(&current, Sealed::WebhookSecret(app_id))
             .map_err(Error::Internal)?;
@@ -150,7 +161,7 @@ impl Api {
     /// replacing the old one at once. Returns the only copy.
     pub async fn rotate_client_secret(&self, app_id: uuid::Uuid) -> Result<SecretString> {
         let secret = rules::generate_client_secret();
-        if !store::set_client_secret_hash(self.db(), app_id, &token_hash(&secret)).await? {
+        if !store::set_client_secret_hash(&self.db, app_id, &token_hash(&secret)).await? {
             return Err(Error::NotFound("client app"));
         }
         Ok(SecretString::from(secret))

@@ -1,7 +1,7 @@
 //! ConnectionService: list, get and delete the connections Link sessions
 //! leave behind, and the background expiry of their provider sessions.
+//! Imports the kernel, the catalog, connectors and events.
 
-use crate::app::Api;
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
@@ -155,15 +155,44 @@ fn parse_connection_id(value: &str) -> Result<Uuid> {
     parse_id(IdKind::Connection, "connectionId", value)
 }
 
-impl Api {
+/// ConnectionService: what it reads and what deleting logs out.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    db: PgPool,
+    catalog: std::sync::Arc<crate::catalog::Catalog>,
+    connectors: crate::connectors::Connectors,
+    cipher: crate::kernel::crypto::Cipher,
+    /// Largest `offset` a listing accepts.
+    max_list_offset: i64,
+}
+
+impl Connections {
+    pub fn new(
+        db: PgPool,
+        catalog: std::sync::Arc<crate::catalog::Catalog>,
+        connectors: crate::connectors::Connectors,
+        cipher: crate::kernel::crypto::Cipher,
+        max_list_offset: i64,
+    ) -> Self {
+        Connections {
+            db,
+            catalog,
+            connectors,
+            cipher,
+            max_list_offset,
+        }
+    }
+}
+
+impl Connections {
     pub async fn list_connections(
         &self,
         caller: &Caller,
         req: pb::ListConnectionsRequest,
     ) -> Result<pb::ListConnectionsResponse> {
-        let query = ListQuery::parse(&req, self.state.max_list_offset)?;
+        let query = ListQuery::parse(&req, self.max_list_offset)?;
         let mut rows = store::list(
-            self.db(),
+            &self.db,
             caller.tenant,
             &query.filter,
             query.cursor,
@@ -199,7 +228,7 @@ impl Api {
             // A token for another connection learns nothing about this id.
             return Err(Error::NotFound("connection"));
         }
-        let row = store::get(self.db(), caller.tenant, id).await?;
+        let row = store::get(&self.db, caller.tenant, id).await?;
         Ok(pb::GetConnectionResponse {
             connection: Some(connection_to_proto(&row)),
         })
@@ -215,11 +244,11 @@ impl Api {
     ) -> Result<pb::DeleteConnectionResponse> {
         let id = parse_connection_id(&req.connection_id)?;
         let tenant = caller.tenant;
-        let row = store::get(self.db(), tenant, id).await?;
-        if let Some(sealed) = store::session_ciphertext(self.db(), tenant, id).await? {
+        let row = store::get(&self.db, tenant, id).await?;
+        if let Some(sealed) = store::session_ciphertext(&self.db, tenant, id).await? {
             self.logout_connection(tenant, &row, &sealed).await;
         }
-        let mut tx = self.db().begin().await?;
+        let mut tx = self.db.begin().await?;
         let (row, billing_stopped_at) = store::delete(&mut tx, tenant, id)
             .await?
             .ok_or(Error::NotFound("connection"))?;
@@ -237,17 +266,15 @@ impl Api {
     }
 
     async fn logout_connection(&self, tenant: Tenant, row: &ConnectionRow, sealed: &[u8]) {
-        let Some(provider) = self.state.catalog.provider(&row.integration_id) else {
+        let Some(provider) = self.catalog.provider(&row.integration_id) else {
             return;
         };
         let session: Option<ProviderSession> = self
-            .state
             .cipher
             .decrypt(sealed, Sealed::ConnectionSession(row.id))
             .ok()
             .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let (Some(session), Ok(connector)) = (session, self.state.connectors.for_tenant(tenant))
-        else {
+        let (Some(session), Ok(connector)) = (session, self.connectors.for_tenant(tenant)) else {
             return;
         };
         let ctx = LoginContext {

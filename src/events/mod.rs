@@ -1,7 +1,8 @@
 //! EventService: the tenant's events with their webhook deliveries, and
-//! redeliveries. Delivery itself is [`crate::webhooks`].
+//! redeliveries; the outbox every state change writes to ([`outbox`]).
+//! Delivery itself is [`crate::webhooks`], which this module only names.
+//! Imports the kernel.
 
-use crate::app::Api;
 use crate::auth::Caller;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::IdKind;
@@ -104,7 +105,19 @@ fn optional_id(
     parsed
 }
 
-impl Api {
+/// EventService: the outbox as clients read it, and redeliveries.
+#[derive(Debug, Clone)]
+pub struct Events {
+    db: sqlx::PgPool,
+}
+
+impl Events {
+    pub fn new(db: sqlx::PgPool) -> Self {
+        Events { db }
+    }
+}
+
+impl Events {
     pub async fn list_events(
         &self,
         caller: &Caller,
@@ -152,7 +165,7 @@ impl Api {
         v.finish()?;
         let limit = i64::from(limit);
         let mut rows = store::list(
-            self.db(),
+            &self.db,
             caller.tenant,
             &filter,
             cursor.map(|c| (c.created_at, c.id)),
@@ -183,7 +196,7 @@ impl Api {
         req: pb::GetEventRequest,
     ) -> Result<pb::GetEventResponse> {
         let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
-        let (event, attempts) = store::get(self.db(), caller.tenant, id).await?;
+        let (event, attempts) = store::get(&self.db, caller.tenant, id).await?;
         Ok(pb::GetEventResponse {
             event: Some(event_to_proto(&event)),
             attempts: attempts.iter().map(attempt_to_proto).collect(),
@@ -196,9 +209,9 @@ impl Api {
         req: pb::RedeliverEventRequest,
     ) -> Result<pb::RedeliverEventResponse> {
         let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
-        store::get(self.db(), caller.tenant, id).await?;
-        store::redeliver(self.db(), caller.tenant, Some(id), None, None).await?;
-        let (event, _) = store::get(self.db(), caller.tenant, id).await?;
+        store::get(&self.db, caller.tenant, id).await?;
+        store::redeliver(&self.db, caller.tenant, Some(id), None, None).await?;
+        let (event, _) = store::get(&self.db, caller.tenant, id).await?;
         Ok(pb::RedeliverEventResponse {
             event: Some(event_to_proto(&event)),
         })
@@ -212,7 +225,7 @@ impl Api {
         let mut v = Violations::new();
         let (after, before) = time_range(&mut v, &req.created_after, &req.created_before);
         v.finish()?;
-        let queued = store::redeliver(self.db(), caller.tenant, None, after, before).await?;
+        let queued = store::redeliver(&self.db, caller.tenant, None, after, before).await?;
         Ok(pb::RedeliverFailedEventsResponse {
             queued: queued as i64,
         })

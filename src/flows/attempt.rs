@@ -7,8 +7,7 @@
 //! failing calls ever reach the provider for one flow, and a successful
 //! login moves the flow on exactly once.
 
-use super::{Finish, FlowRow, MAX_FAILED_ATTEMPTS, store};
-use crate::app::Api;
+use super::{Finish, FlowRow, Flows, MAX_FAILED_ATTEMPTS, store};
 use crate::connectors::ConnectorError;
 use crate::kernel::error::{Error, Precondition, Result};
 use std::time::Duration;
@@ -42,14 +41,14 @@ pub(crate) fn flow_busy() -> Error {
     }
 }
 
-impl Api {
+impl Flows {
     /// Waits for a provider call at most `LINKD_PROVIDER_TIMEOUT`; a call
     /// past it fails as `provider_unavailable`.
     pub(crate) async fn within_deadline<T>(
         &self,
         call: impl Future<Output = Result<T, ConnectorError>>,
     ) -> Result<T, ConnectorError> {
-        tokio::time::timeout(self.state.provider_timeout, call)
+        tokio::time::timeout(self.settings.provider_timeout, call)
             .await
             .unwrap_or(Err(ConnectorError::ProviderUnavailable))
     }
@@ -57,7 +56,7 @@ impl Api {
     /// How long `calls` provider calls hold a flow: each may take the
     /// timeout, and half of one more is left for recording the outcome.
     pub(crate) fn lease(&self, calls: u32) -> Duration {
-        self.state.provider_timeout * calls + self.state.provider_timeout / 2
+        self.settings.provider_timeout * calls + self.settings.provider_timeout / 2
     }
 
     /// Reserves the next provider call of `flow` at its current step, or

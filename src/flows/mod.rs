@@ -1,29 +1,53 @@
 //! The end user's side of linkd (LinkFlowService). A flow is either a claimed
-//! link intent (`link`, see [`link`]) or a Link session (`session`, see
-//! [`crate::sessions`]). Both share the flow token, login, second factor, cancel and
-//! expiry, which live here; what success means differs: a link runs its
-//! operations, a session asks for consent and leaves a connection.
+//! link intent (`link`, see [`crate::links::flow`]) or a Link session
+//! (`session`, see [`crate::sessions`]). Both share the flow token, login,
+//! second factor, cancel and expiry, which live here; what success means
+//! differs: a link runs its operations, a session asks for consent and
+//! leaves a connection. The kinds plug in through `FlowKindHooks`, so the
+//! engine imports only the kernel, the catalog and connectors.
 //!
 //! Every state change and its event are written in one transaction.
 
 pub(crate) mod attempt;
-pub mod link;
 pub mod store;
 
-use crate::app::Api;
-use crate::catalog::Provider;
-use crate::connectors::{ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
-use crate::kernel::crypto::Sealed;
+use crate::catalog::{Catalog, Provider};
+use crate::connectors::{
+    ConnectorError, Connectors, Credentials, LoginContext, LoginOutcome, ProviderSession,
+};
+use crate::kernel::crypto::{Cipher, Sealed};
 use crate::kernel::error::{Error, Precondition, Result};
-use crate::kernel::ids::token_hash;
+use crate::kernel::ids::{random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::pb;
 use attempt::{Attempt, detached};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
-pub(crate) use store::FlowRow;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+pub(crate) use store::{FlowRow, NewSessionFlow};
+use url::Url;
 use uuid::Uuid;
+
+/// An accepted authorization request, kept with the Link session that
+/// serves it (`flows.oauth`) until a code is issued.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRequest {
+    /// The `redirect_uri` parameter as sent; `None` when omitted (then the
+    /// token request need not repeat it).
+    pub redirect_uri: Option<String>,
+    /// Where results go: the sent URI, or the client's only one.
+    pub effective_redirect_uri: String,
+    pub state: Option<String>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// PKCE S256 challenge, when sent.
+    pub code_challenge: Option<String>,
+    pub tag: Option<String>,
+    pub recipient_id: Option<String>,
+}
 
 /// Wrong logins and second-factor codes allowed before the flow fails;
 /// also the most provider calls that can fail for one flow.
@@ -135,7 +159,8 @@ pub(crate) fn wrong_step(message: &str) -> Error {
 }
 
 /// How an unfinished flow ends (success of a session is
-/// [`crate::sessions`]'s `connect`, which also writes the connection).
+/// [`crate::sessions`]'s consent, which also writes the connection).
+#[derive(Debug)]
 pub(crate) enum Finish {
     /// A link's operations all succeeded, with this result.
     Completed(Value),
@@ -147,29 +172,175 @@ pub(crate) enum Finish {
     Expired,
 }
 
-impl Api {
+/// Path of the Link page under the public URL; the flow token follows in
+/// the fragment so it never reaches access logs or `Referer` headers.
+pub const LINK_PAGE_PATH: &str = "link";
+
+/// What a kind of flow does where kinds differ: a link runs its operations,
+/// a session asks for consent and leaves a connection. [`crate::links`] and
+/// [`crate::sessions`] implement it; the engine calls it and imports
+/// neither. Each method gets the engine for the shared steps.
+#[async_trait::async_trait]
+pub(crate) trait FlowKindHooks: Send + Sync + std::fmt::Debug {
+    /// Adds this kind's fields to the end user's view of `flow`.
+    async fn view(&self, engine: &Flows, flow: &FlowRow, view: &mut pb::Flow) -> Result<()>;
+
+    /// Appends a step to the flow's debug trace, when it keeps one.
+    /// `details` is already free of secrets.
+    async fn trace(
+        &self,
+        engine: &Flows,
+        flow: &FlowRow,
+        event: &str,
+        details: Value,
+    ) -> Result<()>;
+
+    /// A login attempt was reserved; the provider is called next.
+    async fn login_reserved(&self, engine: &Flows, flow: &FlowRow) -> Result<()>;
+
+    /// The provider logged the end user in on `attempt`.
+    async fn logged_in(
+        &self,
+        engine: &Flows,
+        attempt: &Attempt,
+        ctx: &LoginContext<'_>,
+        session: ProviderSession,
+    ) -> Result<()>;
+
+    /// Inside the transaction that moved `flow` to the second factor.
+    async fn awaiting_second_factor(&self, tx: &mut PgConnection, flow: &FlowRow) -> Result<()>;
+
+    /// Ends the unfinished `flow` as `finish` says (see [`Flows::finish`]).
+    async fn finish(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool>;
+}
+
+/// What the engine needs, from configuration.
+#[derive(Debug, Clone)]
+pub struct FlowSettings {
+    pub public_url: Url,
+    /// How long a Link session accepts input.
+    pub session_ttl: Duration,
+    /// The longest one provider call may take.
+    pub provider_timeout: Duration,
+}
+
+/// The flow engine: LinkFlowService's shared steps, over both kinds.
+#[derive(Debug, Clone)]
+pub struct Flows {
+    db: PgPool,
+    catalog: Arc<Catalog>,
+    connectors: Connectors,
+    cipher: Cipher,
+    settings: FlowSettings,
+    link: Arc<dyn FlowKindHooks>,
+    session: Arc<dyn FlowKindHooks>,
+}
+
+impl Flows {
+    pub(crate) fn new(
+        db: PgPool,
+        catalog: Arc<Catalog>,
+        connectors: Connectors,
+        cipher: Cipher,
+        settings: FlowSettings,
+        link: Arc<dyn FlowKindHooks>,
+        session: Arc<dyn FlowKindHooks>,
+    ) -> Self {
+        Flows {
+            db,
+            catalog,
+            connectors,
+            cipher,
+            settings,
+            link,
+            session,
+        }
+    }
+
+    pub(crate) fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub(crate) fn cipher(&self) -> &Cipher {
+        &self.cipher
+    }
+
+    pub(crate) fn connectors(&self) -> &Connectors {
+        &self.connectors
+    }
+
+    /// The longest one provider call may take.
+    pub(crate) fn provider_timeout(&self) -> Duration {
+        self.settings.provider_timeout
+    }
+
+    fn hooks(&self, kind: FlowKind) -> &dyn FlowKindHooks {
+        match kind {
+            FlowKind::Link => self.link.as_ref(),
+            FlowKind::Session => self.session.as_ref(),
+        }
+    }
+
+    /// Inserts a session flow inside `tx`; returns the Link page URL (the
+    /// only copy of the flow token) and when the session expires.
+    pub(crate) async fn open_session(
+        &self,
+        tx: &mut PgConnection,
+        new: &NewSessionFlow<'_>,
+    ) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
+        let step = if new.integration_id.is_some() {
+            "login"
+        } else {
+            "pre-login"
+        };
+        let token = format!("lft_{}", random_token());
+        let expires_at = store::insert_session(
+            tx,
+            &token_hash(&token),
+            new,
+            step,
+            self.settings.session_ttl,
+        )
+        .await?;
+        Ok((self.link_page_url(&token)?, expires_at))
+    }
+
+    /// The Link page URL of a flow token (in the fragment).
+    pub(crate) fn link_page_url(&self, token: &str) -> Result<String> {
+        let mut url = self
+            .settings
+            .public_url
+            .join(LINK_PAGE_PATH)
+            .map_err(Error::internal)?;
+        url.set_fragment(Some(&format!("token={token}")));
+        Ok(url.to_string())
+    }
+
     async fn load_flow(&self, token: Option<&SecretString>) -> Result<FlowRow> {
         let token = token.ok_or(Error::Unauthenticated)?;
         let token = token.expose_secret();
         if !token.starts_with("lft_") {
             return Err(Error::Unauthenticated);
         }
-        store::by_token_hash(self.db(), &token_hash(token))
+        store::by_token_hash(&self.db, &token_hash(token))
             .await?
             .ok_or(Error::Unauthenticated)
     }
 
     async fn flow_by_id(&self, flow_id: Uuid) -> Result<FlowRow> {
-        store::by_id(self.db(), flow_id).await
+        store::by_id(&self.db, flow_id).await
     }
 
     /// Appends a step to the link's debug trace when the link has `debug`
     /// on. `details` must already be free of secrets.
-    async fn trace(&self, flow: &FlowRow, event: &str, details: Value) -> Result<()> {
-        if let (true, Some(link_id)) = (flow.debug, flow.link_id) {
-            crate::links::store::append_trace(self.db(), link_id, event, details).await?;
-        }
-        Ok(())
+    pub(crate) async fn trace(&self, flow: &FlowRow, event: &str, details: Value) -> Result<()> {
+        self.hooks(flow.kind())
+            .trace(self, flow, event, details)
+            .await
     }
 
     /// The end user's view of the flow, read fresh.
@@ -178,7 +349,7 @@ impl Api {
         let provider = flow
             .integration_id
             .as_deref()
-            .and_then(|id| self.state.catalog.provider(id));
+            .and_then(|id| self.catalog.provider(id));
         let error_code = flow.error_code.clone().unwrap_or_default();
         let mut view = pb::Flow {
             step: flow_step(&flow.step) as i32,
@@ -221,10 +392,7 @@ impl Api {
                 .map_or(pb::FlowStep::Unspecified, flow_step) as i32,
             ..Default::default()
         };
-        match flow.kind() {
-            FlowKind::Link => self.link_view(&flow, &mut view),
-            FlowKind::Session => self.session_view(&flow, &mut view).await?,
-        }
+        self.hooks(flow.kind()).view(self, &flow, &mut view).await?;
         Ok(view)
     }
 
@@ -297,8 +465,7 @@ impl Api {
             .integration_id
             .as_deref()
             .ok_or_else(|| wrong_step("no integration has been chosen"))?;
-        self.state
-            .catalog
+        self.catalog
             .provider(id)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("integration {id} left the catalog")))
     }
@@ -308,7 +475,6 @@ impl Api {
             return Ok(None);
         };
         let plain = self
-            .state
             .cipher
             .decrypt(sealed, Sealed::FlowSession(flow.id))
             .map_err(Error::Internal)?;
@@ -322,7 +488,7 @@ impl Api {
         flow: &FlowRow,
         session: &ProviderSession,
     ) -> Result<Vec<u8>> {
-        Ok(self.state.cipher.encrypt(
+        Ok(self.cipher.encrypt(
             &serde_json::to_vec(session).map_err(Error::internal)?,
             Sealed::FlowSession(flow.id),
         ))
@@ -362,8 +528,8 @@ impl Api {
         }
         v.finish()?;
         let fields: Vec<String> = req.fields.into_keys().collect();
-        let api = self.clone();
-        detached(async move { api.log_in(&flow, &credentials, fields).await }).await
+        let flows = self.clone();
+        detached(async move { flows.log_in(&flow, &credentials, fields).await }).await
     }
 
     async fn log_in(
@@ -374,9 +540,7 @@ impl Api {
     ) -> Result<pb::Flow> {
         let attempt = self.reserve_attempt(flow).await?;
         let flow = &attempt.flow;
-        if flow.kind() == FlowKind::Session {
-            self.insert_pending_connection(flow).await?;
-        }
+        self.hooks(flow.kind()).login_reserved(self, flow).await?;
         let provider = self.provider_of(flow)?;
         let ctx = flow.login_context(provider);
         self.trace(
@@ -385,7 +549,7 @@ impl Api {
             json!({ "integrationId": provider.id, "fields": fields }),
         )
         .await?;
-        let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
+        let outcome = match self.connectors.for_tenant(flow.tenant()) {
             Ok(connector) => {
                 self.within_deadline(connector.login(&ctx, credentials))
                     .await
@@ -408,8 +572,8 @@ impl Api {
                 "is required (at most 32 characters)",
             ));
         }
-        let api = self.clone();
-        detached(async move { api.give_code(&flow, &req.code).await }).await
+        let flows = self.clone();
+        detached(async move { flows.give_code(&flow, &req.code).await }).await
     }
 
     async fn give_code(&self, flow: &FlowRow, code: &str) -> Result<pb::Flow> {
@@ -422,7 +586,7 @@ impl Api {
         let ctx = flow.login_context(provider);
         self.trace(flow, "second_factor.submitted", json!({}))
             .await?;
-        let outcome = match self.state.connectors.for_tenant(flow.tenant()) {
+        let outcome = match self.connectors.for_tenant(flow.tenant()) {
             Ok(connector) => {
                 self.within_deadline(connector.second_factor(&ctx, &pending, code))
                     .await
@@ -474,24 +638,22 @@ impl Api {
         };
         self.trace(flow, traced.0, traced.1).await?;
         match outcome {
-            Ok(LoginOutcome::LoggedIn(session)) => match flow.kind() {
-                FlowKind::Link => self.run_link(attempt, ctx, session).await?,
-                FlowKind::Session => self.hold_for_consent(attempt, ctx, &session).await?,
-            },
+            Ok(LoginOutcome::LoggedIn(session)) => {
+                self.hooks(flow.kind())
+                    .logged_in(self, attempt, ctx, session)
+                    .await?
+            }
             Ok(LoginOutcome::SecondFactorRequired { pending, prompt }) => {
                 let sealed = self.seal_held_session(flow, &pending)?;
-                let mut tx = self.db().begin().await?;
+                let mut tx = self.db.begin().await?;
                 // The successful call is given back: only failures count.
                 let moved =
                     store::await_second_factor(&mut tx, flow.id, attempt.id, &prompt, &sealed)
                         .await?;
                 if moved {
-                    match flow.kind() {
-                        FlowKind::Link => {
-                            crate::links::store::set_awaiting_2fa(&mut tx, flow.link()?).await?
-                        }
-                        FlowKind::Session => mark_connection_awaiting_2fa(&mut tx, flow).await?,
-                    }
+                    self.hooks(flow.kind())
+                        .awaiting_second_factor(&mut tx, flow)
+                        .await?;
                     tx.commit().await?;
                 } else {
                     drop(tx);
@@ -511,7 +673,7 @@ impl Api {
 
     /// Ends a provider session; best effort, within the call deadline.
     pub(crate) async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
-        if let Ok(connector) = self.state.connectors.for_tenant(ctx.tenant) {
+        if let Ok(connector) = self.connectors.for_tenant(ctx.tenant) {
             let _ = self.within_deadline(connector.logout(ctx, session)).await;
         }
     }
@@ -521,25 +683,13 @@ impl Api {
     /// A provider session still held (consent or second factor pending) is
     /// logged out. Returns false, changing nothing, when the flow is no
     /// longer at the step `flow` shows (another request moved or finished it).
-    async fn finish(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
+    pub(crate) async fn finish(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
         if let Ok(Some(held)) = self.open_held_session(flow)
             && let Ok(provider) = self.provider_of(flow)
         {
             // Best effort: the session is wiped from our side regardless.
             self.log_out(&flow.login_context(provider), &held).await;
         }
-        match flow.kind() {
-            FlowKind::Link => self.finish_link(flow, finish).await,
-            FlowKind::Session => self.finish_session(flow, finish).await,
-        }
+        self.hooks(flow.kind()).finish(self, flow, finish).await
     }
-}
-
-/// A new connection waits for the second factor with its flow.
-async fn mark_connection_awaiting_2fa(tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
-    if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
-        crate::connections::store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa")
-            .await?;
-    }
-    Ok(())
 }

@@ -4,28 +4,41 @@
 
 pub mod store;
 
-use crate::app::Api;
+use crate::kernel::crypto::Cipher;
 use crate::kernel::error::{Error, Result};
+use sqlx::PgPool;
 use sqlx::{Connection as _, PgConnection};
 use store::{Claim, IdempotencyKey};
 
-impl Api {
+/// Runs creating calls under idempotency keys; responses are stored
+/// encrypted.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    db: PgPool,
+    cipher: Cipher,
+}
+
+impl Idempotency {
+    pub fn new(db: PgPool, cipher: Cipher) -> Self {
+        Idempotency { db, cipher }
+    }
+
     /// Runs a creating call on one connection, under an optional
     /// idempotency key. Without a key `work` runs on the connection as it is,
     /// so its writes must be one statement. With a key, one transaction takes
     /// the key, runs `work` and stores its response (a repeat of a finished
     /// request gets that response); a failure rolls all of it back, so the
     /// client can retry at once.
-    pub(crate) async fn idempotent<R: prost::Message + Default>(
+    pub(crate) async fn run<R: prost::Message + Default>(
         &self,
         key: Option<IdempotencyKey<'_>>,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<R>,
     ) -> Result<R> {
-        let mut conn = self.db().acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let Some(key) = key else {
             return work(&mut conn).await;
         };
-        let cipher = &self.state.cipher;
+        let cipher = &self.cipher;
         let mut tx = conn.begin().await?;
         let result = async {
             if let Claim::Replay(encoded) = store::claim(&mut tx, cipher, &key).await? {

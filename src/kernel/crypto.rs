@@ -123,11 +123,12 @@ impl Sealed<'_> {
     }
 }
 
-/// Encrypts with the current key; decrypts with any key of the ring.
+/// Encrypts with the current key; decrypts with any key of the ring. Cheap
+/// to clone (each service holds one).
 #[derive(Clone)]
 pub struct Cipher {
     current: ([u8; 4], Aes256Gcm),
-    previous: Vec<([u8; 4], Aes256Gcm)>,
+    previous: std::sync::Arc<[([u8; 4], Aes256Gcm)]>,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -187,7 +188,7 @@ impl Cipher {
         }
         let key_id = &data[1..5];
         let cipher = std::iter::once(&self.current)
-            .chain(&self.previous)
+            .chain(self.previous.iter())
             .find(|(id, _)| id == key_id)
             .map(|(_, c)| c)
             .ok_or_else(|| {

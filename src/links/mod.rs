@@ -1,13 +1,16 @@
-//! Link intents: `CreateLink` and `GetLink`, and the provider list a client
-//! chooses from. Imports the kernel, the catalog, idempotency and
-//! client apps.
+//! Link intents: `CreateLink` and `GetLink`, the provider list a client
+//! chooses from, and the link kind of flow ([`flow`]: claim, operations,
+//! finish). Imports the kernel, the catalog, connectors, idempotency,
+//! events and the flow engine.
 
+pub mod flow;
 pub mod rules;
 pub mod store;
 
-use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
+use crate::flows::Flows;
+use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
@@ -20,7 +23,44 @@ use prost::Message as _;
 use rules::{LinkStatus, NewLink, return_url_with_link_id};
 use sqlx::PgConnection;
 
-impl Api {
+/// LinkService's link intents, and claiming one (LinkFlowService).
+#[derive(Debug, Clone)]
+pub struct Links {
+    db: sqlx::PgPool,
+    catalog: std::sync::Arc<crate::catalog::Catalog>,
+    cipher: crate::kernel::crypto::Cipher,
+    /// Base of `app_clip_url`: `<base>/<link id>?code=<claim code>`.
+    app_clip_base_url: url::Url,
+    idempotency: Idempotency,
+    flows: Flows,
+}
+
+impl Links {
+    pub fn new(
+        db: sqlx::PgPool,
+        catalog: std::sync::Arc<crate::catalog::Catalog>,
+        cipher: crate::kernel::crypto::Cipher,
+        app_clip_base_url: url::Url,
+        idempotency: Idempotency,
+        flows: Flows,
+    ) -> Self {
+        Links {
+            db,
+            catalog,
+            cipher,
+            app_clip_base_url,
+            idempotency,
+            flows,
+        }
+    }
+
+    /// The catalog requests are checked against.
+    pub fn catalog(&self) -> &crate::catalog::Catalog {
+        &self.catalog
+    }
+}
+
+impl Links {
     pub fn list_providers(
         &self,
         req: pb::ListProvidersRequest,
@@ -32,7 +72,6 @@ impl Api {
         v.finish()?;
         let wanted = req.integration_id.as_deref().filter(|id| !id.is_empty());
         let providers = self
-            .state
             .catalog
             .providers()
             .filter(|p| wanted.is_none_or(|id| id == p.id))
@@ -70,14 +109,15 @@ impl Api {
         req: pb::CreateLinkRequest,
         idempotency_key: Option<&str>,
     ) -> Result<pb::CreateLinkResponse> {
-        let new = NewLink::parse(&req, &self.state.catalog)?;
+        let new = NewLink::parse(&req, &self.catalog)?;
         let key = idempotency_key.map(|key| IdempotencyKey {
             tenant: caller.tenant,
             operation: "LinkService.CreateLink",
             key,
             request_hash: token_hash(req.encode_to_vec()),
         });
-        self.idempotent(key, async |conn| self.insert_link(conn, caller, &new).await)
+        self.idempotency
+            .run(key, async |conn| self.insert_link(conn, caller, &new).await)
             .await
     }
 
@@ -92,10 +132,7 @@ impl Api {
         let link_id = IdKind::Link.format(id);
         let claim_code = format!("clm_{}", random_token());
         let arguments = serde_json::to_vec(&new.arguments).map_err(Error::internal)?;
-        let sealed = self
-            .state
-            .cipher
-            .encrypt(&arguments, Sealed::LinkArguments(id));
+        let sealed = self.cipher.encrypt(&arguments, Sealed::LinkArguments(id));
         let row = store::insert_link(
             conn,
             store::LinkInsert {
@@ -107,7 +144,7 @@ impl Api {
             },
         )
         .await?;
-        let mut app_clip_url = self.state.app_clip_base_url.clone();
+        let mut app_clip_url = self.app_clip_base_url.clone();
         app_clip_url
             .path_segments_mut()
             .expect("http(s) base URL")
@@ -140,7 +177,7 @@ impl Api {
         req: pb::GetLinkRequest,
     ) -> Result<pb::GetLinkResponse> {
         let id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
-        let row = store::get_link(self.db(), caller.tenant, id).await?;
+        let row = store::get_link(&self.db, caller.tenant, id).await?;
         let link_id = IdKind::Link.format(row.id);
         let status = LinkStatus::parse(&row.status)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("bad status {}", row.status)))?;

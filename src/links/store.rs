@@ -2,9 +2,11 @@
 
 use crate::kernel::error::{Error, Result};
 use crate::kernel::tenant::Tenant;
+use crate::links::rules::LinkOperation;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
+use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -213,5 +215,100 @@ pub async fn finish(
     .bind(error_message)
     .bind(result)
     .fetch_optional(&mut *tx)
+    .await?)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct LinkForFlow {
+    pub id: Uuid,
+    pub integration_id: String,
+    pub operations: sqlx::types::Json<Vec<LinkOperation>>,
+    pub arguments_ciphertext: Option<Vec<u8>>,
+}
+
+/// What a run that moved its link to `processing` got: whether the
+/// attempt still held the flow (it may have been cancelled or expired
+/// meanwhile), and the link's columns when the link was still waiting for
+/// its login (not expired by the sweep meanwhile).
+#[derive(Debug, sqlx::FromRow)]
+pub struct StartedRun {
+    pub moved: bool,
+    pub id: Option<Uuid>,
+    pub integration_id: Option<String>,
+    pub operations: Option<sqlx::types::Json<Vec<LinkOperation>>>,
+    pub arguments_ciphertext: Option<Vec<u8>>,
+}
+
+impl StartedRun {
+    pub fn link(self) -> Option<LinkForFlow> {
+        Some(LinkForFlow {
+            id: self.id?,
+            integration_id: self.integration_id?,
+            operations: self.operations?,
+            arguments_ciphertext: self.arguments_ciphertext,
+        })
+    }
+}
+
+/// Claims a pending, unexpired link with its claim code and opens its flow,
+/// in one statement: only the request whose update matched gets the flow.
+pub async fn claim_link(
+    db: impl PgExecutor<'_>,
+    link_id: Uuid,
+    code_hash: &[u8],
+    flow_id: Uuid,
+    token_hash: &[u8],
+) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "WITH claimed AS (
+             UPDATE links SET status = 'claimed', claimed_at = now()
+             WHERE id = $1 AND claim_code_hash = $2 AND status = 'pending' AND expires_at > now()
+             RETURNING id, organization_id, environment, integration_id, expires_at)
+         INSERT INTO flows (id, token_hash, organization_id, environment, kind, link_id, integration_id, step, expires_at)
+         SELECT $3, $4, organization_id, environment, 'link', id, integration_id, 'login', expires_at
+         FROM claimed
+         RETURNING id",
+    )
+    .bind(link_id)
+    .bind(code_hash)
+    .bind(flow_id)
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Moves the flow (only while `attempt_id` holds it) and its waiting link
+/// to `processing`, leasing the flow for `per_call` per operation plus
+/// `margin`.
+pub async fn start_run(
+    db: impl PgExecutor<'_>,
+    flow_id: Uuid,
+    link_id: Uuid,
+    attempt_id: Uuid,
+    per_call: Duration,
+    margin: Duration,
+) -> Result<StartedRun> {
+    Ok(sqlx::query_as(
+        "WITH moved AS (
+             UPDATE flows SET step = 'processing', failed_logins = failed_logins - 1,
+                 error_code = NULL, second_factor_prompt = NULL, session_ciphertext = NULL,
+                 attempt_until = now() + make_interval(secs =>
+                     $4 * (SELECT jsonb_array_length(operations) FROM links WHERE id = $2) + $5),
+                 updated_at = now()
+             WHERE id = $1 AND attempt_id = $3 AND outcome IS NULL
+             RETURNING link_id
+         ), run AS (
+             UPDATE links SET status = 'processing'
+             FROM moved WHERE links.id = moved.link_id AND links.status IN ('claimed', 'awaiting_2fa')
+             RETURNING links.id, links.integration_id, links.operations, links.arguments_ciphertext
+         )
+         SELECT EXISTS (SELECT 1 FROM moved) AS moved, run.* FROM (SELECT 1) one LEFT JOIN run ON true",
+    )
+    .bind(flow_id)
+    .bind(link_id)
+    .bind(attempt_id)
+    .bind(per_call.as_secs_f64())
+    .bind(margin.as_secs_f64())
+    .fetch_one(db)
     .await?)
 }

@@ -1,5 +1,7 @@
 //! AuthorizeService: an OAuth 2.0 authorization server (RFC 6749 code grant,
 //! RFC 7636 PKCE, RFC 9700 practices) whose login step is a Link session.
+//! Imports the flow engine (to open the session), connections, client apps
+//! and below.
 //!
 //! `authorize` checks the request in the RFC's order: malformed parameters
 //! are a `400` keyed by parameter; an unknown client or an unregistered
@@ -14,10 +16,10 @@
 pub mod rules;
 pub mod store;
 
-use crate::app::Api;
-use crate::auth::Caller;
-use crate::catalog::Category;
+use crate::auth::{Authenticator, Caller};
+use crate::catalog::{Catalog, Category};
 use crate::client_apps::store as tenancy;
+use crate::flows::{Flows, NewSessionFlow};
 use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
@@ -27,9 +29,9 @@ use crate::oauth::rules::{
     verifier_matches,
 };
 use crate::pb;
-use crate::sessions::NewSessionFlow;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -78,7 +80,10 @@ fn given(value: &Option<String>) -> Option<&str> {
 
 /// The syntax checks that need no client: every problem at once, keyed by
 /// the REST parameter name.
-fn check_parameters(req: &pb::AuthorizeRequest, api: &Api) -> Result<&'static str, AuthorizeError> {
+fn check_parameters(
+    req: &pb::AuthorizeRequest,
+    catalog: &Catalog,
+) -> Result<&'static str, AuthorizeError> {
     let mut v = Violations::new();
     let lang = rules::parse_lang(given(&req.lang)).map_err(|message| v.add("lang", message));
     for (name, value, max) in [
@@ -99,9 +104,7 @@ fn check_parameters(req: &pb::AuthorizeRequest, api: &Api) -> Result<&'static st
         }
     }
     if let Some(institution) = given(&req.institution_id) {
-        let is_bank = api
-            .state
-            .catalog
+        let is_bank = catalog
             .provider(institution)
             .is_some_and(|p| p.category == Category::Bank);
         if !is_bank {
@@ -118,14 +121,56 @@ fn check_parameters(req: &pb::AuthorizeRequest, api: &Api) -> Result<&'static st
     Ok(lang.unwrap_or("en"))
 }
 
-impl Api {
+/// How strict the OAuth authorization server is.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub require_pkce: bool,
+    /// 0: `state` is optional.
+    pub state_min_length: usize,
+    pub code_ttl: std::time::Duration,
+    pub token_ttl: std::time::Duration,
+}
+
+/// AuthorizeService: authorization requests, code exchange, and the
+/// access tokens that read a connection.
+#[derive(Debug, Clone)]
+pub struct OAuth {
+    db: PgPool,
+    catalog: Arc<Catalog>,
+    settings: OAuthSettings,
+    flows: Flows,
+    auth: Authenticator,
+}
+
+impl OAuth {
+    pub fn new(
+        db: PgPool,
+        catalog: Arc<Catalog>,
+        settings: OAuthSettings,
+        flows: Flows,
+        auth: Authenticator,
+    ) -> Self {
+        OAuth {
+            db,
+            catalog,
+            settings,
+            flows,
+            auth,
+        }
+    }
+
+    /// The Link page URL of a flow token.
+    pub fn link_page_url(&self, token: &str) -> Result<String> {
+        self.flows.link_page_url(token)
+    }
+
     /// Validates an authorization request; on success opens the Link session
     /// for it and returns the Link page as `location`.
     pub async fn authorize(
         &self,
         req: pb::AuthorizeRequest,
     ) -> Result<pb::AuthorizeResponse, AuthorizeError> {
-        let lang = check_parameters(&req, self)?;
+        let lang = check_parameters(&req, &self.catalog)?;
         let untrusted = |parameter, message: &str| AuthorizeError::UntrustedClient {
             parameter,
             message: message.to_string(),
@@ -133,7 +178,7 @@ impl Api {
         let app_id = IdKind::ClientApp
             .parse(&req.client_id)
             .ok_or_else(|| untrusted("client_id", "The client_id is missing or unknown."))?;
-        let app = tenancy::find_client_app(self.db(), app_id)
+        let app = tenancy::find_client_app(&self.db, app_id)
             .await?
             .ok_or_else(|| untrusted("client_id", "The client_id is missing or unknown."))?;
         let effective_redirect_uri = match given(&req.redirect_uri) {
@@ -189,7 +234,7 @@ impl Api {
             Ok(scope) => scope,
             Err(message) => return Ok(redirect_error("invalid_scope", &message)),
         };
-        let min_state = self.state.oauth.state_min_length;
+        let min_state = self.settings.state_min_length;
         if min_state > 0
             && state
                 .as_deref()
@@ -226,7 +271,7 @@ impl Api {
                     "code_challenge must be 43 to 128 unreserved characters.",
                 ));
             }
-            (None, None) if self.state.oauth.require_pkce => {
+            (None, None) if self.settings.require_pkce => {
                 return Ok(redirect_error(
                     "invalid_request",
                     "PKCE is required: send code_challenge with code_challenge_method=S256.",
@@ -247,9 +292,10 @@ impl Api {
             organization_id: app.organization_id,
             environment: app.environment(),
         };
-        let mut tx = self.db().begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
         let (location, _) = self
-            .insert_session_flow(
+            .flows
+            .open_session(
                 &mut tx,
                 &NewSessionFlow {
                     tenant,
@@ -270,30 +316,6 @@ impl Api {
             location,
             error: String::new(),
         })
-    }
-
-    /// Issues the authorization code of a consented OAuth session, inside
-    /// the transaction that made the connection. Returns the only copy.
-    pub(crate) async fn issue_authorization_code(
-        &self,
-        tx: &mut PgConnection,
-        tenant: Tenant,
-        client_app_id: Uuid,
-        request: &AuthorizationRequest,
-        connection_id: Uuid,
-    ) -> Result<String> {
-        let code = format!("lac_{}", random_token());
-        store::insert_code(
-            tx,
-            &token_hash(&code),
-            tenant,
-            client_app_id,
-            connection_id,
-            request,
-            self.state.oauth.code_ttl,
-        )
-        .await?;
-        Ok(code)
     }
 
     /// Authenticates the client of a token request (RFC 6749 §2.3.1): HTTP
@@ -331,7 +353,7 @@ impl Api {
         };
         let failed = || Error::oauth("invalid_client", "Client authentication failed.");
         let app_id = IdKind::ClientApp.parse(&client_id).ok_or_else(failed)?;
-        let stored = tenancy::client_secret_hash(self.db(), app_id).await?;
+        let stored = tenancy::client_secret_hash(&self.db, app_id).await?;
         let presented = token_hash(secret.expose_secret());
         let stored = stored.unwrap_or_default();
         let matches = stored.len() == presented.len() && bool::from(presented.ct_eq(&stored));
@@ -373,7 +395,7 @@ impl Api {
             ));
         }
         let invalid_grant = |why: &str| Error::oauth("invalid_grant", why);
-        let mut tx = self.db().begin().await?;
+        let mut tx = self.db.begin().await?;
         let code = store::lock_code(&mut tx, &token_hash(&req.code))
             .await?
             .ok_or_else(|| invalid_grant("The code is invalid."))?;
@@ -420,7 +442,7 @@ impl Api {
             return Err(invalid_grant("The connection no longer exists."));
         }
         let token = format!("lat_{}", random_token());
-        let ttl = self.state.oauth.token_ttl;
+        let ttl = self.settings.token_ttl;
         store::insert_token(&mut tx, &token_hash(&token), &code, client, ttl).await?;
         store::mark_code_used(&mut tx, code.id).await?;
         tx.commit().await?;
@@ -440,9 +462,9 @@ impl Api {
         credential: Option<&SecretString>,
     ) -> Result<Caller> {
         let Some(token) = credential.filter(|t| t.expose_secret().starts_with("lat_")) else {
-            return self.authenticate(credential).await;
+            return self.auth.authenticate(credential).await;
         };
-        let row = store::live_token(self.db(), &token_hash(token.expose_secret())).await?;
+        let row = store::live_token(&self.db, &token_hash(token.expose_secret())).await?;
         let (id, organization_id, environment, connection_id) =
             row.ok_or(Error::Unauthenticated)?;
         Ok(Caller {
@@ -454,4 +476,28 @@ impl Api {
             only_connection: Some(connection_id),
         })
     }
+}
+
+/// Issues the authorization code of a consented OAuth session, inside
+/// the transaction that made the connection. Returns the only copy.
+pub(crate) async fn issue_authorization_code(
+    tx: &mut PgConnection,
+    code_ttl: std::time::Duration,
+    tenant: Tenant,
+    client_app_id: Uuid,
+    request: &AuthorizationRequest,
+    connection_id: Uuid,
+) -> Result<String> {
+    let code = format!("lac_{}", random_token());
+    store::insert_code(
+        tx,
+        &token_hash(&code),
+        tenant,
+        client_app_id,
+        connection_id,
+        request,
+        code_ttl,
+    )
+    .await?;
+    Ok(code)
 }

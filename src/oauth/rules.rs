@@ -7,24 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// An accepted authorization request, kept with the Link session that
-/// serves it (`flows.oauth`) until a code is issued.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationRequest {
-    /// The `redirect_uri` parameter as sent; `None` when omitted (then the
-    /// token request need not repeat it).
-    pub redirect_uri: Option<String>,
-    /// Where results go: the sent URI, or the client's only one.
-    pub effective_redirect_uri: String,
-    pub state: Option<String>,
-    /// Granted scopes, space-separated.
-    pub scope: String,
-    /// PKCE S256 challenge, when sent.
-    pub code_challenge: Option<String>,
-    pub tag: Option<String>,
-    pub recipient_id: Option<String>,
-}
+pub use crate::flows::AuthorizationRequest;
 
 /// Scopes a client may ask for; the consent page lists them.
 pub const SCOPES: [&str; 4] = ["accounts", "transactions", "statements", "identity"];

@@ -1,6 +1,6 @@
 //! `linkd admin …`: operator commands against the same database.
 
-use crate::app::Api;
+use crate::api::services::Services;
 use crate::client_apps::rules::NewClientApp;
 use crate::client_apps::store as tenancy;
 use crate::kernel::ids::IdKind;
@@ -11,7 +11,7 @@ use anyhow::bail;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-async fn existing_organization(api: &Api, public_id: &str) -> anyhow::Result<uuid::Uuid> {
+async fn existing_organization(api: &Services, public_id: &str) -> anyhow::Result<uuid::Uuid> {
     let id = parse_id(IdKind::Organization, "--organization", public_id)?;
     if !tenancy::organization_exists(api.db(), id).await? {
         bail!("organization {public_id} does not exist");
@@ -27,7 +27,7 @@ fn print(json_output: bool, value: serde_json::Value, text: String) {
     }
 }
 
-pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
+pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::CreateApp {
             name,
@@ -50,7 +50,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
                 organization_id,
                 environment,
             };
-            let created = api.create_client_app(tenant, &app).await?;
+            let created = api.client_apps.create_client_app(tenant, &app).await?;
             let key = crate::auth::issue_key(api.db(), tenant).await?;
             let (org, app_id) = (
                 IdKind::Organization.format(organization_id),
@@ -114,6 +114,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
         } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
             let (secret, until) = match api
+                .client_apps
                 .rotate_webhook_secret(None, id, grace.as_secs() as i64)
                 .await
             {
@@ -165,7 +166,7 @@ pub async fn run(api: &Api, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::RotateClientSecret { app_id, json } => {
             let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
-            let secret = match api.rotate_client_secret(id).await {
+            let secret = match api.client_apps.rotate_client_secret(id).await {
                 Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
                 other => other?,
             };

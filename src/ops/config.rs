@@ -260,15 +260,15 @@ impl ServeArgs {
 
     /// What request handling needs from these settings, for a server bound
     /// to `bound`.
-    pub fn settings(&self, bound: SocketAddr) -> crate::app::Settings {
-        crate::app::Settings {
+    pub fn settings(&self, bound: SocketAddr) -> crate::api::services::Settings {
+        crate::api::services::Settings {
             public_url: self.public_url(bound),
             app_clip_base_url: self.app_clip_base_url.clone(),
             session_ttl: self.link_session_ttl,
             provider_timeout: self.provider_timeout,
             api_key_cache_ttl: self.api_key_cache_ttl,
             max_list_offset: i64::from(self.max_list_offset),
-            oauth: crate::app::OAuthSettings {
+            oauth: crate::oauth::OAuthSettings {
                 require_pkce: self.oauth_require_pkce,
                 state_min_length: usize::from(self.oauth_state_min_length),
                 code_ttl: self.oauth_code_ttl,

@@ -11,7 +11,7 @@
 
 use crate::api::health::Health;
 use crate::api::rest::{self, RestState};
-use crate::app::Api;
+use crate::api::services::Services;
 use crate::kernel::error::Error;
 use crate::ops::config::ServeArgs;
 use crate::pb;
@@ -29,7 +29,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     health: Health,
-    api: Api,
+    api: Services,
     args: ServeArgs,
 }
 
@@ -54,8 +54,8 @@ fn name<S: NamedService>(_: &S) -> &'static str {
 }
 
 impl Server {
-    /// Binds the listener. `public_url` for the [`Api`] depends on the bound
-    /// address (port 0 in tests), so the caller builds the Api from it.
+    /// Binds the listener. `public_url` for the [`Services`] depends on the bound
+    /// address (port 0 in tests), so the caller builds the Services from it.
     pub async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
         tokio::net::TcpListener::bind(args.listen)
             .await
@@ -64,24 +64,29 @@ impl Server {
 
     pub async fn new(
         listener: tokio::net::TcpListener,
-        api: Api,
+        api: Services,
         args: ServeArgs,
     ) -> anyhow::Result<Self> {
         args.check()?;
         let max = args.max_request_bytes as usize;
         let (reporter, health_service) = tonic_health::server::health_reporter();
 
-        let link = pb::link_service_server::LinkServiceServer::new(api.clone())
+        // One copy of the services behind every surface.
+        let shared = std::sync::Arc::new(api.clone());
+        let link = pb::link_service_server::LinkServiceServer::from_arc(shared.clone())
             .max_decoding_message_size(max);
-        let connection = pb::connection_service_server::ConnectionServiceServer::new(api.clone())
+        let connection =
+            pb::connection_service_server::ConnectionServiceServer::from_arc(shared.clone())
+                .max_decoding_message_size(max);
+        let authorize =
+            pb::authorize_service_server::AuthorizeServiceServer::from_arc(shared.clone())
+                .max_decoding_message_size(max);
+        let flow = pb::link_flow_service_server::LinkFlowServiceServer::from_arc(shared.clone())
             .max_decoding_message_size(max);
-        let authorize = pb::authorize_service_server::AuthorizeServiceServer::new(api.clone())
-            .max_decoding_message_size(max);
-        let flow = pb::link_flow_service_server::LinkFlowServiceServer::new(api.clone())
-            .max_decoding_message_size(max);
-        let client_app = pb::client_app_service_server::ClientAppServiceServer::new(api.clone())
-            .max_decoding_message_size(max);
-        let event = pb::event_service_server::EventServiceServer::new(api.clone())
+        let client_app =
+            pb::client_app_service_server::ClientAppServiceServer::from_arc(shared.clone())
+                .max_decoding_message_size(max);
+        let event = pb::event_service_server::EventServiceServer::from_arc(shared.clone())
             .max_decoding_message_size(max);
         let health = Health::new(
             reporter,
@@ -122,7 +127,7 @@ impl Server {
             .into_axum_router()
             .merge(
                 rest::router(RestState {
-                    api: api.clone(),
+                    api: shared,
                     health: health.clone(),
                 })
                 .layer(RequestBodyLimitLayer::new(max)),
@@ -170,7 +175,7 @@ impl Server {
             args.expiry_interval,
             args.event_retention,
         );
-        let dispatcher = crate::webhooks::Dispatcher::spawn(api.clone())?;
+        let dispatcher = crate::webhooks::Dispatcher::spawn(api.deliveries.clone())?;
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener.tap_io(set_nodelay), router)

@@ -2,7 +2,7 @@
 //! local development cluster), the encryption key ring, and the sandbox
 //! tenant created on a development database's first start.
 
-use crate::app::{Api, AppState};
+use crate::api::services::{Services, Settings};
 use crate::auth::IssuedKey;
 use crate::catalog::Catalog;
 use crate::client_apps::rules::NewClientApp;
@@ -91,34 +91,12 @@ impl SharedArgs {
     }
 }
 
-pub fn api(
-    pool: PgPool,
-    catalog: Arc<Catalog>,
-    cipher: Cipher,
-    settings: crate::app::Settings,
-) -> Api {
-    let public_url = settings.public_url;
-    let app_clip_base_url = settings
-        .app_clip_base_url
-        .unwrap_or_else(|| public_url.join("appclip").expect("public URL is a base"));
+/// Wires the services of one replica.
+pub fn api(pool: PgPool, catalog: Arc<Catalog>, cipher: Cipher, settings: Settings) -> Services {
     let connectors = crate::connectors::Connectors::new(Arc::new(
         crate::connectors::sandbox::SandboxConnector::new(pool.clone()),
     ));
-    Api::new(AppState {
-        db: pool,
-        catalog,
-        connectors,
-        cipher,
-        public_url,
-        app_clip_base_url,
-        session_ttl: settings.session_ttl,
-        provider_timeout: settings.provider_timeout,
-        key_cache: crate::auth::KeyCache::new(settings.api_key_cache_ttl),
-        max_list_offset: settings.max_list_offset,
-        oauth: settings.oauth,
-        webhooks: settings.webhooks,
-        metrics: Arc::default(),
-    })
+    Services::new(pool, catalog, connectors, cipher, settings)
 }
 
 /// What the first start of a development database created.
@@ -132,7 +110,7 @@ pub struct SandboxTenant {
 
 /// On an empty development database, creates a sandbox organization, client
 /// app and API key so the service can be called right away.
-pub async fn bootstrap_sandbox(api: &Api) -> anyhow::Result<Option<SandboxTenant>> {
+pub async fn bootstrap_sandbox(api: &Services) -> anyhow::Result<Option<SandboxTenant>> {
     let mut tx = api.db().begin().await?;
     // Serialise concurrent first starts.
     tenancy::lock_bootstrap(&mut tx).await?;
@@ -151,7 +129,7 @@ pub async fn bootstrap_sandbox(api: &Api) -> anyhow::Result<Option<SandboxTenant
         &["http://localhost:3000/callback".to_string()],
         None,
     )?;
-    let created = api.create_client_app(tenant, &app).await?;
+    let created = api.client_apps.create_client_app(tenant, &app).await?;
     let key = crate::auth::issue_key(api.db(), tenant).await?;
     Ok(Some(SandboxTenant {
         organization_id,

@@ -1,4 +1,5 @@
-//! Link sessions: `InitLinkSession` opens a flow that the hosted or embedded
+//! Link sessions (the top of the concerns: imports the flow engine,
+//! connections, OAuth codes, events and below). `InitLinkSession` opens a flow that the hosted or embedded
 //! Link page walks through: pick the integration (unless a reconnect fixes
 //! it), log in, give a second factor when asked, consent, done. Consent
 //! makes the connection `active` (or refreshes the reconnected one) and
@@ -13,7 +14,6 @@
 
 pub mod rules;
 
-use crate::app::Api;
 use crate::auth::Caller;
 use crate::catalog::Category;
 use crate::client_apps::store as client_apps;
@@ -22,53 +22,55 @@ use crate::connections::store::{self as store, FreshSession, NewConnection};
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
-use crate::flows::{Finish, FlowKind, FlowRow, store as flows_store, wrong_step};
+use crate::flows::{
+    Finish, FlowKind, FlowKindHooks, FlowRow, Flows, NewSessionFlow, store as flows_store,
+    wrong_step,
+};
+use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
-use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::ids::{IdKind, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
 use crate::sessions::rules::{NewSession, SessionResult, session_redirect_url, web_origin};
-pub(crate) use flows_store::NewSessionFlow;
 use prost::Message as _;
 use secrecy::SecretString;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
-/// Path of the Link page under the public URL; the flow token follows in
-/// the fragment so it never reaches access logs or `Referer` headers.
-pub const LINK_PAGE_PATH: &str = "link";
+/// LinkService's `InitLinkSession` and the session steps of
+/// LinkFlowService: choosing the integration and consent.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    db: PgPool,
+    catalog: Arc<crate::catalog::Catalog>,
+    cipher: crate::kernel::crypto::Cipher,
+    idempotency: Idempotency,
+    flows: Flows,
+    /// How long an OAuth authorization code issued at consent lives.
+    code_ttl: Duration,
+}
 
-impl Api {
-    /// Inserts a session flow inside `tx`; returns the Link page URL (the
-    /// only copy of the flow token) and when the session expires.
-    pub(crate) async fn insert_session_flow(
-        &self,
-        tx: &mut PgConnection,
-        new: &NewSessionFlow<'_>,
-    ) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
-        let step = if new.integration_id.is_some() {
-            "login"
-        } else {
-            "pre-login"
-        };
-        let token = format!("lft_{}", random_token());
-        let expires_at =
-            flows_store::insert_session(tx, &token_hash(&token), new, step, self.state.session_ttl)
-                .await?;
-        Ok((self.link_page_url(&token)?, expires_at))
-    }
-
-    /// The Link page URL of a flow token (in the fragment).
-    pub(crate) fn link_page_url(&self, token: &str) -> Result<String> {
-        let mut url = self
-            .state
-            .public_url
-            .join(LINK_PAGE_PATH)
-            .map_err(Error::internal)?;
-        url.set_fragment(Some(&format!("token={token}")));
-        Ok(url.to_string())
+impl Sessions {
+    pub fn new(
+        db: PgPool,
+        catalog: Arc<crate::catalog::Catalog>,
+        cipher: crate::kernel::crypto::Cipher,
+        idempotency: Idempotency,
+        flows: Flows,
+        code_ttl: Duration,
+    ) -> Self {
+        Sessions {
+            db,
+            catalog,
+            cipher,
+            idempotency,
+            flows,
+            code_ttl,
+        }
     }
 
     /// Starts a Link session and returns the URL of its page. With an
@@ -86,10 +88,11 @@ impl Api {
             key,
             request_hash: token_hash(req.encode_to_vec()),
         });
-        self.idempotent(key, async |conn| {
-            self.open_session(conn, caller, &new).await
-        })
-        .await
+        self.idempotency
+            .run(key, async |conn| {
+                self.open_session(conn, caller, &new).await
+            })
+            .await
     }
 
     /// Reads the app (and the connection to reconnect), then writes the
@@ -130,7 +133,8 @@ impl Api {
             None => (IdKind::Connection.new_uuid(), false, None),
         };
         let (url, expires_at) = self
-            .insert_session_flow(
+            .flows
+            .open_session(
                 conn,
                 &NewSessionFlow {
                     tenant,
@@ -152,10 +156,170 @@ impl Api {
         })
     }
 
-    pub(super) async fn session_view(&self, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
+    /// Picks the integration of a session that does not fix one.
+    pub async fn select_integration(
+        &self,
+        token: Option<&SecretString>,
+        req: pb::SelectIntegrationRequest,
+    ) -> Result<pb::Flow> {
+        let flow = self.flows.flow_at(token, "pre-login").await?;
+        if req.integration_id.is_empty() {
+            return Err(Error::invalid("integrationId", "is required"));
+        }
+        let offered = self
+            .catalog
+            .provider(&req.integration_id)
+            .is_some_and(|p| flow.oauth.is_none() || p.category == Category::Bank);
+        if !offered {
+            return Err(Error::invalid(
+                "integrationId",
+                "is not one of the offered integrations",
+            ));
+        }
+        flows_store::choose_integration(&self.db, flow.id, &req.integration_id).await?;
+        self.flows.flow_view(flow.id).await
+    }
+
+    /// The end user's consent: the connection becomes `active` with the
+    /// provider session held since login, and the flow finishes.
+    pub async fn approve_access(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
+        let flow = self.flows.flow_at(token, "authorization").await?;
+        let session = self
+            .flows
+            .open_held_session(&flow)?
+            .ok_or_else(|| wrong_step("no login is waiting for consent"))?;
+        let mut tx = self.db.begin().await?;
+        if !flows_store::close(&mut tx, &flow, "success", None, None).await? {
+            return Err(Error::FailedPrecondition {
+                precondition: Precondition::AlreadyUsed,
+                reason: "FLOW_FINISHED",
+                message: "this flow has already finished".into(),
+            });
+        }
+        let requested = flow
+            .connection_id
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("session flow without connection")))?;
+        let (row, created) = match self
+            .activate_connection(&mut tx, &flow, requested, &session)
+            .await?
+        {
+            Some(row) => (row, !flow.reconnect),
+            None => {
+                // Deleted while the end user was logging in: make a new one.
+                let id = IdKind::Connection.new_uuid();
+                insert_connection(&mut *tx, &flow, id).await?;
+                let row = self
+                    .activate_connection(&mut tx, &flow, id, &session)
+                    .await?
+                    .ok_or_else(|| Error::internal(anyhow::anyhow!("new connection vanished")))?;
+                flows_store::set_connection(&mut *tx, flow.id, id).await?;
+                (row, true)
+            }
+        };
+        let event = if created {
+            "connection.created"
+        } else {
+            "connection.updated"
+        };
+        let subject = EventSubject {
+            link_id: None,
+            connection_id: Some(row.id),
+        };
+        outbox::record(
+            &mut tx,
+            flow.tenant(),
+            event,
+            subject,
+            connection_event_data(&row, None),
+        )
+        .await?;
+        let code_redirect_url = match &flow.oauth {
+            Some(oauth) => {
+                let client_app_id = flow.client_app_id.ok_or_else(|| {
+                    Error::internal(anyhow::anyhow!("session flow without client app"))
+                })?;
+                let code = crate::oauth::issue_authorization_code(
+                    &mut tx,
+                    self.code_ttl,
+                    flow.tenant(),
+                    client_app_id,
+                    &oauth.0,
+                    row.id,
+                )
+                .await?;
+                Some(code_redirect(
+                    &oauth.0.effective_redirect_uri,
+                    &code,
+                    oauth.0.state.as_deref(),
+                ))
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        let mut view = self.flows.flow_view(flow.id).await?;
+        if let Some(url) = code_redirect_url {
+            view.redirect_url = url;
+        }
+        Ok(view)
+    }
+
+    async fn activate_connection(
+        &self,
+        tx: &mut PgConnection,
+        flow: &FlowRow,
+        id: Uuid,
+        session: &ProviderSession,
+    ) -> Result<Option<store::ConnectionRow>> {
+        let sealed = self.cipher.encrypt(
+            &serde_json::to_vec(session).map_err(Error::internal)?,
+            Sealed::ConnectionSession(id),
+        );
+        store::activate(
+            tx,
+            flow.tenant(),
+            id,
+            &FreshSession {
+                ciphertext: &sealed,
+                expires_at: session.expires_at,
+                client_reference_id: flow.client_reference_id.as_deref(),
+                geolocation: flow.geolocation.as_ref().map(|g| &g.0),
+            },
+        )
+        .await
+    }
+}
+
+async fn insert_connection(db: impl sqlx::PgExecutor<'_>, flow: &FlowRow, id: Uuid) -> Result<()> {
+    let (Some(client_app_id), Some(integration_id)) =
+        (flow.client_app_id, flow.integration_id.as_deref())
+    else {
+        return Err(wrong_step("no integration has been chosen"));
+    };
+    store::insert_pending(
+        db,
+        &NewConnection {
+            id,
+            tenant: flow.tenant(),
+            client_app_id,
+            integration_id,
+            client_reference_id: flow.client_reference_id.as_deref(),
+            geolocation: flow.geolocation.as_ref().map(|g| &g.0),
+        },
+    )
+    .await
+}
+
+/// The session kind of flow: holds the provider session for consent and
+/// keeps the connection it makes in step.
+#[derive(Debug)]
+pub(crate) struct SessionFlow;
+
+#[async_trait::async_trait]
+impl FlowKindHooks for SessionFlow {
+    async fn view(&self, engine: &Flows, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
         let redirect_url = flow.redirect_url.as_deref().unwrap_or_default();
         view.client_app_name = match flow.client_app_id {
-            Some(id) => client_apps::app_name(self.db(), id)
+            Some(id) => client_apps::app_name(engine.db(), id)
                 .await?
                 .unwrap_or_default(),
             None => String::new(),
@@ -167,9 +331,8 @@ impl Api {
             view.scopes = oauth.scope.split(' ').map(str::to_string).collect();
         }
         if flow.step == "pre-login" {
-            view.integrations = self
-                .state
-                .catalog
+            view.integrations = engine
+                .catalog()
                 .providers()
                 .filter(|p| oauth.is_none() || p.category == Category::Bank)
                 .map(|p| pb::IntegrationChoice {
@@ -221,168 +384,16 @@ impl Api {
         Ok(())
     }
 
-    /// Picks the integration of a session that does not fix one.
-    pub async fn select_integration(
-        &self,
-        token: Option<&SecretString>,
-        req: pb::SelectIntegrationRequest,
-    ) -> Result<pb::Flow> {
-        let flow = self.flow_at(token, "pre-login").await?;
-        if req.integration_id.is_empty() {
-            return Err(Error::invalid("integrationId", "is required"));
-        }
-        let offered = self
-            .state
-            .catalog
-            .provider(&req.integration_id)
-            .is_some_and(|p| flow.oauth.is_none() || p.category == Category::Bank);
-        if !offered {
-            return Err(Error::invalid(
-                "integrationId",
-                "is not one of the offered integrations",
-            ));
-        }
-        flows_store::choose_integration(self.db(), flow.id, &req.integration_id).await?;
-        self.flow_view(flow.id).await
-    }
-
-    /// The end user's consent: the connection becomes `active` with the
-    /// provider session held since login, and the flow finishes.
-    pub async fn approve_access(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
-        let flow = self.flow_at(token, "authorization").await?;
-        let session = self
-            .open_held_session(&flow)?
-            .ok_or_else(|| wrong_step("no login is waiting for consent"))?;
-        let mut tx = self.db().begin().await?;
-        if !flows_store::close(&mut tx, &flow, "success", None, None).await? {
-            return Err(Error::FailedPrecondition {
-                precondition: Precondition::AlreadyUsed,
-                reason: "FLOW_FINISHED",
-                message: "this flow has already finished".into(),
-            });
-        }
-        let requested = flow
-            .connection_id
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("session flow without connection")))?;
-        let (row, created) = match self
-            .activate_connection(&mut tx, &flow, requested, &session)
-            .await?
-        {
-            Some(row) => (row, !flow.reconnect),
-            None => {
-                // Deleted while the end user was logging in: make a new one.
-                let id = IdKind::Connection.new_uuid();
-                self.insert_connection(&mut *tx, &flow, id).await?;
-                let row = self
-                    .activate_connection(&mut tx, &flow, id, &session)
-                    .await?
-                    .ok_or_else(|| Error::internal(anyhow::anyhow!("new connection vanished")))?;
-                flows_store::set_connection(&mut *tx, flow.id, id).await?;
-                (row, true)
-            }
-        };
-        let event = if created {
-            "connection.created"
-        } else {
-            "connection.updated"
-        };
-        let subject = EventSubject {
-            link_id: None,
-            connection_id: Some(row.id),
-        };
-        outbox::record(
-            &mut tx,
-            flow.tenant(),
-            event,
-            subject,
-            connection_event_data(&row, None),
-        )
-        .await?;
-        let code_redirect_url = match &flow.oauth {
-            Some(oauth) => {
-                let client_app_id = flow.client_app_id.ok_or_else(|| {
-                    Error::internal(anyhow::anyhow!("session flow without client app"))
-                })?;
-                let code = self
-                    .issue_authorization_code(
-                        &mut tx,
-                        flow.tenant(),
-                        client_app_id,
-                        &oauth.0,
-                        row.id,
-                    )
-                    .await?;
-                Some(code_redirect(
-                    &oauth.0.effective_redirect_uri,
-                    &code,
-                    oauth.0.state.as_deref(),
-                ))
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        let mut view = self.flow_view(flow.id).await?;
-        if let Some(url) = code_redirect_url {
-            view.redirect_url = url;
-        }
-        Ok(view)
-    }
-
-    async fn activate_connection(
-        &self,
-        tx: &mut PgConnection,
-        flow: &FlowRow,
-        id: Uuid,
-        session: &ProviderSession,
-    ) -> Result<Option<store::ConnectionRow>> {
-        let sealed = self.state.cipher.encrypt(
-            &serde_json::to_vec(session).map_err(Error::internal)?,
-            Sealed::ConnectionSession(id),
-        );
-        store::activate(
-            tx,
-            flow.tenant(),
-            id,
-            &FreshSession {
-                ciphertext: &sealed,
-                expires_at: session.expires_at,
-                client_reference_id: flow.client_reference_id.as_deref(),
-                geolocation: flow.geolocation.as_ref().map(|g| &g.0),
-            },
-        )
-        .await
-    }
-
-    async fn insert_connection(
-        &self,
-        db: impl sqlx::PgExecutor<'_>,
-        flow: &FlowRow,
-        id: Uuid,
-    ) -> Result<()> {
-        let (Some(client_app_id), Some(integration_id)) =
-            (flow.client_app_id, flow.integration_id.as_deref())
-        else {
-            return Err(wrong_step("no integration has been chosen"));
-        };
-        store::insert_pending(
-            db,
-            &NewConnection {
-                id,
-                tenant: flow.tenant(),
-                client_app_id,
-                integration_id,
-                client_reference_id: flow.client_reference_id.as_deref(),
-                geolocation: flow.geolocation.as_ref().map(|g| &g.0),
-            },
-        )
-        .await
+    /// Sessions keep no debug trace.
+    async fn trace(&self, _: &Flows, _: &FlowRow, _: &str, _: serde_json::Value) -> Result<()> {
+        Ok(())
     }
 
     /// At the first login attempt of a session making a new connection, the
     /// connection appears as `pending`.
-    pub(super) async fn insert_pending_connection(&self, flow: &FlowRow) -> Result<()> {
+    async fn login_reserved(&self, engine: &Flows, flow: &FlowRow) -> Result<()> {
         match (flow.reconnect, flow.connection_id) {
-            (false, Some(id)) => self.insert_connection(self.db(), flow, id).await,
+            (false, Some(id)) => insert_connection(engine.db(), flow, id).await,
             _ => Ok(()),
         }
     }
@@ -390,24 +401,33 @@ impl Api {
     /// Logged in: keep the provider session (encrypted, bound to the flow)
     /// until the end user consents or leaves. Only the login attempt's
     /// holder can; a session that finished meanwhile logs the provider out.
-    pub(super) async fn hold_for_consent(
+    async fn logged_in(
         &self,
+        engine: &Flows,
         attempt: &Attempt,
         ctx: &LoginContext<'_>,
-        session: &ProviderSession,
+        session: ProviderSession,
     ) -> Result<()> {
-        let sealed = self.seal_held_session(&attempt.flow, session)?;
-        let held =
-            flows_store::hold_for_consent(self.db(), attempt.flow.id, attempt.id, &sealed).await?;
+        let sealed = engine.seal_held_session(&attempt.flow, &session)?;
+        let held = flows_store::hold_for_consent(engine.db(), attempt.flow.id, attempt.id, &sealed)
+            .await?;
         if !held {
-            self.log_out(ctx, session).await;
+            engine.log_out(ctx, &session).await;
+        }
+        Ok(())
+    }
+
+    /// A new connection waits for the second factor with its flow.
+    async fn awaiting_second_factor(&self, tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
+        if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
+            store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa").await?;
         }
         Ok(())
     }
 
     /// Ends a session that did not succeed; a connection it was making is
     /// `failed`.
-    pub(super) async fn finish_session(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
+    async fn finish(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool> {
         debug_assert_eq!(flow.kind(), FlowKind::Session);
         let (outcome, error_code, cancelled_step) = match &finish {
             Finish::Failed(code, _) => ("error", Some(*code), None),
@@ -419,7 +439,7 @@ impl Api {
                 )));
             }
         };
-        let mut tx = self.db().begin().await?;
+        let mut tx = engine.db().begin().await?;
         if !flows_store::close(&mut tx, flow, outcome, error_code, cancelled_step).await? {
             return Ok(false);
         }

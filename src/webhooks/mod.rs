@@ -19,7 +19,6 @@ pub mod signing;
 pub mod ssrf;
 pub mod store;
 
-use crate::app::Api;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::ids::IdKind;
 use signing::SigningSecret;
@@ -85,6 +84,16 @@ pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client
         .build()?)
 }
 
+/// What delivering needs: the database, the cipher that opens signing
+/// secrets, the settings and the metrics it updates.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    pub db: sqlx::PgPool,
+    pub cipher: crate::kernel::crypto::Cipher,
+    pub settings: WebhookSettings,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
 /// The dispatcher of this replica: a loop that claims due events and a
 /// bounded set of deliveries in flight.
 pub struct Dispatcher {
@@ -98,19 +107,25 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts claiming and delivering.
-    pub fn spawn(api: Api) -> anyhow::Result<Dispatcher> {
-        let settings = api.state.webhooks.clone();
+    pub fn spawn(deliveries: Deliveries) -> anyhow::Result<Dispatcher> {
+        let settings = deliveries.settings.clone();
         let client = http_client(&settings)?;
         let concurrency = settings
             .concurrency
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let measuring = tokio::spawn(measure_queue(api.clone()));
+        let measuring = tokio::spawn(measure_queue(deliveries.clone()));
         let (recorder, finished) = tokio::sync::mpsc::channel(concurrency);
-        let recording = tokio::spawn(record_loop(api.clone(), finished));
+        let recording = tokio::spawn(record_loop(deliveries.clone(), finished));
         let recorder = Recorder(recorder);
-        let claiming = tokio::spawn(claim_loop(api, client, recorder, slots.clone(), stopped));
+        let claiming = tokio::spawn(claim_loop(
+            deliveries,
+            client,
+            recorder,
+            slots.clone(),
+            stopped,
+        ));
         Ok(Dispatcher {
             stop,
             claiming,
@@ -166,19 +181,19 @@ impl Dispatcher {
 
 /// Refreshes the queue gauges on its own clock, so they keep moving while
 /// every delivery slot is busy (when they matter most).
-async fn measure_queue(api: Api) {
-    let mut ticker = tokio::time::interval(api.state.webhooks.queue_stats_interval);
+async fn measure_queue(deliveries: Deliveries) {
+    let mut ticker = tokio::time::interval(deliveries.settings.queue_stats_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         // An unreachable database is reported by the health probe.
-        if let Ok(queue) = store::queue_stats(api.db()).await {
-            api.state.metrics.queue_depth.set(queue.depth);
-            api.state
+        if let Ok(queue) = store::queue_stats(&deliveries.db).await {
+            deliveries.metrics.queue_depth.set(queue.depth);
+            deliveries
                 .metrics
                 .oldest_due_seconds
                 .set(queue.oldest_due_seconds);
-            api.state
+            deliveries
                 .metrics
                 .paused_destinations
                 .set(queue.paused_destinations);
@@ -227,18 +242,23 @@ impl Recorder {
 /// write ran goes in the next statement, so a busy dispatcher pays one round
 /// trip for many deliveries and an idle one waits for nothing.
 async fn record_loop(
-    api: Api,
+    deliveries: Deliveries,
     mut finished: tokio::sync::mpsc::Receiver<(Finished, tokio::sync::oneshot::Sender<()>)>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (ends, acks): (Vec<Finished>, Vec<_>) = batch.drain(..).unzip();
-        if let Err(err) = store::finish_attempts(api.db(), &ends).await {
+        if let Err(err) = store::finish_attempts(&deliveries.db, &ends).await {
             err.log();
         }
         // After the attempts, so that an opening breaker also holds back the
         // events that were just scheduled for a retry.
-        match store::record_destination_outcomes(api.db(), &ends, &api.state.webhooks.breaker).await
+        match store::record_destination_outcomes(
+            &deliveries.db,
+            &ends,
+            &deliveries.settings.breaker,
+        )
+        .await
         {
             Ok(opened) => {
                 for o in opened {
@@ -314,13 +334,13 @@ impl Drop for InFlightGuard {
 /// `per_destination` in flight to one destination) and sends each in its
 /// own task, until `stopped` turns true.
 async fn claim_loop(
-    api: Api,
+    deliveries: Deliveries,
     client: reqwest::Client,
     recorder: Recorder,
     slots: Arc<tokio::sync::Semaphore>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let settings = api.state.webhooks.clone();
+    let settings = deliveries.settings.clone();
     let cap = settings.per_destination.max(1);
     let in_flight = Arc::new(InFlight::default());
     // Destinations are visited in key order, each claim after the last.
@@ -342,7 +362,7 @@ async fn claim_loop(
         let free = slots.available_permits() + 1;
         let busy = in_flight.counts();
         let claimed = store::claim_due(
-            api.db(),
+            &deliveries.db,
             free as i64,
             settings.lease,
             i32::try_from(cap).unwrap_or(i32::MAX),
@@ -388,9 +408,10 @@ async fn claim_loop(
                 None => slots.clone().acquire_owned().await.expect("never closed"),
             };
             let counted = in_flight.start(&event.destination);
-            let (api, client, recorder) = (api.clone(), client.clone(), recorder.clone());
+            let (deliveries, client, recorder) =
+                (deliveries.clone(), client.clone(), recorder.clone());
             tokio::spawn(async move {
-                let (attempt, next, reached) = deliver(&api, &client, &event).await;
+                let (attempt, next, reached) = deliver(&deliveries, &client, &event).await;
                 recorder
                     .record(Finished {
                         event_id: event.id,
@@ -433,11 +454,11 @@ async fn claim_loop(
 
 /// The signing secrets of the event's app: the current one, and the
 /// previous one while its rotation grace period lasts.
-fn secrets(api: &Api, event: &DueEvent) -> Vec<SigningSecret> {
+fn secrets(deliveries: &Deliveries, event: &DueEvent) -> Vec<SigningSecret> {
     let Some(app_id) = event.client_app_id else {
         return Vec::new();
     };
-    let cipher = &api.state.cipher;
+    let cipher = &deliveries.cipher;
     let mut secrets = Vec::new();
     let current = event
         .webhook_secret_ciphertext
@@ -517,12 +538,12 @@ fn caused_by_refusal(err: &reqwest::Error) -> bool {
 /// sent), where the event goes next, and what the attempt says about the
 /// destination's health (see [`Finished::reached`]).
 async fn deliver(
-    api: &Api,
+    deliveries: &Deliveries,
     client: &reqwest::Client,
     event: &DueEvent,
 ) -> (Option<Attempt>, Next, Option<bool>) {
-    let settings = &api.state.webhooks;
-    let metrics = &api.state.metrics;
+    let settings = &deliveries.settings;
+    let metrics = &deliveries.metrics;
     let Some(url) = event.url.as_deref() else {
         metrics.record("skipped");
         let why = "no destination: neither the link nor the client app has a webhook URL";
@@ -533,7 +554,7 @@ async fn deliver(
         let why = "the endpoint answered 410 Gone earlier and is disabled; redeliver to re-enable";
         return (None, Next::Failed(why.into()), None);
     }
-    let secrets = secrets(api, event);
+    let secrets = secrets(deliveries, event);
     if secrets.is_empty() {
         metrics.record("skipped");
         let why = "no signing secret for the client app";
@@ -599,7 +620,7 @@ async fn deliver(
                 (code, ("delivered", Next::Delivered, String::new()))
             } else if status == reqwest::StatusCode::GONE {
                 if let Err(err) = store::disable_endpoint(
-                    api.db(),
+                    &deliveries.db,
                     event.organization_id,
                     &event.environment,
                     url,

@@ -2,7 +2,7 @@
 //! server behind `DATABASE_URL`), a migrated template database, a fresh copy
 //! of it per test, and the real server on port 0.
 
-use linkd::app::Api;
+use linkd::api::services::Services;
 use linkd::client_apps::rules::NewClientApp;
 use linkd::client_apps::store as tenancy;
 use linkd::kernel::crypto::{Cipher, EncryptionKey};
@@ -163,7 +163,7 @@ pub fn serve_args() -> ServeArgs {
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub api: Api,
+    pub api: Services,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -365,7 +365,12 @@ impl TestApp {
         webhook_url: &str,
     ) -> TestTenant {
         let app = NewClientApp::parse(name, redirect_uris, Some(webhook_url)).unwrap();
-        let created = self.api.create_client_app(tenant, &app).await.unwrap();
+        let created = self
+            .api
+            .client_apps
+            .create_client_app(tenant, &app)
+            .await
+            .unwrap();
         let key = linkd::auth::issue_key(self.api.db(), tenant).await.unwrap();
         TestTenant {
             tenant,

@@ -37,7 +37,11 @@ pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, S
         Some(webhook_url),
     )
     .unwrap();
-    let created = api.create_client_app(tenant, &app).await.unwrap();
+    let created = api
+        .client_apps
+        .create_client_app(tenant, &app)
+        .await
+        .unwrap();
     use secrecy::ExposeSecret;
     (
         pool,

@@ -64,6 +64,7 @@ pub(super) async fn list(
 ) -> Result<Response, Error> {
     let page = state
         .api
+        .connections
         .list_connections(&caller, list_request(&params)?)
         .await?;
     let connections: Vec<_> = page.connections.iter().map(connection_json).collect();
@@ -79,10 +80,12 @@ pub(super) async fn get(
 ) -> Result<Response, Error> {
     let caller = state
         .api
+        .oauth
         .authenticate_connection_reader(crate::auth::presented_key(&headers).as_ref())
         .await?;
     let connection = state
         .api
+        .connections
         .get_connection(&caller, pb::GetConnectionRequest { connection_id })
         .await?
         .connection
@@ -97,6 +100,7 @@ pub(super) async fn delete(
 ) -> Result<Response, Error> {
     let deleted = state
         .api
+        .connections
         .delete_connection(&caller, pb::DeleteConnectionRequest { connection_id })
         .await?;
     Ok(Json(json!({

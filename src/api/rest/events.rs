@@ -77,6 +77,7 @@ pub(super) async fn list(
 ) -> Result<Response, Error> {
     let page = state
         .api
+        .events
         .list_events(&caller, list_request(&params)?)
         .await?;
     let events: Vec<Value> = page.events.iter().map(event_json).collect();
@@ -91,6 +92,7 @@ pub(super) async fn get(
 ) -> Result<Response, Error> {
     let found = state
         .api
+        .events
         .get_event(&caller, pb::GetEventRequest { event_id })
         .await?;
     let attempts: Vec<Value> = found.attempts.iter().map(attempt_json).collect();
@@ -112,6 +114,7 @@ pub(super) async fn redeliver(
     read_object(&headers, &body, &[], |_| ())?;
     let queued = state
         .api
+        .events
         .redeliver_event(&caller, pb::RedeliverEventRequest { event_id })
         .await?;
     Ok(Json(json!({ "event": queued.event.as_ref().map(event_json) })).into_response())
@@ -146,7 +149,11 @@ pub(super) async fn redeliver_failed(
             created_before: optional_time(f, "createdBefore"),
         }
     })?;
-    let queued = state.api.redeliver_failed_events(&caller, req).await?;
+    let queued = state
+        .api
+        .events
+        .redeliver_failed_events(&caller, req)
+        .await?;
     Ok(Json(json!({ "queued": queued.queued })).into_response())
 }
 
@@ -162,6 +169,7 @@ pub(super) async fn rotate_webhook_secret(
     })?;
     let rotated = state
         .api
+        .client_apps
         .rotate_webhook_secret_for(
             &caller,
             pb::RotateWebhookSecretRequest {

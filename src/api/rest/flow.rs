@@ -59,7 +59,7 @@ pub(super) async fn claim(
             claim_code: f.string("claimCode").unwrap_or_default(),
         }
     })?;
-    let claimed = state.api.claim_link(req).await?;
+    let claimed = state.api.links.claim_link(req).await?;
     let flow = claimed.flow.expect("claim returns the flow");
     Ok(Json(json!({ "flowToken": claimed.flow_token, "flow": flow_json(&flow) })).into_response())
 }
@@ -68,7 +68,11 @@ pub(super) async fn get(
     State(state): State<RestState>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let flow = state.api.get_flow(presented_key(&headers).as_ref()).await?;
+    let flow = state
+        .api
+        .flows
+        .get_flow(presented_key(&headers).as_ref())
+        .await?;
     Ok(Json(flow_json(&flow)).into_response())
 }
 
@@ -84,6 +88,7 @@ pub(super) async fn credentials(
     })?;
     let flow = state
         .api
+        .flows
         .submit_credentials(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
@@ -101,6 +106,7 @@ pub(super) async fn second_factor(
     })?;
     let flow = state
         .api
+        .flows
         .submit_second_factor(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
@@ -122,6 +128,7 @@ pub(super) async fn cancel(
     }
     let flow = state
         .api
+        .flows
         .cancel_flow(
             presented_key(&headers).as_ref(),
             pb::CancelFlowRequest { step: step as i32 },
@@ -142,6 +149,7 @@ pub(super) async fn select_integration(
     })?;
     let flow = state
         .api
+        .sessions
         .select_integration(presented_key(&headers).as_ref(), req)
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
@@ -156,6 +164,7 @@ pub(super) async fn approve(
     read_object(&headers, &body, &[], |_| ())?;
     let flow = state
         .api
+        .sessions
         .approve_access(presented_key(&headers).as_ref())
         .await?;
     Ok(Json(flow_json(&flow)).into_response())

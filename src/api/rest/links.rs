@@ -105,11 +105,15 @@ pub(super) async fn create_link(
     if !type_problems.is_empty() {
         return Err(merge_violations(
             type_problems,
-            NewLink::parse(&req, &state.api.state.catalog),
+            NewLink::parse(&req, state.api.links.catalog()),
         ));
     }
     let key = idempotency_key(&headers)?;
-    let link = state.api.create_link(&caller, req, key.as_deref()).await?;
+    let link = state
+        .api
+        .links
+        .create_link(&caller, req, key.as_deref())
+        .await?;
     let mut body = json!({
         "linkId": link.link_id,
         "claimCode": link.claim_code,
@@ -133,6 +137,7 @@ pub(super) async fn get_link(
 ) -> Result<Response, Error> {
     let link = state
         .api
+        .links
         .get_link(&caller, pb::GetLinkRequest { link_id })
         .await?
         .link

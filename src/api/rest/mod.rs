@@ -1,9 +1,9 @@
 //! The HTTP/JSON shim: the same RPCs under the documented REST paths and
-//! shapes. Handlers authenticate from headers, call [`Api`] exactly as the
+//! shapes. Handlers authenticate from headers, call [`Services`] exactly as the
 //! gRPC services do, and render the documented JSON.
 
 use crate::api::health::Health;
-use crate::app::Api;
+use crate::api::services::Services;
 use crate::auth::{Caller, presented_key};
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
@@ -27,7 +27,7 @@ use serde_json::json;
 
 #[derive(Clone)]
 pub struct RestState {
-    pub api: Api,
+    pub api: std::sync::Arc<Services>,
     pub health: Health,
 }
 
@@ -78,7 +78,9 @@ impl FromRequestParts<RestState> for Authenticated {
         state: &RestState,
     ) -> Result<Self, Self::Rejection> {
         let key = presented_key(&parts.headers);
-        Ok(Authenticated(state.api.authenticate(key.as_ref()).await?))
+        Ok(Authenticated(
+            state.api.auth.authenticate(key.as_ref()).await?,
+        ))
     }
 }
 
@@ -111,7 +113,7 @@ async fn list_client_apps(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Response, Error> {
-    let apps = state.api.list_client_apps(&caller).await?;
+    let apps = state.api.client_apps.list_client_apps(&caller).await?;
     let apps: Vec<ClientAppJson> = apps.client_apps.into_iter().map(Into::into).collect();
     Ok(Json(json!({ "clientApps": apps })).into_response())
 }
@@ -123,6 +125,7 @@ async fn get_client_app(
 ) -> Result<Response, Error> {
     let app = state
         .api
+        .client_apps
         .get_client_app(&caller, pb::GetClientAppRequest { client_app_id })
         .await?
         .client_app
@@ -160,7 +163,7 @@ async fn list_providers(
     Authenticated(_): Authenticated,
     Query(query): Query<ListProvidersQuery>,
 ) -> Result<Response, Error> {
-    let providers = state.api.list_providers(pb::ListProvidersRequest {
+    let providers = state.api.links.list_providers(pb::ListProvidersRequest {
         integration_id: query.integration_id,
     })?;
     let providers: Vec<ProviderJson> = providers
@@ -197,7 +200,7 @@ async fn metrics(State(state): State<RestState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.api.state.metrics.render(),
+        state.api.deliveries.metrics.render(),
     )
         .into_response()
 }

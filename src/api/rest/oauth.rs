@@ -170,7 +170,7 @@ pub(super) async fn authorize(
         req.lang.clone().unwrap_or_else(|| "en".into()),
         req.institution_id.clone(),
     );
-    match state.api.authorize(req).await {
+    match state.api.oauth.authorize(req).await {
         Ok(answer) => {
             let location = answer.location;
             let body = if answer.error.is_empty() {
@@ -231,7 +231,7 @@ pub(super) async fn resume(
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         })
         .ok_or_else(|| Error::invalid("REF", "is not a sign-in reference"))?;
-    let location = state.api.link_page_url(reference)?;
+    let location = state.api.oauth.link_page_url(reference)?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     response.headers_mut().insert(
         header::LOCATION,
@@ -302,7 +302,7 @@ pub(super) async fn token(
         client_secret: take("client_secret"),
         code_verifier: take("code_verifier"),
     };
-    let issued = state.api.exchange_code(req, basic).await?;
+    let issued = state.api.oauth.exchange_code(req, basic).await?;
     Ok(no_store(
         Json(json!({
             "access_token": issued.access_token,

@@ -68,6 +68,7 @@ pub(super) async fn init(
     let key = idempotency_key(&headers)?;
     let session = state
         .api
+        .sessions
         .init_link_session(&caller, req, key.as_deref())
         .await?;
     Ok(Json(json!({

@@ -10,13 +10,13 @@
 //! its process dies meanwhile, the expiry sweep fails the link with
 //! `operation_interrupted` once the run's lease has passed.
 
-use super::attempt::Attempt;
+use super::Links;
 use super::store::{self, LinkForFlow};
-use super::{Finish, FlowRow};
-use crate::app::Api;
 use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
+use crate::flows::attempt::Attempt;
+use crate::flows::{Finish, FlowKindHooks, FlowRow, Flows};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::parse_id;
@@ -24,6 +24,7 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::links::rules::{LinkOperation, return_url_with_link_id};
 use crate::pb;
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// The result of the operations: flat for one, wrapped for several.
@@ -44,18 +45,7 @@ pub fn shape_result(provider: &Provider, operations: &[LinkOperation], data: Vec
     json!({ "operations": wrapped })
 }
 
-impl Api {
-    /// The link's part of the flow view, from what the flow row carries.
-    pub(super) fn link_view(&self, flow: &FlowRow, view: &mut pb::Flow) {
-        let Some(link_id) = flow.link_id else {
-            return;
-        };
-        view.link_id = IdKind::Link.format(link_id);
-        if let (Some(_), Some(url)) = (&flow.outcome, flow.link_return_url.as_deref()) {
-            view.redirect_url = return_url_with_link_id(url, &view.link_id);
-        }
-    }
-
+impl Links {
     /// Claims a link with its single-use code; exactly one of concurrent
     /// claims wins.
     pub async fn claim_link(&self, req: pb::ClaimLinkRequest) -> Result<pb::ClaimLinkResponse> {
@@ -72,9 +62,9 @@ impl Api {
         // The claim and its flow in one statement: only the request whose
         // UPDATE matched a pending link gets a flow.
         let claimed =
-            store::claim_link(self.db(), link_id, &code_hash, flow_id, &token_hash(&token)).await?;
+            store::claim_link(&self.db, link_id, &code_hash, flow_id, &token_hash(&token)).await?;
         if claimed.is_none() {
-            let state = crate::links::store::claim_state(self.db(), link_id, &code_hash).await?;
+            let state = store::claim_state(&self.db, link_id, &code_hash).await?;
             return Err(match state {
                 None => Error::NotFound("link"),
                 Some((status, past)) if past || status == "expired" => Error::FailedPrecondition {
@@ -91,16 +81,53 @@ impl Api {
         }
         Ok(pb::ClaimLinkResponse {
             flow_token: token,
-            flow: Some(self.flow_view(flow_id).await?),
+            flow: Some(self.flows.flow_view(flow_id).await?),
         })
+    }
+}
+
+/// The link kind of flow: runs the operations after login.
+#[derive(Debug)]
+pub(crate) struct LinkFlow;
+
+#[async_trait::async_trait]
+impl FlowKindHooks for LinkFlow {
+    /// The link's part of the flow view, from what the flow row carries.
+    async fn view(&self, _: &Flows, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
+        let Some(link_id) = flow.link_id else {
+            return Ok(());
+        };
+        view.link_id = IdKind::Link.format(link_id);
+        if let (Some(_), Some(url)) = (&flow.outcome, flow.link_return_url.as_deref()) {
+            view.redirect_url = return_url_with_link_id(url, &view.link_id);
+        }
+        Ok(())
+    }
+
+    async fn trace(
+        &self,
+        engine: &Flows,
+        flow: &FlowRow,
+        event: &str,
+        details: Value,
+    ) -> Result<()> {
+        if let (true, Some(link_id)) = (flow.debug, flow.link_id) {
+            store::append_trace(engine.db(), link_id, event, details).await?;
+        }
+        Ok(())
+    }
+
+    async fn login_reserved(&self, _: &Flows, _: &FlowRow) -> Result<()> {
+        Ok(())
     }
 
     /// After a successful login: moves the flow and the link to
     /// `processing` (only the holder of the login attempt can), runs the
     /// operations, finishes the link, and logs out (a link needs the
     /// provider session only for its operations).
-    pub(super) async fn run_link(
+    async fn logged_in(
         &self,
+        engine: &Flows,
         attempt: &Attempt,
         ctx: &LoginContext<'_>,
         session: ProviderSession,
@@ -108,12 +135,12 @@ impl Api {
         let link_id = attempt.flow.link()?;
         // Each operation may take the timeout, plus the margin of `lease`.
         let started = store::start_run(
-            self.db(),
+            engine.db(),
             attempt.flow.id,
             link_id,
             attempt.id,
-            self.state.provider_timeout,
-            self.lease(0),
+            engine.provider_timeout(),
+            engine.lease(0),
         )
         .await?;
         let running = FlowRow {
@@ -125,24 +152,37 @@ impl Api {
         let moved = started.moved;
         match (moved, started.link()) {
             (true, Some(link)) => {
-                let finish = self.run_operations(&running, &link, ctx, &session).await?;
-                self.finish_link(&running, finish).await?;
+                let finish = self
+                    .run_operations(engine, &running, &link, ctx, &session)
+                    .await?;
+                self.finish_link(engine, &running, finish).await?;
             }
             // The sweep expired the link while the end user logged in.
             (true, None) => {
-                self.finish_link(&running, Finish::Expired).await?;
+                self.finish_link(engine, &running, Finish::Expired).await?;
             }
             // Cancelled or expired while the provider was logging in.
             (false, _) => {}
         }
-        self.log_out(ctx, &session).await;
+        engine.log_out(ctx, &session).await;
         Ok(())
     }
 
+    async fn awaiting_second_factor(&self, tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
+        store::set_awaiting_2fa(tx, flow.link()?).await
+    }
+
+    async fn finish(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool> {
+        self.finish_link(engine, flow, finish).await
+    }
+}
+
+impl LinkFlow {
     /// Runs every operation in order in one provider session; the first
     /// failure fails the whole link.
     async fn run_operations(
         &self,
+        engine: &Flows,
         flow: &FlowRow,
         link: &LinkForFlow,
         ctx: &LoginContext<'_>,
@@ -153,14 +193,13 @@ impl Api {
             .as_deref()
             .ok_or_else(|| Error::internal(anyhow::anyhow!("link arguments already purged")))?;
         let arguments: Vec<Value> = serde_json::from_slice(
-            &self
-                .state
-                .cipher
+            &engine
+                .cipher()
                 .decrypt(sealed, Sealed::LinkArguments(link.id))
                 .map_err(Error::Internal)?,
         )
         .map_err(Error::internal)?;
-        let connector = match self.state.connectors.for_tenant(ctx.tenant) {
+        let connector = match engine.connectors().for_tenant(ctx.tenant) {
             Ok(connector) => connector,
             Err(err) => return Ok(Finish::Failed(err.code(), err.to_string())),
         };
@@ -168,27 +207,26 @@ impl Api {
         for (index, (op, args)) in link.operations.iter().zip(&arguments).enumerate() {
             let step = json!({ "index": index, "resource": op.resource, "action": op.action });
             if flow.debug {
-                let shown = self
-                    .state
-                    .catalog
+                let shown = engine
+                    .catalog()
                     .capability(&link.integration_id, &op.resource, op.action)
                     .map_or(Value::Null, |c| c.redact_arguments(args));
                 let mut details = step.clone();
                 details["arguments"] = shown;
-                self.trace(flow, "operation.started", details).await?;
+                engine.trace(flow, "operation.started", details).await?;
             }
-            match self
+            match engine
                 .within_deadline(connector.execute(ctx, session, &op.resource, op.action, args))
                 .await
             {
                 Ok(value) => {
-                    self.trace(flow, "operation.completed", step).await?;
+                    engine.trace(flow, "operation.completed", step).await?;
                     data.push(value);
                 }
                 Err(err) => {
                     let mut details = step;
                     details["errorCode"] = json!(err.code());
-                    self.trace(flow, "operation.failed", details).await?;
+                    engine.trace(flow, "operation.failed", details).await?;
                     return Ok(Finish::Failed(
                         err.code(),
                         format!("{} {}: {err}", op.resource, op.action.as_str()),
@@ -206,8 +244,8 @@ impl Api {
     /// Ends the link and its flow, purges the arguments and the provider
     /// session, and writes the event, all in one transaction. Returns false,
     /// changing nothing, when the flow was no longer at the step `flow`
-    /// shows (see [`store::close`]).
-    pub(super) async fn finish_link(&self, flow: &FlowRow, finish: Finish) -> Result<bool> {
+    /// shows (see [`crate::flows::store::close`]).
+    async fn finish_link(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool> {
         let link_id = flow.link()?;
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
             match finish {
@@ -248,23 +286,17 @@ impl Api {
                     Some(step),
                 ),
             };
-        let mut tx = self.db().begin().await?;
+        let mut tx = engine.db().begin().await?;
         // The flow decides: only the request that closes it goes on.
-        if !store::close(&mut tx, flow, outcome, error_code, cancelled_step).await? {
+        if !crate::flows::store::close(&mut tx, flow, outcome, error_code, cancelled_step).await? {
             return Ok(false);
         }
         if flow.debug {
             let details = json!({ "errorCode": error_code });
-            crate::links::store::append_trace(
-                &mut *tx,
-                link_id,
-                &format!("link.{status}"),
-                details,
-            )
-            .await?;
+            store::append_trace(&mut *tx, link_id, &format!("link.{status}"), details).await?;
         }
         // Unless the expiry sweep got there first (it writes its own event).
-        let finished = crate::links::store::finish(
+        let finished = store::finish(
             &mut tx,
             link_id,
             status,

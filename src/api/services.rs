@@ -1,0 +1,128 @@
+//! The services, wired once: one per concern, each with the handles it
+//! needs. The gRPC services and the REST shim are thin adapters that
+//! authenticate, convert and call the one service a request belongs to, so
+//! both surfaces always behave the same.
+
+use crate::auth::Authenticator;
+use crate::catalog::Catalog;
+use crate::client_apps::ClientApps;
+use crate::connections::Connections;
+use crate::connectors::Connectors;
+use crate::events::Events;
+use crate::flows::{FlowSettings, Flows};
+use crate::idempotency::Idempotency;
+use crate::kernel::crypto::Cipher;
+use crate::links::Links;
+use crate::links::flow::LinkFlow;
+use crate::oauth::{OAuth, OAuthSettings};
+use crate::sessions::{SessionFlow, Sessions};
+use crate::webhooks::{Deliveries, WebhookSettings};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// Request-handling settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub public_url: Url,
+    /// Defaults to `<public URL>/appclip`.
+    pub app_clip_base_url: Option<Url>,
+    pub session_ttl: Duration,
+    pub provider_timeout: Duration,
+    /// How long a verified API key is trusted without the database.
+    pub api_key_cache_ttl: Duration,
+    pub max_list_offset: i64,
+    pub oauth: OAuthSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Every service of a replica; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Services {
+    db: PgPool,
+    pub auth: Authenticator,
+    pub client_apps: ClientApps,
+    pub links: Links,
+    pub sessions: Sessions,
+    pub flows: Flows,
+    pub connections: Connections,
+    pub oauth: OAuth,
+    pub events: Events,
+    /// What the webhook dispatcher delivers with (and its metrics).
+    pub deliveries: Deliveries,
+}
+
+impl Services {
+    /// The database every service uses.
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    pub fn new(
+        db: PgPool,
+        catalog: Arc<Catalog>,
+        connectors: Connectors,
+        cipher: Cipher,
+        settings: Settings,
+    ) -> Self {
+        let app_clip_base_url = settings.app_clip_base_url.unwrap_or_else(|| {
+            settings
+                .public_url
+                .join("appclip")
+                .expect("public URL is a base")
+        });
+        let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl);
+        let idempotency = Idempotency::new(db.clone(), cipher.clone());
+        let flows = Flows::new(
+            db.clone(),
+            catalog.clone(),
+            connectors.clone(),
+            cipher.clone(),
+            FlowSettings {
+                public_url: settings.public_url,
+                session_ttl: settings.session_ttl,
+                provider_timeout: settings.provider_timeout,
+            },
+            Arc::new(LinkFlow),
+            Arc::new(SessionFlow),
+        );
+        Services {
+            auth: auth.clone(),
+            client_apps: ClientApps::new(db.clone(), cipher.clone()),
+            links: Links::new(
+                db.clone(),
+                catalog.clone(),
+                cipher.clone(),
+                app_clip_base_url,
+                idempotency.clone(),
+                flows.clone(),
+            ),
+            sessions: Sessions::new(
+                db.clone(),
+                catalog.clone(),
+                cipher.clone(),
+                idempotency,
+                flows.clone(),
+                settings.oauth.code_ttl,
+            ),
+            connections: Connections::new(
+                db.clone(),
+                catalog.clone(),
+                connectors,
+                cipher.clone(),
+                settings.max_list_offset,
+            ),
+            oauth: OAuth::new(db.clone(), catalog, settings.oauth, flows.clone(), auth),
+            events: Events::new(db.clone()),
+            deliveries: Deliveries {
+                db: db.clone(),
+                cipher,
+                settings: settings.webhooks,
+                metrics: Arc::default(),
+            },
+            flows,
+            db,
+        }
+    }
+}
