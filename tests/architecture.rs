@@ -1,7 +1,8 @@
 //! The house rules of `src/`, checked on the source: a change that puts SQL
-//! outside a store, makes the kernel or a concern reach up into the
-//! transports or the wiring, or closes an import circle between top-level
-//! modules, fails here with the file and line.
+//! outside a store, lets a rules file name a transport type, makes the
+//! kernel or a concern reach up into the transports or the wiring, or closes
+//! an import circle between top-level modules, fails here with the file and
+//! line.
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,31 @@ fn sql_lives_only_in_stores() {
         strays.is_empty(),
         "SQL belongs in the concern's store.rs:\n{}",
         strays.join("\n")
+    );
+}
+
+#[test]
+fn rules_are_free_of_transports() {
+    // A concern's rules take plain inputs; converting from the generated
+    // protobuf types (or HTTP) happens in its service or the transports.
+    let mut wrong = Vec::new();
+    for Source { file, lines, .. } in sources() {
+        if !file.ends_with("/rules.rs") {
+            continue;
+        }
+        for (number, line) in lines {
+            let names_transport = ["pb::", "crate::pb", "tonic::", "axum::", "http::"]
+                .iter()
+                .any(|t| line.contains(t));
+            if names_transport {
+                wrong.push(format!("src/{file}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "rules.rs must not name the transports' types:\n{}",
+        wrong.join("\n")
     );
 }
 

@@ -20,7 +20,7 @@ use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use prost::Message as _;
-use rules::{LinkStatus, NewLink, return_url_with_link_id};
+use rules::{LinkRequest, LinkStatus, NewLink, OperationRequest, return_url_with_link_id};
 use sqlx::PgConnection;
 
 /// LinkService's link intents, and claiming one (LinkFlowService).
@@ -109,7 +109,7 @@ impl Links {
         req: pb::CreateLinkRequest,
         idempotency_key: Option<&str>,
     ) -> Result<pb::CreateLinkResponse> {
-        let new = NewLink::parse(&req, &self.catalog)?;
+        let new = NewLink::parse(&link_request(&req), &self.catalog)?;
         let key = idempotency_key.map(|key| IdempotencyKey {
             tenant: caller.tenant,
             operation: "LinkService.CreateLink",
@@ -184,7 +184,7 @@ impl Links {
         Ok(pb::GetLinkResponse {
             link: Some(pb::Link {
                 operations: operation_summaries(&row),
-                status: status.to_proto() as i32,
+                status: status_to_proto(status) as i32,
                 return_url: row
                     .return_url
                     .as_deref()
@@ -204,6 +204,47 @@ impl Links {
                 finished_at: row.finished_at.map(timestamp),
             }),
         })
+    }
+}
+
+/// The rules' view of a `CreateLink` request.
+pub fn link_request(req: &pb::CreateLinkRequest) -> LinkRequest<'_> {
+    LinkRequest {
+        integration_id: &req.integration_id,
+        operations: req
+            .operations
+            .iter()
+            .map(|op| OperationRequest {
+                resource: &op.resource,
+                action: match op.action() {
+                    pb::OperationAction::Read => Some(crate::catalog::Action::Read),
+                    pb::OperationAction::Write => Some(crate::catalog::Action::Write),
+                    pb::OperationAction::Unspecified => None,
+                },
+                arguments: op.arguments.as_ref().map_or_else(
+                    || serde_json::Value::Object(Default::default()),
+                    proto_json::from_struct,
+                ),
+            })
+            .collect(),
+        webhook_url: req.webhook_url.as_deref(),
+        return_url: req.return_url.as_deref(),
+        external_user_id: req.external_user_id.as_deref(),
+        debug: req.debug,
+        expires_in: req.expires_in,
+    }
+}
+
+fn status_to_proto(status: LinkStatus) -> pb::LinkStatus {
+    match status {
+        LinkStatus::Pending => pb::LinkStatus::Pending,
+        LinkStatus::Claimed => pb::LinkStatus::Claimed,
+        LinkStatus::Awaiting2fa => pb::LinkStatus::Awaiting2fa,
+        LinkStatus::Processing => pb::LinkStatus::Processing,
+        LinkStatus::Completed => pb::LinkStatus::Completed,
+        LinkStatus::Failed => pb::LinkStatus::Failed,
+        LinkStatus::Expired => pb::LinkStatus::Expired,
+        LinkStatus::Cancelled => pb::LinkStatus::Cancelled,
     }
 }
 

@@ -4,9 +4,7 @@ use crate::catalog::Action;
 use crate::catalog::Catalog;
 use crate::client_apps::rules::{check_redirect_uri, is_web_url};
 use crate::kernel::error::Error;
-use crate::kernel::proto_json;
 use crate::kernel::validate::{Violations, limits};
-use crate::pb;
 
 /// Most operations one link may carry.
 pub const MAX_OPERATIONS: usize = 10;
@@ -57,19 +55,6 @@ impl LinkStatus {
         .into_iter()
         .find(|status| status.as_str() == s)
     }
-
-    pub fn to_proto(self) -> pb::LinkStatus {
-        match self {
-            LinkStatus::Pending => pb::LinkStatus::Pending,
-            LinkStatus::Claimed => pb::LinkStatus::Claimed,
-            LinkStatus::Awaiting2fa => pb::LinkStatus::Awaiting2fa,
-            LinkStatus::Processing => pb::LinkStatus::Processing,
-            LinkStatus::Completed => pb::LinkStatus::Completed,
-            LinkStatus::Failed => pb::LinkStatus::Failed,
-            LinkStatus::Expired => pb::LinkStatus::Expired,
-            LinkStatus::Cancelled => pb::LinkStatus::Cancelled,
-        }
-    }
 }
 
 /// One checked operation.
@@ -77,6 +62,28 @@ impl LinkStatus {
 pub struct LinkOperation {
     pub resource: String,
     pub action: Action,
+}
+
+/// What `CreateLink` asks for, as given (either surface converts to it).
+#[derive(Debug, Clone, Default)]
+pub struct LinkRequest<'a> {
+    pub integration_id: &'a str,
+    pub operations: Vec<OperationRequest<'a>>,
+    pub webhook_url: Option<&'a str>,
+    pub return_url: Option<&'a str>,
+    pub external_user_id: Option<&'a str>,
+    pub debug: bool,
+    pub expires_in: Option<i64>,
+}
+
+/// One requested operation, as given.
+#[derive(Debug, Clone)]
+pub struct OperationRequest<'a> {
+    pub resource: &'a str,
+    /// `None`: not given (or not read/write).
+    pub action: Option<Action>,
+    /// `{}` when not given.
+    pub arguments: serde_json::Value,
 }
 
 /// A checked `CreateLink` request.
@@ -97,10 +104,10 @@ impl NewLink {
     /// Checks every field of the request against the documented rules and
     /// the catalog, reporting every problem at once. Paths use the JSON names
     /// (`webhookUrl`, `operations[1].arguments.cvv`) on both surfaces.
-    pub fn parse(req: &pb::CreateLinkRequest, catalog: &Catalog) -> Result<Self, Error> {
+    pub fn parse(req: &LinkRequest<'_>, catalog: &Catalog) -> Result<Self, Error> {
         let mut v = Violations::new();
-        let integration_known = if v.require_len("integrationId", &req.integration_id, limits::ID) {
-            let known = catalog.provider(&req.integration_id).is_some();
+        let integration_known = if v.require_len("integrationId", req.integration_id, limits::ID) {
+            let known = catalog.provider(req.integration_id).is_some();
             if !known {
                 v.add(
                     "integrationId",
@@ -124,21 +131,14 @@ impl NewLink {
         let mut arguments = Vec::new();
         for (i, op) in req.operations.iter().enumerate().take(MAX_OPERATIONS) {
             let path = format!("operations[{i}]");
-            let resource_ok = v.require_len(&format!("{path}.resource"), &op.resource, limits::ID);
-            let action = match op.action() {
-                pb::OperationAction::Read => Some(Action::Read),
-                pb::OperationAction::Write => Some(Action::Write),
-                pb::OperationAction::Unspecified => {
-                    v.add(format!("{path}.action"), "is required: read or write");
-                    None
-                }
-            };
-            let args = op.arguments.as_ref().map_or_else(
-                || serde_json::Value::Object(Default::default()),
-                proto_json::from_struct,
-            );
+            let resource_ok = v.require_len(&format!("{path}.resource"), op.resource, limits::ID);
+            let action = op.action;
+            if action.is_none() {
+                v.add(format!("{path}.action"), "is required: read or write");
+            }
+            let args = op.arguments.clone();
             if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
-                match catalog.capability(&req.integration_id, &op.resource, action) {
+                match catalog.capability(req.integration_id, op.resource, action) {
                     None => v.add(
                         path.clone(),
                         format!(
@@ -157,20 +157,20 @@ impl NewLink {
             }
             if let Some(action) = action {
                 operations.push(LinkOperation {
-                    resource: op.resource.clone(),
+                    resource: op.resource.to_string(),
                     action,
                 });
             }
             arguments.push(args);
         }
 
-        if let Some(url) = &req.webhook_url
+        if let Some(url) = req.webhook_url
             && v.max_len("webhookUrl", url, limits::URL)
             && !is_web_url(url)
         {
             v.add("webhookUrl", "must be a valid URL");
         }
-        if let Some(url) = &req.return_url
+        if let Some(url) = req.return_url
             && v.max_len("returnUrl", url, limits::URL)
             && let Err(why) = check_redirect_uri(url)
         {
@@ -179,7 +179,7 @@ impl NewLink {
                 format!("must be a valid https:// URL or app scheme: {why}"),
             );
         }
-        if let Some(id) = &req.external_user_id {
+        if let Some(id) = req.external_user_id {
             v.max_len("externalUserId", id, limits::REFERENCE);
         }
         let expires_in_secs = req.expires_in.unwrap_or(DEFAULT_EXPIRES_IN_SECS);
@@ -193,12 +193,12 @@ impl NewLink {
         }
         v.finish()?;
         Ok(NewLink {
-            integration_id: req.integration_id.clone(),
+            integration_id: req.integration_id.to_string(),
             operations,
             arguments,
-            webhook_url: req.webhook_url.clone(),
-            return_url: req.return_url.clone(),
-            external_user_id: req.external_user_id.clone(),
+            webhook_url: req.webhook_url.map(str::to_string),
+            return_url: req.return_url.map(str::to_string),
+            external_user_id: req.external_user_id.map(str::to_string),
             debug: req.debug,
             expires_in_secs,
         })

@@ -33,7 +33,9 @@ use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::{IdKind, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
-use crate::sessions::rules::{NewSession, SessionResult, session_redirect_url, web_origin};
+use crate::sessions::rules::{
+    NewSession, SessionRequest, SessionResult, session_redirect_url, web_origin,
+};
 use prost::Message as _;
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
@@ -81,7 +83,7 @@ impl Sessions {
         req: pb::InitLinkSessionRequest,
         idempotency_key: Option<&str>,
     ) -> Result<pb::InitLinkSessionResponse> {
-        let new = NewSession::parse(&req)?;
+        let new = NewSession::parse(&session_request(&req))?;
         let key = idempotency_key.map(|key| IdempotencyKey {
             tenant: caller.tenant,
             operation: "LinkService.InitLinkSession",
@@ -307,6 +309,20 @@ async fn insert_connection(db: impl sqlx::PgExecutor<'_>, flow: &FlowRow, id: Uu
         },
     )
     .await
+}
+
+/// The rules' view of an `InitLinkSession` request.
+pub fn session_request(req: &pb::InitLinkSessionRequest) -> SessionRequest<'_> {
+    SessionRequest {
+        client_app_id: req.client_app_id.as_deref(),
+        redirect_url: req.redirect_url.as_deref(),
+        client_reference_id: req.client_reference_id.as_deref(),
+        connection_id: req.connection_id.as_deref(),
+        geolocation: req
+            .geolocation
+            .as_ref()
+            .map(|geo| (geo.country.as_str(), geo.state.as_deref())),
+    }
 }
 
 /// The session kind of flow: holds the provider session for consent and

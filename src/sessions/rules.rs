@@ -5,8 +5,19 @@ use crate::connectors::Geolocation;
 use crate::kernel::error::Error;
 use crate::kernel::ids::IdKind;
 use crate::kernel::validate::{Violations, limits};
-use crate::pb;
 use url::Url;
+
+/// What `InitLinkSession` asks for, as given (either surface converts to
+/// it); an empty string is not given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionRequest<'a> {
+    pub client_app_id: Option<&'a str>,
+    pub redirect_url: Option<&'a str>,
+    pub client_reference_id: Option<&'a str>,
+    pub connection_id: Option<&'a str>,
+    /// The country and, optionally, the state.
+    pub geolocation: Option<(&'a str, Option<&'a str>)>,
+}
 
 /// An `InitLinkSession` request whose fields are well-formed. Whether the
 /// app and redirect URL exist is checked against the store afterwards.
@@ -22,10 +33,10 @@ pub struct NewSession {
 
 impl NewSession {
     /// Checks every field and reports every problem at once.
-    pub fn parse(req: &pb::InitLinkSessionRequest) -> Result<Self, Error> {
+    pub fn parse(req: &SessionRequest<'_>) -> Result<Self, Error> {
         let mut v = Violations::new();
-        let given = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
-        let client_app_id = given(&req.client_app_id).and_then(|id| {
+        let given = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+        let client_app_id = given(req.client_app_id).and_then(|id| {
             // A malformed id with the right prefix is an unknown app (404).
             let parsed = IdKind::ClientApp.parse_reference(&id);
             if parsed.is_none() {
@@ -36,18 +47,18 @@ impl NewSession {
             }
             parsed
         });
-        let redirect_url = given(&req.redirect_url);
+        let redirect_url = given(req.redirect_url);
         if let Some(url) = &redirect_url {
             v.max_len("redirectUrl", url, limits::URL);
         }
-        let client_reference_id = given(&req.client_reference_id);
+        let client_reference_id = given(req.client_reference_id);
         if let Some(reference) = &client_reference_id {
             v.max_len("clientReferenceId", reference, limits::REFERENCE);
         }
         // A well-formed id that names nothing is not an error (documented):
         // the session then makes a new connection. Only the prefix and shape
         // are checked here.
-        let connection_id = given(&req.connection_id).and_then(|id| {
+        let connection_id = given(req.connection_id).and_then(|id| {
             if !id.starts_with(IdKind::Connection.prefix()) {
                 v.add("connectionId", "must start with `conn_`");
                 return None;
@@ -63,8 +74,7 @@ impl NewSession {
         });
         let geolocation = req
             .geolocation
-            .as_ref()
-            .and_then(|geo| Geolocation::parse(&mut v, &geo.country, geo.state.as_deref()));
+            .and_then(|(country, state)| Geolocation::parse(&mut v, country, state));
         v.finish()?;
         Ok(NewSession {
             client_app_id,
@@ -133,12 +143,9 @@ pub fn web_origin(redirect_url: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn request(geo: Option<(&str, Option<&str>)>) -> pb::InitLinkSessionRequest {
-        pb::InitLinkSessionRequest {
-            geolocation: geo.map(|(country, state)| pb::Geolocation {
-                country: country.into(),
-                state: state.map(Into::into),
-            }),
+    fn request<'a>(geo: Option<(&'a str, Option<&'a str>)>) -> SessionRequest<'a> {
+        SessionRequest {
+            geolocation: geo,
             ..Default::default()
         }
     }
@@ -182,12 +189,13 @@ mod tests {
 
     #[test]
     fn every_malformed_field_is_reported() {
-        let req = pb::InitLinkSessionRequest {
-            client_app_id: Some("link_1".into()),
-            redirect_url: Some("x".repeat(3000)),
-            client_reference_id: Some("r".repeat(256)),
-            connection_id: Some("abc123".into()),
-            geolocation: Some(pb::Geolocation::default()),
+        let (redirect_url, reference) = ("x".repeat(3000), "r".repeat(256));
+        let req = SessionRequest {
+            client_app_id: Some("link_1"),
+            redirect_url: Some(&redirect_url),
+            client_reference_id: Some(&reference),
+            connection_id: Some("abc123"),
+            geolocation: Some(("", None)),
         };
         assert_eq!(
             paths(NewSession::parse(&req).unwrap_err()),

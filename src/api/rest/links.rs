@@ -6,6 +6,7 @@ use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
 use crate::kernel::validate::Violations;
+use crate::links::link_request;
 use crate::links::rules::NewLink;
 use crate::pb;
 use axum::Json;
@@ -105,7 +106,7 @@ pub(super) async fn create_link(
     if !type_problems.is_empty() {
         return Err(merge_violations(
             type_problems,
-            NewLink::parse(&req, state.api.links.catalog()),
+            NewLink::parse(&link_request(&req), state.api.links.catalog()),
         ));
     }
     let key = idempotency_key(&headers)?;

@@ -63,7 +63,10 @@ pub(super) async fn init(
     let body = json_object(&headers, &body)?;
     let (req, type_problems) = init_request(&body);
     if !type_problems.is_empty() {
-        return Err(merge_violations(type_problems, NewSession::parse(&req)));
+        return Err(merge_violations(
+            type_problems,
+            NewSession::parse(&crate::sessions::session_request(&req)),
+        ));
     }
     let key = idempotency_key(&headers)?;
     let session = state
