@@ -70,7 +70,7 @@ impl Flows {
             flow.id,
             id,
             lease,
-            &flow.step,
+            flow.step,
             MAX_FAILED_ATTEMPTS,
         )
         .await?;
@@ -79,13 +79,13 @@ impl Flows {
         }
         // Not reserved: say why, from the flow as it is now.
         let now = self.flow_by_id(flow.id).await?;
-        self.check_open_at(&now, &flow.step).await?;
+        self.check_open_at(&now, flow.step).await?;
         let idle = now
             .attempt_until
             .is_none_or(|until| until <= chrono::Utc::now());
         if idle && now.failed_logins >= MAX_FAILED_ATTEMPTS {
             // The last attempt's process died before finishing the flow.
-            let err = if now.step == "2fa" {
+            let err = if now.step == super::FlowStep::TwoFactor {
                 ConnectorError::InvalidCode
             } else {
                 ConnectorError::InvalidCredentials

@@ -55,10 +55,35 @@ pub const MAX_FAILED_ATTEMPTS: i32 = 5;
 /// Longest credential value.
 pub const MAX_CREDENTIAL_LEN: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FlowKind {
-    Link,
-    Session,
+crate::kernel::names::stored_names! {
+    /// What a flow serves (`flows.kind`).
+    pub enum FlowKind {
+        /// A claimed link intent.
+        Link = "link",
+        /// A Link session.
+        Session = "session",
+    }
+}
+
+crate::kernel::names::stored_names! {
+    /// Where a flow is (`flows.step`); REST renders these names.
+    pub enum FlowStep {
+        PreLogin = "pre-login",
+        Authorization = "authorization",
+        Login = "login",
+        TwoFactor = "2fa",
+        Processing = "processing",
+        Done = "done",
+    }
+}
+
+crate::kernel::names::stored_names! {
+    /// How a finished flow ended (`flows.outcome`).
+    pub enum FlowOutcome {
+        Success = "success",
+        Cancelled = "cancelled",
+        Error = "error",
+    }
 }
 
 impl FlowRow {
@@ -79,15 +104,13 @@ impl FlowRow {
     /// is not cut short: its run finishes it (or the sweep, if the run's
     /// process died).
     pub(crate) fn due_to_expire(&self) -> bool {
-        self.outcome.is_none() && self.step != "processing" && self.expires_at <= chrono::Utc::now()
+        self.outcome.is_none()
+            && self.step != FlowStep::Processing
+            && self.expires_at <= chrono::Utc::now()
     }
 
     pub(crate) fn kind(&self) -> FlowKind {
-        if self.kind == "session" {
-            FlowKind::Session
-        } else {
-            FlowKind::Link
-        }
+        self.kind
     }
 
     pub(crate) fn login_context<'p>(&self, provider: &'p Provider) -> LoginContext<'p> {
@@ -102,36 +125,42 @@ impl FlowRow {
     }
 }
 
-/// Flow steps and their names: stored in `flows.step` and rendered by REST.
-const FLOW_STEPS: [(pb::FlowStep, &str); 6] = [
-    (pb::FlowStep::PreLogin, "pre-login"),
-    (pb::FlowStep::Authorization, "authorization"),
-    (pb::FlowStep::Login, "login"),
-    (pb::FlowStep::TwoFactor, "2fa"),
-    (pb::FlowStep::Processing, "processing"),
-    (pb::FlowStep::Done, "done"),
-];
-
-/// The steps an end user can cancel at.
-pub const CANCELLABLE_STEPS: [pb::FlowStep; 4] = [
-    pb::FlowStep::PreLogin,
-    pb::FlowStep::Authorization,
-    pb::FlowStep::Login,
-    pb::FlowStep::TwoFactor,
-];
-
-pub fn flow_step(name: &str) -> pb::FlowStep {
-    FLOW_STEPS
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map_or(pb::FlowStep::Unspecified, |(step, _)| *step)
+/// The wire value of a step.
+pub fn step_to_proto(step: FlowStep) -> pb::FlowStep {
+    match step {
+        FlowStep::PreLogin => pb::FlowStep::PreLogin,
+        FlowStep::Authorization => pb::FlowStep::Authorization,
+        FlowStep::Login => pb::FlowStep::Login,
+        FlowStep::TwoFactor => pb::FlowStep::TwoFactor,
+        FlowStep::Processing => pb::FlowStep::Processing,
+        FlowStep::Done => pb::FlowStep::Done,
+    }
 }
 
-pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
-    FLOW_STEPS
+/// The step a wire value names (`None` for unspecified).
+pub fn step_from_proto(step: pb::FlowStep) -> Option<FlowStep> {
+    FlowStep::ALL
         .iter()
-        .find(|(s, _)| *s == step)
-        .map(|(_, name)| *name)
+        .copied()
+        .find(|s| step_to_proto(*s) == step)
+}
+
+/// The steps an end user can cancel at.
+pub const CANCELLABLE_STEPS: [FlowStep; 4] = [
+    FlowStep::PreLogin,
+    FlowStep::Authorization,
+    FlowStep::Login,
+    FlowStep::TwoFactor,
+];
+
+/// The wire value of a step's name; unspecified for an unknown name.
+pub fn flow_step(name: &str) -> pb::FlowStep {
+    FlowStep::parse(name).map_or(pb::FlowStep::Unspecified, step_to_proto)
+}
+
+/// The name of a wire step; `None` for unspecified.
+pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
+    step_from_proto(step).map(FlowStep::as_str)
 }
 
 fn error_message(code: &str) -> &'static str {
@@ -167,7 +196,7 @@ pub(crate) enum Finish {
     /// Failed with an error code (`invalid_credentials`, `account_locked`…).
     Failed(&'static str, String),
     /// The end user cancelled at this step.
-    Cancelled(&'static str),
+    Cancelled(FlowStep),
     /// The flow's lifetime ran out.
     Expired,
 }
@@ -293,9 +322,9 @@ impl Flows {
         new: &NewSessionFlow<'_>,
     ) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
         let step = if new.integration_id.is_some() {
-            "login"
+            FlowStep::Login
         } else {
-            "pre-login"
+            FlowStep::PreLogin
         };
         let token = format!("lft_{}", random_token());
         let expires_at = store::insert_session(
@@ -352,17 +381,17 @@ impl Flows {
             .and_then(|id| self.catalog.provider(id));
         let error_code = flow.error_code.clone().unwrap_or_default();
         let mut view = pb::Flow {
-            step: flow_step(&flow.step) as i32,
-            outcome: match flow.outcome.as_deref() {
-                Some("success") => pb::FlowOutcome::Success,
-                Some("cancelled") => pb::FlowOutcome::Cancelled,
-                Some("error") => pb::FlowOutcome::Error,
-                _ => pb::FlowOutcome::Unspecified,
+            step: step_to_proto(flow.step) as i32,
+            outcome: match flow.outcome {
+                Some(FlowOutcome::Success) => pb::FlowOutcome::Success,
+                Some(FlowOutcome::Cancelled) => pb::FlowOutcome::Cancelled,
+                Some(FlowOutcome::Error) => pb::FlowOutcome::Error,
+                None => pb::FlowOutcome::Unspecified,
             } as i32,
             integration_id: flow.integration_id.clone().unwrap_or_default(),
             integration_name: provider.map(|p| p.name.clone()).unwrap_or_default(),
             credential_fields: provider
-                .filter(|_| flow.step == "login")
+                .filter(|_| flow.step == FlowStep::Login)
                 .map(|p| {
                     p.credentials
                         .iter()
@@ -388,8 +417,8 @@ impl Flows {
             lang: flow.lang.clone(),
             cancelled_step: flow
                 .cancelled_step
-                .as_deref()
-                .map_or(pb::FlowStep::Unspecified, flow_step) as i32,
+                .map_or(pb::FlowStep::Unspecified, step_to_proto)
+                as i32,
             ..Default::default()
         };
         self.hooks(flow.kind()).view(self, &flow, &mut view).await?;
@@ -411,7 +440,7 @@ impl Flows {
     pub(crate) async fn flow_at(
         &self,
         token: Option<&SecretString>,
-        step: &str,
+        step: FlowStep,
     ) -> Result<FlowRow> {
         let flow = self.load_flow(token).await?;
         self.check_open_at(&flow, step).await?;
@@ -420,7 +449,7 @@ impl Flows {
 
     /// Fails unless `flow` is unfinished, unexpired (an expired one is
     /// finished as expired first) and at `step`.
-    async fn check_open_at(&self, flow: &FlowRow, step: &str) -> Result<()> {
+    async fn check_open_at(&self, flow: &FlowRow, step: FlowStep) -> Result<()> {
         let expired = match flow.kind() {
             FlowKind::Link => Error::FailedPrecondition {
                 precondition: Precondition::Expired,
@@ -502,7 +531,7 @@ impl Flows {
         token: Option<&SecretString>,
         req: pb::SubmitCredentialsRequest,
     ) -> Result<pb::Flow> {
-        let flow = self.flow_at(token, "login").await?;
+        let flow = self.flow_at(token, FlowStep::Login).await?;
         let provider = self.provider_of(&flow)?;
         let mut v = crate::kernel::validate::Violations::new();
         let mut credentials = Credentials::new();
@@ -565,7 +594,7 @@ impl Flows {
         token: Option<&SecretString>,
         req: pb::SubmitSecondFactorRequest,
     ) -> Result<pb::Flow> {
-        let flow = self.flow_at(token, "2fa").await?;
+        let flow = self.flow_at(token, FlowStep::TwoFactor).await?;
         if req.code.is_empty() || req.code.chars().count() > 32 {
             return Err(Error::invalid(
                 "code",
@@ -601,9 +630,8 @@ impl Flows {
         token: Option<&SecretString>,
         req: pb::CancelFlowRequest,
     ) -> Result<pb::Flow> {
-        let step = Some(req.step())
+        let step = step_from_proto(req.step())
             .filter(|step| CANCELLABLE_STEPS.contains(step))
-            .and_then(step_name)
             .ok_or_else(|| {
                 Error::invalid(
                     "step",

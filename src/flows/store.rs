@@ -2,6 +2,7 @@
 //! between steps and closed, each change conditional on the state the
 //! caller saw.
 
+use super::{FlowKind, FlowOutcome, FlowStep};
 use crate::connectors::Geolocation;
 use crate::kernel::error::Result;
 use crate::kernel::tenant::{Environment, Tenant};
@@ -14,13 +15,13 @@ pub struct FlowRow {
     pub id: Uuid,
     pub organization_id: Uuid,
     pub environment: Environment,
-    pub kind: String,
+    pub kind: FlowKind,
     pub link_id: Option<Uuid>,
     /// The link's `debug` flag (false for sessions).
     pub debug: bool,
     pub integration_id: Option<String>,
-    pub step: String,
-    pub outcome: Option<String>,
+    pub step: FlowStep,
+    pub outcome: Option<FlowOutcome>,
     pub error_code: Option<String>,
     pub second_factor_prompt: Option<String>,
     pub session_ciphertext: Option<Vec<u8>>,
@@ -36,7 +37,7 @@ pub struct FlowRow {
     pub connection_id: Option<Uuid>,
     pub reconnect: bool,
     pub geolocation: Option<sqlx::types::Json<Geolocation>>,
-    pub cancelled_step: Option<String>,
+    pub cancelled_step: Option<FlowStep>,
     pub lang: String,
     pub oauth: Option<sqlx::types::Json<super::AuthorizationRequest>>,
     /// The link's `return_url` (link flows), read with the flow.
@@ -80,7 +81,7 @@ pub async fn reserve_attempt(
     flow_id: Uuid,
     attempt_id: Uuid,
     lease: Duration,
-    step: &str,
+    step: FlowStep,
     max_failed: i32,
 ) -> Result<Option<FlowRow>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -154,9 +155,9 @@ pub async fn await_second_factor(
 pub async fn close(
     tx: &mut PgConnection,
     flow: &FlowRow,
-    outcome: &str,
+    outcome: FlowOutcome,
     error_code: Option<&str>,
-    cancelled_step: Option<&str>,
+    cancelled_step: Option<FlowStep>,
 ) -> Result<bool> {
     let closed = sqlx::query(
         "UPDATE flows SET step = 'done', outcome = $2, error_code = $3, cancelled_step = $4,
@@ -168,7 +169,7 @@ pub async fn close(
     .bind(outcome)
     .bind(error_code)
     .bind(cancelled_step)
-    .bind(&flow.step)
+    .bind(flow.step)
     .bind(flow.attempt_id)
     .execute(tx)
     .await?;
@@ -270,7 +271,7 @@ pub async fn insert_session(
     tx: &mut PgConnection,
     token_hash: &[u8],
     new: &NewSessionFlow<'_>,
-    step: &str,
+    step: FlowStep,
     ttl: Duration,
 ) -> Result<chrono::DateTime<chrono::Utc>> {
     Ok(sqlx::query_scalar(

@@ -16,12 +16,12 @@ use crate::catalog::Provider;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
-use crate::flows::{Finish, FlowKindHooks, FlowRow, Flows};
+use crate::flows::{Finish, FlowKindHooks, FlowOutcome, FlowRow, FlowStep, Flows};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::parse_id;
 use crate::kernel::ids::{IdKind, random_token, token_hash};
-use crate::links::rules::{LinkOperation, return_url_with_link_id};
+use crate::links::rules::{LinkOperation, LinkStatus, return_url_with_link_id};
 use crate::pb;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -67,11 +67,13 @@ impl Links {
             let state = store::claim_state(&self.db, link_id, &code_hash).await?;
             return Err(match state {
                 None => Error::NotFound("link"),
-                Some((status, past)) if past || status == "expired" => Error::FailedPrecondition {
-                    precondition: Precondition::Expired,
-                    reason: "LINK_EXPIRED",
-                    message: "this link has expired".into(),
-                },
+                Some((status, past)) if past || status == LinkStatus::Expired => {
+                    Error::FailedPrecondition {
+                        precondition: Precondition::Expired,
+                        reason: "LINK_EXPIRED",
+                        message: "this link has expired".into(),
+                    }
+                }
                 Some(_) => Error::FailedPrecondition {
                     precondition: Precondition::AlreadyUsed,
                     reason: "LINK_ALREADY_CLAIMED",
@@ -144,7 +146,7 @@ impl FlowKindHooks for LinkFlow {
         )
         .await?;
         let running = FlowRow {
-            step: "processing".into(),
+            step: FlowStep::Processing,
             attempt_id: Some(attempt.id),
             session_ciphertext: None,
             ..attempt.flow.clone()
@@ -250,8 +252,8 @@ impl LinkFlow {
         let (status, outcome, error_code, error_message, result, event, cancelled_step) =
             match finish {
                 Finish::Completed(result) => (
-                    "completed",
-                    "success",
+                    LinkStatus::Completed,
+                    FlowOutcome::Success,
                     None,
                     None,
                     Some(result),
@@ -259,8 +261,8 @@ impl LinkFlow {
                     None,
                 ),
                 Finish::Failed(code, message) => (
-                    "failed",
-                    "error",
+                    LinkStatus::Failed,
+                    FlowOutcome::Error,
                     Some(code),
                     Some(message),
                     None,
@@ -268,8 +270,8 @@ impl LinkFlow {
                     None,
                 ),
                 Finish::Expired => (
-                    "expired",
-                    "error",
+                    LinkStatus::Expired,
+                    FlowOutcome::Error,
                     Some("link_expired"),
                     Some("The link expired before it was completed.".to_string()),
                     None,
@@ -277,8 +279,8 @@ impl LinkFlow {
                     None,
                 ),
                 Finish::Cancelled(step) => (
-                    "cancelled",
-                    "cancelled",
+                    LinkStatus::Cancelled,
+                    FlowOutcome::Cancelled,
                     Some("cancelled"),
                     Some("The end user cancelled.".into()),
                     None,

@@ -179,8 +179,7 @@ impl Links {
         let id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
         let row = store::get_link(&self.db, caller.tenant, id).await?;
         let link_id = IdKind::Link.format(row.id);
-        let status = LinkStatus::parse(&row.status)
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("bad status {}", row.status)))?;
+        let status = row.status;
         Ok(pb::GetLinkResponse {
             link: Some(pb::Link {
                 operations: operation_summaries(&row),

@@ -13,47 +13,18 @@ pub const DEFAULT_EXPIRES_IN_SECS: i64 = 4 * 60 * 60;
 /// Longest link lifetime: 30 days.
 pub const MAX_EXPIRES_IN_SECS: i64 = 30 * 24 * 60 * 60;
 
-/// The lifecycle of a link (stored as the lowercase name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkStatus {
-    Pending,
-    Claimed,
-    Awaiting2fa,
-    /// Logged in; the operations are running.
-    Processing,
-    Completed,
-    Failed,
-    Expired,
-    Cancelled,
-}
-
-impl LinkStatus {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LinkStatus::Pending => "pending",
-            LinkStatus::Claimed => "claimed",
-            LinkStatus::Awaiting2fa => "awaiting_2fa",
-            LinkStatus::Processing => "processing",
-            LinkStatus::Completed => "completed",
-            LinkStatus::Failed => "failed",
-            LinkStatus::Expired => "expired",
-            LinkStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            LinkStatus::Pending,
-            LinkStatus::Claimed,
-            LinkStatus::Awaiting2fa,
-            LinkStatus::Processing,
-            LinkStatus::Completed,
-            LinkStatus::Failed,
-            LinkStatus::Expired,
-            LinkStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+crate::kernel::names::stored_names! {
+    /// The lifecycle of a link.
+    pub enum LinkStatus {
+        Pending = "pending",
+        Claimed = "claimed",
+        Awaiting2fa = "awaiting_2fa",
+        /// Logged in; the operations are running.
+        Processing = "processing",
+        Completed = "completed",
+        Failed = "failed",
+        Expired = "expired",
+        Cancelled = "cancelled",
     }
 }
 

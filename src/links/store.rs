@@ -2,7 +2,7 @@
 
 use crate::kernel::error::{Error, Result};
 use crate::kernel::tenant::Tenant;
-use crate::links::rules::LinkOperation;
+use crate::links::rules::{LinkOperation, LinkStatus};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -18,7 +18,7 @@ pub struct LinkRow {
     pub return_url: Option<String>,
     pub external_user_id: Option<String>,
     pub debug: bool,
-    pub status: String,
+    pub status: LinkStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub result: Option<serde_json::Value>,
@@ -123,7 +123,10 @@ pub async fn expire_links(
 /// shows it is due (by this replica's clock; the sweep catches the rest).
 pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
     let row = find_link(db, tenant, id).await?;
-    let unfinished = matches!(row.status.as_str(), "pending" | "claimed" | "awaiting_2fa");
+    let unfinished = matches!(
+        row.status,
+        LinkStatus::Pending | LinkStatus::Claimed | LinkStatus::Awaiting2fa
+    );
     if unfinished
         && row.expires_at <= Utc::now()
         && expire_links(db, Some((tenant, id)), 1).await? > 0
@@ -182,7 +185,7 @@ pub async fn claim_state(
     db: impl PgExecutor<'_>,
     link_id: Uuid,
     code_hash: &[u8],
-) -> Result<Option<(String, bool)>> {
+) -> Result<Option<(LinkStatus, bool)>> {
     Ok(sqlx::query_as(
         "SELECT status, expires_at <= now() FROM links WHERE id = $1 AND claim_code_hash = $2",
     )
@@ -198,7 +201,7 @@ pub async fn claim_state(
 pub async fn finish(
     tx: &mut PgConnection,
     link_id: Uuid,
-    status: &str,
+    status: LinkStatus,
     error_code: Option<&str>,
     error_message: Option<&str>,
     result: Option<&serde_json::Value>,

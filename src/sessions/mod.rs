@@ -23,8 +23,8 @@ use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
 use crate::flows::{
-    Finish, FlowKind, FlowKindHooks, FlowRow, Flows, NewSessionFlow, store as flows_store,
-    wrong_step,
+    Finish, FlowKind, FlowKindHooks, FlowOutcome, FlowRow, FlowStep, Flows, NewSessionFlow,
+    store as flows_store, wrong_step,
 };
 use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
@@ -164,7 +164,7 @@ impl Sessions {
         token: Option<&SecretString>,
         req: pb::SelectIntegrationRequest,
     ) -> Result<pb::Flow> {
-        let flow = self.flows.flow_at(token, "pre-login").await?;
+        let flow = self.flows.flow_at(token, FlowStep::PreLogin).await?;
         if req.integration_id.is_empty() {
             return Err(Error::invalid("integrationId", "is required"));
         }
@@ -185,13 +185,13 @@ impl Sessions {
     /// The end user's consent: the connection becomes `active` with the
     /// provider session held since login, and the flow finishes.
     pub async fn approve_access(&self, token: Option<&SecretString>) -> Result<pb::Flow> {
-        let flow = self.flows.flow_at(token, "authorization").await?;
+        let flow = self.flows.flow_at(token, FlowStep::Authorization).await?;
         let session = self
             .flows
             .open_held_session(&flow)?
             .ok_or_else(|| wrong_step("no login is waiting for consent"))?;
         let mut tx = self.db.begin().await?;
-        if !flows_store::close(&mut tx, &flow, "success", None, None).await? {
+        if !flows_store::close(&mut tx, &flow, FlowOutcome::Success, None, None).await? {
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::AlreadyUsed,
                 reason: "FLOW_FINISHED",
@@ -346,7 +346,7 @@ impl FlowKindHooks for SessionFlow {
         if let Some(oauth) = oauth {
             view.scopes = oauth.scope.split(' ').map(str::to_string).collect();
         }
-        if flow.step == "pre-login" {
+        if flow.step == FlowStep::PreLogin {
             view.integrations = engine
                 .catalog()
                 .providers()
@@ -361,14 +361,14 @@ impl FlowKindHooks for SessionFlow {
             .connection_id
             .map(|id| IdKind::Connection.format(id))
             .unwrap_or_default();
-        let result = match flow.outcome.as_deref() {
-            Some("success") => Some(SessionResult::Success {
+        let result = match flow.outcome {
+            Some(FlowOutcome::Success) => Some(SessionResult::Success {
                 connection_id: &connection_id,
             }),
-            Some("cancelled") => Some(SessionResult::Cancelled {
-                step: flow.cancelled_step.as_deref().unwrap_or_default(),
+            Some(FlowOutcome::Cancelled) => Some(SessionResult::Cancelled {
+                step: flow.cancelled_step.map_or("", FlowStep::as_str),
             }),
-            Some(_) => Some(SessionResult::Error {
+            Some(FlowOutcome::Error) => Some(SessionResult::Error {
                 error_code: flow.error_code.as_deref().unwrap_or("provider_unavailable"),
             }),
             None => None,
@@ -394,7 +394,7 @@ impl FlowKindHooks for SessionFlow {
                 );
             }
         }
-        if flow.outcome.as_deref() == Some("success") {
+        if flow.outcome == Some(FlowOutcome::Success) {
             view.connection_id = connection_id;
         }
         Ok(())
@@ -446,9 +446,9 @@ impl FlowKindHooks for SessionFlow {
     async fn finish(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool> {
         debug_assert_eq!(flow.kind(), FlowKind::Session);
         let (outcome, error_code, cancelled_step) = match &finish {
-            Finish::Failed(code, _) => ("error", Some(*code), None),
-            Finish::Cancelled(step) => ("cancelled", None, Some(*step)),
-            Finish::Expired => ("error", Some("session_expired"), None),
+            Finish::Failed(code, _) => (FlowOutcome::Error, Some(*code), None),
+            Finish::Cancelled(step) => (FlowOutcome::Cancelled, None, Some(*step)),
+            Finish::Expired => (FlowOutcome::Error, Some("session_expired"), None),
             Finish::Completed(_) => {
                 return Err(Error::internal(anyhow::anyhow!(
                     "a session succeeds through consent, not operations"

@@ -1,0 +1,110 @@
+//! Enums stored by name: one table per enum says each variant's name, and
+//! from it come `as_str`, `parse`, `Display`, `Serialize` and the `sqlx`
+//! mapping to a `text` column (a `CHECK` constraint keeps the column to
+//! these names). A row with a name the enum does not know fails to decode
+//! instead of being guessed.
+
+/// Declares an enum whose variants are stored as the given names:
+///
+/// ```ignore
+/// crate::kernel::names::stored_names! {
+///     /// The environment.
+///     pub enum Environment { Sandbox = "sandbox", Production = "production" }
+/// }
+/// ```
+macro_rules! stored_names {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $stored:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored (and rendered) name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $stored ),+
+                }
+            }
+
+            /// The variant stored as `name`.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $( $stored => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let stored = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                $name::parse(stored).ok_or_else(|| {
+                    format!("unknown {} {stored:?}", stringify!($name)).into()
+                })
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
+}
+
+// Callers name it `crate::kernel::names::stored_names!`.
+pub(crate) use stored_names;
+
+#[cfg(test)]
+mod tests {
+    stored_names! {
+        enum Light { Red = "red", Amber = "amber-ish" }
+    }
+
+    #[test]
+    fn names_round_trip_and_strangers_are_refused() {
+        for light in Light::ALL {
+            assert_eq!(Light::parse(light.as_str()), Some(*light));
+        }
+        assert_eq!(Light::Amber.to_string(), "amber-ish");
+        assert_eq!(Light::parse("Amber"), None);
+        assert_eq!(Light::parse(""), None);
+    }
+}
