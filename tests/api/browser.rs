@@ -437,7 +437,7 @@ impl ClientSite {
 }
 
 async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String {
-    let response = crate::sessions::init(app, tenant, body).await;
+    let response = app.init_session(tenant, body).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     response.json::<Value>().await.unwrap()["url"]
         .as_str()

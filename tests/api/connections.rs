@@ -2,7 +2,7 @@
 //! filters), get, delete, tenant isolation.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
-use crate::sessions::{connect, events, get_connection};
+use crate::sessions::get_connection;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -31,13 +31,13 @@ fn ids(page: &Value) -> Vec<String> {
 async fn make(app: &TestApp, tenant: &TestTenant, n: usize) -> Vec<String> {
     let mut made = Vec::new();
     for i in 0..n {
-        let done = connect(
-            app,
-            tenant,
-            json!({ "clientReferenceId": format!("ref-{}", i % 3) }),
-            "user_good",
-        )
-        .await;
+        let done = app
+            .complete_session(
+                tenant,
+                json!({ "clientReferenceId": format!("ref-{}", i % 3) }),
+                "user_good",
+            )
+            .await;
         made.push(done["connectionId"].as_str().unwrap().to_string());
     }
     made.reverse();
@@ -248,7 +248,7 @@ async fn delete_logs_out_stops_billing_and_hides_the_connection() {
             .unwrap();
     assert!(session.is_none(), "the provider session is wiped");
     assert!(billing.is_some());
-    let deleted_events = events(&app, &tenant, "connection.deleted").await;
+    let deleted_events = app.events_of(&tenant, "connection.deleted").await;
     assert_eq!(deleted_events.len(), 1);
     assert_eq!(deleted_events[0]["data"]["connection"]["id"], id.as_str());
 
@@ -297,7 +297,7 @@ async fn concurrent_expiry_sweeps_expire_each_connection_once() {
     {}
     let (_, expired) = list(&app, &tenant, "?status=expired").await;
     assert_eq!(ids(&expired), made);
-    let events = events(&app, &tenant, "connection.expired").await;
+    let events = app.events_of(&tenant, "connection.expired").await;
     let mut expired_ids: Vec<&str> = events
         .iter()
         .map(|e| e["data"]["connection"]["id"].as_str().unwrap())

@@ -1,7 +1,7 @@
 //! Claiming a link and running it through the end-user flow, with the
 //! sandbox connector's magic credentials.
 
-use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
+use crate::helpers::{TestApp, spawn_app, with_key};
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
@@ -11,19 +11,6 @@ use tonic::Code;
 
 const CARD: &str = "5555555555554444";
 const CVV: &str = "987";
-
-pub async fn create(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
-    let response = app
-        .http
-        .post(app.url("/v1/links"))
-        .bearer_auth(&tenant.key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.unwrap()
-}
 
 pub fn billing_link() -> Value {
     json!({ "integrationId": "verizon", "operations": [{ "resource": "mobileBillingStatement", "action": "read" }],
@@ -37,80 +24,13 @@ pub fn card_link() -> Value {
         { "resource": "paymentMethod", "action": "read" } ] })
 }
 
-/// A REST client of the flow, as the app clip would use it.
-pub struct Flow<'a> {
-    pub app: &'a TestApp,
-    pub token: String,
-}
-
-impl Flow<'_> {
-    pub async fn claim<'a>(app: &'a TestApp, link: &Value) -> Flow<'a> {
-        let response = app
-            .http
-            .post(app.url("/v1/flow/claim"))
-            .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["flow"]["step"], "login");
-        Flow {
-            app,
-            token: body["flowToken"].as_str().unwrap().to_string(),
-        }
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .app
-            .http
-            .post(self.app.url(path))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    pub async fn login(&self, username: &str, password: &str) -> Value {
-        let (status, body) = self
-            .post(
-                "/v1/flow/credentials",
-                json!({ "fields": { "username": username, "password": password } }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-}
-
-pub async fn link_json(app: &TestApp, tenant: &TestTenant, link: &Value) -> Value {
-    app.get(
-        &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
-        &tenant.key,
-    )
-    .await
-    .json()
-    .await
-    .unwrap()
-}
-
-pub async fn events(app: &TestApp) -> Vec<Value> {
-    sqlx::query_scalar("SELECT payload FROM events ORDER BY created_at, id")
-        .fetch_all(app.api.db())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn single_operation_result_is_flat_and_completion_is_recorded() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
-    assert_eq!(link_json(&app, &tenant, &link).await["status"], "claimed");
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "claimed");
 
     let done = flow.login("user_good", "pass_good").await;
     assert_eq!(done["step"], "done");
@@ -121,7 +41,7 @@ async fn single_operation_result_is_flat_and_completion_is_recorded() {
         format!("https://your-app.com/done?tab=billing&linkId={link_id}")
     );
 
-    let stored = link_json(&app, &tenant, &link).await;
+    let stored = app.link_json(&tenant, &link).await;
     assert_eq!(stored["status"], "completed");
     let billing = stored["result"]["billing"]
         .as_array()
@@ -132,17 +52,17 @@ async fn single_operation_result_is_flat_and_completion_is_recorded() {
     assert!(stored["finishedAt"].as_i64().is_some() && stored["claimedAt"].as_i64().is_some());
 
     // Deterministic sandbox data: the same account gives the same statements.
-    let again = create(&app, &tenant, billing_link()).await;
-    Flow::claim(&app, &again)
+    let again = app.create_link(&tenant, billing_link()).await;
+    app.claim(&again)
         .await
         .login("user_good", "pass_good")
         .await;
     assert_eq!(
-        link_json(&app, &tenant, &again).await["result"],
+        app.link_json(&tenant, &again).await["result"],
         stored["result"]
     );
 
-    let events = events(&app).await;
+    let events = app.events().await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["type"], "link.completed");
     assert_eq!(events[0]["data"]["linkId"], link["linkId"]);
@@ -164,7 +84,7 @@ async fn single_operation_result_is_flat_and_completion_is_recorded() {
 async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, card_link()).await;
+    let link = app.create_link(&tenant, card_link()).await;
 
     // Over gRPC this time.
     let channel = app.channel().await;
@@ -214,12 +134,9 @@ async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads()
     assert!(!result.to_string().contains(CARD) && !result.to_string().contains(&quoted_cvv));
 
     // A later link reading the same sandbox account sees the card too.
-    let read = create(&app, &tenant, json!({ "integrationId": "tmobile", "operations": [{ "resource": "paymentMethod", "action": "read" }] })).await;
-    Flow::claim(&app, &read)
-        .await
-        .login("user_good", "pass_good")
-        .await;
-    let cards = link_json(&app, &tenant, &read).await["result"]["paymentMethods"].clone();
+    let read = app.create_link(&tenant, json!({ "integrationId": "tmobile", "operations": [{ "resource": "paymentMethod", "action": "read" }] })).await;
+    app.claim(&read).await.login("user_good", "pass_good").await;
+    let cards = app.link_json(&tenant, &read).await["result"]["paymentMethods"].clone();
     assert!(
         cards
             .as_array()
@@ -262,8 +179,8 @@ async fn app_database_url(app: &TestApp) -> String {
 async fn two_factor_and_wrong_password_then_right() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
 
     let wrong = flow.login("user_2fa", "hunter2").await;
     assert_eq!(wrong["step"], "login");
@@ -279,7 +196,7 @@ async fn two_factor_and_wrong_password_then_right() {
             .contains("code")
     );
     assert_eq!(
-        link_json(&app, &tenant, &link).await["status"],
+        app.link_json(&tenant, &link).await["status"],
         "awaiting_2fa"
     );
 
@@ -293,7 +210,7 @@ async fn two_factor_and_wrong_password_then_right() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(done["outcome"], "success");
-    assert_eq!(link_json(&app, &tenant, &link).await["status"], "completed");
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "completed");
 }
 
 #[tokio::test]
@@ -301,8 +218,9 @@ async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
 
-    let locked = create(&app, &tenant, billing_link()).await;
-    let done = Flow::claim(&app, &locked)
+    let locked = app.create_link(&tenant, billing_link()).await;
+    let done = app
+        .claim(&locked)
         .await
         .login("user_locked", "pass_good")
         .await;
@@ -310,17 +228,18 @@ async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
         (done["outcome"].as_str(), done["errorCode"].as_str()),
         (Some("error"), Some("account_locked"))
     );
-    let stored = link_json(&app, &tenant, &locked).await;
+    let stored = app.link_json(&tenant, &locked).await;
     assert_eq!(stored["status"], "failed");
     assert_eq!(stored["errorCode"], "account_locked");
 
-    let failing = create(&app, &tenant, card_link()).await;
-    let done = Flow::claim(&app, &failing)
+    let failing = app.create_link(&tenant, card_link()).await;
+    let done = app
+        .claim(&failing)
         .await
         .login("user_opfail", "pass_good")
         .await;
     assert_eq!(done["errorCode"], "operation_failed");
-    let stored = link_json(&app, &tenant, &failing).await;
+    let stored = app.link_json(&tenant, &failing).await;
     assert_eq!(stored["status"], "failed");
     assert_eq!(stored["result"], Value::Null, "no partial result");
     let purged: Option<Vec<u8>> = sqlx::query_scalar("SELECT arguments_ciphertext FROM links WHERE status = 'failed' AND operations @> '[{\"action\":\"write\"}]'")
@@ -329,7 +248,8 @@ async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
         .unwrap();
     assert!(purged.is_none(), "arguments purged on failure");
 
-    let types: Vec<Value> = events(&app)
+    let types: Vec<Value> = app
+        .events()
         .await
         .iter()
         .map(|e| e["type"].clone())
@@ -341,7 +261,7 @@ async fn locked_accounts_and_failing_operations_fail_the_whole_link() {
 async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
+    let link = app.create_link(&tenant, billing_link()).await;
     let claim = |code: Value| {
         let body = json!({ "linkId": link["linkId"], "claimCode": code });
         let request = app.http.post(app.url("/v1/flow/claim")).json(&body);
@@ -375,7 +295,7 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
 
-    let expiring = create(&app, &tenant, billing_link()).await;
+    let expiring = app.create_link(&tenant, billing_link()).await;
     // Its lifetime runs out before anyone claims it.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(
@@ -401,8 +321,8 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
 async fn cancelling_and_flow_authentication() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
 
     let (status, _) = flow.post("/v1/flow/cancel", json!({ "step": "2fa" })).await;
     assert_eq!(status, StatusCode::CONFLICT, "not at that step");
@@ -411,9 +331,9 @@ async fn cancelling_and_flow_authentication() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["outcome"], "cancelled");
-    let stored = link_json(&app, &tenant, &link).await;
+    let stored = app.link_json(&tenant, &link).await;
     assert_eq!(stored["status"], "cancelled");
-    assert_eq!(events(&app).await[0]["data"]["errorCode"], "cancelled");
+    assert_eq!(app.events().await[0]["data"]["errorCode"], "cancelled");
 
     let anonymous = app.http.get(app.url("/v1/flow")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
@@ -445,9 +365,9 @@ async fn cancelling_and_flow_authentication() {
 async fn a_background_sweep_expires_links_and_records_events() {
     let app = spawn_app().await; // sweep every 300 ms
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, card_link()).await;
-    let _flow = Flow::claim(&app, &link).await; // claimed, never finished
-    let keep = create(&app, &tenant, billing_link()).await;
+    let link = app.create_link(&tenant, card_link()).await;
+    let _flow = app.claim(&link).await; // claimed, never finished
+    let keep = app.create_link(&tenant, billing_link()).await;
     // The claimed link's lifetime runs out; the other's does not.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(
@@ -463,7 +383,7 @@ async fn a_background_sweep_expires_links_and_records_events() {
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(30) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        expired = events(&app).await;
+        expired = app.events().await;
         if !expired.is_empty() {
             break;
         }
@@ -481,10 +401,10 @@ async fn a_background_sweep_expires_links_and_records_events() {
             .unwrap();
     assert_eq!(status, "expired", "expired without anyone reading it");
     assert!(arguments.is_none(), "card and CVV purged on expiry");
-    assert_eq!(link_json(&app, &tenant, &keep).await["status"], "pending");
+    assert_eq!(app.link_json(&tenant, &keep).await["status"], "pending");
     // Reading it again does not expire it twice.
-    assert_eq!(link_json(&app, &tenant, &link).await["status"], "expired");
-    assert_eq!(events(&app).await.len(), 1);
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "expired");
+    assert_eq!(app.events().await.len(), 1);
 }
 
 #[tokio::test]
@@ -493,12 +413,12 @@ async fn debug_links_record_a_redacted_step_by_step_trace() {
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let mut body = card_link();
     body["debug"] = json!(true);
-    let link = create(&app, &tenant, body).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, body).await;
+    let flow = app.claim(&link).await;
     flow.login("user_good", "wrong").await;
     flow.login("user_good", "pass_good").await;
 
-    let stored = link_json(&app, &tenant, &link).await;
+    let stored = app.link_json(&tenant, &link).await;
     let trace = stored["debugTrace"].as_array().expect("debugTrace");
     let events: Vec<&str> = trace.iter().map(|s| s["event"].as_str().unwrap()).collect();
     assert_eq!(
@@ -534,13 +454,13 @@ async fn debug_links_record_a_redacted_step_by_step_trace() {
     );
 
     // Without debug there is no trace.
-    let plain = create(&app, &tenant, billing_link()).await;
-    Flow::claim(&app, &plain)
+    let plain = app.create_link(&tenant, billing_link()).await;
+    app.claim(&plain)
         .await
         .login("user_good", "pass_good")
         .await;
     assert!(
-        link_json(&app, &tenant, &plain)
+        app.link_json(&tenant, &plain)
             .await
             .get("debugTrace")
             .is_none()
@@ -551,11 +471,11 @@ async fn debug_links_record_a_redacted_step_by_step_trace() {
 async fn the_slow_sandbox_provider_answers_late_but_completes() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
     let started = std::time::Instant::now();
     let done = flow.login("user_slow", "pass_good").await;
     assert!(started.elapsed() >= linkd::connectors::sandbox::SLOW_CALL);
     assert_eq!(done["outcome"], "success");
-    assert_eq!(link_json(&app, &tenant, &link).await["status"], "completed");
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "completed");
 }

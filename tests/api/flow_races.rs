@@ -4,10 +4,10 @@
 //! resolved by another replica's sweep. Every test runs on a multi-threaded
 //! runtime so the requests really race in the server.
 
-use crate::flow::{Flow, billing_link, card_link, create, events, link_json};
+use crate::flow::{billing_link, card_link};
+use crate::helpers::LinkFlow;
 use crate::helpers::{TestApp, fresh_database, spawn_app, test_key};
 use crate::process::{linkd, spawn_linkd};
-use crate::sessions::Page;
 use linkd::kernel::tenant::Environment;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -31,7 +31,7 @@ async fn provider_counters(app: &TestApp, username: &str) -> (i32, i32, usize) {
 /// One attacker task: posts `body` to `path` until the flow refuses for
 /// good, waiting briefly whenever another request holds the flow. Returns
 /// every status and `code` seen.
-async fn hammer(flow: &Flow<'_>, path: &str, body: Value) -> Vec<(StatusCode, String)> {
+async fn hammer(flow: &LinkFlow<'_>, path: &str, body: Value) -> Vec<(StatusCode, String)> {
     let mut seen = Vec::new();
     let started = Instant::now();
     loop {
@@ -50,7 +50,7 @@ async fn hammer(flow: &Flow<'_>, path: &str, body: Value) -> Vec<(StatusCode, St
 
 /// Runs `tasks` hammering tasks at once and returns everything they saw.
 async fn attack(
-    flow: &Flow<'_>,
+    flow: &LinkFlow<'_>,
     tasks: usize,
     path: &str,
     body: Value,
@@ -86,8 +86,8 @@ fn assert_only_expected_answers(seen: &[(StatusCode, String)]) {
 async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
 
     let wrong = json!({ "fields": { "username": "user_slow", "password": "guess" } });
     let seen = attack(&flow, 30, "/v1/flow/credentials", wrong).await;
@@ -99,7 +99,7 @@ async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most
 
     let (logins, _, _) = provider_counters(&app, "user_slow").await;
     assert_eq!(logins, 5, "logins that reached the provider");
-    let finished = link_json(&app, &tenant, &link).await;
+    let finished = app.link_json(&tenant, &link).await;
     assert_eq!(finished["status"], "failed");
     assert_eq!(finished["errorCode"], "invalid_credentials");
 
@@ -113,7 +113,8 @@ async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "flow_finished");
     assert_eq!(provider_counters(&app, "user_slow").await.0, 5);
-    let failed: Vec<Value> = events(&app)
+    let failed: Vec<Value> = app
+        .events()
         .await
         .into_iter()
         .filter(|e| e["type"] == "link.failed")
@@ -125,8 +126,8 @@ async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most
 async fn thirty_concurrent_wrong_codes_reach_the_provider_five_times_at_most() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
     let asked = flow.login("user_slow_2fa", "pass_good").await;
     assert_eq!(asked["step"], "2fa");
 
@@ -142,7 +143,7 @@ async fn thirty_concurrent_wrong_codes_reach_the_provider_five_times_at_most() {
 
     let (logins, codes, _) = provider_counters(&app, "user_slow_2fa").await;
     assert_eq!((logins, codes), (1, 5), "logins and codes at the provider");
-    let finished = link_json(&app, &tenant, &link).await;
+    let finished = app.link_json(&tenant, &link).await;
     assert_eq!(finished["status"], "failed");
     assert_eq!(finished["errorCode"], "invalid_code");
     let (status, body) = flow
@@ -157,8 +158,8 @@ async fn thirty_concurrent_wrong_codes_reach_the_provider_five_times_at_most() {
 async fn ten_concurrent_correct_logins_run_the_operations_once() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, card_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, card_link()).await;
+    let flow = app.claim(&link).await;
 
     let right = json!({ "fields": { "username": "user_good", "password": "pass_good" } });
     let answers = futures_util::future::join_all(
@@ -181,9 +182,10 @@ async fn ten_concurrent_correct_logins_run_the_operations_once() {
     let (logins, _, cards) = provider_counters(&app, "user_good").await;
     assert_eq!(logins, 1, "logins at the provider");
     assert_eq!(cards, 1, "cards stored at the provider");
-    let finished = link_json(&app, &tenant, &link).await;
+    let finished = app.link_json(&tenant, &link).await;
     assert_eq!(finished["status"], "completed");
-    let completed: Vec<Value> = events(&app)
+    let completed: Vec<Value> = app
+        .events()
         .await
         .into_iter()
         .filter(|e| e["type"] == "link.completed")
@@ -203,7 +205,7 @@ async fn ten_concurrent_correct_logins_run_the_operations_once() {
 async fn concurrent_logins_and_approvals_on_a_link_session_make_one_connection() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let page = Page::open(&app, &tenant, json!({})).await;
+    let page = app.open_session(&tenant, json!({})).await;
     page.pick("tmobile").await;
     let login = json!({ "fields": { "username": "user_slow", "password": "pass_good" } });
     let logins = futures_util::future::join_all(
@@ -236,7 +238,7 @@ async fn concurrent_logins_and_approvals_on_a_link_session_make_one_connection()
         assert_eq!(*status, StatusCode::CONFLICT, "{body}");
         assert_eq!(body["code"], "flow_finished");
     }
-    let created = crate::sessions::events(&app, &tenant, "connection.created").await;
+    let created = app.events_of(&tenant, "connection.created").await;
     assert_eq!(created.len(), 1);
     let connections: i64 = sqlx::query_scalar("SELECT count(*) FROM connections")
         .fetch_one(app.api.db())
@@ -251,8 +253,8 @@ async fn concurrent_logins_and_approvals_on_a_link_session_make_one_connection()
 async fn a_cancel_during_a_slow_login_stops_the_operations_from_running() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, card_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, card_link()).await;
+    let flow = app.claim(&link).await;
     let login = flow.post(
         "/v1/flow/credentials",
         json!({ "fields": { "username": "user_slow", "password": "pass_good" } }),
@@ -281,7 +283,7 @@ async fn a_cancel_during_a_slow_login_stops_the_operations_from_running() {
     assert_eq!(cancel_status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["outcome"], "cancelled");
     assert_eq!(logged_in["outcome"], "cancelled", "{logged_in}");
-    assert_eq!(link_json(&app, &tenant, &link).await["status"], "cancelled");
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "cancelled");
     assert_eq!(provider_counters(&app, "user_slow").await.2, 0, "no card");
 }
 
@@ -293,7 +295,7 @@ async fn a_run_whose_replica_dies_is_failed_by_the_sweep_as_interrupted() {
     let db_url = fresh_database().await;
     let app = crate::helpers::spawn_app_on(&db_url, Duration::from_secs(5)).await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
+    let link = app.create_link(&tenant, billing_link()).await;
     let mut cmd = linkd();
     cmd.env("DATABASE_URL", &db_url)
         .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())
@@ -319,24 +321,21 @@ async fn a_run_whose_replica_dies_is_failed_by_the_sweep_as_interrupted() {
         .send();
     let login = tokio::spawn(login);
     let started = Instant::now();
-    while link_json(&app, &tenant, &link).await["status"] != "processing" {
+    while app.link_json(&tenant, &link).await["status"] != "processing" {
         assert!(started.elapsed() < Duration::from_secs(10), "never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     assert!(login.await.unwrap().is_err(), "the replica died mid-run");
-    assert_eq!(
-        link_json(&app, &tenant, &link).await["status"],
-        "processing"
-    );
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "processing");
 
     // This test's in-process server is the surviving replica: its sweep
     // resolves the run once the lease the dead replica set has passed (4 s
     // for the one operation, plus 2 s).
     let started = Instant::now();
     let failed = loop {
-        let now = link_json(&app, &tenant, &link).await;
+        let now = app.link_json(&tenant, &link).await;
         if now["status"] != "processing" {
             break now;
         }
@@ -351,14 +350,14 @@ async fn a_run_whose_replica_dies_is_failed_by_the_sweep_as_interrupted() {
             .unwrap()
             .contains("may have reached the provider")
     );
-    let events = events(&app).await;
+    let events = app.events().await;
     let failures: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "link.failed")
         .collect();
     assert_eq!(failures.len(), 1, "{events:?}");
     assert_eq!(failures[0]["data"]["errorCode"], "operation_interrupted");
-    let flow = Flow { app: &app, token };
+    let flow = LinkFlow { app: &app, token };
     let (status, view) = flow
         .post("/v1/flow/cancel", json!({ "step": "login" }))
         .await;
@@ -386,8 +385,8 @@ async fn a_run_whose_replica_dies_is_failed_by_the_sweep_as_interrupted() {
 async fn a_cancel_that_lost_the_race_does_not_close_a_running_link() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let link = create(&app, &tenant, billing_link()).await;
-    let flow = Flow::claim(&app, &link).await;
+    let link = app.create_link(&tenant, billing_link()).await;
+    let flow = app.claim(&link).await;
     let mut holder = app.api.db().begin().await.unwrap();
     sqlx::query("SELECT 1 FROM flows FOR UPDATE")
         .execute(&mut *holder)
@@ -423,8 +422,5 @@ async fn a_cancel_that_lost_the_race_does_not_close_a_running_link() {
         ("processing", None),
         "the run keeps its flow"
     );
-    assert_eq!(
-        link_json(&app, &tenant, &link).await["status"],
-        "processing"
-    );
+    assert_eq!(app.link_json(&tenant, &link).await["status"], "processing");
 }

@@ -12,7 +12,9 @@ use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::ops::config::ServeArgs;
 use linkd::ops::local_postgres::{Durability, LocalPostgres};
 use linkd::ops::server::Server;
+use reqwest::StatusCode;
 use secrecy::ExposeSecret;
+use serde_json::{Value, json};
 use sqlx::Connection;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -430,5 +432,217 @@ pub async fn wait_for_lock_wait(db: &sqlx::PgPool, pattern: &str) {
             "no statement like {pattern:?} ever waited on a lock"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The end user's side, as the app clip and the Link page drive it over
+/// REST, and the calls a client makes to start it.
+impl TestApp {
+    /// `POST /v1/links` as `tenant`; asserts `201` and returns the link.
+    pub async fn create_link(&self, tenant: &TestTenant, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/v1/links"))
+            .bearer_auth(&tenant.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// `GET /v1/links/{id}` of a created link.
+    pub async fn link_json(&self, tenant: &TestTenant, link: &Value) -> Value {
+        self.get(
+            &format!("/v1/links/{}", link["linkId"].as_str().unwrap()),
+            &tenant.key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap()
+    }
+
+    /// Claims a link with its code, as the app clip does; asserts the flow
+    /// waits for the login.
+    pub async fn claim(&self, link: &Value) -> LinkFlow<'_> {
+        let response = self
+            .http
+            .post(self.url("/v1/flow/claim"))
+            .json(&json!({ "linkId": link["linkId"], "claimCode": link["claimCode"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["flow"]["step"], "login");
+        LinkFlow {
+            app: self,
+            token: body["flowToken"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// `POST /v2/link/init` as `tenant`: the answer as it came.
+    pub async fn init_session(&self, tenant: &TestTenant, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v2/link/init"))
+            .bearer_auth(&tenant.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Starts a session and opens its Link page.
+    pub async fn open_session(&self, tenant: &TestTenant, body: Value) -> Page<'_> {
+        let response = self.init_session(tenant, body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let session: Value = response.json().await.unwrap();
+        Page::from_url(self, session["url"].as_str().unwrap())
+    }
+
+    /// Every event's payload, oldest first.
+    pub async fn events(&self) -> Vec<Value> {
+        sqlx::query_scalar("SELECT payload FROM events ORDER BY created_at, id")
+            .fetch_all(self.api.db())
+            .await
+            .unwrap()
+    }
+
+    /// The payloads of `tenant`'s events of one type, oldest first.
+    pub async fn events_of(&self, tenant: &TestTenant, event_type: &str) -> Vec<Value> {
+        sqlx::query_scalar(
+            "SELECT payload FROM events WHERE organization_id = $1 AND type = $2 ORDER BY id",
+        )
+        .bind(tenant.tenant.organization_id)
+        .bind(event_type)
+        .fetch_all(self.api.db())
+        .await
+        .unwrap()
+    }
+
+    /// Runs a whole session for `username` on OnlyFans (picked when the
+    /// session does not fix an integration), through consent; returns the
+    /// final flow.
+    pub async fn complete_session(
+        &self,
+        tenant: &TestTenant,
+        body: Value,
+        username: &str,
+    ) -> Value {
+        let page = self.open_session(tenant, body).await;
+        if page.flow().await["step"] == "pre-login" {
+            page.pick("onlyfans").await;
+        }
+        let flow = page.login(username, "pass_good").await;
+        assert_eq!(flow["step"], "authorization", "{flow}");
+        let done = page.approve().await;
+        assert_eq!(done["outcome"], "success", "{done}");
+        done
+    }
+}
+
+/// A claimed link's flow, as the app clip drives it.
+pub struct LinkFlow<'a> {
+    pub app: &'a TestApp,
+    pub token: String,
+}
+
+impl LinkFlow<'_> {
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .app
+            .http
+            .post(self.app.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    /// Logs in; asserts `200` and returns the flow.
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/flow/credentials",
+                json!({ "fields": { "username": username, "password": password } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+/// The Link page's side of a session, over REST.
+pub struct Page<'a> {
+    pub app: &'a TestApp,
+    pub token: String,
+}
+
+impl<'a> Page<'a> {
+    /// The page a Link page URL opens: its token is in the fragment.
+    pub fn from_url(app: &'a TestApp, url: &str) -> Page<'a> {
+        let url = Url::parse(url).unwrap();
+        let token = url
+            .fragment()
+            .and_then(|f| f.strip_prefix("token="))
+            .expect("the token is in the URL fragment")
+            .to_string();
+        assert!(url.query().is_none(), "no secret in the query string");
+        Page { app, token }
+    }
+
+    pub async fn call(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let request = match body {
+            Some(body) => self.app.http.post(self.app.url(path)).json(&body),
+            None => self.app.http.get(self.app.url(path)),
+        };
+        let response = request.bearer_auth(&self.token).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A call that must succeed: asserts `200` and returns the flow.
+    pub async fn ok(&self, path: &str, body: Option<Value>) -> Value {
+        let (status, flow) = self.call(path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {flow}");
+        flow
+    }
+
+    pub async fn flow(&self) -> Value {
+        self.ok("/v1/flow", None).await
+    }
+
+    pub async fn pick(&self, integration: &str) -> Value {
+        self.ok(
+            "/v1/flow/integration",
+            Some(json!({ "integrationId": integration })),
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        self.ok(
+            "/v1/flow/credentials",
+            Some(json!({ "fields": { "username": username, "password": password } })),
+        )
+        .await
+    }
+
+    pub async fn code(&self, code: &str) -> Value {
+        self.ok("/v1/flow/second-factor", Some(json!({ "code": code })))
+            .await
+    }
+
+    pub async fn approve(&self) -> Value {
+        self.ok("/v1/flow/approve", Some(json!({}))).await
+    }
+
+    pub async fn cancel(&self, step: &str) -> Value {
+        self.ok("/v1/flow/cancel", Some(json!({ "step": step })))
+            .await
     }
 }

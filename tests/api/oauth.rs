@@ -2,8 +2,8 @@
 //! `/v3/oauth/token`, AuthorizeService) against RFC 6749, RFC 7636 and the
 //! documented shapes.
 
+use crate::helpers::Page;
 use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
-use crate::sessions::Page;
 use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb;
 use reqwest::StatusCode;

@@ -264,26 +264,26 @@ async fn a_replica_stopped_by_sigterm_finishes_its_deliveries_and_claims_no_more
 /// lifetime is expired exactly once, each with one event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_sweep_links_sessions_and_connections_once() {
-    use crate::flow::{Flow, billing_link, create};
-    use crate::sessions::{Page, connect};
+    use crate::flow::billing_link;
     let db_url = fresh_database().await;
     let app = crate::helpers::spawn_app_on(&db_url, Duration::from_secs(5)).await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let mut links = Vec::new();
     for i in 0..40 {
-        let link = create(&app, &tenant, billing_link()).await;
+        let link = app.create_link(&tenant, billing_link()).await;
         if i % 2 == 0 {
-            Flow::claim(&app, &link).await;
+            app.claim(&link).await;
         }
         links.push(link);
     }
     for _ in 0..20 {
-        let page = Page::open(&app, &tenant, serde_json::json!({})).await;
+        let page = app.open_session(&tenant, serde_json::json!({})).await;
         page.pick("verizon").await;
         page.login("user_2fa", "pass_good").await; // a connection awaiting 2FA
     }
     for _ in 0..20 {
-        connect(&app, &tenant, serde_json::json!({}), "user_good").await;
+        app.complete_session(&tenant, serde_json::json!({}), "user_good")
+            .await;
     }
     let fleet = replicas(&db_url, 3, &[("LINKD_EXPIRY_INTERVAL", "100ms")]);
     let pool = app.api.db();

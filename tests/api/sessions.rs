@@ -2,7 +2,7 @@
 //! the flow API the Link page uses: defaults, validation, every redirect
 //! shape, reconnects, expiry.
 
-use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
+use crate::helpers::{Page, TestApp, TestTenant, spawn_app, with_key};
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -12,105 +12,6 @@ use tonic::Code;
 use url::Url;
 
 pub const CALLBACK: &str = "https://app.example.com/callback";
-
-pub async fn init(app: &TestApp, tenant: &TestTenant, body: Value) -> reqwest::Response {
-    app.http
-        .post(app.url("/v2/link/init"))
-        .bearer_auth(&tenant.key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// The Link page's side of a session, over REST.
-pub struct Page<'a> {
-    pub app: &'a TestApp,
-    pub token: String,
-}
-
-impl<'a> Page<'a> {
-    pub async fn open(app: &'a TestApp, tenant: &TestTenant, body: Value) -> Page<'a> {
-        let response = init(app, tenant, body).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let session: Value = response.json().await.unwrap();
-        Page::from_url(app, session["url"].as_str().unwrap())
-    }
-
-    pub fn from_url(app: &'a TestApp, url: &str) -> Page<'a> {
-        let url = Url::parse(url).unwrap();
-        let token = url
-            .fragment()
-            .and_then(|f| f.strip_prefix("token="))
-            .expect("the token is in the URL fragment")
-            .to_string();
-        assert!(url.query().is_none(), "no secret in the query string");
-        Page { app, token }
-    }
-
-    pub async fn call(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let request = match body {
-            Some(body) => self.app.http.post(self.app.url(path)).json(&body),
-            None => self.app.http.get(self.app.url(path)),
-        };
-        let response = request.bearer_auth(&self.token).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap())
-    }
-
-    pub async fn ok(&self, path: &str, body: Option<Value>) -> Value {
-        let (status, flow) = self.call(path, body).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {flow}");
-        flow
-    }
-
-    pub async fn flow(&self) -> Value {
-        self.ok("/v1/flow", None).await
-    }
-
-    pub async fn pick(&self, integration: &str) -> Value {
-        self.ok(
-            "/v1/flow/integration",
-            Some(json!({ "integrationId": integration })),
-        )
-        .await
-    }
-
-    pub async fn login(&self, username: &str, password: &str) -> Value {
-        self.ok(
-            "/v1/flow/credentials",
-            Some(json!({ "fields": { "username": username, "password": password } })),
-        )
-        .await
-    }
-
-    pub async fn code(&self, code: &str) -> Value {
-        self.ok("/v1/flow/second-factor", Some(json!({ "code": code })))
-            .await
-    }
-
-    pub async fn approve(&self) -> Value {
-        self.ok("/v1/flow/approve", Some(json!({}))).await
-    }
-
-    pub async fn cancel(&self, step: &str) -> Value {
-        self.ok("/v1/flow/cancel", Some(json!({ "step": step })))
-            .await
-    }
-}
-
-/// Runs a whole session for `username` on OnlyFans; returns the final flow.
-pub async fn connect(app: &TestApp, tenant: &TestTenant, body: Value, username: &str) -> Value {
-    let page = Page::open(app, tenant, body).await;
-    if page.flow().await["step"] == "pre-login" {
-        page.pick("onlyfans").await;
-    }
-    let flow = page.login(username, "pass_good").await;
-    assert_eq!(flow["step"], "authorization", "{flow}");
-    let done = page.approve().await;
-    assert_eq!(done["outcome"], "success", "{done}");
-    done
-}
 
 /// The result query parameters appended to the redirect URL.
 pub fn redirect_query(flow: &Value) -> Vec<(String, String)> {
@@ -123,17 +24,6 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-pub async fn events(app: &TestApp, tenant: &TestTenant, event_type: &str) -> Vec<Value> {
-    sqlx::query_scalar(
-        "SELECT payload FROM events WHERE organization_id = $1 AND type = $2 ORDER BY id",
-    )
-    .bind(tenant.tenant.organization_id)
-    .bind(event_type)
-    .fetch_all(app.api.db())
-    .await
-    .unwrap()
 }
 
 pub async fn get_connection(app: &TestApp, tenant: &TestTenant, id: &str) -> (StatusCode, Value) {
@@ -158,7 +48,7 @@ async fn init_defaults_to_the_first_app_and_redirect_uri() {
     let second = app.add_app(tenant.tenant, "Second app").await;
 
     let before = chrono::Utc::now();
-    let response = init(&app, &tenant, json!({})).await;
+    let response = app.init_session(&tenant, json!({})).await;
     assert_eq!(response.status(), StatusCode::OK);
     let session: Value = response.json().await.unwrap();
     let url = session["url"].as_str().unwrap();
@@ -197,12 +87,12 @@ async fn init_defaults_to_the_first_app_and_redirect_uri() {
     );
 
     // Naming the second app and its app-scheme redirect.
-    let page = Page::open(
-        &app,
-        &tenant,
-        json!({ "clientAppId": second.app_id, "redirectUrl": "myapp://callback" }),
-    )
-    .await;
+    let page = app
+        .open_session(
+            &tenant,
+            json!({ "clientAppId": second.app_id, "redirectUrl": "myapp://callback" }),
+        )
+        .await;
     let flow = page.flow().await;
     assert_eq!(flow["clientAppName"], "Second app");
     assert_eq!(
@@ -259,13 +149,15 @@ async fn bad_init_requests_name_the_field_and_create_nothing() {
         (json!({ "redirect_url": CALLBACK }), vec!["redirect_url"]),
     ];
     for (body, paths) in cases {
-        let response = init(&app, &tenant, body.clone()).await;
+        let response = app.init_session(&tenant, body.clone()).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"], "Validation failed");
         assert_eq!(violation_paths(&error), paths, "{body}");
     }
-    let not_found = init(&app, &tenant, json!({ "clientAppId": other.app_id })).await;
+    let not_found = app
+        .init_session(&tenant, json!({ "clientAppId": other.app_id }))
+        .await;
     assert_eq!(
         not_found.status(),
         StatusCode::NOT_FOUND,
@@ -310,7 +202,7 @@ async fn bad_init_requests_name_the_field_and_create_nothing() {
         .await
         .unwrap();
     assert_eq!(
-        init(&app, &bare, json!({})).await.status(),
+        app.init_session(&bare, json!({})).await.status(),
         StatusCode::NOT_FOUND
     );
 }
@@ -319,13 +211,13 @@ async fn bad_init_requests_name_the_field_and_create_nothing() {
 async fn a_successful_session_redirects_with_the_new_connection() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let page = Page::open(
-        &app,
-        &tenant,
-        json!({ "redirectUrl": CALLBACK, "clientReferenceId": "user_abc123",
+    let page = app
+        .open_session(
+            &tenant,
+            json!({ "redirectUrl": CALLBACK, "clientReferenceId": "user_abc123",
                 "geolocation": { "country": "us", "state": "ca" } }),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(page.flow().await["clientReferenceId"], "user_abc123");
     let login = page.pick("onlyfans").await;
     assert_eq!(login["step"], "login");
@@ -366,7 +258,7 @@ async fn a_successful_session_redirects_with_the_new_connection() {
     assert!(connection["sessionExpiresAt"].is_string());
     assert!(connection.get("session").is_none());
 
-    let created = events(&app, &tenant, "connection.created").await;
+    let created = app.events_of(&tenant, "connection.created").await;
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["data"]["clientReferenceId"], "user_abc123");
     assert_eq!(created[0]["data"]["connection"], connection);
@@ -395,7 +287,7 @@ async fn two_factor_and_every_cancel_step_redirect_as_documented() {
     let body = json!({ "clientReferenceId": "u1" });
 
     // 2FA: the connection waits in awaiting_2fa; a wrong code can be retried.
-    let page = Page::open(&app, &tenant, body.clone()).await;
+    let page = app.open_session(&tenant, body.clone()).await;
     page.pick("tmobile").await;
     let asked = page.login("user_2fa", "pass_good").await;
     assert_eq!(asked["step"], "2fa");
@@ -421,7 +313,7 @@ async fn two_factor_and_every_cancel_step_redirect_as_documented() {
 
     // Cancel at each documented step.
     for step in ["pre-login", "login", "2fa", "authorization"] {
-        let page = Page::open(&app, &tenant, body.clone()).await;
+        let page = app.open_session(&tenant, body.clone()).await;
         if step != "pre-login" {
             page.pick("tmobile").await;
         }
@@ -454,7 +346,7 @@ async fn two_factor_and_every_cancel_step_redirect_as_documented() {
         .await
         .unwrap();
     assert_eq!(failed["connections"].as_array().unwrap().len(), 2);
-    assert_eq!(events(&app, &tenant, "connection.created").await.len(), 1);
+    assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
 }
 
 #[tokio::test]
@@ -462,7 +354,7 @@ async fn provider_errors_redirect_with_their_error_code() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
 
-    let page = Page::open(&app, &tenant, json!({})).await;
+    let page = app.open_session(&tenant, json!({})).await;
     page.pick("onlyfans").await;
     let locked = page.login("user_locked", "pass_good").await;
     assert_eq!(
@@ -471,7 +363,9 @@ async fn provider_errors_redirect_with_their_error_code() {
     );
 
     // Wrong passwords can be retried; the fifth ends the session.
-    let page = Page::open(&app, &tenant, json!({ "clientReferenceId": "u2" })).await;
+    let page = app
+        .open_session(&tenant, json!({ "clientReferenceId": "u2" }))
+        .await;
     page.pick("onlyfans").await;
     for _ in 0..4 {
         let retry = page.login("user_good", "wrong").await;
@@ -504,7 +398,7 @@ async fn provider_errors_redirect_with_their_error_code() {
 
     // Production has no real connectors in this build.
     let production = app.create_tenant(Environment::Production).await;
-    let page = Page::open(&app, &production, json!({})).await;
+    let page = app.open_session(&production, json!({})).await;
     page.pick("onlyfans").await;
     let unavailable = page.login("user_good", "pass_good").await;
     assert_eq!(
@@ -517,11 +411,13 @@ async fn provider_errors_redirect_with_their_error_code() {
 async fn an_expired_session_is_unusable_and_redirects_with_session_expired() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let page = Page::open(&app, &tenant, json!({ "clientReferenceId": "late" })).await;
+    let page = app
+        .open_session(&tenant, json!({ "clientReferenceId": "late" }))
+        .await;
     page.pick("onlyfans").await;
     // Abandoned half-way: the background sweep closes it and fails the
     // connection it was making.
-    let abandoned = Page::open(&app, &tenant, json!({})).await;
+    let abandoned = app.open_session(&tenant, json!({})).await;
     abandoned.pick("onlyfans").await;
     abandoned.login("user_2fa", "pass_good").await;
     // Both sessions' lifetimes run out.
@@ -572,13 +468,13 @@ async fn reconnect_keeps_the_id_even_from_expired_and_unknown_ids_make_new_ones(
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let other = app.create_tenant(Environment::Sandbox).await;
     // A provider session of 10 s: the expiry job marks the connection expired.
-    let first = connect(
-        &app,
-        &tenant,
-        json!({ "clientReferenceId": "r1" }),
-        "user_shortsession",
-    )
-    .await;
+    let first = app
+        .complete_session(
+            &tenant,
+            json!({ "clientReferenceId": "r1" }),
+            "user_shortsession",
+        )
+        .await;
     let id = first["connectionId"].as_str().unwrap().to_string();
     let mut expired = false;
     for _ in 0..300 {
@@ -589,18 +485,18 @@ async fn reconnect_keeps_the_id_even_from_expired_and_unknown_ids_make_new_ones(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(expired, "the connection never expired");
-    let expired_events = events(&app, &tenant, "connection.expired").await;
+    let expired_events = app.events_of(&tenant, "connection.expired").await;
     assert_eq!(expired_events.len(), 1);
     assert_eq!(expired_events[0]["data"]["connection"]["id"], id.as_str());
     assert_eq!(expired_events[0]["data"]["connection"]["status"], "expired");
 
     // Reconnect: the integration is fixed, the id stays, the state is active again.
-    let page = Page::open(
-        &app,
-        &tenant,
-        json!({ "connectionId": id, "clientReferenceId": "r1" }),
-    )
-    .await;
+    let page = app
+        .open_session(
+            &tenant,
+            json!({ "connectionId": id, "clientReferenceId": "r1" }),
+        )
+        .await;
     let flow = page.flow().await;
     assert_eq!(
         flow["step"], "login",
@@ -612,18 +508,18 @@ async fn reconnect_keeps_the_id_even_from_expired_and_unknown_ids_make_new_ones(
     assert_eq!(done["connectionId"], id.as_str());
     let (_, connection) = get_connection(&app, &tenant, &id).await;
     assert_eq!(connection["status"], "active");
-    let updated = events(&app, &tenant, "connection.updated").await;
+    let updated = app.events_of(&tenant, "connection.updated").await;
     assert_eq!(updated.len(), 1);
     assert_eq!(updated[0]["data"]["connection"]["id"], id.as_str());
-    assert_eq!(events(&app, &tenant, "connection.created").await.len(), 1);
+    assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
 
     // Unknown, foreign and deleted ids: a new connection, no error.
     let unknown = format!("conn_{}", uuid::Uuid::now_v7().simple());
-    let foreign = connect(&app, &other, json!({}), "user_good").await["connectionId"]
+    let foreign = app.complete_session(&other, json!({}), "user_good").await["connectionId"]
         .as_str()
         .unwrap()
         .to_string();
-    let deleted = connect(&app, &tenant, json!({}), "user_good").await["connectionId"]
+    let deleted = app.complete_session(&tenant, json!({}), "user_good").await["connectionId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -636,7 +532,9 @@ async fn reconnect_keeps_the_id_even_from_expired_and_unknown_ids_make_new_ones(
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     for given in [unknown, foreign.clone(), deleted] {
-        let done = connect(&app, &tenant, json!({ "connectionId": given }), "user_good").await;
+        let done = app
+            .complete_session(&tenant, json!({ "connectionId": given }), "user_good")
+            .await;
         let made = done["connectionId"].as_str().unwrap();
         assert_ne!(made, given);
         assert_eq!(get_connection(&app, &tenant, made).await.0, StatusCode::OK);
@@ -787,19 +685,15 @@ async fn init_is_idempotent_and_works_over_grpc_end_to_end() {
 async fn a_reconnected_connection_keeps_its_state_until_the_new_login_succeeds() {
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let done = connect(
-        &app,
-        &tenant,
-        json!({ "clientReferenceId": "r" }),
-        "user_good",
-    )
-    .await;
+    let done = app
+        .complete_session(&tenant, json!({ "clientReferenceId": "r" }), "user_good")
+        .await;
     let id = done["connectionId"].as_str().unwrap().to_string();
     let status = async |app: &TestApp| get_connection(app, &tenant, &id).await.1["status"].clone();
     assert_eq!(status(&app).await, "active");
 
     let again = json!({ "connectionId": id });
-    let page = Page::open(&app, &tenant, again.clone()).await;
+    let page = app.open_session(&tenant, again.clone()).await;
     let (code, wrong) = page
         .call(
             "/v1/flow/credentials",
@@ -819,7 +713,7 @@ async fn a_reconnected_connection_keeps_its_state_until_the_new_login_succeeds()
     page.cancel("2fa").await;
     assert_eq!(status(&app).await, "active", "after a cancel");
 
-    let abandoned = Page::open(&app, &tenant, again.clone()).await;
+    let abandoned = app.open_session(&tenant, again.clone()).await;
     abandoned.login("user_2fa", "pass_good").await;
     sqlx::query("UPDATE flows SET expires_at = now() - interval '1 second' WHERE outcome IS NULL")
         .execute(app.api.db())
@@ -829,9 +723,9 @@ async fn a_reconnected_connection_keeps_its_state_until_the_new_login_succeeds()
     assert_eq!(expired["errorCode"], "session_expired");
     assert_eq!(status(&app).await, "active", "after an expired session");
 
-    let reconnected = connect(&app, &tenant, again, "user_good").await;
+    let reconnected = app.complete_session(&tenant, again, "user_good").await;
     assert_eq!(reconnected["connectionId"], id.as_str());
     assert_eq!(status(&app).await, "active");
-    assert_eq!(events(&app, &tenant, "connection.updated").await.len(), 1);
-    assert_eq!(events(&app, &tenant, "connection.created").await.len(), 1);
+    assert_eq!(app.events_of(&tenant, "connection.updated").await.len(), 1);
+    assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
 }

@@ -4,7 +4,7 @@
 //! the SSRF guard, secret rotation and the events API.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
-use crate::sessions::{CALLBACK, connect};
+use crate::sessions::CALLBACK;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::response::IntoResponse;
@@ -262,13 +262,13 @@ async fn deliveries_are_signed_and_verify_with_an_independent_library() {
     let app = spawn_app().await;
     let tenant = hooked_tenant(&app, &receiver.url("app")).await;
 
-    let done = connect(
-        &app,
-        &tenant,
-        json!({ "clientReferenceId": "user_abc123" }),
-        "user_good",
-    )
-    .await;
+    let done = app
+        .complete_session(
+            &tenant,
+            json!({ "clientReferenceId": "user_abc123" }),
+            "user_good",
+        )
+        .await;
     let got = receiver.wait_for("app", 1, Duration::from_secs(10)).await;
     let hook = &got[0];
     assert!(hook.verifies_with(&tenant.webhook_secret));
@@ -651,13 +651,9 @@ async fn the_events_api_filters_pages_and_isolates_tenants() {
     let app = spawn_app().await;
     let tenant = hooked_tenant(&app, &receiver.url("api")).await;
     let other = hooked_tenant(&app, &receiver.url("api-other")).await;
-    let connected = connect(
-        &app,
-        &tenant,
-        json!({ "clientReferenceId": "r" }),
-        "user_good",
-    )
-    .await;
+    let connected = app
+        .complete_session(&tenant, json!({ "clientReferenceId": "r" }), "user_good")
+        .await;
     let connection_id = connected["connectionId"].as_str().unwrap().to_string();
     let before_links = chrono::Utc::now();
     let mut link_ids = Vec::new();
@@ -770,7 +766,7 @@ async fn oversized_link_results_are_left_out_of_the_webhook_body() {
         .json()
         .await
         .unwrap();
-    let flow = crate::flow::Flow::claim(&app, &link).await;
+    let flow = app.claim(&link).await;
     let done = flow.login("user_large", "pass_good").await;
     assert_eq!(done["outcome"], "success", "{done}");
 
