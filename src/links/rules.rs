@@ -90,50 +90,7 @@ impl NewLink {
             false
         };
 
-        if req.operations.is_empty() {
-            v.add("operations", "must contain at least one operation");
-        } else if req.operations.len() > MAX_OPERATIONS {
-            v.add(
-                "operations",
-                format!("must contain at most {MAX_OPERATIONS} operations"),
-            );
-        }
-        let mut operations = Vec::new();
-        let mut arguments = Vec::new();
-        for (i, op) in req.operations.iter().enumerate().take(MAX_OPERATIONS) {
-            let path = format!("operations[{i}]");
-            let resource_ok = v.require_len(&format!("{path}.resource"), op.resource, limits::ID);
-            let action = op.action;
-            if action.is_none() {
-                v.add(format!("{path}.action"), "is required: read or write");
-            }
-            let args = op.arguments.clone();
-            if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
-                match catalog.capability(req.integration_id, op.resource, action) {
-                    None => v.add(
-                        path.clone(),
-                        format!(
-                            "{} {} {} is not a valid combination (see GET /v1/providers)",
-                            req.integration_id,
-                            op.resource,
-                            action.as_str()
-                        ),
-                    ),
-                    Some(capability) => {
-                        for problem in capability.check_arguments(&args) {
-                            v.add(format!("{path}.arguments{}", problem.path), problem.message);
-                        }
-                    }
-                }
-            }
-            if let Some(action) = action {
-                operations.push(LinkOperation {
-                    resource: op.resource.to_string(),
-                    action,
-                });
-            }
-            arguments.push(args);
-        }
+        let (operations, arguments) = check_operations(&mut v, req, catalog, integration_known);
 
         if let Some(url) = req.webhook_url
             && v.max_len("webhookUrl", url, limits::URL)
@@ -174,6 +131,62 @@ impl NewLink {
             expires_in_secs,
         })
     }
+}
+
+/// Checks each operation against the catalog (when the integration is
+/// known) and its arguments against the capability's schema; returns the
+/// operations that name an action and every operation's arguments.
+fn check_operations(
+    v: &mut Violations,
+    req: &LinkRequest<'_>,
+    catalog: &Catalog,
+    integration_known: bool,
+) -> (Vec<LinkOperation>, Vec<serde_json::Value>) {
+    if req.operations.is_empty() {
+        v.add("operations", "must contain at least one operation");
+    } else if req.operations.len() > MAX_OPERATIONS {
+        v.add(
+            "operations",
+            format!("must contain at most {MAX_OPERATIONS} operations"),
+        );
+    }
+    let mut operations = Vec::new();
+    let mut arguments = Vec::new();
+    for (i, op) in req.operations.iter().enumerate().take(MAX_OPERATIONS) {
+        let path = format!("operations[{i}]");
+        let resource_ok = v.require_len(&format!("{path}.resource"), op.resource, limits::ID);
+        let action = op.action;
+        if action.is_none() {
+            v.add(format!("{path}.action"), "is required: read or write");
+        }
+        let args = op.arguments.clone();
+        if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
+            match catalog.capability(req.integration_id, op.resource, action) {
+                None => v.add(
+                    path.clone(),
+                    format!(
+                        "{} {} {} is not a valid combination (see GET /v1/providers)",
+                        req.integration_id,
+                        op.resource,
+                        action.as_str()
+                    ),
+                ),
+                Some(capability) => {
+                    for problem in capability.check_arguments(&args) {
+                        v.add(format!("{path}.arguments{}", problem.path), problem.message);
+                    }
+                }
+            }
+        }
+        if let Some(action) = action {
+            operations.push(LinkOperation {
+                resource: op.resource.to_string(),
+                action,
+            });
+        }
+        arguments.push(args);
+    }
+    (operations, arguments)
 }
 
 /// `return_url` with `linkId` appended, keeping any query it had.

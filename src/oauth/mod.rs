@@ -25,8 +25,8 @@ use crate::kernel::ids::{IdKind, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
 use crate::oauth::rules::{
-    AuthorizationRequest, MAX_STATE_LEN, error_redirect, is_valid_pkce_value, redirect_uri_matches,
-    verifier_matches,
+    AuthorizationRequest, MAX_STATE_LEN, Redemption, error_redirect, is_valid_pkce_value,
+    redirect_uri_matches,
 };
 use crate::pb;
 use secrecy::{ExposeSecret, SecretString};
@@ -246,38 +246,12 @@ impl OAuth {
             ));
         }
         let challenge = given(&req.code_challenge);
-        match (challenge, given(&req.code_challenge_method)) {
-            (_, Some(method)) if method != "S256" => {
-                return Ok(redirect_error(
-                    "invalid_request",
-                    "code_challenge_method must be S256.",
-                ));
-            }
-            (Some(_), None) => {
-                return Ok(redirect_error(
-                    "invalid_request",
-                    "code_challenge_method must be S256 (plain is not accepted).",
-                ));
-            }
-            (None, Some(_)) => {
-                return Ok(redirect_error(
-                    "invalid_request",
-                    "code_challenge is required with code_challenge_method.",
-                ));
-            }
-            (Some(challenge), Some(_)) if !is_valid_pkce_value(challenge) => {
-                return Ok(redirect_error(
-                    "invalid_request",
-                    "code_challenge must be 43 to 128 unreserved characters.",
-                ));
-            }
-            (None, None) if self.settings.require_pkce => {
-                return Ok(redirect_error(
-                    "invalid_request",
-                    "PKCE is required: send code_challenge with code_challenge_method=S256.",
-                ));
-            }
-            _ => {}
+        if let Err(why) = rules::check_pkce_challenge(
+            challenge,
+            given(&req.code_challenge_method),
+            self.settings.require_pkce,
+        ) {
+            return Ok(redirect_error("invalid_request", why));
         }
         let request = AuthorizationRequest {
             redirect_uri: given(&req.redirect_uri).map(str::to_string),
@@ -373,27 +347,7 @@ impl OAuth {
         basic: Option<BasicCredentials>,
     ) -> Result<pb::ExchangeCodeResponse> {
         let client = self.authenticate_client(&req, basic).await?;
-        match req.grant_type.as_str() {
-            "" => return Err(Error::oauth("invalid_request", "grant_type is required.")),
-            "authorization_code" => {}
-            _ => {
-                return Err(Error::oauth(
-                    "unsupported_grant_type",
-                    "Only grant_type=authorization_code is supported.",
-                ));
-            }
-        }
-        if req.code.is_empty() {
-            return Err(Error::oauth("invalid_request", "code is required."));
-        }
-        if let Some(verifier) = &req.code_verifier
-            && !is_valid_pkce_value(verifier)
-        {
-            return Err(Error::oauth(
-                "invalid_request",
-                "code_verifier must be 43 to 128 unreserved characters.",
-            ));
-        }
+        check_token_request(&req)?;
         let invalid_grant = |why: &str| Error::oauth("invalid_grant", why);
         let mut tx = self.db.begin().await?;
         let code = store::lock_code(&mut tx, &token_hash(&req.code))
@@ -416,27 +370,16 @@ impl OAuth {
         if code.expired {
             return Err(invalid_grant("The code has expired."));
         }
-        let redirect_ok = match (&code.redirect_uri, given(&req.redirect_uri)) {
-            (Some(sent), given) => given == Some(sent.as_str()),
-            (None, Some(given)) => given == code.effective_redirect_uri,
-            (None, None) => true,
-        };
-        if !redirect_ok {
-            return Err(invalid_grant(
-                "redirect_uri does not match the authorization request.",
-            ));
-        }
-        match (&code.code_challenge, &req.code_verifier) {
-            (Some(challenge), Some(verifier)) if verifier_matches(verifier, challenge) => {}
-            (Some(_), Some(_)) => return Err(invalid_grant("The code_verifier does not match.")),
-            (Some(_), None) => return Err(invalid_grant("code_verifier is required.")),
-            (None, Some(_)) => {
-                return Err(invalid_grant(
-                    "The code was issued without a code_challenge; no code_verifier is accepted.",
-                ));
-            }
-            (None, None) => {}
-        }
+        rules::check_redemption(
+            &Redemption {
+                redirect_uri: code.redirect_uri.as_deref(),
+                effective_redirect_uri: &code.effective_redirect_uri,
+                code_challenge: code.code_challenge.as_deref(),
+            },
+            given(&req.redirect_uri),
+            req.code_verifier.as_deref(),
+        )
+        .map_err(invalid_grant)?;
         let live = crate::connections::store::exists(&mut *tx, code.connection_id).await?;
         if !live {
             return Err(invalid_grant("The connection no longer exists."));
@@ -476,6 +419,33 @@ impl OAuth {
             only_connection: Some(connection_id),
         })
     }
+}
+
+/// The token request's own syntax (RFC 6749 §4.1.3), before the code is
+/// looked up.
+fn check_token_request(req: &pb::ExchangeCodeRequest) -> Result<()> {
+    match req.grant_type.as_str() {
+        "" => return Err(Error::oauth("invalid_request", "grant_type is required.")),
+        "authorization_code" => {}
+        _ => {
+            return Err(Error::oauth(
+                "unsupported_grant_type",
+                "Only grant_type=authorization_code is supported.",
+            ));
+        }
+    }
+    if req.code.is_empty() {
+        return Err(Error::oauth("invalid_request", "code is required."));
+    }
+    if let Some(verifier) = &req.code_verifier
+        && !is_valid_pkce_value(verifier)
+    {
+        return Err(Error::oauth(
+            "invalid_request",
+            "code_verifier must be 43 to 128 unreserved characters.",
+        ));
+    }
+    Ok(())
 }
 
 /// Issues the authorization code of a consented OAuth session, inside

@@ -9,6 +9,65 @@ use subtle::ConstantTimeEq;
 
 pub use crate::flows::AuthorizationRequest;
 
+/// The PKCE parameters of an authorization request (RFC 7636 §4.3): S256
+/// only, both or neither, and required when `require_pkce`. Err is the
+/// `invalid_request` description.
+pub fn check_pkce_challenge(
+    challenge: Option<&str>,
+    method: Option<&str>,
+    require_pkce: bool,
+) -> Result<(), &'static str> {
+    match (challenge, method) {
+        (_, Some(method)) if method != "S256" => Err("code_challenge_method must be S256."),
+        (Some(_), None) => Err("code_challenge_method must be S256 (plain is not accepted)."),
+        (None, Some(_)) => Err("code_challenge is required with code_challenge_method."),
+        (Some(challenge), Some(_)) if !is_valid_pkce_value(challenge) => {
+            Err("code_challenge must be 43 to 128 unreserved characters.")
+        }
+        (None, None) if require_pkce => {
+            Err("PKCE is required: send code_challenge with code_challenge_method=S256.")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What an authorization code was issued for, as its redemption is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Redemption<'a> {
+    /// The `redirect_uri` the authorization request sent, if any.
+    pub redirect_uri: Option<&'a str>,
+    pub effective_redirect_uri: &'a str,
+    pub code_challenge: Option<&'a str>,
+}
+
+/// Whether a token request may redeem `code` (RFC 6749 §4.1.3, RFC 7636
+/// §4.6): the redirect URI as the authorization request had it, and the
+/// PKCE verifier exactly when a challenge was sent. Err is the
+/// `invalid_grant` description.
+pub fn check_redemption(
+    code: &Redemption<'_>,
+    redirect_uri: Option<&str>,
+    code_verifier: Option<&str>,
+) -> Result<(), &'static str> {
+    let redirect_ok = match (code.redirect_uri, redirect_uri) {
+        (Some(sent), given) => given == Some(sent),
+        (None, Some(given)) => given == code.effective_redirect_uri,
+        (None, None) => true,
+    };
+    if !redirect_ok {
+        return Err("redirect_uri does not match the authorization request.");
+    }
+    match (code.code_challenge, code_verifier) {
+        (Some(challenge), Some(verifier)) if verifier_matches(verifier, challenge) => Ok(()),
+        (Some(_), Some(_)) => Err("The code_verifier does not match."),
+        (Some(_), None) => Err("code_verifier is required."),
+        (None, Some(_)) => {
+            Err("The code was issued without a code_challenge; no code_verifier is accepted.")
+        }
+        (None, None) => Ok(()),
+    }
+}
+
 /// Scopes a client may ask for; the consent page lists them.
 pub const SCOPES: [&str; 4] = ["accounts", "transactions", "statements", "identity"];
 /// Granted when `scope` is omitted.

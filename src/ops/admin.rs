@@ -5,7 +5,7 @@ use crate::client_apps::rules::NewClientApp;
 use crate::client_apps::store as tenancy;
 use crate::kernel::ids::IdKind;
 use crate::kernel::ids::parse_id;
-use crate::kernel::tenant::Tenant;
+use crate::kernel::tenant::{Environment, Tenant};
 use crate::ops::config::AdminCommand;
 use anyhow::bail;
 use secrecy::ExposeSecret;
@@ -27,6 +27,7 @@ fn print(json_output: bool, value: serde_json::Value, text: String) {
     }
 }
 
+/// Runs one operator command.
 pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::CreateApp {
@@ -37,182 +38,242 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             organization,
             json,
         } => {
-            let app = NewClientApp::parse(&name, &redirect_uris, webhook_url.as_deref())?;
-            let organization_id = match organization {
-                Some(public) => existing_organization(api, &public).await?,
-                None => {
-                    let id = IdKind::Organization.new_uuid();
-                    tenancy::create_organization(api.db(), id, &app.name).await?;
-                    id
-                }
-            };
-            let tenant = Tenant {
-                organization_id,
+            create_app(
+                api,
+                name,
                 environment,
-            };
-            let created = api.client_apps.create_client_app(tenant, &app).await?;
-            let key = crate::auth::issue_key(api.db(), tenant).await?;
-            let (org, app_id) = (
-                IdKind::Organization.format(organization_id),
-                IdKind::ClientApp.format(created.app.id),
-            );
-            print(
+                redirect_uris,
+                webhook_url,
+                organization,
                 json,
-                json!({
-                    "organizationId": org,
-                    "clientAppId": app_id,
-                    "environment": environment,
-                    "apiKeyId": key.public_id(),
-                    "apiKey": key.key.expose_secret(),
-                    "webhookSecret": created.webhook_secret.expose_secret(),
-                    "clientSecret": created.client_secret.expose_secret(),
-                }),
-                format!(
-                    "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\nclient secret   {}\n(the key and secrets are shown only now)",
-                    key.public_id(),
-                    key.key.expose_secret(),
-                    created.webhook_secret.expose_secret(),
-                    created.client_secret.expose_secret()
-                ),
-            );
+            )
+            .await
         }
         AdminCommand::CreateKey {
             organization,
             environment,
             json,
-        } => {
-            let organization_id = existing_organization(api, &organization).await?;
-            let key = crate::auth::issue_key(
-                api.db(),
-                Tenant {
-                    organization_id,
-                    environment,
-                },
-            )
-            .await?;
-            print(
-                json,
-                json!({ "apiKeyId": key.public_id(), "apiKey": key.key.expose_secret(), "environment": environment }),
-                format!(
-                    "api key id  {}\napi key     {}\n(shown only now)",
-                    key.public_id(),
-                    key.key.expose_secret()
-                ),
-            );
-        }
-        AdminCommand::RevokeKey { key_id } => {
-            let id = parse_id(IdKind::ApiKey, "key_id", &key_id)?;
-            if !crate::auth::store::revoke_api_key(api.db(), id).await? {
-                bail!("no active API key {key_id}");
-            }
-            println!("revoked {key_id}");
-        }
+        } => create_key(api, organization, environment, json).await,
+        AdminCommand::RevokeKey { key_id } => revoke_key(api, key_id).await,
         AdminCommand::RotateWebhookSecret {
             app_id,
             grace,
             json,
-        } => {
-            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
-            let (secret, until) = match api
-                .client_apps
-                .rotate_webhook_secret(None, id, grace.as_secs() as i64)
-                .await
-            {
-                Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
-                other => other?,
-            };
-            print(
-                json,
-                json!({
-                    "clientAppId": app_id,
-                    "webhookSecret": secret.expose_secret(),
-                    "previousSecretExpiresAt": until.to_rfc3339(),
-                }),
-                format!(
-                    "client app      {app_id}\nwebhook secret  {}\n(shown only now; the previous secret also signs until {})",
-                    secret.expose_secret(),
-                    until.to_rfc3339()
-                ),
-            );
-        }
+        } => rotate_webhook_secret(api, app_id, grace, json).await,
         AdminCommand::SetWebhookUrl {
             app_id,
             url,
             clear: _,
             json,
-        } => {
-            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
-            let url = crate::client_apps::rules::parse_webhook_url(url.as_deref())?;
-            // The app's breaker closes with the change: events it held
-            // back go to the corrected URL at once.
-            let mut tx = api.db().begin().await?;
-            if !tenancy::set_webhook_url(&mut *tx, id, url.as_deref()).await? {
-                bail!("no client app {app_id}");
-            }
-            crate::webhooks::store::release_destination(
-                &mut *tx,
-                &crate::webhooks::app_destination(id),
-            )
-            .await?;
-            tx.commit().await?;
-            print(
-                json,
-                json!({ "clientAppId": app_id, "webhookUrl": url }),
-                format!(
-                    "client app      {app_id}\nwebhook url     {}",
-                    url.as_deref().unwrap_or("(none: events are skipped)")
-                ),
-            );
-        }
+        } => set_webhook_url(api, app_id, url, json).await,
         AdminCommand::RotateClientSecret { app_id, json } => {
-            let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
-            let secret = match api.client_apps.rotate_client_secret(id).await {
-                Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
-                other => other?,
-            };
-            print(
-                json,
-                json!({ "clientAppId": app_id, "clientSecret": secret.expose_secret() }),
-                format!(
-                    "client app      {app_id}\nclient secret   {}\n(shown only now; the previous secret no longer works)",
-                    secret.expose_secret()
-                ),
-            );
+            rotate_client_secret(api, app_id, json).await
         }
-        AdminCommand::ListApps { organization, json } => {
-            let organization_id = match organization {
-                Some(public) => Some(parse_id(IdKind::Organization, "--organization", &public)?),
-                None => None,
-            };
-            let apps = tenancy::list_all_client_apps(api.db(), organization_id).await?;
-            if json {
-                let apps: Vec<_> = apps
-                    .iter()
-                    .map(|a| {
-                        json!({
-                            "clientAppId": IdKind::ClientApp.format(a.id),
-                            "organizationId": IdKind::Organization.format(a.organization_id),
-                            "environment": a.environment(),
-                            "name": a.name,
-                            "redirectUris": a.redirect_uris,
-                            "webhookUrl": a.webhook_url,
-                            "createdAt": a.created_at.to_rfc3339(),
-                        })
-                    })
-                    .collect();
-                println!("{:#}", json!(apps));
-            } else {
-                for a in &apps {
-                    println!(
-                        "{}  {}  {:<10}  {}  {}",
-                        IdKind::ClientApp.format(a.id),
-                        IdKind::Organization.format(a.organization_id),
-                        a.environment(),
-                        a.name,
-                        a.redirect_uris.join(" ")
-                    );
-                }
-            }
+        AdminCommand::ListApps { organization, json } => list_apps(api, organization, json).await,
+    }
+}
+
+/// Creates a client app (and its organization unless given) with an API key; prints the secrets once.
+async fn create_app(
+    api: &Services,
+    name: String,
+    environment: Environment,
+    redirect_uris: Vec<String>,
+    webhook_url: Option<String>,
+    organization: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let app = NewClientApp::parse(&name, &redirect_uris, webhook_url.as_deref())?;
+    let organization_id = match organization {
+        Some(public) => existing_organization(api, &public).await?,
+        None => {
+            let id = IdKind::Organization.new_uuid();
+            tenancy::create_organization(api.db(), id, &app.name).await?;
+            id
+        }
+    };
+    let tenant = Tenant {
+        organization_id,
+        environment,
+    };
+    let created = api.client_apps.create_client_app(tenant, &app).await?;
+    let key = crate::auth::issue_key(api.db(), tenant).await?;
+    let (org, app_id) = (
+        IdKind::Organization.format(organization_id),
+        IdKind::ClientApp.format(created.app.id),
+    );
+    print(
+        json,
+        json!({
+            "organizationId": org,
+            "clientAppId": app_id,
+            "environment": environment,
+            "apiKeyId": key.public_id(),
+            "apiKey": key.key.expose_secret(),
+            "webhookSecret": created.webhook_secret.expose_secret(),
+            "clientSecret": created.client_secret.expose_secret(),
+        }),
+        format!(
+            "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\nclient secret   {}\n(the key and secrets are shown only now)",
+            key.public_id(),
+            key.key.expose_secret(),
+            created.webhook_secret.expose_secret(),
+            created.client_secret.expose_secret()
+        ),
+    );
+    Ok(())
+}
+
+/// Issues an API key for an existing organization.
+async fn create_key(
+    api: &Services,
+    organization: String,
+    environment: Environment,
+    json: bool,
+) -> anyhow::Result<()> {
+    let organization_id = existing_organization(api, &organization).await?;
+    let key = crate::auth::issue_key(
+        api.db(),
+        Tenant {
+            organization_id,
+            environment,
+        },
+    )
+    .await?;
+    print(
+        json,
+        json!({ "apiKeyId": key.public_id(), "apiKey": key.key.expose_secret(), "environment": environment }),
+        format!(
+            "api key id  {}\napi key     {}\n(shown only now)",
+            key.public_id(),
+            key.key.expose_secret()
+        ),
+    );
+    Ok(())
+}
+
+/// Revokes an API key.
+async fn revoke_key(api: &Services, key_id: String) -> anyhow::Result<()> {
+    let id = parse_id(IdKind::ApiKey, "key_id", &key_id)?;
+    if !crate::auth::store::revoke_api_key(api.db(), id).await? {
+        bail!("no active API key {key_id}");
+    }
+    println!("revoked {key_id}");
+    Ok(())
+}
+
+/// Replaces an app's webhook signing secret; the previous one signs for `grace`.
+async fn rotate_webhook_secret(
+    api: &Services,
+    app_id: String,
+    grace: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let (secret, until) = match api
+        .client_apps
+        .rotate_webhook_secret(None, id, grace.as_secs() as i64)
+        .await
+    {
+        Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+        other => other?,
+    };
+    print(
+        json,
+        json!({
+            "clientAppId": app_id,
+            "webhookSecret": secret.expose_secret(),
+            "previousSecretExpiresAt": until.to_rfc3339(),
+        }),
+        format!(
+            "client app      {app_id}\nwebhook secret  {}\n(shown only now; the previous secret also signs until {})",
+            secret.expose_secret(),
+            until.to_rfc3339()
+        ),
+    );
+    Ok(())
+}
+
+/// Sets or clears an app's webhook URL; its breaker closes with the change.
+async fn set_webhook_url(
+    api: &Services,
+    app_id: String,
+    url: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let url = crate::client_apps::rules::parse_webhook_url(url.as_deref())?;
+    // The app's breaker closes with the change: events it held
+    // back go to the corrected URL at once.
+    let mut tx = api.db().begin().await?;
+    if !tenancy::set_webhook_url(&mut *tx, id, url.as_deref()).await? {
+        bail!("no client app {app_id}");
+    }
+    crate::webhooks::store::release_destination(&mut *tx, &crate::webhooks::app_destination(id))
+        .await?;
+    tx.commit().await?;
+    print(
+        json,
+        json!({ "clientAppId": app_id, "webhookUrl": url }),
+        format!(
+            "client app      {app_id}\nwebhook url     {}",
+            url.as_deref().unwrap_or("(none: events are skipped)")
+        ),
+    );
+    Ok(())
+}
+
+/// Replaces an app's OAuth client secret at once.
+async fn rotate_client_secret(api: &Services, app_id: String, json: bool) -> anyhow::Result<()> {
+    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let secret = match api.client_apps.rotate_client_secret(id).await {
+        Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
+        other => other?,
+    };
+    print(
+        json,
+        json!({ "clientAppId": app_id, "clientSecret": secret.expose_secret() }),
+        format!(
+            "client app      {app_id}\nclient secret   {}\n(shown only now; the previous secret no longer works)",
+            secret.expose_secret()
+        ),
+    );
+    Ok(())
+}
+
+/// Lists client apps, of one organization or all.
+async fn list_apps(api: &Services, organization: Option<String>, json: bool) -> anyhow::Result<()> {
+    let organization_id = match organization {
+        Some(public) => Some(parse_id(IdKind::Organization, "--organization", &public)?),
+        None => None,
+    };
+    let apps = tenancy::list_all_client_apps(api.db(), organization_id).await?;
+    if json {
+        let apps: Vec<_> = apps
+            .iter()
+            .map(|a| {
+                json!({
+                    "clientAppId": IdKind::ClientApp.format(a.id),
+                    "organizationId": IdKind::Organization.format(a.organization_id),
+                    "environment": a.environment(),
+                    "name": a.name,
+                    "redirectUris": a.redirect_uris,
+                    "webhookUrl": a.webhook_url,
+                    "createdAt": a.created_at.to_rfc3339(),
+                })
+            })
+            .collect();
+        println!("{:#}", json!(apps));
+    } else {
+        for a in &apps {
+            println!(
+                "{}  {}  {:<10}  {}  {}",
+                IdKind::ClientApp.format(a.id),
+                IdKind::Organization.format(a.organization_id),
+                a.environment(),
+                a.name,
+                a.redirect_uris.join(" ")
+            );
         }
     }
     Ok(())
