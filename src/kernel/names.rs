@@ -6,7 +6,7 @@
 
 /// Declares an enum whose variants are stored as the given names:
 ///
-/// ```ignore
+/// ```text
 /// crate::kernel::names::stored_names! {
 ///     /// The environment.
 ///     pub enum Environment { Sandbox = "sandbox", Production = "production" }

@@ -1,7 +1,7 @@
 //! Reading REST request bodies: JSON objects (`application/json`, through
 //! the input gate) whose wrong-typed and unknown fields become violations
 //! with their documented paths, merged with the domain's own findings, and
-//! the `Idempotency-Key` header.
+//! the `Idempotency-Key` header; and listings' query parameters.
 
 use crate::kernel::error::{Error, FieldViolation};
 use crate::kernel::validate::Violations;
@@ -18,6 +18,15 @@ pub(super) struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// The fields of `object`, its paths prefixed with `prefix`.
+    pub fn new(object: &'a Map<String, Value>, prefix: &str, problems: &'a mut Violations) -> Self {
+        Fields {
+            object,
+            prefix: prefix.to_string(),
+            problems,
+        }
+    }
+
     pub fn path(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -140,11 +149,7 @@ pub(super) fn read_object<T>(
         json_object(headers, body)?
     };
     let mut problems = Violations::new();
-    let mut fields = Fields {
-        object: &object,
-        prefix: String::new(),
-        problems: &mut problems,
-    };
+    let mut fields = Fields::new(&object, "", &mut problems);
     fields.reject_unknown(known);
     let read = read(&mut fields);
     problems.finish()?;
@@ -169,6 +174,65 @@ pub(super) fn merge_violations<T>(type_problems: Violations, domain: Result<T, E
         );
     }
     Error::Validation(all)
+}
+
+/// A creating call's body as its request, converted by `convert` (which
+/// also reports wrong-typed and unknown fields), and the `Idempotency-Key`.
+/// When any field had the wrong type nothing runs: the type problems are
+/// answered together with what `rules` finds in the other fields.
+pub(super) fn creating_request<R>(
+    headers: &HeaderMap,
+    body: &[u8],
+    convert: impl FnOnce(&Map<String, Value>) -> (R, Violations),
+    rules: impl FnOnce(&R) -> Result<(), Error>,
+) -> Result<(R, Option<String>), Error> {
+    let object = json_object(headers, body)?;
+    let (req, type_problems) = convert(&object);
+    if !type_problems.is_empty() {
+        return Err(merge_violations(type_problems, rules(&req)));
+    }
+    Ok((req, idempotency_key(headers)?))
+}
+
+/// Reads a listing's query parameters into its request: each parameter in
+/// `known` (camelCase, snake_case) is handed to `set` under its camelCase
+/// name; an unknown one, and whatever `set` records, is a violation.
+pub(super) fn list_query<R: Default>(
+    params: &[(String, String)],
+    known: &[(&'static str, &'static str)],
+    mut set: impl FnMut(&mut R, &'static str, &str, &mut Violations),
+) -> Result<R, Error> {
+    let mut v = Violations::new();
+    let mut req = R::default();
+    for (name, value) in params {
+        match known
+            .iter()
+            .find(|(camel, snake)| name == camel || name == snake)
+        {
+            Some((canonical, _)) => set(&mut req, canonical, value, &mut v),
+            None => v.add(name.clone(), "is not a known query parameter"),
+        }
+    }
+    v.finish()?;
+    Ok(req)
+}
+
+/// An integer query parameter, or a violation naming it.
+pub(super) fn integer(v: &mut Violations, name: &'static str, value: &str) -> Option<i32> {
+    match value.parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            v.add(name, "must be an integer");
+            None
+        }
+    }
+}
+
+/// One page of a listing: `{"<items>": [...], "nextPageToken": …}`, the
+/// token `null` on the last page.
+pub(super) fn page_json(items_name: &str, items: Vec<Value>, next_page_token: String) -> Value {
+    let next = Some(next_page_token).filter(|t| !t.is_empty());
+    serde_json::json!({ items_name: items, "nextPageToken": next })
 }
 
 /// The `Idempotency-Key` header, when given.

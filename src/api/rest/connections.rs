@@ -1,9 +1,9 @@
 //! `/v2/connections`: list (documented `limit`/`offset`/`status`, plus
 //! `clientReferenceId` and `page_token`), get and delete.
 
+use super::body::{integer, list_query, page_json};
 use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
-use crate::kernel::validate::Violations;
 use crate::kernel::views::{connection_json, iso8601};
 use crate::pb;
 use axum::Json;
@@ -22,26 +22,12 @@ const LIST_PARAMS: [(&str, &str); 5] = [
 ];
 
 fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsRequest, Error> {
-    let mut v = Violations::new();
-    let mut req = pb::ListConnectionsRequest::default();
-    for (name, value) in params {
-        let Some((canonical, _)) = LIST_PARAMS
-            .iter()
-            .find(|(camel, snake)| name == camel || name == snake)
-        else {
-            v.add(name.clone(), "is not a known query parameter");
-            continue;
-        };
-        let integer = |v: &mut Violations| match value.parse::<i32>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                v.add(*canonical, "must be an integer");
-                None
-            }
-        };
-        match *canonical {
-            "limit" => req.limit = integer(&mut v),
-            "offset" => req.offset = integer(&mut v),
+    list_query(
+        params,
+        &LIST_PARAMS,
+        |req: &mut pb::ListConnectionsRequest, name, value, v| match name {
+            "limit" => req.limit = integer(v, name, value),
+            "offset" => req.offset = integer(v, name, value),
             "status" => match crate::connections::status_from_name(value) {
                 Some(status) => req.set_status(status),
                 None => v.add(
@@ -49,12 +35,10 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsReques
                     "must be one of pending, active, awaiting_2fa, expired, failed",
                 ),
             },
-            "clientReferenceId" => req.client_reference_id = Some(value.clone()),
-            _ => req.page_token = Some(value.clone()),
-        }
-    }
-    v.finish()?;
-    Ok(req)
+            "clientReferenceId" => req.client_reference_id = Some(value.to_string()),
+            _ => req.page_token = Some(value.to_string()),
+        },
+    )
 }
 
 pub(super) async fn list(
@@ -67,9 +51,8 @@ pub(super) async fn list(
         .connections
         .list_connections(&caller, list_request(&params)?)
         .await?;
-    let connections: Vec<_> = page.connections.iter().map(connection_json).collect();
-    let next = Some(page.next_page_token).filter(|t| !t.is_empty());
-    Ok(Json(json!({ "connections": connections, "nextPageToken": next })).into_response())
+    let connections = page.connections.iter().map(connection_json).collect();
+    Ok(Json(page_json("connections", connections, page.next_page_token)).into_response())
 }
 
 /// Also accepts an OAuth access token for this one connection.

@@ -1,7 +1,7 @@
 //! `/v1/events`: the tenant's events with their deliveries, and
 //! redeliveries; `/v1/client-apps/{id}/rotate-webhook-secret`.
 
-use super::body::{Fields, read_object};
+use super::body::{Fields, integer, list_query, page_json, read_object};
 use super::{Authenticated, RestState};
 use crate::events::{parse_time, status_from_name};
 use crate::kernel::error::Error;
@@ -27,47 +27,41 @@ const LIST_PARAMS: [(&str, &str); 8] = [
 ];
 
 fn list_request(params: &[(String, String)]) -> Result<pb::ListEventsRequest, Error> {
-    let mut v = Violations::new();
-    let mut req = pb::ListEventsRequest::default();
-    for (name, value) in params {
-        let Some((canonical, _)) = LIST_PARAMS
-            .iter()
-            .find(|(camel, snake)| name == camel || name == snake)
-        else {
-            v.add(name.clone(), "is not a known query parameter");
-            continue;
-        };
-        let time = |v: &mut Violations| match parse_time(canonical, value) {
-            Ok(t) => Some(t),
-            Err(err) => {
-                for issue in err.violations() {
-                    v.add(issue.path.clone(), issue.message.clone());
+    list_query(
+        params,
+        &LIST_PARAMS,
+        |req: &mut pb::ListEventsRequest, name, value, v| {
+            let time = |v: &mut Violations| match parse_time(name, value) {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    for issue in err.violations() {
+                        v.add(issue.path.clone(), issue.message.clone());
+                    }
+                    None
                 }
-                None
+            };
+            match name {
+                "limit" => {
+                    if let Some(n) = integer(v, name, value) {
+                        req.limit = Some(n);
+                    }
+                }
+                "type" => req.r#type = Some(value.to_string()),
+                "connectionId" => req.connection_id = Some(value.to_string()),
+                "linkId" => req.link_id = Some(value.to_string()),
+                "createdAfter" => req.created_after = time(v),
+                "createdBefore" => req.created_before = time(v),
+                "deliveryStatus" => match status_from_name(value) {
+                    Some(status) => req.set_delivery_status(status),
+                    None => v.add(
+                        "deliveryStatus",
+                        "must be one of pending, delivered, failed, skipped",
+                    ),
+                },
+                _ => req.page_token = Some(value.to_string()),
             }
-        };
-        match *canonical {
-            "limit" => match value.parse() {
-                Ok(n) => req.limit = Some(n),
-                Err(_) => v.add("limit", "must be an integer"),
-            },
-            "type" => req.r#type = Some(value.clone()),
-            "connectionId" => req.connection_id = Some(value.clone()),
-            "linkId" => req.link_id = Some(value.clone()),
-            "createdAfter" => req.created_after = time(&mut v),
-            "createdBefore" => req.created_before = time(&mut v),
-            "deliveryStatus" => match status_from_name(value) {
-                Some(status) => req.set_delivery_status(status),
-                None => v.add(
-                    "deliveryStatus",
-                    "must be one of pending, delivered, failed, skipped",
-                ),
-            },
-            _ => req.page_token = Some(value.clone()),
-        }
-    }
-    v.finish()?;
-    Ok(req)
+        },
+    )
 }
 
 pub(super) async fn list(
@@ -80,9 +74,8 @@ pub(super) async fn list(
         .events
         .list_events(&caller, list_request(&params)?)
         .await?;
-    let events: Vec<Value> = page.events.iter().map(event_json).collect();
-    let next = Some(page.next_page_token).filter(|t| !t.is_empty());
-    Ok(Json(json!({ "events": events, "nextPageToken": next })).into_response())
+    let events = page.events.iter().map(event_json).collect();
+    Ok(Json(page_json("events", events, page.next_page_token)).into_response())
 }
 
 pub(super) async fn get(

@@ -1,7 +1,7 @@
 //! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
 //! (camelCase, epoch milliseconds).
 
-use super::body::{Fields, idempotency_key, json_object, merge_violations};
+use super::body::{Fields, creating_request};
 use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
@@ -21,11 +21,7 @@ fn create_link_request(
 ) -> (pb::CreateLinkRequest, Violations) {
     let mut problems = Violations::new();
     let mut req = pb::CreateLinkRequest::default();
-    let mut fields = Fields {
-        object,
-        prefix: String::new(),
-        problems: &mut problems,
-    };
+    let mut fields = Fields::new(object, "", &mut problems);
     fields.reject_unknown(&[
         "integrationId",
         "operations",
@@ -49,11 +45,8 @@ fn create_link_request(
                 match item.as_object() {
                     None => problems.add(format!("operations[{i}]"), "must be an object"),
                     Some(object) => {
-                        let mut fields = Fields {
-                            object,
-                            prefix: format!("operations[{i}]."),
-                            problems: &mut problems,
-                        };
+                        let mut fields =
+                            Fields::new(object, &format!("operations[{i}]."), &mut problems);
                         fields.reject_unknown(&["resource", "action", "arguments"]);
                         op.resource = fields.string("resource").unwrap_or_default();
                         match fields.string("action").as_deref() {
@@ -101,15 +94,9 @@ pub(super) async fn create_link(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_object(&headers, &body)?;
-    let (req, type_problems) = create_link_request(&body);
-    if !type_problems.is_empty() {
-        return Err(merge_violations(
-            type_problems,
-            NewLink::parse(&link_request(&req), state.api.links.catalog()),
-        ));
-    }
-    let key = idempotency_key(&headers)?;
+    let (req, key) = creating_request(&headers, &body, create_link_request, |req| {
+        NewLink::parse(&link_request(req), state.api.links.catalog()).map(drop)
+    })?;
     let link = state
         .api
         .links

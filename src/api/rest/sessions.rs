@@ -1,7 +1,7 @@
 //! `POST /v2/link/init`: starts a Link session (`{ url, expiresAt }`, ISO
 //! 8601).
 
-use super::body::{Fields, idempotency_key, json_object, merge_violations};
+use super::body::{Fields, creating_request};
 use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
@@ -19,11 +19,7 @@ fn init_request(
 ) -> (pb::InitLinkSessionRequest, Violations) {
     let mut problems = Violations::new();
     let mut req = pb::InitLinkSessionRequest::default();
-    let mut fields = Fields {
-        object,
-        prefix: String::new(),
-        problems: &mut problems,
-    };
+    let mut fields = Fields::new(object, "", &mut problems);
     fields.reject_unknown(&[
         "clientAppId",
         "redirectUrl",
@@ -38,11 +34,7 @@ fn init_request(
     match object.get("geolocation").filter(|v| !v.is_null()) {
         None => {}
         Some(Value::Object(geo)) => {
-            let mut fields = Fields {
-                object: geo,
-                prefix: "geolocation.".into(),
-                problems: &mut problems,
-            };
+            let mut fields = Fields::new(geo, "geolocation.", &mut problems);
             fields.reject_unknown(&["country", "state"]);
             req.geolocation = Some(pb::Geolocation {
                 country: fields.string("country").unwrap_or_default(),
@@ -60,15 +52,9 @@ pub(super) async fn init(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = json_object(&headers, &body)?;
-    let (req, type_problems) = init_request(&body);
-    if !type_problems.is_empty() {
-        return Err(merge_violations(
-            type_problems,
-            NewSession::parse(&crate::sessions::session_request(&req)),
-        ));
-    }
-    let key = idempotency_key(&headers)?;
+    let (req, key) = creating_request(&headers, &body, init_request, |req| {
+        NewSession::parse(&crate::sessions::session_request(req)).map(drop)
+    })?;
     let session = state
         .api
         .sessions
