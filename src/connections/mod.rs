@@ -26,25 +26,34 @@ pub const DEFAULT_LIST_LIMIT: i32 = 10;
 /// Largest accepted `limit`.
 pub const MAX_LIST_LIMIT: i32 = 100;
 
-/// Connection states and their stored names.
-const STATUSES: [(pb::ConnectionStatus, &str); 5] = [
-    (pb::ConnectionStatus::Pending, "pending"),
-    (pb::ConnectionStatus::Active, "active"),
-    (pb::ConnectionStatus::Awaiting2fa, "awaiting_2fa"),
-    (pb::ConnectionStatus::Expired, "expired"),
-    (pb::ConnectionStatus::Failed, "failed"),
-];
+crate::kernel::names::stored_names! {
+    /// The lifecycle of a connection (`connections.status`).
+    pub enum ConnectionStatus {
+        /// Its first login is under way.
+        Pending = "pending",
+        Active = "active",
+        /// Its login waits for the second factor.
+        Awaiting2fa = "awaiting_2fa",
+        /// The provider session ended.
+        Expired = "expired",
+        /// The session that was making it ended without success.
+        Failed = "failed",
+    }
+}
 
-fn status_to_proto(name: &str) -> pb::ConnectionStatus {
-    STATUSES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map_or(pb::ConnectionStatus::Unspecified, |(s, _)| *s)
+fn status_to_proto(status: ConnectionStatus) -> pb::ConnectionStatus {
+    match status {
+        ConnectionStatus::Pending => pb::ConnectionStatus::Pending,
+        ConnectionStatus::Active => pb::ConnectionStatus::Active,
+        ConnectionStatus::Awaiting2fa => pb::ConnectionStatus::Awaiting2fa,
+        ConnectionStatus::Expired => pb::ConnectionStatus::Expired,
+        ConnectionStatus::Failed => pb::ConnectionStatus::Failed,
+    }
 }
 
 /// The proto status of a REST `status` filter value (`None`: not a state).
 pub fn status_from_name(name: &str) -> Option<pb::ConnectionStatus> {
-    STATUSES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    ConnectionStatus::parse(name).map(status_to_proto)
 }
 
 /// Associated data binding a connection's provider session to it.
@@ -53,7 +62,7 @@ pub fn connection_to_proto(row: &ConnectionRow) -> pb::Connection {
         id: IdKind::Connection.format(row.id),
         client_app_id: IdKind::ClientApp.format(row.client_app_id),
         integration_id: row.integration_id.clone(),
-        status: status_to_proto(&row.status) as i32,
+        status: status_to_proto(row.status) as i32,
         client_reference_id: row.client_reference_id.clone(),
         geolocation: row.geolocation.as_ref().map(|g| g.0.to_proto()),
         created_at: Some(timestamp(row.created_at)),
@@ -83,7 +92,7 @@ pub fn connection_event_data(
 fn filter_key(filter: &ListFilter) -> String {
     format!(
         "{}\u{0}{}",
-        filter.status.unwrap_or_default(),
+        filter.status.map_or("", ConnectionStatus::as_str),
         filter.client_reference_id.as_deref().unwrap_or_default()
     )
 }
@@ -120,7 +129,10 @@ impl ListQuery {
                 None
             }
             pb::ConnectionStatus::Unspecified => None,
-            other => STATUSES.iter().find(|(s, _)| *s == other).map(|(_, n)| *n),
+            other => ConnectionStatus::ALL
+                .iter()
+                .copied()
+                .find(|s| status_to_proto(*s) == other),
         };
         let client_reference_id = req
             .client_reference_id

@@ -15,7 +15,7 @@ pub struct ConnectionRow {
     pub id: Uuid,
     pub client_app_id: Uuid,
     pub integration_id: String,
-    pub status: String,
+    pub status: super::ConnectionStatus,
     pub client_reference_id: Option<String>,
     pub geolocation: Option<Json<Geolocation>>,
     pub created_at: DateTime<Utc>,
@@ -67,8 +67,8 @@ pub async fn insert_pending(db: impl PgExecutor<'_>, new: &NewConnection<'_>) ->
 pub async fn set_unfinished_status(
     tx: &mut PgConnection,
     id: Uuid,
-    from: &[&str],
-    status: &str,
+    from: &[super::ConnectionStatus],
+    status: super::ConnectionStatus,
 ) -> Result<()> {
     sqlx::query(
         "UPDATE connections SET status = $2, updated_at = now()
@@ -151,7 +151,7 @@ pub async fn find_live(
 /// Filters of a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
-    pub status: Option<&'static str>,
+    pub status: Option<super::ConnectionStatus>,
     pub client_reference_id: Option<String>,
 }
 

@@ -17,8 +17,8 @@ pub mod rules;
 use crate::auth::Caller;
 use crate::catalog::Category;
 use crate::client_apps::store as client_apps;
-use crate::connections::connection_event_data;
 use crate::connections::store::{self as store, FreshSession, NewConnection};
+use crate::connections::{ConnectionStatus, connection_event_data};
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
@@ -436,7 +436,13 @@ impl FlowKindHooks for SessionFlow {
     /// A new connection waits for the second factor with its flow.
     async fn awaiting_second_factor(&self, tx: &mut PgConnection, flow: &FlowRow) -> Result<()> {
         if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
-            store::set_unfinished_status(tx, id, &["pending"], "awaiting_2fa").await?;
+            store::set_unfinished_status(
+                tx,
+                id,
+                &[ConnectionStatus::Pending],
+                ConnectionStatus::Awaiting2fa,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -460,8 +466,13 @@ impl FlowKindHooks for SessionFlow {
             return Ok(false);
         }
         if let (false, Some(id)) = (flow.reconnect, flow.connection_id) {
-            store::set_unfinished_status(&mut tx, id, &["pending", "awaiting_2fa"], "failed")
-                .await?;
+            store::set_unfinished_status(
+                &mut tx,
+                id,
+                &[ConnectionStatus::Pending, ConnectionStatus::Awaiting2fa],
+                ConnectionStatus::Failed,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
