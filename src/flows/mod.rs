@@ -109,10 +109,6 @@ impl FlowRow {
             && self.expires_at <= chrono::Utc::now()
     }
 
-    pub(crate) fn kind(&self) -> FlowKind {
-        self.kind
-    }
-
     pub(crate) fn login_context<'p>(&self, provider: &'p Provider) -> LoginContext<'p> {
         LoginContext {
             tenant: self.tenant(),
@@ -215,17 +211,16 @@ pub(crate) trait FlowKindHooks: Send + Sync + std::fmt::Debug {
     async fn view(&self, engine: &Flows, flow: &FlowRow, view: &mut pb::Flow) -> Result<()>;
 
     /// Appends a step to the flow's debug trace, when it keeps one.
-    /// `details` is already free of secrets.
-    async fn trace(
-        &self,
-        engine: &Flows,
-        flow: &FlowRow,
-        event: &str,
-        details: Value,
-    ) -> Result<()>;
+    /// `details` is already free of secrets. Keeps none by default.
+    async fn trace(&self, _: &Flows, _: &FlowRow, _: &str, _: Value) -> Result<()> {
+        Ok(())
+    }
 
-    /// A login attempt was reserved; the provider is called next.
-    async fn login_reserved(&self, engine: &Flows, flow: &FlowRow) -> Result<()>;
+    /// A login attempt was reserved; the provider is called next. Nothing
+    /// to do by default.
+    async fn login_reserved(&self, _: &Flows, _: &FlowRow) -> Result<()> {
+        Ok(())
+    }
 
     /// The provider logged the end user in on `attempt`.
     async fn logged_in(
@@ -367,7 +362,7 @@ impl Flows {
     /// Appends a step to the link's debug trace when the link has `debug`
     /// on. `details` must already be free of secrets.
     pub(crate) async fn trace(&self, flow: &FlowRow, event: &str, details: Value) -> Result<()> {
-        self.hooks(flow.kind())
+        self.hooks(flow.kind)
             .trace(self, flow, event, details)
             .await
     }
@@ -421,7 +416,7 @@ impl Flows {
                 as i32,
             ..Default::default()
         };
-        self.hooks(flow.kind()).view(self, &flow, &mut view).await?;
+        self.hooks(flow.kind).view(self, &flow, &mut view).await?;
         Ok(view)
     }
 
@@ -450,7 +445,7 @@ impl Flows {
     /// Fails unless `flow` is unfinished, unexpired (an expired one is
     /// finished as expired first) and at `step`.
     async fn check_open_at(&self, flow: &FlowRow, step: FlowStep) -> Result<()> {
-        let expired = match flow.kind() {
+        let expired = match flow.kind {
             FlowKind::Link => Error::FailedPrecondition {
                 precondition: Precondition::Expired,
                 reason: "LINK_EXPIRED",
@@ -569,7 +564,7 @@ impl Flows {
     ) -> Result<pb::Flow> {
         let attempt = self.reserve_attempt(flow).await?;
         let flow = &attempt.flow;
-        self.hooks(flow.kind()).login_reserved(self, flow).await?;
+        self.hooks(flow.kind).login_reserved(self, flow).await?;
         let provider = self.provider_of(flow)?;
         let ctx = flow.login_context(provider);
         self.trace(
@@ -667,7 +662,7 @@ impl Flows {
         self.trace(flow, traced.0, traced.1).await?;
         match outcome {
             Ok(LoginOutcome::LoggedIn(session)) => {
-                self.hooks(flow.kind())
+                self.hooks(flow.kind)
                     .logged_in(self, attempt, ctx, session)
                     .await?
             }
@@ -679,7 +674,7 @@ impl Flows {
                     store::await_second_factor(&mut tx, flow.id, attempt.id, &prompt, &sealed)
                         .await?;
                 if moved {
-                    self.hooks(flow.kind())
+                    self.hooks(flow.kind)
                         .awaiting_second_factor(&mut tx, flow)
                         .await?;
                     tx.commit().await?;
@@ -718,6 +713,6 @@ impl Flows {
             // Best effort: the session is wiped from our side regardless.
             self.log_out(&flow.login_context(provider), &held).await;
         }
-        self.hooks(flow.kind()).finish(self, flow, finish).await
+        self.hooks(flow.kind).finish(self, flow, finish).await
     }
 }

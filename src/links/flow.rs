@@ -119,10 +119,6 @@ impl FlowKindHooks for LinkFlow {
         Ok(())
     }
 
-    async fn login_reserved(&self, _: &Flows, _: &FlowRow) -> Result<()> {
-        Ok(())
-    }
-
     /// After a successful login: moves the flow and the link to
     /// `processing` (only the holder of the login attempt can), runs the
     /// operations, finishes the link, and logs out (a link needs the

@@ -159,11 +159,6 @@ impl OAuth {
         }
     }
 
-    /// The Link page URL of a flow token.
-    pub fn link_page_url(&self, token: &str) -> Result<String> {
-        self.flows.link_page_url(token)
-    }
-
     /// Validates an authorization request; on success opens the Link session
     /// for it and returns the Link page as `location`.
     pub async fn authorize(

@@ -400,11 +400,6 @@ impl FlowKindHooks for SessionFlow {
         Ok(())
     }
 
-    /// Sessions keep no debug trace.
-    async fn trace(&self, _: &Flows, _: &FlowRow, _: &str, _: serde_json::Value) -> Result<()> {
-        Ok(())
-    }
-
     /// At the first login attempt of a session making a new connection, the
     /// connection appears as `pending`.
     async fn login_reserved(&self, engine: &Flows, flow: &FlowRow) -> Result<()> {
@@ -450,7 +445,7 @@ impl FlowKindHooks for SessionFlow {
     /// Ends a session that did not succeed; a connection it was making is
     /// `failed`.
     async fn finish(&self, engine: &Flows, flow: &FlowRow, finish: Finish) -> Result<bool> {
-        debug_assert_eq!(flow.kind(), FlowKind::Session);
+        debug_assert_eq!(flow.kind, FlowKind::Session);
         let (outcome, error_code, cancelled_step) = match &finish {
             Finish::Failed(code, _) => (FlowOutcome::Error, Some(*code), None),
             Finish::Cancelled(step) => (FlowOutcome::Cancelled, None, Some(*step)),

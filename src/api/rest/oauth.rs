@@ -231,7 +231,7 @@ pub(super) async fn resume(
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         })
         .ok_or_else(|| Error::invalid("REF", "is not a sign-in reference"))?;
-    let location = state.api.oauth.link_page_url(reference)?;
+    let location = state.api.flows.link_page_url(reference)?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     response.headers_mut().insert(
         header::LOCATION,
