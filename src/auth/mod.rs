@@ -8,7 +8,7 @@
 pub mod store;
 
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::{IdKind, random_hex, random_token, token_hash};
+use crate::kernel::ids::{ApiKeyId, ConnectionId, random_hex, random_token, token_hash};
 use crate::kernel::tenant::{Environment, Tenant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 const KEY_PREFIX: &str = "lk";
 
@@ -25,23 +24,15 @@ const KEY_PREFIX: &str = "lk";
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub tenant: Tenant,
-    /// The API key, or the OAuth access token, presented.
-    pub api_key_id: Uuid,
     /// Set for an OAuth access token: the one connection it may read.
-    pub only_connection: Option<Uuid>,
+    pub only_connection: Option<ConnectionId>,
 }
 
 /// A freshly created key: shown once, never stored in clear.
 #[derive(Debug)]
 pub struct IssuedKey {
-    pub id: Uuid,
+    pub id: ApiKeyId,
     pub key: SecretString,
-}
-
-impl IssuedKey {
-    pub fn public_id(&self) -> String {
-        IdKind::ApiKey.format(self.id)
-    }
 }
 
 struct ParsedKey<'a> {
@@ -67,7 +58,7 @@ fn parse_key(key: &str) -> Option<ParsedKey<'_>> {
 
 /// Creates and stores a key for `tenant`; returns the only copy of it.
 pub async fn issue_key(db: impl PgExecutor<'_>, tenant: Tenant) -> Result<IssuedKey> {
-    let id = IdKind::ApiKey.new_uuid();
+    let id = ApiKeyId::new();
     let lookup_id = random_hex(8);
     let secret = random_token();
     store::insert_api_key(db, id, tenant, &lookup_id, &token_hash(&secret)).await?;
@@ -192,7 +183,6 @@ async fn verify(db: &PgPool, key: &SecretString) -> Result<Caller> {
                     organization_id: row.organization_id,
                     environment: parsed.environment,
                 },
-                api_key_id: row.id,
                 only_connection: None,
             })
         }

@@ -1,15 +1,15 @@
 //! API keys: stored by lookup id with the hash of their secret.
 
 use crate::kernel::error::Result;
+use crate::kernel::ids::{ApiKeyId, OrganizationId};
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
-use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: ApiKeyId,
+    pub organization_id: OrganizationId,
     pub environment: String,
     pub secret_hash: Vec<u8>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -17,7 +17,7 @@ pub struct ApiKeyRow {
 
 pub async fn insert_api_key(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: ApiKeyId,
     tenant: Tenant,
     lookup_id: &str,
     secret_hash: &[u8],
@@ -45,7 +45,7 @@ pub async fn find_api_key(db: &PgPool, lookup_id: &str) -> Result<Option<ApiKeyR
 }
 
 /// Revokes a key; `false` when no unrevoked key has this id.
-pub async fn revoke_api_key(db: &PgPool, id: Uuid) -> Result<bool> {
+pub async fn revoke_api_key(db: &PgPool, id: ApiKeyId) -> Result<bool> {
     let done =
         sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)

@@ -8,8 +8,7 @@ pub mod store;
 use crate::auth::Caller;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::parse_id;
-use crate::kernel::ids::{IdKind, token_hash};
+use crate::kernel::ids::{ClientAppId, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::time::timestamp;
 use crate::pb;
@@ -33,7 +32,7 @@ pub struct CreatedClientApp {
 
 fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
     pb::ClientApp {
-        id: IdKind::ClientApp.format(row.id),
+        id: row.id.to_string(),
         environment: row.environment().to_proto() as i32,
         name: row.name,
         redirect_uris: row.redirect_uris,
@@ -68,7 +67,7 @@ impl ClientApps {
         caller: &Caller,
         req: pb::GetClientAppRequest,
     ) -> Result<pb::GetClientAppResponse> {
-        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
+        let id = ClientAppId::from_request("clientAppId", &req.client_app_id)?;
         let app = store::get_client_app(&self.db, caller.tenant, id).await?;
         Ok(pb::GetClientAppResponse {
             client_app: Some(client_app_to_proto(app)),
@@ -82,7 +81,7 @@ impl ClientApps {
         tenant: Tenant,
         app: &NewClientApp,
     ) -> Result<CreatedClientApp> {
-        let id = IdKind::ClientApp.new_uuid();
+        let id = ClientAppId::new();
         let secret = rules::generate_webhook_secret();
         let sealed = self
             .cipher
@@ -111,7 +110,7 @@ impl ClientApps {
     pub async fn rotate_webhook_secret(
         &self,
         tenant: Option<Tenant>,
-        app_id: uuid::Uuid,
+        app_id: ClientAppId,
         grace_secs: i64,
     ) -> Result<(SecretString, chrono::DateTime<chrono::Utc>)> {
         if !(0..=MAX_ROTATION_GRACE_SECS).contains(&grace_secs) {
@@ -144,7 +143,7 @@ impl ClientApps {
         caller: &Caller,
         req: pb::RotateWebhookSecretRequest,
     ) -> Result<pb::RotateWebhookSecretResponse> {
-        let id = parse_id(IdKind::ClientApp, "clientAppId", &req.client_app_id)?;
+        let id = ClientAppId::from_request("clientAppId", &req.client_app_id)?;
         let grace = req
             .previous_secret_grace_seconds
             .unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
@@ -159,7 +158,7 @@ impl ClientApps {
 
     /// Issues a new OAuth client secret for an app (any tenant: operators),
     /// replacing the old one at once. Returns the only copy.
-    pub async fn rotate_client_secret(&self, app_id: uuid::Uuid) -> Result<SecretString> {
+    pub async fn rotate_client_secret(&self, app_id: ClientAppId) -> Result<SecretString> {
         let secret = rules::generate_client_secret();
         if !store::set_client_secret_hash(&self.db, app_id, &token_hash(&secret)).await? {
             return Err(Error::NotFound("client app"));

@@ -2,15 +2,15 @@
 
 use crate::client_apps::rules::NewClientApp;
 use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
-use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientAppRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: ClientAppId,
+    pub organization_id: OrganizationId,
     pub environment: String,
     pub name: String,
     pub redirect_uris: Vec<String>,
@@ -31,7 +31,11 @@ macro_rules! app_columns {
     };
 }
 
-pub async fn create_organization(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> Result<()> {
+pub async fn create_organization(
+    db: impl PgExecutor<'_>,
+    id: OrganizationId,
+    name: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO organizations (id, name) VALUES ($1, $2)")
         .bind(id)
         .bind(name)
@@ -40,7 +44,7 @@ pub async fn create_organization(db: impl PgExecutor<'_>, id: Uuid, name: &str) 
     Ok(())
 }
 
-pub async fn organization_exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool> {
+pub async fn organization_exists(db: impl PgExecutor<'_>, id: OrganizationId) -> Result<bool> {
     Ok(
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1)")
             .bind(id)
@@ -57,7 +61,7 @@ pub async fn count_organizations(db: impl PgExecutor<'_>) -> Result<i64> {
 
 pub async fn insert_client_app(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: ClientAppId,
     tenant: Tenant,
     app: &NewClientApp,
     webhook_secret_ciphertext: &[u8],
@@ -100,7 +104,7 @@ pub async fn list_client_apps(
 /// Every app, for operators; optionally of one organization.
 pub async fn list_all_client_apps(
     db: &PgPool,
-    organization_id: Option<Uuid>,
+    organization_id: Option<OrganizationId>,
 ) -> Result<Vec<ClientAppRow>> {
     Ok(sqlx::query_as(concat!(
         "SELECT ",
@@ -115,7 +119,7 @@ pub async fn list_all_client_apps(
 pub async fn get_client_app(
     db: impl PgExecutor<'_>,
     tenant: Tenant,
-    id: Uuid,
+    id: ClientAppId,
 ) -> Result<ClientAppRow> {
     sqlx::query_as(concat!(
         "SELECT ",
@@ -131,7 +135,10 @@ pub async fn get_client_app(
 }
 
 /// Any tenant's app by id (OAuth identifies the client by `client_id` alone).
-pub async fn find_client_app(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ClientAppRow>> {
+pub async fn find_client_app(
+    db: impl PgExecutor<'_>,
+    id: ClientAppId,
+) -> Result<Option<ClientAppRow>> {
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         app_columns!(),
@@ -143,7 +150,10 @@ pub async fn find_client_app(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option
 }
 
 /// The stored hash of an app's OAuth client secret, if one was issued.
-pub async fn client_secret_hash(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Vec<u8>>> {
+pub async fn client_secret_hash(
+    db: impl PgExecutor<'_>,
+    id: ClientAppId,
+) -> Result<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
         "SELECT client_secret_hash FROM client_apps WHERE id = $1",
     )
@@ -156,7 +166,7 @@ pub async fn client_secret_hash(db: impl PgExecutor<'_>, id: Uuid) -> Result<Opt
 /// Replaces an app's OAuth client secret hash; false when no such app.
 pub async fn set_client_secret_hash(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: ClientAppId,
     hash: &[u8],
 ) -> Result<bool> {
     let updated = sqlx::query("UPDATE client_apps SET client_secret_hash = $2 WHERE id = $1")
@@ -172,7 +182,7 @@ pub async fn set_client_secret_hash(
 pub async fn lock_webhook_secret(
     tx: &mut PgConnection,
     tenant: Option<Tenant>,
-    app_id: Uuid,
+    app_id: ClientAppId,
 ) -> Result<Vec<u8>> {
     sqlx::query_scalar(
         "SELECT webhook_secret_ciphertext FROM client_apps
@@ -191,7 +201,7 @@ pub async fn lock_webhook_secret(
 /// `grace_secs`; returns when it stops.
 pub async fn replace_webhook_secret(
     tx: &mut PgConnection,
-    app_id: Uuid,
+    app_id: ClientAppId,
     sealed: &[u8],
     sealed_previous: &[u8],
     grace_secs: i64,
@@ -213,7 +223,7 @@ pub async fn replace_webhook_secret(
 /// Sets (or with `None` clears) an app's webhook URL; false when no such app.
 pub async fn set_webhook_url(
     db: impl PgExecutor<'_>,
-    app_id: Uuid,
+    app_id: ClientAppId,
     url: Option<&str>,
 ) -> Result<bool> {
     let updated = sqlx::query("UPDATE client_apps SET webhook_url = $2 WHERE id = $1")
@@ -225,7 +235,7 @@ pub async fn set_webhook_url(
 }
 
 /// An app's display name, shown to its end users on the Link page.
-pub async fn app_name(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String>> {
+pub async fn app_name(db: impl PgExecutor<'_>, id: ClientAppId) -> Result<Option<String>> {
     Ok(
         sqlx::query_scalar("SELECT name FROM client_apps WHERE id = $1")
             .bind(id)

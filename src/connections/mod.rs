@@ -7,8 +7,7 @@ use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::IdKind;
-use crate::kernel::ids::parse_id;
+use crate::kernel::ids::ConnectionId;
 use crate::kernel::paging::Cursor;
 use crate::kernel::tenant::Tenant;
 use crate::kernel::time::timestamp;
@@ -19,7 +18,6 @@ pub mod store;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use store::{ConnectionRow, ListFilter};
-use uuid::Uuid;
 
 /// Connections per page when `limit` is not given.
 pub const DEFAULT_LIST_LIMIT: i32 = 10;
@@ -28,7 +26,7 @@ pub const MAX_LIST_LIMIT: i32 = 100;
 
 crate::kernel::names::stored_names! {
     /// The lifecycle of a connection (`connections.status`).
-    pub enum ConnectionStatus {
+    pub enum ConnectionStatus: pb::ConnectionStatus {
         /// Its first login is under way.
         Pending = "pending",
         Active = "active",
@@ -41,28 +39,13 @@ crate::kernel::names::stored_names! {
     }
 }
 
-fn status_to_proto(status: ConnectionStatus) -> pb::ConnectionStatus {
-    match status {
-        ConnectionStatus::Pending => pb::ConnectionStatus::Pending,
-        ConnectionStatus::Active => pb::ConnectionStatus::Active,
-        ConnectionStatus::Awaiting2fa => pb::ConnectionStatus::Awaiting2fa,
-        ConnectionStatus::Expired => pb::ConnectionStatus::Expired,
-        ConnectionStatus::Failed => pb::ConnectionStatus::Failed,
-    }
-}
-
-/// The proto status of a REST `status` filter value (`None`: not a state).
-pub fn status_from_name(name: &str) -> Option<pb::ConnectionStatus> {
-    ConnectionStatus::parse(name).map(status_to_proto)
-}
-
-/// Associated data binding a connection's provider session to it.
+/// A connection as the API shows it.
 pub fn connection_to_proto(row: &ConnectionRow) -> pb::Connection {
     pb::Connection {
-        id: IdKind::Connection.format(row.id),
-        client_app_id: IdKind::ClientApp.format(row.client_app_id),
+        id: row.id.to_string(),
+        client_app_id: row.client_app_id.to_string(),
         integration_id: row.integration_id.clone(),
-        status: status_to_proto(row.status) as i32,
+        status: row.status.to_proto() as i32,
         client_reference_id: row.client_reference_id.clone(),
         geolocation: row.geolocation.as_ref().map(|g| g.0.to_proto()),
         created_at: Some(timestamp(row.created_at)),
@@ -129,10 +112,7 @@ impl ListQuery {
                 None
             }
             pb::ConnectionStatus::Unspecified => None,
-            other => ConnectionStatus::ALL
-                .iter()
-                .copied()
-                .find(|s| status_to_proto(*s) == other),
+            other => ConnectionStatus::from_proto(other),
         };
         let client_reference_id = req
             .client_reference_id
@@ -163,8 +143,8 @@ impl ListQuery {
     }
 }
 
-fn parse_connection_id(value: &str) -> Result<Uuid> {
-    parse_id(IdKind::Connection, "connectionId", value)
+fn parse_connection_id(value: &str) -> Result<ConnectionId> {
+    ConnectionId::from_request("connectionId", value)
 }
 
 /// ConnectionService: what it reads and what deleting logs out.
@@ -218,7 +198,7 @@ impl Connections {
             (true, Some(last)) => crate::kernel::paging::encode(
                 Cursor {
                     created_at: last.created_at,
-                    id: last.id,
+                    id: last.id.uuid(),
                 },
                 &filter_key(&query.filter),
             ),
@@ -272,7 +252,7 @@ impl Connections {
         outbox::record(&mut tx, tenant, "connection.deleted", subject, data).await?;
         tx.commit().await?;
         Ok(pb::DeleteConnectionResponse {
-            connection_id: IdKind::Connection.format(row.id),
+            connection_id: row.id.to_string(),
             billing_stopped_at: Some(timestamp(billing_stopped_at)),
         })
     }
@@ -299,7 +279,7 @@ impl Connections {
         };
         if let Err(err) = connector.logout(&ctx, &session).await {
             tracing::warn!(
-                connection_id = %IdKind::Connection.format(row.id),
+                connection_id = %row.id.to_string(),
                 error_code = err.code(),
                 "provider logout failed; the stored session is wiped anyway"
             );

@@ -3,17 +3,17 @@
 
 use crate::connectors::Geolocation;
 use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{ClientAppId, ConnectionId, OrganizationId};
 use crate::kernel::paging::Cursor;
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
-use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ConnectionRow {
-    pub id: Uuid,
-    pub client_app_id: Uuid,
+    pub id: ConnectionId,
+    pub client_app_id: ClientAppId,
     pub integration_id: String,
     pub status: super::ConnectionStatus,
     pub client_reference_id: Option<String>,
@@ -33,9 +33,9 @@ macro_rules! connection_columns {
 
 /// A connection a Link session is about to make.
 pub struct NewConnection<'a> {
-    pub id: Uuid,
+    pub id: ConnectionId,
     pub tenant: Tenant,
-    pub client_app_id: Uuid,
+    pub client_app_id: ClientAppId,
     pub integration_id: &'a str,
     pub client_reference_id: Option<&'a str>,
     pub geolocation: Option<&'a Geolocation>,
@@ -66,7 +66,7 @@ pub async fn insert_pending(db: impl PgExecutor<'_>, new: &NewConnection<'_>) ->
 /// or `failed`); an active or deleted one is left alone.
 pub async fn set_unfinished_status(
     tx: &mut PgConnection,
-    id: Uuid,
+    id: ConnectionId,
     from: &[super::ConnectionStatus],
     status: super::ConnectionStatus,
 ) -> Result<()> {
@@ -96,7 +96,7 @@ pub struct FreshSession<'a> {
 pub async fn activate(
     tx: &mut PgConnection,
     tenant: Tenant,
-    id: Uuid,
+    id: ConnectionId,
     session: &FreshSession<'_>,
 ) -> Result<Option<ConnectionRow>> {
     Ok(sqlx::query_as(concat!(
@@ -120,7 +120,11 @@ pub async fn activate(
 }
 
 /// The tenant's live connection.
-pub async fn get(db: impl PgExecutor<'_>, tenant: Tenant, id: Uuid) -> Result<ConnectionRow> {
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: ConnectionId,
+) -> Result<ConnectionRow> {
     sqlx::query_as(concat!(
         "SELECT ",
         connection_columns!(),
@@ -139,7 +143,7 @@ pub async fn get(db: impl PgExecutor<'_>, tenant: Tenant, id: Uuid) -> Result<Co
 pub async fn find_live(
     db: impl PgExecutor<'_>,
     tenant: Tenant,
-    id: Uuid,
+    id: ConnectionId,
 ) -> Result<Option<ConnectionRow>> {
     match get(db, tenant, id).await {
         Ok(row) => Ok(Some(row)),
@@ -199,7 +203,7 @@ pub async fn list(
 pub async fn session_ciphertext(
     db: impl PgExecutor<'_>,
     tenant: Tenant,
-    id: Uuid,
+    id: ConnectionId,
 ) -> Result<Option<Vec<u8>>> {
     let row: Option<Option<Vec<u8>>> = sqlx::query_scalar(
         "SELECT session_ciphertext FROM connections
@@ -218,7 +222,7 @@ pub async fn session_ciphertext(
 pub async fn delete(
     tx: &mut PgConnection,
     tenant: Tenant,
-    id: Uuid,
+    id: ConnectionId,
 ) -> Result<Option<(ConnectionRow, DateTime<Utc>)>> {
     #[derive(sqlx::FromRow)]
     struct Deleted {
@@ -247,7 +251,7 @@ pub async fn delete(
 pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant, ConnectionRow)>> {
     #[derive(sqlx::FromRow)]
     struct Expired {
-        organization_id: Uuid,
+        organization_id: OrganizationId,
         environment: String,
         #[sqlx(flatten)]
         row: ConnectionRow,
@@ -285,7 +289,7 @@ pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant
 }
 
 /// Whether the connection exists and is not deleted.
-pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool> {
+pub async fn exists(db: impl PgExecutor<'_>, id: ConnectionId) -> Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1 AND deleted_at IS NULL)",
     )

@@ -5,8 +5,7 @@
 
 use crate::auth::Caller;
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::IdKind;
-use crate::kernel::ids::parse_id;
+use crate::kernel::ids::{EventId, PublicId};
 use crate::kernel::paging::Cursor;
 use crate::kernel::proto_json;
 use crate::kernel::time::timestamp;
@@ -17,39 +16,37 @@ pub mod store;
 
 use chrono::{DateTime, Utc};
 use store::{AttemptRow, EventFilter, EventRow};
-use uuid::Uuid;
 
 /// Events per page when `limit` is not given.
 pub const DEFAULT_LIST_LIMIT: i32 = 20;
 /// Largest accepted `limit`.
 pub const MAX_LIST_LIMIT: i32 = 100;
 
-const STATUSES: [(pb::DeliveryStatus, &str); 4] = [
-    (pb::DeliveryStatus::Pending, "pending"),
-    (pb::DeliveryStatus::Delivered, "delivered"),
-    (pb::DeliveryStatus::Failed, "failed"),
-    (pb::DeliveryStatus::Skipped, "skipped"),
-];
-
-/// The proto status of a REST `deliveryStatus` value.
-pub fn status_from_name(name: &str) -> Option<pb::DeliveryStatus> {
-    STATUSES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+crate::kernel::names::stored_names! {
+    /// Where an event's delivery is (`events.delivery_status`).
+    pub enum DeliveryStatus: pb::DeliveryStatus {
+        /// Queued or waiting for its next attempt.
+        Pending = "pending",
+        Delivered = "delivered",
+        /// Out of attempts, or its destination answered 410.
+        Failed = "failed",
+        /// Nowhere to send it (no webhook URL).
+        Skipped = "skipped",
+    }
 }
 
 fn event_to_proto(row: &EventRow) -> pb::Event {
     pb::Event {
-        id: IdKind::Event.format(row.id),
+        id: row.id.to_string(),
         r#type: row.r#type.clone(),
         data: Some(proto_json::to_struct(&row.payload.0["data"])),
-        link_id: row.link_id.map(|id| IdKind::Link.format(id)),
-        connection_id: row.connection_id.map(|id| IdKind::Connection.format(id)),
+        link_id: row.link_id.map(|id| id.to_string()),
+        connection_id: row.connection_id.map(|id| id.to_string()),
         created_at: Some(timestamp(row.created_at)),
-        delivery_status: STATUSES
-            .iter()
-            .find(|(_, n)| *n == row.delivery_status)
-            .map_or(pb::DeliveryStatus::Unspecified, |(s, _)| *s) as i32,
+        delivery_status: row.delivery_status.to_proto() as i32,
         attempts: row.attempts,
-        next_attempt_at: (row.delivery_status == "pending").then(|| timestamp(row.next_attempt_at)),
+        next_attempt_at: (row.delivery_status == DeliveryStatus::Pending)
+            .then(|| timestamp(row.next_attempt_at)),
         delivered_at: row.delivered_at.map(timestamp),
         last_error: row.last_error.clone(),
         destination_url: row.url.clone(),
@@ -87,19 +84,14 @@ fn time_range(
     (after, before)
 }
 
-fn optional_id(
-    v: &mut Violations,
-    kind: IdKind,
-    path: &str,
-    value: &Option<String>,
-) -> Option<Uuid> {
+fn optional_id<Id: PublicId>(v: &mut Violations, path: &str, value: &Option<String>) -> Option<Id> {
     let value = value.as_deref().filter(|s| !s.is_empty())?;
     // A malformed id with the right prefix matches nothing.
-    let parsed = kind.parse_reference(value);
+    let parsed = Id::parse_reference(value);
     if parsed.is_none() {
         v.add(
             path,
-            format!("must be an id starting with `{}`", kind.prefix()),
+            format!("must be an id starting with `{}`", Id::PREFIX),
         );
     }
     parsed
@@ -140,16 +132,11 @@ impl Events {
                 None
             }
             pb::DeliveryStatus::Unspecified => None,
-            other => STATUSES.iter().find(|(s, _)| *s == other).map(|(_, n)| *n),
+            other => DeliveryStatus::from_proto(other),
         };
         let filter = EventFilter {
-            connection_id: optional_id(
-                &mut v,
-                IdKind::Connection,
-                "connectionId",
-                &req.connection_id,
-            ),
-            link_id: optional_id(&mut v, IdKind::Link, "linkId", &req.link_id),
+            connection_id: optional_id(&mut v, "connectionId", &req.connection_id),
+            link_id: optional_id(&mut v, "linkId", &req.link_id),
             event_type,
             delivery_status,
             created_after,
@@ -168,7 +155,7 @@ impl Events {
             &self.db,
             caller.tenant,
             &filter,
-            cursor.map(|c| (c.created_at, c.id)),
+            cursor.map(|c| (c.created_at, EventId::from_uuid(c.id))),
             limit,
         )
         .await?;
@@ -178,7 +165,7 @@ impl Events {
             (true, Some(last)) => crate::kernel::paging::encode(
                 Cursor {
                     created_at: last.created_at,
-                    id: last.id,
+                    id: last.id.uuid(),
                 },
                 &filter_key,
             ),
@@ -195,7 +182,7 @@ impl Events {
         caller: &Caller,
         req: pb::GetEventRequest,
     ) -> Result<pb::GetEventResponse> {
-        let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
+        let id = EventId::from_request("eventId", &req.event_id)?;
         let (event, attempts) = store::get(&self.db, caller.tenant, id).await?;
         Ok(pb::GetEventResponse {
             event: Some(event_to_proto(&event)),
@@ -208,7 +195,7 @@ impl Events {
         caller: &Caller,
         req: pb::RedeliverEventRequest,
     ) -> Result<pb::RedeliverEventResponse> {
-        let id = parse_id(IdKind::Event, "eventId", &req.event_id)?;
+        let id = EventId::from_request("eventId", &req.event_id)?;
         store::get(&self.db, caller.tenant, id).await?;
         store::redeliver(&self.db, caller.tenant, Some(id), None, None).await?;
         let (event, _) = store::get(&self.db, caller.tenant, id).await?;

@@ -2,10 +2,10 @@
 //! transaction, and the webhook dispatcher delivers it from there.
 
 use crate::kernel::error::Result;
+use crate::kernel::ids::{ConnectionId, LinkId};
 use crate::kernel::tenant::Tenant;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 /// Largest event payload, and so webhook body. A `link.completed` whose
 /// result is larger carries `"resultTruncated": true` instead of `result`
@@ -35,6 +35,6 @@ pub async fn record(
 /// What an event is about, for filtering deliveries.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EventSubject {
-    pub link_id: Option<Uuid>,
-    pub connection_id: Option<Uuid>,
+    pub link_id: Option<LinkId>,
+    pub connection_id: Option<ConnectionId>,
 }

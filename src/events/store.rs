@@ -2,13 +2,13 @@
 //! retention.
 
 use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{ConnectionId, EventId, LinkId};
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Appends an event to the outbox, inside the caller's transaction.
 pub async fn insert(
@@ -22,7 +22,7 @@ pub async fn insert(
         "INSERT INTO events (id, organization_id, environment, type, link_id, connection_id, payload)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(Uuid::now_v7())
+    .bind(EventId::new())
     .bind(tenant.organization_id)
     .bind(tenant.environment)
     .bind(event_type)
@@ -55,13 +55,13 @@ pub async fn prune_finished(db: &PgPool, retention: Duration, batch: i64) -> Res
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
-    pub id: Uuid,
+    pub id: EventId,
     pub r#type: String,
-    pub link_id: Option<Uuid>,
-    pub connection_id: Option<Uuid>,
+    pub link_id: Option<LinkId>,
+    pub connection_id: Option<ConnectionId>,
     pub payload: Json<Value>,
     pub created_at: DateTime<Utc>,
-    pub delivery_status: String,
+    pub delivery_status: super::DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -90,9 +90,9 @@ macro_rules! event_columns {
 #[derive(Debug, Default, Clone)]
 pub struct EventFilter {
     pub event_type: Option<String>,
-    pub connection_id: Option<Uuid>,
-    pub link_id: Option<Uuid>,
-    pub delivery_status: Option<&'static str>,
+    pub connection_id: Option<ConnectionId>,
+    pub link_id: Option<LinkId>,
+    pub delivery_status: Option<super::DeliveryStatus>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
 }
@@ -102,7 +102,7 @@ pub async fn list(
     db: &PgPool,
     tenant: Tenant,
     filter: &EventFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<(DateTime<Utc>, EventId)>,
     limit: i64,
 ) -> Result<Vec<EventRow>> {
     let mut q = sqlx::QueryBuilder::new(concat!(
@@ -143,7 +143,7 @@ pub async fn list(
     Ok(q.build_query_as().fetch_all(db).await?)
 }
 
-pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec<AttemptRow>)> {
+pub async fn get(db: &PgPool, tenant: Tenant, id: EventId) -> Result<(EventRow, Vec<AttemptRow>)> {
     // One snapshot for both reads: a delivery finishing in between must not
     // show its attempt next to the event as it was before (still leased).
     let mut tx = db
@@ -179,7 +179,7 @@ pub async fn get(db: &PgPool, tenant: Tenant, id: Uuid) -> Result<(EventRow, Vec
 pub async fn redeliver(
     db: &PgPool,
     tenant: Tenant,
-    only: Option<Uuid>,
+    only: Option<EventId>,
     created_after: Option<DateTime<Utc>>,
     created_before: Option<DateTime<Utc>>,
 ) -> Result<u64> {

@@ -10,16 +10,16 @@
 use super::{Finish, FlowRow, Flows, MAX_FAILED_ATTEMPTS, store};
 use crate::connectors::ConnectorError;
 use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::ids::AttemptId;
 use std::time::Duration;
 use tracing::Instrument as _;
-use uuid::Uuid;
 
 /// A reserved attempt: the flow as the reservation left it (the attempt
 /// counted) and the attempt's id.
 #[derive(Debug)]
 pub(crate) struct Attempt {
     pub flow: FlowRow,
-    pub id: Uuid,
+    pub id: AttemptId,
 }
 
 /// Runs `work` to its end even if the request that started it goes away (a
@@ -63,7 +63,7 @@ impl Flows {
     /// fails saying why not: finished, expired, moved to another step (the
     /// errors of `flow_at`), or busy with another request (`FLOW_BUSY`).
     pub(crate) async fn reserve_attempt(&self, flow: &FlowRow) -> Result<Attempt> {
-        let id = Uuid::now_v7();
+        let id = AttemptId::new();
         let lease = self.lease(1);
         let reserved = store::reserve_attempt(
             self.db(),

@@ -17,7 +17,7 @@ use crate::connectors::{
 };
 use crate::kernel::crypto::{Cipher, Sealed};
 use crate::kernel::error::{Error, Precondition, Result};
-use crate::kernel::ids::{random_token, token_hash};
+use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::pb;
 use attempt::{Attempt, detached};
@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 pub(crate) use store::{FlowRow, NewSessionFlow};
 use url::Url;
-use uuid::Uuid;
 
 /// An accepted authorization request, kept with the Link session that
 /// serves it (`flows.oauth`) until a code is issued.
@@ -67,7 +66,7 @@ crate::kernel::names::stored_names! {
 
 crate::kernel::names::stored_names! {
     /// Where a flow is (`flows.step`); REST renders these names.
-    pub enum FlowStep {
+    pub enum FlowStep: pb::FlowStep {
         PreLogin = "pre-login",
         Authorization = "authorization",
         Login = "login",
@@ -79,7 +78,7 @@ crate::kernel::names::stored_names! {
 
 crate::kernel::names::stored_names! {
     /// How a finished flow ended (`flows.outcome`).
-    pub enum FlowOutcome {
+    pub enum FlowOutcome: pb::FlowOutcome {
         Success = "success",
         Cancelled = "cancelled",
         Error = "error",
@@ -95,7 +94,7 @@ impl FlowRow {
     }
 
     /// The link of a link flow.
-    pub(crate) fn link(&self) -> Result<Uuid> {
+    pub(crate) fn link(&self) -> Result<LinkId> {
         self.link_id
             .ok_or_else(|| Error::internal(anyhow::anyhow!("link flow without a link")))
     }
@@ -121,26 +120,6 @@ impl FlowRow {
     }
 }
 
-/// The wire value of a step.
-pub fn step_to_proto(step: FlowStep) -> pb::FlowStep {
-    match step {
-        FlowStep::PreLogin => pb::FlowStep::PreLogin,
-        FlowStep::Authorization => pb::FlowStep::Authorization,
-        FlowStep::Login => pb::FlowStep::Login,
-        FlowStep::TwoFactor => pb::FlowStep::TwoFactor,
-        FlowStep::Processing => pb::FlowStep::Processing,
-        FlowStep::Done => pb::FlowStep::Done,
-    }
-}
-
-/// The step a wire value names (`None` for unspecified).
-pub fn step_from_proto(step: pb::FlowStep) -> Option<FlowStep> {
-    FlowStep::ALL
-        .iter()
-        .copied()
-        .find(|s| step_to_proto(*s) == step)
-}
-
 /// The steps an end user can cancel at.
 pub const CANCELLABLE_STEPS: [FlowStep; 4] = [
     FlowStep::PreLogin,
@@ -151,12 +130,12 @@ pub const CANCELLABLE_STEPS: [FlowStep; 4] = [
 
 /// The wire value of a step's name; unspecified for an unknown name.
 pub fn flow_step(name: &str) -> pb::FlowStep {
-    FlowStep::parse(name).map_or(pb::FlowStep::Unspecified, step_to_proto)
+    FlowStep::parse(name).map_or(pb::FlowStep::Unspecified, FlowStep::to_proto)
 }
 
 /// The name of a wire step; `None` for unspecified.
 pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
-    step_from_proto(step).map(FlowStep::as_str)
+    FlowStep::from_proto(step).map(FlowStep::as_str)
 }
 
 fn error_message(code: &str) -> &'static str {
@@ -355,7 +334,7 @@ impl Flows {
             .ok_or(Error::Unauthenticated)
     }
 
-    async fn flow_by_id(&self, flow_id: Uuid) -> Result<FlowRow> {
+    async fn flow_by_id(&self, flow_id: FlowId) -> Result<FlowRow> {
         store::by_id(&self.db, flow_id).await
     }
 
@@ -368,7 +347,7 @@ impl Flows {
     }
 
     /// The end user's view of the flow, read fresh.
-    pub(crate) async fn flow_view(&self, flow_id: Uuid) -> Result<pb::Flow> {
+    pub(crate) async fn flow_view(&self, flow_id: FlowId) -> Result<pb::Flow> {
         let flow = self.flow_by_id(flow_id).await?;
         let provider = flow
             .integration_id
@@ -376,13 +355,11 @@ impl Flows {
             .and_then(|id| self.catalog.provider(id));
         let error_code = flow.error_code.clone().unwrap_or_default();
         let mut view = pb::Flow {
-            step: step_to_proto(flow.step) as i32,
-            outcome: match flow.outcome {
-                Some(FlowOutcome::Success) => pb::FlowOutcome::Success,
-                Some(FlowOutcome::Cancelled) => pb::FlowOutcome::Cancelled,
-                Some(FlowOutcome::Error) => pb::FlowOutcome::Error,
-                None => pb::FlowOutcome::Unspecified,
-            } as i32,
+            step: flow.step.to_proto() as i32,
+            outcome: flow
+                .outcome
+                .map_or(pb::FlowOutcome::Unspecified, FlowOutcome::to_proto)
+                as i32,
             integration_id: flow.integration_id.clone().unwrap_or_default(),
             integration_name: provider.map(|p| p.name.clone()).unwrap_or_default(),
             credential_fields: provider
@@ -412,7 +389,7 @@ impl Flows {
             lang: flow.lang.clone(),
             cancelled_step: flow
                 .cancelled_step
-                .map_or(pb::FlowStep::Unspecified, step_to_proto)
+                .map_or(pb::FlowStep::Unspecified, FlowStep::to_proto)
                 as i32,
             ..Default::default()
         };
@@ -625,7 +602,7 @@ impl Flows {
         token: Option<&SecretString>,
         req: pb::CancelFlowRequest,
     ) -> Result<pb::Flow> {
-        let step = step_from_proto(req.step())
+        let step = FlowStep::from_proto(req.step())
             .filter(|step| CANCELLABLE_STEPS.contains(step))
             .ok_or_else(|| {
                 Error::invalid(

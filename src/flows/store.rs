@@ -5,18 +5,18 @@
 use super::{FlowKind, FlowOutcome, FlowStep};
 use crate::connectors::Geolocation;
 use crate::kernel::error::Result;
+use crate::kernel::ids::{AttemptId, ClientAppId, ConnectionId, FlowId, LinkId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use std::time::Duration;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FlowRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: FlowId,
+    pub organization_id: OrganizationId,
     pub environment: Environment,
     pub kind: FlowKind,
-    pub link_id: Option<Uuid>,
+    pub link_id: Option<LinkId>,
     /// The link's `debug` flag (false for sessions).
     pub debug: bool,
     pub integration_id: Option<String>,
@@ -28,13 +28,13 @@ pub struct FlowRow {
     /// Provider calls that failed or are in flight (see `flows::attempt`).
     pub failed_logins: i32,
     /// The provider call in flight, and until when it holds the flow.
-    pub attempt_id: Option<Uuid>,
+    pub attempt_id: Option<AttemptId>,
     pub attempt_until: Option<chrono::DateTime<chrono::Utc>>,
     pub expires_at: chrono::DateTime<chrono::Utc>,
-    pub client_app_id: Option<Uuid>,
+    pub client_app_id: Option<ClientAppId>,
     pub redirect_url: Option<String>,
     pub client_reference_id: Option<String>,
-    pub connection_id: Option<Uuid>,
+    pub connection_id: Option<ConnectionId>,
     pub reconnect: bool,
     pub geolocation: Option<sqlx::types::Json<Geolocation>>,
     pub cancelled_step: Option<FlowStep>,
@@ -62,7 +62,7 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<Optio
     .await?)
 }
 
-pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<FlowRow> {
+pub async fn by_id(db: impl PgExecutor<'_>, id: FlowId) -> Result<FlowRow> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {FLOW_COLUMNS} FROM flows f LEFT JOIN links l ON l.id = f.link_id
          WHERE f.id = $1"
@@ -78,8 +78,8 @@ pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<FlowRow> {
 /// the flow as reserved, or `None`, changing nothing.
 pub async fn reserve_attempt(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
-    attempt_id: Uuid,
+    flow_id: FlowId,
+    attempt_id: AttemptId,
     lease: Duration,
     step: FlowStep,
     max_failed: i32,
@@ -106,8 +106,8 @@ pub async fn reserve_attempt(
 /// failure counted and showing `error_code`. Only the call's own attempt.
 pub async fn release_attempt(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
-    attempt_id: Uuid,
+    flow_id: FlowId,
+    attempt_id: AttemptId,
     error_code: &str,
 ) -> Result<()> {
     sqlx::query(
@@ -128,8 +128,8 @@ pub async fn release_attempt(
 /// the unfinished flow.
 pub async fn await_second_factor(
     tx: &mut PgConnection,
-    flow_id: Uuid,
-    attempt_id: Uuid,
+    flow_id: FlowId,
+    attempt_id: AttemptId,
     prompt: &str,
     sealed_session: &[u8],
 ) -> Result<bool> {
@@ -252,11 +252,11 @@ pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<i64> {
 /// authorization request).
 pub struct NewSessionFlow<'a> {
     pub tenant: Tenant,
-    pub client_app_id: Uuid,
+    pub client_app_id: ClientAppId,
     pub redirect_url: &'a str,
     pub client_reference_id: Option<&'a str>,
     /// The connection to make (fresh id) or to reconnect.
-    pub connection_id: Uuid,
+    pub connection_id: ConnectionId,
     pub reconnect: bool,
     /// Fixed integration; `None` lets the end user choose.
     pub integration_id: Option<&'a str>,
@@ -282,7 +282,7 @@ pub async fn insert_session(
              $11, $12, $13, $14, $15)
          RETURNING expires_at",
     )
-    .bind(Uuid::now_v7())
+    .bind(FlowId::new())
     .bind(token_hash)
     .bind(new.tenant.organization_id)
     .bind(new.tenant.environment)
@@ -305,7 +305,7 @@ pub async fn insert_session(
 /// `login` (once).
 pub async fn choose_integration(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
+    flow_id: FlowId,
     integration_id: &str,
 ) -> Result<()> {
     sqlx::query(
@@ -322,8 +322,8 @@ pub async fn choose_integration(
 /// Points a session at the connection it made instead of the requested one.
 pub async fn set_connection(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
-    connection_id: Uuid,
+    flow_id: FlowId,
+    connection_id: ConnectionId,
 ) -> Result<()> {
     sqlx::query("UPDATE flows SET connection_id = $2 WHERE id = $1")
         .bind(flow_id)
@@ -338,8 +338,8 @@ pub async fn set_connection(
 /// unfinished flow.
 pub async fn hold_for_consent(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
-    attempt_id: Uuid,
+    flow_id: FlowId,
+    attempt_id: AttemptId,
     sealed_session: &[u8],
 ) -> Result<bool> {
     Ok(sqlx::query(

@@ -14,9 +14,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use crate::kernel::ids::IdKind;
+use crate::kernel::ids::{ClientAppId, ConnectionId, FlowId, LinkId};
 use crate::kernel::tenant::Tenant;
 
 const VERSION: u8 = 1;
@@ -71,15 +70,15 @@ impl EncryptionKey {
 #[derive(Debug, Clone, Copy)]
 pub enum Sealed<'a> {
     /// A client app's webhook signing secret.
-    WebhookSecret(Uuid),
+    WebhookSecret(ClientAppId),
     /// A client app's rotated-out webhook secret, during its grace period.
-    PreviousWebhookSecret(Uuid),
+    PreviousWebhookSecret(ClientAppId),
     /// A link's operation arguments (card numbers and other secrets).
-    LinkArguments(Uuid),
+    LinkArguments(LinkId),
     /// The provider session a flow holds between login and its end.
-    FlowSession(Uuid),
+    FlowSession(FlowId),
     /// The provider session a connection keeps.
-    ConnectionSession(Uuid),
+    ConnectionSession(ConnectionId),
     /// A finished request's response kept for its idempotency key.
     IdempotentResponse {
         tenant: Tenant,
@@ -90,34 +89,24 @@ pub enum Sealed<'a> {
 
 impl Sealed<'_> {
     fn associated_data(&self) -> String {
+        // Ids render in their public form except where the first stored
+        // values used the bare UUID (flows, tenants); both are fixed now.
         match self {
-            Sealed::WebhookSecret(app) => {
-                format!(
-                    "client_apps.webhook_secret:{}",
-                    IdKind::ClientApp.format(*app)
-                )
+            Sealed::WebhookSecret(app) => format!("client_apps.webhook_secret:{app}"),
+            Sealed::PreviousWebhookSecret(app) => {
+                format!("client_apps.previous_webhook_secret:{app}")
             }
-            Sealed::PreviousWebhookSecret(app) => format!(
-                "client_apps.previous_webhook_secret:{}",
-                IdKind::ClientApp.format(*app)
-            ),
-            Sealed::LinkArguments(link) => {
-                format!("links.arguments:{}", IdKind::Link.format(*link))
-            }
-            Sealed::FlowSession(flow) => format!("flows.session:{flow}"),
-            Sealed::ConnectionSession(connection) => {
-                format!(
-                    "connections.session:{}",
-                    IdKind::Connection.format(*connection)
-                )
-            }
+            Sealed::LinkArguments(link) => format!("links.arguments:{link}"),
+            Sealed::FlowSession(flow) => format!("flows.session:{}", flow.uuid()),
+            Sealed::ConnectionSession(connection) => format!("connections.session:{connection}"),
             Sealed::IdempotentResponse {
                 tenant,
                 operation,
                 key,
             } => format!(
                 "idempotency_keys.response:{}:{}:{operation}:{key}",
-                tenant.organization_id, tenant.environment
+                tenant.organization_id.uuid(),
+                tenant.environment
             ),
         }
     }
@@ -214,12 +203,14 @@ impl Cipher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::ids::OrganizationId;
+    use uuid::Uuid;
 
     #[test]
     fn round_trip_binds_context_and_supports_rotation() {
         let old = EncryptionKey::generate();
         let new = EncryptionKey::generate();
-        let (row_1, row_2) = (Uuid::now_v7(), Uuid::now_v7());
+        let (row_1, row_2) = (ClientAppId::new(), ClientAppId::new());
         let sealed_old = Cipher::new(&old, &[]).encrypt(b"whsec_x", Sealed::WebhookSecret(row_1));
 
         let ring = Cipher::new(&new, std::slice::from_ref(&old));
@@ -258,32 +249,30 @@ mod tests {
     fn associated_data_is_the_stored_contract() {
         let id = Uuid::parse_str("0192f3c4-0000-7000-8000-000000000001").unwrap();
         let tenant = Tenant {
-            organization_id: id,
+            organization_id: OrganizationId::from_uuid(id),
             environment: crate::kernel::tenant::Environment::Sandbox,
         };
+        let hex = "0192f3c4000070008000000000000001";
         let cases = [
             (
-                Sealed::WebhookSecret(id),
-                format!(
-                    "client_apps.webhook_secret:{}",
-                    IdKind::ClientApp.format(id)
-                ),
+                Sealed::WebhookSecret(ClientAppId::from_uuid(id)),
+                format!("client_apps.webhook_secret:app_{hex}"),
             ),
             (
-                Sealed::PreviousWebhookSecret(id),
-                format!(
-                    "client_apps.previous_webhook_secret:{}",
-                    IdKind::ClientApp.format(id)
-                ),
+                Sealed::PreviousWebhookSecret(ClientAppId::from_uuid(id)),
+                format!("client_apps.previous_webhook_secret:app_{hex}"),
             ),
             (
-                Sealed::LinkArguments(id),
-                format!("links.arguments:{}", IdKind::Link.format(id)),
+                Sealed::LinkArguments(LinkId::from_uuid(id)),
+                format!("links.arguments:link_{hex}"),
             ),
-            (Sealed::FlowSession(id), format!("flows.session:{id}")),
             (
-                Sealed::ConnectionSession(id),
-                format!("connections.session:{}", IdKind::Connection.format(id)),
+                Sealed::FlowSession(FlowId::from_uuid(id)),
+                "flows.session:0192f3c4-0000-7000-8000-000000000001".into(),
+            ),
+            (
+                Sealed::ConnectionSession(ConnectionId::from_uuid(id)),
+                format!("connections.session:conn_{hex}"),
             ),
             (
                 Sealed::IdempotentResponse {
@@ -291,7 +280,8 @@ mod tests {
                     operation: "CreateLink",
                     key: "k-1",
                 },
-                format!("idempotency_keys.response:{id}:sandbox:CreateLink:k-1"),
+                "idempotency_keys.response:0192f3c4-0000-7000-8000-000000000001:sandbox:CreateLink:k-1"
+                    .into(),
             ),
         ];
         for (sealed, stored) in cases {

@@ -1,68 +1,140 @@
 //! Public identifiers and secret tokens.
 //!
-//! Ids are a type prefix plus a UUIDv7 (`app_0190…`): opaque to clients,
-//! time-ordered for indexes. Secret tokens (API keys, claim codes, flow
-//! tokens) carry 256 random bits and are stored only as SHA-256 hashes; with
-//! that much entropy a slow password hash buys nothing.
+//! A public id is a type prefix plus a UUIDv7 (`app_0190…`): opaque to
+//! clients, time-ordered for indexes. Each kind is its own Rust type
+//! (`LinkId`, `ConnectionId`, …), parsed once where it enters and stored as
+//! the bare UUID, so a connection id can never be passed where a link id
+//! belongs. Secret tokens (API keys, claim codes, flow tokens) carry 256
+//! random bits and are stored only as SHA-256 hashes; with that much
+//! entropy a slow password hash buys nothing.
 
+use crate::kernel::error::{Error, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// The kinds of public id, each with its prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdKind {
-    Organization,
-    ClientApp,
-    ApiKey,
-    Link,
-    Connection,
-    Event,
+/// Declares one id type per kind: a `Copy` newtype over the row's UUID,
+/// stored as `uuid` (`sqlx(transparent)`), shown and serialized in its
+/// public form when it has a prefix.
+macro_rules! ids {
+    ($( $(#[$doc:meta])* $name:ident $(= $prefix:literal)? ; )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+        #[sqlx(transparent)]
+        pub struct $name(Uuid);
+
+        // A fresh id is not a default value of the type.
+        #[allow(clippy::new_without_default)]
+        impl $name {
+            /// A fresh time-ordered id for a new row.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The id of a stored row, as read back from somewhere that
+            /// keeps only the UUID (a page cursor).
+            pub const fn from_uuid(id: Uuid) -> Self {
+                Self(id)
+            }
+
+            pub const fn uuid(self) -> Uuid {
+                self.0
+            }
+        }
+
+        $(ids!(@public $name $prefix);)?
+    )*};
+    (@public $name:ident $prefix:literal) => {
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Parses a public id; `None` when the prefix or the UUID part
+            /// is wrong.
+            pub fn parse(public: &str) -> Option<Self> {
+                parse_public(Self::PREFIX, public).map(Self)
+            }
+
+            /// Reads an id given to look something up: `None` only when the
+            /// prefix is wrong. An id with the right prefix that linkd never
+            /// issued reads as the nil UUID, which names no row (ids are
+            /// UUIDv7), so it is not found exactly like an unknown one.
+            pub fn parse_reference(public: &str) -> Option<Self> {
+                public
+                    .starts_with(Self::PREFIX)
+                    .then(|| Self::parse(public).unwrap_or(Self(Uuid::nil())))
+            }
+
+            /// The id a request names in `field` to look something up, or
+            /// an error naming the field when it is missing or has the
+            /// wrong prefix. A malformed id with the right prefix is then
+            /// not found, like an unknown one.
+            pub fn from_request(field: &str, value: &str) -> Result<Self> {
+                if value.is_empty() {
+                    return Err(Error::invalid(field, "is required"));
+                }
+                Self::parse_reference(value).ok_or_else(|| {
+                    Error::invalid(field, format!("must be an id starting with `{}`", Self::PREFIX))
+                })
+            }
+        }
+
+        impl PublicId for $name {
+            const PREFIX: &'static str = $prefix;
+
+            fn parse_reference(public: &str) -> Option<Self> {
+                $name::parse_reference(public)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{}", Self::PREFIX, self.0.simple())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
 }
 
-impl IdKind {
-    pub const fn prefix(self) -> &'static str {
-        match self {
-            IdKind::Organization => "org_",
-            IdKind::ClientApp => "app_",
-            IdKind::ApiKey => "key_",
-            IdKind::Link => "link_",
-            IdKind::Connection => "conn_",
-            IdKind::Event => "evt_",
-        }
-    }
+ids! {
+    /// An organization: the tenant every client app, key and connection
+    /// belongs to (`org_…`).
+    OrganizationId = "org_";
+    /// A client app (`app_…`); also its OAuth `client_id`.
+    ClientAppId = "app_";
+    /// An API key (`key_…`); the id is public, the secret is not.
+    ApiKeyId = "key_";
+    /// A link intent (`link_…`).
+    LinkId = "link_";
+    /// A connection (`conn_…`).
+    ConnectionId = "conn_";
+    /// An event (`evt_…`), also the webhook message id.
+    EventId = "evt_";
+    /// An end-user flow behind a Link page; never shown to clients.
+    FlowId;
+    /// One login attempt of a flow; never shown to clients.
+    AttemptId;
+}
 
-    /// A fresh time-ordered UUID for a new row of this kind.
-    pub fn new_uuid(self) -> Uuid {
-        Uuid::now_v7()
-    }
+/// What code generic over the kind of a public id needs (a filter that
+/// takes any kind).
+pub trait PublicId: Sized {
+    const PREFIX: &'static str;
+    fn parse_reference(public: &str) -> Option<Self>;
+}
 
-    /// Renders a row id as its public form.
-    pub fn format(self, id: Uuid) -> String {
-        format!("{}{}", self.prefix(), id.simple())
+fn parse_public(prefix: &str, public: &str) -> Option<Uuid> {
+    let rest = public.strip_prefix(prefix)?;
+    if rest.len() != 32 {
+        return None;
     }
-
-    /// Parses a public id; `None` when the prefix or the UUID part is wrong.
-    pub fn parse(self, public: &str) -> Option<Uuid> {
-        let rest = public.strip_prefix(self.prefix())?;
-        if rest.len() != 32 {
-            return None;
-        }
-        Uuid::try_parse(rest).ok()
-    }
-
-    /// Reads an id given to look something up: `None` only when the prefix
-    /// is wrong. An id with the right prefix that linkd never issued reads
-    /// as the nil UUID, which names no row (ids are UUIDv7), so it is not
-    /// found exactly like an unknown one.
-    pub fn parse_reference(self, public: &str) -> Option<Uuid> {
-        if !public.starts_with(self.prefix()) {
-            return None;
-        }
-        Some(self.parse(public).unwrap_or(Uuid::nil()))
-    }
+    Uuid::try_parse(rest).ok()
 }
 
 /// 32 random bytes from the OS-seeded CSPRNG, base64url without padding.
@@ -84,47 +156,44 @@ pub fn token_hash(token: impl AsRef<[u8]>) -> Vec<u8> {
     Sha256::digest(token.as_ref()).to_vec()
 }
 
-/// Parses a public id given in a request to look something up, or fails
-/// naming the field when it is missing or has the wrong prefix. A
-/// malformed id with the right prefix is then not found, like an unknown
-/// one (see [`IdKind::parse_reference`]).
-pub fn parse_id(
-    kind: IdKind,
-    field: &str,
-    value: &str,
-) -> crate::kernel::error::Result<uuid::Uuid> {
-    if value.is_empty() {
-        return Err(crate::kernel::error::Error::invalid(field, "is required"));
-    }
-    kind.parse_reference(value).ok_or_else(|| {
-        crate::kernel::error::Error::invalid(
-            field,
-            format!("must be an id starting with `{}`", kind.prefix()),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_round_trip_and_reject_other_kinds() {
-        let id = IdKind::ClientApp.new_uuid();
-        let public = IdKind::ClientApp.format(id);
+        let id = ClientAppId::new();
+        let public = id.to_string();
         assert!(public.starts_with("app_"));
-        assert_eq!(IdKind::ClientApp.parse(&public), Some(id));
-        assert_eq!(IdKind::Connection.parse(&public), None);
-        assert_eq!(IdKind::ClientApp.parse("app_nothex"), None);
-        assert_eq!(IdKind::ClientApp.parse(&format!("{public}0")), None);
-        assert_eq!(IdKind::ClientApp.parse_reference(&public), Some(id));
+        assert_eq!(ClientAppId::parse(&public), Some(id));
+        assert_eq!(ConnectionId::parse(&public), None);
+        assert_eq!(ClientAppId::parse("app_nothex"), None);
+        assert_eq!(ClientAppId::parse(&format!("{public}0")), None);
+        assert_eq!(ClientAppId::parse_reference(&public), Some(id));
         assert_eq!(
-            IdKind::ClientApp.parse_reference("app_doesnotexist"),
-            Some(Uuid::nil())
+            ClientAppId::parse_reference("app_doesnotexist"),
+            Some(ClientAppId::from_uuid(Uuid::nil()))
         );
-        assert_eq!(IdKind::ClientApp.parse_reference("conn_x"), None);
+        assert_eq!(ClientAppId::parse_reference("conn_x"), None);
+        assert_eq!(serde_json::to_value(id).unwrap(), serde_json::json!(public));
     }
 
+    #[test]
+    fn request_ids_name_the_field_when_missing_or_of_another_kind() {
+        let violation = |value: &str| match LinkId::from_request("linkId", value) {
+            Err(Error::Validation(v)) => (v[0].path.clone(), v[0].message.clone()),
+            other => panic!("{value:?} gave {other:?}"),
+        };
+        assert_eq!(violation(""), ("linkId".into(), "is required".into()));
+        assert_eq!(
+            violation("conn_0190"),
+            (
+                "linkId".into(),
+                "must be an id starting with `link_`".into()
+            )
+        );
+        assert!(LinkId::from_request("linkId", "link_unknown").is_ok());
+    }
     #[test]
     fn tokens_are_distinct_and_hashes_stable() {
         let (a, b) = (random_token(), random_token());

@@ -4,15 +4,41 @@
 //! these names). A row with a name the enum does not know fails to decode
 //! instead of being guessed.
 
-/// Declares an enum whose variants are stored as the given names:
+/// Declares an enum whose variants are stored as the given names, and,
+/// after a `:`, the generated protobuf enum whose variants have the same
+/// identifiers (its `UNSPECIFIED` maps to no variant):
 ///
 /// ```text
 /// crate::kernel::names::stored_names! {
 ///     /// The environment.
-///     pub enum Environment { Sandbox = "sandbox", Production = "production" }
+///     pub enum Environment: pb::Environment { Sandbox = "sandbox", Production = "production" }
 /// }
 /// ```
 macro_rules! stored_names {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident: $pb:path {
+            $( $(#[$vmeta:meta])* $variant:ident = $stored:literal ),+ $(,)?
+        }
+    ) => {
+        crate::kernel::names::stored_names! {
+            $(#[$meta])*
+            $vis enum $name { $( $(#[$vmeta])* $variant = $stored ),+ }
+        }
+
+        impl $name {
+            pub fn to_proto(self) -> $pb {
+                match self {
+                    $( $name::$variant => <$pb>::$variant ),+
+                }
+            }
+
+            /// The variant of a proto value; `None` for `UNSPECIFIED`.
+            pub fn from_proto(value: $pb) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.to_proto() == value)
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident {
@@ -34,6 +60,12 @@ macro_rules! stored_names {
                 match self {
                     $( $name::$variant => $stored ),+
                 }
+            }
+
+            /// Every name, comma-separated, for an error listing what is
+            /// accepted.
+            pub fn names() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
             }
 
             /// The variant stored as `name`.
@@ -112,5 +144,6 @@ mod tests {
         assert_eq!(Light::Amber.to_string(), "amber-ish");
         assert_eq!(Light::parse("Amber"), None);
         assert_eq!(Light::parse(""), None);
+        assert_eq!(Light::names(), "red, amber-ish");
     }
 }

@@ -15,8 +15,9 @@ pub fn iso8601(ts: &prost_types::Timestamp) -> String {
 /// enum prefix, lowercased (`LINK_STATUS_AWAITING_2FA` → `awaiting_2fa`,
 /// `OPERATION_ACTION_READ` → `read`).
 pub fn enum_name(proto_name: &str) -> String {
-    const PREFIXES: [&str; 5] = [
+    const PREFIXES: [&str; 6] = [
         "LINK_STATUS_",
+        "DELIVERY_STATUS_",
         "OPERATION_ACTION_",
         "PROVIDER_CATEGORY_",
         "ENVIRONMENT_",
@@ -57,7 +58,7 @@ pub fn event_json(e: &pb::Event) -> Value {
         "linkId": e.link_id,
         "connectionId": e.connection_id,
         "createdAt": time(&e.created_at),
-        "deliveryStatus": e.delivery_status().as_str_name().trim_start_matches("DELIVERY_STATUS_").to_ascii_lowercase(),
+        "deliveryStatus": enum_name(e.delivery_status().as_str_name()),
         "attempts": e.attempts,
         "nextAttemptAt": time(&e.next_attempt_at),
         "deliveredAt": time(&e.delivered_at),

@@ -19,13 +19,11 @@ use crate::flows::attempt::Attempt;
 use crate::flows::{Finish, FlowKindHooks, FlowOutcome, FlowRow, FlowStep, Flows};
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
-use crate::kernel::ids::parse_id;
-use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
 use crate::links::rules::{LinkOperation, LinkStatus, return_url_with_link_id};
 use crate::pb;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 /// The result of the operations: flat for one, wrapped for several.
 pub fn shape_result(provider: &Provider, operations: &[LinkOperation], data: Vec<Value>) -> Value {
@@ -49,7 +47,7 @@ impl Links {
     /// Claims a link with its single-use code; exactly one of concurrent
     /// claims wins.
     pub async fn claim_link(&self, req: pb::ClaimLinkRequest) -> Result<pb::ClaimLinkResponse> {
-        let link_id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
+        let link_id = LinkId::from_request("linkId", &req.link_id)?;
         if !req.claim_code.starts_with("clm_") || req.claim_code.len() > 128 {
             return Err(Error::invalid(
                 "claimCode",
@@ -57,7 +55,7 @@ impl Links {
             ));
         }
         let code_hash = token_hash(&req.claim_code);
-        let flow_id = Uuid::now_v7();
+        let flow_id = FlowId::new();
         let token = format!("lft_{}", random_token());
         // The claim and its flow in one statement: only the request whose
         // UPDATE matched a pending link gets a flow.
@@ -99,7 +97,7 @@ impl FlowKindHooks for LinkFlow {
         let Some(link_id) = flow.link_id else {
             return Ok(());
         };
-        view.link_id = IdKind::Link.format(link_id);
+        view.link_id = link_id.to_string();
         if let (Some(_), Some(url)) = (&flow.outcome, flow.link_return_url.as_deref()) {
             view.redirect_url = return_url_with_link_id(url, &view.link_id);
         }
@@ -305,7 +303,7 @@ impl LinkFlow {
         .await?;
         if let Some((integration_id, external_user_id)) = finished {
             let mut data = json!({
-                "linkId": IdKind::Link.format(link_id),
+                "linkId": link_id.to_string(),
                 "integrationId": integration_id,
                 "status": status,
                 "externalUserId": external_user_id,

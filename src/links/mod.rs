@@ -14,7 +14,7 @@ use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::{IdKind, parse_id, random_token, token_hash};
+use crate::kernel::ids::{LinkId, random_token, token_hash};
 use crate::kernel::proto_json;
 use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
@@ -128,8 +128,8 @@ impl Links {
         caller: &Caller,
         new: &NewLink,
     ) -> Result<pb::CreateLinkResponse> {
-        let id = IdKind::Link.new_uuid();
-        let link_id = IdKind::Link.format(id);
+        let id = LinkId::new();
+        let link_id = id.to_string();
         let claim_code = format!("clm_{}", random_token());
         let arguments = serde_json::to_vec(&new.arguments).map_err(Error::internal)?;
         let sealed = self.cipher.encrypt(&arguments, Sealed::LinkArguments(id));
@@ -176,9 +176,9 @@ impl Links {
         caller: &Caller,
         req: pb::GetLinkRequest,
     ) -> Result<pb::GetLinkResponse> {
-        let id = parse_id(IdKind::Link, "linkId", &req.link_id)?;
+        let id = LinkId::from_request("linkId", &req.link_id)?;
         let row = store::get_link(&self.db, caller.tenant, id).await?;
-        let link_id = IdKind::Link.format(row.id);
+        let link_id = row.id.to_string();
         let status = row.status;
         Ok(pb::GetLinkResponse {
             link: Some(pb::Link {

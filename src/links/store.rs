@@ -1,17 +1,17 @@
 //! Link intents.
 
 use crate::kernel::error::{Error, Result};
+use crate::kernel::ids::{AttemptId, FlowId, LinkId};
 use crate::kernel::tenant::Tenant;
 use crate::links::rules::{LinkOperation, LinkStatus};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use std::time::Duration;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LinkRow {
-    pub id: Uuid,
+    pub id: LinkId,
     pub integration_id: String,
     pub operations: sqlx::types::Json<Vec<crate::links::rules::LinkOperation>>,
     pub webhook_url: Option<String>,
@@ -38,7 +38,7 @@ macro_rules! link_columns {
 
 /// What `insert_link` stores.
 pub struct LinkInsert<'a> {
-    pub id: Uuid,
+    pub id: LinkId,
     pub tenant: Tenant,
     pub new: &'a crate::links::rules::NewLink,
     pub arguments_ciphertext: &'a [u8],
@@ -76,7 +76,7 @@ pub async fn insert_link(db: impl PgExecutor<'_>, link: LinkInsert<'_>) -> Resul
 /// Returns how many links expired.
 pub async fn expire_links(
     db: impl PgExecutor<'_>,
-    only: Option<(Tenant, Uuid)>,
+    only: Option<(Tenant, LinkId)>,
     batch: i64,
 ) -> Result<u64> {
     let (organization, environment, id) = match only {
@@ -121,7 +121,7 @@ pub async fn expire_links(
 /// (see [`expire_links`]), so expiry holds on read even between sweeps. A
 /// live link costs one statement: the expiry runs only when the row read
 /// shows it is due (by this replica's clock; the sweep catches the rest).
-pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
+pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
     let row = find_link(db, tenant, id).await?;
     let unfinished = matches!(
         row.status,
@@ -136,7 +136,7 @@ pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<Lin
     Ok(row)
 }
 
-async fn find_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRow> {
+async fn find_link(db: &sqlx::PgPool, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
     sqlx::query_as(concat!(
         "SELECT ",
         link_columns!(),
@@ -153,7 +153,7 @@ async fn find_link(db: &sqlx::PgPool, tenant: Tenant, id: Uuid) -> Result<LinkRo
 /// Appends a step to a link's debug trace.
 pub async fn append_trace(
     db: impl PgExecutor<'_>,
-    link_id: Uuid,
+    link_id: LinkId,
     event: &str,
     details: Value,
 ) -> Result<()> {
@@ -171,7 +171,7 @@ pub async fn append_trace(
 }
 
 /// A claimed link waits for its end user's second factor.
-pub async fn set_awaiting_2fa(tx: &mut PgConnection, link_id: Uuid) -> Result<()> {
+pub async fn set_awaiting_2fa(tx: &mut PgConnection, link_id: LinkId) -> Result<()> {
     sqlx::query("UPDATE links SET status = 'awaiting_2fa' WHERE id = $1 AND status = 'claimed'")
         .bind(link_id)
         .execute(tx)
@@ -183,7 +183,7 @@ pub async fn set_awaiting_2fa(tx: &mut PgConnection, link_id: Uuid) -> Result<()
 /// its claim code's: why a claim did not take it.
 pub async fn claim_state(
     db: impl PgExecutor<'_>,
-    link_id: Uuid,
+    link_id: LinkId,
     code_hash: &[u8],
 ) -> Result<Option<(LinkStatus, bool)>> {
     Ok(sqlx::query_as(
@@ -200,7 +200,7 @@ pub async fn claim_state(
 /// id for the event.
 pub async fn finish(
     tx: &mut PgConnection,
-    link_id: Uuid,
+    link_id: LinkId,
     status: LinkStatus,
     error_code: Option<&str>,
     error_message: Option<&str>,
@@ -223,7 +223,7 @@ pub async fn finish(
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct LinkForFlow {
-    pub id: Uuid,
+    pub id: LinkId,
     pub integration_id: String,
     pub operations: sqlx::types::Json<Vec<LinkOperation>>,
     pub arguments_ciphertext: Option<Vec<u8>>,
@@ -236,7 +236,7 @@ pub struct LinkForFlow {
 #[derive(Debug, sqlx::FromRow)]
 pub struct StartedRun {
     pub moved: bool,
-    pub id: Option<Uuid>,
+    pub id: Option<LinkId>,
     pub integration_id: Option<String>,
     pub operations: Option<sqlx::types::Json<Vec<LinkOperation>>>,
     pub arguments_ciphertext: Option<Vec<u8>>,
@@ -257,11 +257,11 @@ impl StartedRun {
 /// in one statement: only the request whose update matched gets the flow.
 pub async fn claim_link(
     db: impl PgExecutor<'_>,
-    link_id: Uuid,
+    link_id: LinkId,
     code_hash: &[u8],
-    flow_id: Uuid,
+    flow_id: FlowId,
     token_hash: &[u8],
-) -> Result<Option<Uuid>> {
+) -> Result<Option<FlowId>> {
     Ok(sqlx::query_scalar(
         "WITH claimed AS (
              UPDATE links SET status = 'claimed', claimed_at = now()
@@ -285,9 +285,9 @@ pub async fn claim_link(
 /// `margin`.
 pub async fn start_run(
     db: impl PgExecutor<'_>,
-    flow_id: Uuid,
-    link_id: Uuid,
-    attempt_id: Uuid,
+    flow_id: FlowId,
+    link_id: LinkId,
+    attempt_id: AttemptId,
     per_call: Duration,
     margin: Duration,
 ) -> Result<StartedRun> {

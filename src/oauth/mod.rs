@@ -21,7 +21,7 @@ use crate::catalog::{Catalog, Category};
 use crate::client_apps::store as tenancy;
 use crate::flows::{Flows, NewSessionFlow};
 use crate::kernel::error::{Error, FieldViolation, Result};
-use crate::kernel::ids::{IdKind, random_token, token_hash};
+use crate::kernel::ids::{ClientAppId, ConnectionId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
 use crate::oauth::rules::{
@@ -33,7 +33,6 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 /// Why an authorization request cannot even be answered by redirect.
 #[derive(Debug)]
@@ -170,8 +169,7 @@ impl OAuth {
             parameter,
             message: message.to_string(),
         };
-        let app_id = IdKind::ClientApp
-            .parse(&req.client_id)
+        let app_id = ClientAppId::parse(&req.client_id)
             .ok_or_else(|| untrusted("client_id", "The client_id is missing or unknown."))?;
         let app = tenancy::find_client_app(&self.db, app_id)
             .await?
@@ -271,7 +269,7 @@ impl OAuth {
                     client_app_id: app.id,
                     redirect_url: &effective_redirect_uri,
                     client_reference_id: None,
-                    connection_id: IdKind::Connection.new_uuid(),
+                    connection_id: ConnectionId::new(),
                     reconnect: false,
                     integration_id: given(&req.institution_id),
                     geolocation: None,
@@ -293,7 +291,7 @@ impl OAuth {
         &self,
         req: &pb::ExchangeCodeRequest,
         basic: Option<BasicCredentials>,
-    ) -> Result<Uuid> {
+    ) -> Result<ClientAppId> {
         let (client_id, secret) = match basic {
             Some(_) if req.client_secret.is_some() => {
                 return Err(Error::oauth(
@@ -321,7 +319,7 @@ impl OAuth {
             },
         };
         let failed = || Error::oauth("invalid_client", "Client authentication failed.");
-        let app_id = IdKind::ClientApp.parse(&client_id).ok_or_else(failed)?;
+        let app_id = ClientAppId::parse(&client_id).ok_or_else(failed)?;
         let stored = tenancy::client_secret_hash(&self.db, app_id).await?;
         let presented = token_hash(secret.expose_secret());
         let stored = stored.unwrap_or_default();
@@ -355,7 +353,7 @@ impl OAuth {
             store::revoke_tokens_of_code(&mut tx, code.id).await?;
             tx.commit().await?;
             tracing::warn!(
-                client_app_id = %IdKind::ClientApp.format(client),
+                client_app_id = %client.to_string(),
                 "authorization code replayed; its tokens are revoked"
             );
             return Err(invalid_grant(
@@ -388,7 +386,7 @@ impl OAuth {
             access_token: token,
             token_type: "Bearer".into(),
             expires_in: ttl.as_secs() as i64,
-            connection_id: IdKind::Connection.format(code.connection_id),
+            connection_id: code.connection_id.to_string(),
             scope: code.scope,
         })
     }
@@ -403,14 +401,12 @@ impl OAuth {
             return self.auth.authenticate(credential).await;
         };
         let row = store::live_token(&self.db, &token_hash(token.expose_secret())).await?;
-        let (id, organization_id, environment, connection_id) =
-            row.ok_or(Error::Unauthenticated)?;
+        let (organization_id, environment, connection_id) = row.ok_or(Error::Unauthenticated)?;
         Ok(Caller {
             tenant: Tenant {
                 organization_id,
                 environment,
             },
-            api_key_id: id,
             only_connection: Some(connection_id),
         })
     }
@@ -449,9 +445,9 @@ pub(crate) async fn issue_authorization_code(
     tx: &mut PgConnection,
     code_ttl: std::time::Duration,
     tenant: Tenant,
-    client_app_id: Uuid,
+    client_app_id: ClientAppId,
     request: &AuthorizationRequest,
-    connection_id: Uuid,
+    connection_id: ConnectionId,
 ) -> Result<String> {
     let code = format!("lac_{}", random_token());
     store::insert_code(

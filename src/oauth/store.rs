@@ -2,6 +2,7 @@
 //! value.
 
 use crate::kernel::error::Result;
+use crate::kernel::ids::{ClientAppId, ConnectionId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::oauth::rules::AuthorizationRequest;
 use sqlx::{PgConnection, PgExecutor};
@@ -12,10 +13,10 @@ use uuid::Uuid;
 #[derive(Debug, sqlx::FromRow)]
 pub struct CodeRow {
     pub id: Uuid,
-    pub organization_id: Uuid,
+    pub organization_id: OrganizationId,
     pub environment: Environment,
-    pub client_app_id: Uuid,
-    pub connection_id: Uuid,
+    pub client_app_id: ClientAppId,
+    pub connection_id: ConnectionId,
     pub redirect_uri: Option<String>,
     pub effective_redirect_uri: String,
     pub code_challenge: Option<String>,
@@ -29,8 +30,8 @@ pub async fn insert_code(
     tx: &mut PgConnection,
     code_hash: &[u8],
     tenant: Tenant,
-    client_app_id: Uuid,
-    connection_id: Uuid,
+    client_app_id: ClientAppId,
+    connection_id: ConnectionId,
     request: &AuthorizationRequest,
     ttl: Duration,
 ) -> Result<()> {
@@ -85,7 +86,7 @@ pub async fn insert_token(
     tx: &mut PgConnection,
     token_hash: &[u8],
     code: &CodeRow,
-    client_app_id: Uuid,
+    client_app_id: ClientAppId,
     ttl: Duration,
 ) -> Result<()> {
     sqlx::query(
@@ -115,13 +116,13 @@ pub async fn mark_code_used(tx: &mut PgConnection, code_id: Uuid) -> Result<()> 
     Ok(())
 }
 
-/// An unrevoked, unexpired token: its id, tenant and connection.
+/// An unrevoked, unexpired token: its tenant and connection.
 pub async fn live_token(
     db: impl PgExecutor<'_>,
     token_hash: &[u8],
-) -> Result<Option<(Uuid, Uuid, Environment, Uuid)>> {
+) -> Result<Option<(OrganizationId, Environment, ConnectionId)>> {
     Ok(sqlx::query_as(
-        "SELECT id, organization_id, environment, connection_id FROM oauth_tokens
+        "SELECT organization_id, environment, connection_id FROM oauth_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
     )
     .bind(token_hash)

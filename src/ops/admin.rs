@@ -3,16 +3,15 @@
 use crate::api::services::Services;
 use crate::client_apps::rules::NewClientApp;
 use crate::client_apps::store as tenancy;
-use crate::kernel::ids::IdKind;
-use crate::kernel::ids::parse_id;
+use crate::kernel::ids::{ApiKeyId, ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::ops::config::AdminCommand;
 use anyhow::bail;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-async fn existing_organization(api: &Services, public_id: &str) -> anyhow::Result<uuid::Uuid> {
-    let id = parse_id(IdKind::Organization, "--organization", public_id)?;
+async fn existing_organization(api: &Services, public_id: &str) -> anyhow::Result<OrganizationId> {
+    let id = OrganizationId::from_request("--organization", public_id)?;
     if !tenancy::organization_exists(api.db(), id).await? {
         bail!("organization {public_id} does not exist");
     }
@@ -87,7 +86,7 @@ async fn create_app(
     let organization_id = match organization {
         Some(public) => existing_organization(api, &public).await?,
         None => {
-            let id = IdKind::Organization.new_uuid();
+            let id = OrganizationId::new();
             tenancy::create_organization(api.db(), id, &app.name).await?;
             id
         }
@@ -98,24 +97,21 @@ async fn create_app(
     };
     let created = api.client_apps.create_client_app(tenant, &app).await?;
     let key = crate::auth::issue_key(api.db(), tenant).await?;
-    let (org, app_id) = (
-        IdKind::Organization.format(organization_id),
-        IdKind::ClientApp.format(created.app.id),
-    );
+    let (org, app_id) = (organization_id.to_string(), created.app.id.to_string());
     print(
         json,
         json!({
             "organizationId": org,
             "clientAppId": app_id,
             "environment": environment,
-            "apiKeyId": key.public_id(),
+            "apiKeyId": key.id,
             "apiKey": key.key.expose_secret(),
             "webhookSecret": created.webhook_secret.expose_secret(),
             "clientSecret": created.client_secret.expose_secret(),
         }),
         format!(
             "organization    {org}\nclient app      {app_id}\nenvironment     {environment}\napi key id      {}\napi key         {}\nwebhook secret  {}\nclient secret   {}\n(the key and secrets are shown only now)",
-            key.public_id(),
+            key.id,
             key.key.expose_secret(),
             created.webhook_secret.expose_secret(),
             created.client_secret.expose_secret()
@@ -142,10 +138,10 @@ async fn create_key(
     .await?;
     print(
         json,
-        json!({ "apiKeyId": key.public_id(), "apiKey": key.key.expose_secret(), "environment": environment }),
+        json!({ "apiKeyId": key.id, "apiKey": key.key.expose_secret(), "environment": environment }),
         format!(
             "api key id  {}\napi key     {}\n(shown only now)",
-            key.public_id(),
+            key.id,
             key.key.expose_secret()
         ),
     );
@@ -154,7 +150,7 @@ async fn create_key(
 
 /// Revokes an API key.
 async fn revoke_key(api: &Services, key_id: String) -> anyhow::Result<()> {
-    let id = parse_id(IdKind::ApiKey, "key_id", &key_id)?;
+    let id = ApiKeyId::from_request("key_id", &key_id)?;
     if !crate::auth::store::revoke_api_key(api.db(), id).await? {
         bail!("no active API key {key_id}");
     }
@@ -169,7 +165,7 @@ async fn rotate_webhook_secret(
     grace: std::time::Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let id = ClientAppId::from_request("app_id", &app_id)?;
     let (secret, until) = match api
         .client_apps
         .rotate_webhook_secret(None, id, grace.as_secs() as i64)
@@ -201,7 +197,7 @@ async fn set_webhook_url(
     url: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let id = ClientAppId::from_request("app_id", &app_id)?;
     let url = crate::client_apps::rules::parse_webhook_url(url.as_deref())?;
     // The app's breaker closes with the change: events it held
     // back go to the corrected URL at once.
@@ -225,7 +221,7 @@ async fn set_webhook_url(
 
 /// Replaces an app's OAuth client secret at once.
 async fn rotate_client_secret(api: &Services, app_id: String, json: bool) -> anyhow::Result<()> {
-    let id = parse_id(IdKind::ClientApp, "app_id", &app_id)?;
+    let id = ClientAppId::from_request("app_id", &app_id)?;
     let secret = match api.client_apps.rotate_client_secret(id).await {
         Err(crate::kernel::error::Error::NotFound(_)) => bail!("no client app {app_id}"),
         other => other?,
@@ -244,7 +240,7 @@ async fn rotate_client_secret(api: &Services, app_id: String, json: bool) -> any
 /// Lists client apps, of one organization or all.
 async fn list_apps(api: &Services, organization: Option<String>, json: bool) -> anyhow::Result<()> {
     let organization_id = match organization {
-        Some(public) => Some(parse_id(IdKind::Organization, "--organization", &public)?),
+        Some(public) => Some(OrganizationId::from_request("--organization", &public)?),
         None => None,
     };
     let apps = tenancy::list_all_client_apps(api.db(), organization_id).await?;
@@ -253,8 +249,8 @@ async fn list_apps(api: &Services, organization: Option<String>, json: bool) -> 
             .iter()
             .map(|a| {
                 json!({
-                    "clientAppId": IdKind::ClientApp.format(a.id),
-                    "organizationId": IdKind::Organization.format(a.organization_id),
+                    "clientAppId": a.id.to_string(),
+                    "organizationId": a.organization_id.to_string(),
                     "environment": a.environment(),
                     "name": a.name,
                     "redirectUris": a.redirect_uris,
@@ -268,8 +264,8 @@ async fn list_apps(api: &Services, organization: Option<String>, json: bool) -> 
         for a in &apps {
             println!(
                 "{}  {}  {:<10}  {}  {}",
-                IdKind::ClientApp.format(a.id),
-                IdKind::Organization.format(a.organization_id),
+                a.id,
+                a.organization_id,
                 a.environment(),
                 a.name,
                 a.redirect_uris.join(" ")

@@ -9,7 +9,7 @@ use crate::client_apps::rules::NewClientApp;
 use crate::client_apps::store as tenancy;
 use crate::kernel::crypto::{Cipher, EncryptionKey};
 use crate::kernel::db::PoolSettings;
-use crate::kernel::ids::IdKind;
+use crate::kernel::ids::{ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::ops::config::SharedArgs;
 use crate::ops::local_postgres::{Durability, LocalPostgres};
@@ -101,8 +101,8 @@ pub fn api(pool: PgPool, catalog: Arc<Catalog>, cipher: Cipher, settings: Settin
 
 /// What the first start of a development database created.
 pub struct SandboxTenant {
-    pub organization_id: uuid::Uuid,
-    pub app_id: uuid::Uuid,
+    pub organization_id: OrganizationId,
+    pub app_id: ClientAppId,
     pub key: IssuedKey,
     /// The app's OAuth client secret.
     pub client_secret: secrecy::SecretString,
@@ -117,7 +117,7 @@ pub async fn bootstrap_sandbox(api: &Services) -> anyhow::Result<Option<SandboxT
     if tenancy::count_organizations(&mut *tx).await? > 0 {
         return Ok(None);
     }
-    let organization_id = IdKind::Organization.new_uuid();
+    let organization_id = OrganizationId::new();
     tenancy::create_organization(&mut *tx, organization_id, "Sandbox").await?;
     tx.commit().await?;
     let tenant = Tenant {
@@ -151,8 +151,8 @@ pub fn print_sandbox_banner(sandbox: &SandboxTenant, addr: std::net::SocketAddr)
          \n  grpcurl -plaintext -H 'authorization: Bearer {key}' localhost:{port} linkd.v1.ClientAppService/ListClientApps\
          \n  curl -H 'Authorization: Bearer {key}' http://localhost:{port}/v1/client-apps\
          \n  curl -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{}}' http://localhost:{port}/v2/link/init   # open the returned url in a browser\n",
-        org = IdKind::Organization.format(sandbox.organization_id),
-        app = IdKind::ClientApp.format(sandbox.app_id),
+        org = sandbox.organization_id,
+        app = sandbox.app_id,
         secret = sandbox.client_secret.expose_secret(),
     );
 }

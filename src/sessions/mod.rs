@@ -30,7 +30,7 @@ use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
-use crate::kernel::ids::{IdKind, token_hash};
+use crate::kernel::ids::{ConnectionId, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
 use crate::sessions::rules::{
@@ -41,7 +41,6 @@ use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// LinkService's `InitLinkSession` and the session steps of
 /// LinkFlowService: choosing the integration and consent.
@@ -132,7 +131,7 @@ impl Sessions {
         };
         let (connection_id, reconnect, integration_id) = match &existing {
             Some(row) => (row.id, true, Some(row.integration_id.clone())),
-            None => (IdKind::Connection.new_uuid(), false, None),
+            None => (ConnectionId::new(), false, None),
         };
         let (url, expires_at) = self
             .flows
@@ -208,7 +207,7 @@ impl Sessions {
             Some(row) => (row, !flow.reconnect),
             None => {
                 // Deleted while the end user was logging in: make a new one.
-                let id = IdKind::Connection.new_uuid();
+                let id = ConnectionId::new();
                 insert_connection(&mut *tx, &flow, id).await?;
                 let row = self
                     .activate_connection(&mut tx, &flow, id, &session)
@@ -269,7 +268,7 @@ impl Sessions {
         &self,
         tx: &mut PgConnection,
         flow: &FlowRow,
-        id: Uuid,
+        id: ConnectionId,
         session: &ProviderSession,
     ) -> Result<Option<store::ConnectionRow>> {
         let sealed = self.cipher.encrypt(
@@ -291,7 +290,11 @@ impl Sessions {
     }
 }
 
-async fn insert_connection(db: impl sqlx::PgExecutor<'_>, flow: &FlowRow, id: Uuid) -> Result<()> {
+async fn insert_connection(
+    db: impl sqlx::PgExecutor<'_>,
+    flow: &FlowRow,
+    id: ConnectionId,
+) -> Result<()> {
     let (Some(client_app_id), Some(integration_id)) =
         (flow.client_app_id, flow.integration_id.as_deref())
     else {
@@ -359,7 +362,7 @@ impl FlowKindHooks for SessionFlow {
         }
         let connection_id = flow
             .connection_id
-            .map(|id| IdKind::Connection.format(id))
+            .map(|id| id.to_string())
             .unwrap_or_default();
         let result = match flow.outcome {
             Some(FlowOutcome::Success) => Some(SessionResult::Success {

@@ -3,7 +3,7 @@
 
 use crate::connectors::Geolocation;
 use crate::kernel::error::Error;
-use crate::kernel::ids::IdKind;
+use crate::kernel::ids::{ClientAppId, ConnectionId};
 use crate::kernel::validate::{Violations, limits};
 use url::Url;
 
@@ -23,11 +23,11 @@ pub struct SessionRequest<'a> {
 /// app and redirect URL exist is checked against the store afterwards.
 #[derive(Debug, Clone)]
 pub struct NewSession {
-    pub client_app_id: Option<uuid::Uuid>,
+    pub client_app_id: Option<ClientAppId>,
     pub redirect_url: Option<String>,
     pub client_reference_id: Option<String>,
     /// `None` when not given; a well-formed id may still name no connection.
-    pub connection_id: Option<uuid::Uuid>,
+    pub connection_id: Option<ConnectionId>,
     pub geolocation: Option<Geolocation>,
 }
 
@@ -38,7 +38,7 @@ impl NewSession {
         let given = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
         let client_app_id = given(req.client_app_id).and_then(|id| {
             // A malformed id with the right prefix is an unknown app (404).
-            let parsed = IdKind::ClientApp.parse_reference(&id);
+            let parsed = ClientAppId::parse_reference(&id);
             if parsed.is_none() {
                 v.add(
                     "clientAppId",
@@ -59,7 +59,7 @@ impl NewSession {
         // the session then makes a new connection. Only the prefix and shape
         // are checked here.
         let connection_id = given(req.connection_id).and_then(|id| {
-            if !id.starts_with(IdKind::Connection.prefix()) {
+            if !id.starts_with(ConnectionId::PREFIX) {
                 v.add("connectionId", "must start with `conn_`");
                 return None;
             }
@@ -70,7 +70,7 @@ impl NewSession {
                 );
                 return None;
             }
-            IdKind::Connection.parse(&id)
+            ConnectionId::parse(&id)
         });
         let geolocation = req
             .geolocation

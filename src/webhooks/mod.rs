@@ -20,7 +20,7 @@ pub mod ssrf;
 pub mod store;
 
 use crate::kernel::crypto::Sealed;
-use crate::kernel::ids::IdKind;
+use crate::kernel::ids::ClientAppId;
 use signing::SigningSecret;
 use ssrf::{Allowlist, GuardedResolver, Refused};
 use std::collections::HashMap;
@@ -208,8 +208,8 @@ const MAX_DESTINATIONS_PER_CLAIM: i64 = 256;
 /// The destination (breaker and per-destination cap) of events sent to a
 /// client app's own webhook URL; the SQL function `event_destination` names
 /// it the same way.
-pub fn app_destination(app_id: uuid::Uuid) -> String {
-    format!("app:{app_id}")
+pub fn app_destination(app_id: ClientAppId) -> String {
+    format!("app:{}", app_id.uuid())
 }
 
 /// The longest wait before a claim that failed (database unreachable or
@@ -584,7 +584,7 @@ async fn deliver(
         let why = refused.to_string();
         return (Some(attempt), Next::Failed(why), None);
     }
-    let message_id = IdKind::Event.format(event.id);
+    let message_id = event.id.to_string();
     let body = serde_json::to_vec(&event.payload.0).expect("JSON values serialize");
     let timestamp = started_at.timestamp();
     let signature = signing::signature_header(&secrets, &message_id, timestamp, &body);

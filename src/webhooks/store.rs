@@ -3,6 +3,7 @@
 //! statistics.
 
 use crate::kernel::error::Result;
+use crate::kernel::ids::{ClientAppId, EventId, OrganizationId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -14,8 +15,8 @@ use uuid::Uuid;
 /// app secrets that sign it.
 #[derive(Debug)]
 pub struct DueEvent {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: EventId,
+    pub organization_id: OrganizationId,
     pub environment: String,
     pub payload: Json<Value>,
     /// Attempts including this one.
@@ -25,7 +26,7 @@ pub struct DueEvent {
     /// per-destination cap and of the circuit breaker.
     pub destination: String,
     pub url: Option<String>,
-    pub client_app_id: Option<Uuid>,
+    pub client_app_id: Option<ClientAppId>,
     pub webhook_secret_ciphertext: Option<Vec<u8>>,
     pub previous_webhook_secret_ciphertext: Option<Vec<u8>>,
     pub previous_active: bool,
@@ -51,14 +52,14 @@ pub struct Claim {
 struct ClaimRow {
     walked_to: Option<String>,
     walked: i64,
-    id: Option<Uuid>,
-    organization_id: Option<Uuid>,
+    id: Option<EventId>,
+    organization_id: Option<OrganizationId>,
     environment: Option<String>,
     payload: Option<Json<Value>>,
     attempts: Option<i32>,
     destination: Option<String>,
     url: Option<String>,
-    client_app_id: Option<Uuid>,
+    client_app_id: Option<ClientAppId>,
     webhook_secret_ciphertext: Option<Vec<u8>>,
     previous_webhook_secret_ciphertext: Option<Vec<u8>>,
     previous_active: Option<bool>,
@@ -217,7 +218,7 @@ pub enum Next {
 /// was not sent), and where it goes next.
 #[derive(Debug, Clone)]
 pub struct Finished {
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub claimed_attempts: i32,
     pub destination: String,
     /// Whether the destination answered well (`Some(true)`: delivered),
@@ -412,7 +413,7 @@ pub async fn record_destination_outcomes(
 /// Stops deliveries to `url` for the tenant (it answered 410 Gone).
 pub async fn disable_endpoint(
     db: impl PgExecutor<'_>,
-    organization_id: Uuid,
+    organization_id: OrganizationId,
     environment: &str,
     url: &str,
 ) -> Result<()> {

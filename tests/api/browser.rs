@@ -7,6 +7,7 @@ use crate::helpers::{TestApp, TestTenant, spawn_app};
 use axum::extract::Query;
 use axum::response::Html;
 use fantoccini::{Client, ClientBuilder, Locator};
+use linkd::kernel::ids::OrganizationId;
 use linkd::kernel::tenant::Tenant;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -446,7 +447,7 @@ async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String 
 }
 
 async fn new_tenant(app: &TestApp) -> Tenant {
-    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
+    let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(app.api.db(), organization_id, "Browser org")
         .await
         .unwrap();

@@ -1,4 +1,5 @@
 use crate::helpers::{spawn_app, with_key};
+use linkd::kernel::ids::ClientAppId;
 use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb::client_app_service_client::ClientAppServiceClient;
 use linkd::pb::{GetClientAppRequest, ListClientAppsRequest};
@@ -87,7 +88,7 @@ async fn another_tenants_ids_behave_exactly_like_unknown_ones() {
             "Prod app",
         )
         .await;
-    let unknown = linkd::kernel::ids::IdKind::ClientApp.format(uuid::Uuid::now_v7());
+    let unknown = ClientAppId::new().to_string();
 
     let mut grpc = ClientAppServiceClient::new(app.channel().await);
     for key in [&bob.key, &alice_prod.key] {

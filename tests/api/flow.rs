@@ -2,6 +2,7 @@
 //! sandbox connector's magic credentials.
 
 use crate::helpers::{TestApp, spawn_app, with_key};
+use linkd::kernel::ids::LinkId;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
@@ -298,11 +299,7 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
     let expiring = app.create_link(&tenant, billing_link()).await;
     // Its lifetime runs out before anyone claims it.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(
-            linkd::kernel::ids::IdKind::Link
-                .parse(expiring["linkId"].as_str().unwrap())
-                .unwrap(),
-        )
+        .bind(LinkId::parse(expiring["linkId"].as_str().unwrap()).unwrap())
         .execute(app.api.db())
         .await
         .unwrap();
@@ -370,11 +367,7 @@ async fn a_background_sweep_expires_links_and_records_events() {
     let keep = app.create_link(&tenant, billing_link()).await;
     // The claimed link's lifetime runs out; the other's does not.
     sqlx::query("UPDATE links SET expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(
-            linkd::kernel::ids::IdKind::Link
-                .parse(link["linkId"].as_str().unwrap())
-                .unwrap(),
-        )
+        .bind(LinkId::parse(link["linkId"].as_str().unwrap()).unwrap())
         .execute(app.api.db())
         .await
         .unwrap();

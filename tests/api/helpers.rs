@@ -7,7 +7,7 @@ use linkd::client_apps::rules::NewClientApp;
 use linkd::client_apps::store as tenancy;
 use linkd::kernel::crypto::{Cipher, EncryptionKey};
 use linkd::kernel::db::{self, PoolSettings};
-use linkd::kernel::ids::IdKind;
+use linkd::kernel::ids::{ApiKeyId, OrganizationId};
 use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::ops::config::ServeArgs;
 use linkd::ops::local_postgres::{Durability, LocalPostgres};
@@ -175,7 +175,7 @@ pub struct TestApp {
 pub struct TestTenant {
     pub tenant: Tenant,
     pub app_id: String,
-    pub api_key_id: uuid::Uuid,
+    pub api_key_id: ApiKeyId,
     pub key: String,
     /// The app's OAuth client secret.
     pub client_secret: String,
@@ -315,7 +315,7 @@ impl TestApp {
     }
 
     pub async fn create_tenant(&self, environment: Environment) -> TestTenant {
-        let organization_id = IdKind::Organization.new_uuid();
+        let organization_id = OrganizationId::new();
         tenancy::create_organization(self.api.db(), organization_id, "Test org")
             .await
             .unwrap();
@@ -378,7 +378,7 @@ impl TestApp {
             tenant,
             client_secret: created.client_secret.expose_secret().to_string(),
             webhook_secret: created.webhook_secret.expose_secret().to_string(),
-            app_id: IdKind::ClientApp.format(created.app.id),
+            app_id: created.app.id.to_string(),
             api_key_id: key.id,
             key: key.key.expose_secret().to_string(),
         }

@@ -5,6 +5,7 @@
 //! surfaces, and changes nothing.
 
 use crate::helpers::{TestApp, TestTenant, spawn_app, with_key};
+use linkd::kernel::ids::EventId;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -273,7 +274,7 @@ async fn nul_in_any_grpc_string_is_invalid_argument_naming_the_field() {
 /// A hooked app with one failed event, for the admin-like endpoints.
 async fn tenant_with_a_failed_event(app: &TestApp) -> (TestTenant, String) {
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let id = linkd::kernel::ids::IdKind::Event.new_uuid();
+    let id = EventId::new();
     sqlx::query(
         "INSERT INTO events (id, organization_id, environment, type, payload, delivery_status, attempts)
          VALUES ($1, $2, 'sandbox', 'link.failed', '{}', 'failed', 10)",
@@ -283,7 +284,7 @@ async fn tenant_with_a_failed_event(app: &TestApp) -> (TestTenant, String) {
     .execute(app.api.db())
     .await
     .unwrap();
-    (tenant, linkd::kernel::ids::IdKind::Event.format(id))
+    (tenant, id.to_string())
 }
 
 async fn webhook_secret_sealed(app: &TestApp) -> Vec<u8> {

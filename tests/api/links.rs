@@ -1,4 +1,5 @@
 use crate::helpers::{TestApp, spawn_app, with_key};
+use linkd::kernel::ids::LinkId;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_service_client::LinkServiceClient;
@@ -521,13 +522,7 @@ async fn links_are_tenant_scoped_and_expire_on_read() {
 
     let foreign = app.get(&format!("/v1/links/{link_id}"), &bob.key).await;
     let unknown = app
-        .get(
-            &format!(
-                "/v1/links/{}",
-                linkd::kernel::ids::IdKind::Link.format(uuid::Uuid::now_v7())
-            ),
-            &bob.key,
-        )
+        .get(&format!("/v1/links/{}", LinkId::new()), &bob.key)
         .await;
     assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
     assert_eq!(foreign.text().await.unwrap(), unknown.text().await.unwrap());

@@ -4,6 +4,7 @@
 
 use crate::helpers::Page;
 use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
+use linkd::kernel::ids::OrganizationId;
 use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb;
 use reqwest::StatusCode;
@@ -27,7 +28,7 @@ fn no_redirects() -> reqwest::Client {
 
 /// An OAuth client app with several redirect URIs.
 async fn client(app: &TestApp, redirect_uris: &[&str]) -> TestTenant {
-    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
+    let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(app.api.db(), organization_id, "OAuth org")
         .await
         .unwrap();

@@ -8,6 +8,7 @@ use crate::process::{Running, linkd, spawn_linkd};
 use crate::webhooks::Receiver;
 use linkd::client_apps::rules::NewClientApp;
 use linkd::kernel::crypto::Cipher;
+use linkd::kernel::ids::OrganizationId;
 use linkd::kernel::tenant::{Environment, Tenant};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, S
         Cipher::new(&test_key(), &[]),
         crate::helpers::serve_args().settings("127.0.0.1:1".parse().unwrap()),
     );
-    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
+    let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(&pool, organization_id, "Replicated")
         .await
         .unwrap();

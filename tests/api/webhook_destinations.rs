@@ -5,6 +5,7 @@
 
 use crate::helpers::{TestApp, TestTenant, spawn_app_with};
 use crate::webhooks::{Receiver, failed_link, hooked_tenant, metric, metrics_of};
+use linkd::kernel::ids::ClientAppId;
 use linkd::ops::config::{AdminCommand, Schedule};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -323,11 +324,7 @@ async fn an_event_written_while_the_breaker_opens_is_held_too() {
     let receiver = Receiver::start().await;
     let app = spawn_app_with(|args| args.webhook_poll_interval = Duration::from_secs(3600)).await;
     let tenant = hooked_tenant(&app, &receiver.url("always500")).await;
-    let destination = linkd::webhooks::app_destination(
-        linkd::kernel::ids::IdKind::ClientApp
-            .parse(&tenant.app_id)
-            .unwrap(),
-    );
+    let destination = linkd::webhooks::app_destination(ClientAppId::parse(&tenant.app_id).unwrap());
     let db = app.api.db().clone();
 
     // A transaction writing an event for the destination, still open.

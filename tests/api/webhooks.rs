@@ -8,6 +8,7 @@ use crate::sessions::CALLBACK;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::response::IntoResponse;
+use linkd::kernel::ids::{EventId, OrganizationId};
 use linkd::kernel::tenant::{Environment, Tenant};
 use linkd::pb;
 use reqwest::StatusCode;
@@ -173,7 +174,7 @@ impl Receiver {
 }
 
 pub async fn hooked_tenant(app: &TestApp, webhook_url: &str) -> TestTenant {
-    let organization_id = linkd::kernel::ids::IdKind::Organization.new_uuid();
+    let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(app.api.db(), organization_id, "Hooked org")
         .await
         .unwrap();
@@ -815,7 +816,7 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
     for id in &ids {
         wait_status(&app, &tenant, id, "delivered").await;
     }
-    let uuid = |id: &str| linkd::kernel::ids::IdKind::Event.parse(id).unwrap();
+    let uuid = |id: &str| EventId::parse(id).unwrap();
     let (old_delivered, old_pending) = (uuid(&ids[0]), uuid(&ids[1]));
     sqlx::query("UPDATE events SET created_at = now() - interval '31 days' WHERE id = ANY($1)")
         .bind([old_delivered, old_pending])
@@ -960,7 +961,7 @@ async fn an_event_and_its_attempts_are_read_together() {
         .fetch_one(&db)
         .await
         .unwrap();
-    let public_id = linkd::kernel::ids::IdKind::Event.format(event_id);
+    let public_id = EventId::from_uuid(event_id).to_string();
 
     // A delivery's outcome being written, with the attempts table held so
     // the read waits between its two queries.

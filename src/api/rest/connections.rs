@@ -3,6 +3,7 @@
 
 use super::body::{integer, list_query, page_json};
 use super::{Authenticated, RestState};
+use crate::connections::ConnectionStatus;
 use crate::kernel::error::Error;
 use crate::kernel::views::{connection_json, iso8601};
 use crate::pb;
@@ -28,11 +29,11 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsReques
         |req: &mut pb::ListConnectionsRequest, name, value, v| match name {
             "limit" => req.limit = integer(v, name, value),
             "offset" => req.offset = integer(v, name, value),
-            "status" => match crate::connections::status_from_name(value) {
-                Some(status) => req.set_status(status),
+            "status" => match ConnectionStatus::parse(value) {
+                Some(status) => req.set_status(status.to_proto()),
                 None => v.add(
                     "status",
-                    "must be one of pending, active, awaiting_2fa, expired, failed",
+                    format!("must be one of {}", ConnectionStatus::names()),
                 ),
             },
             "clientReferenceId" => req.client_reference_id = Some(value.to_string()),

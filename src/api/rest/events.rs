@@ -3,7 +3,7 @@
 
 use super::body::{Fields, integer, list_query, page_json, read_object};
 use super::{Authenticated, RestState};
-use crate::events::{parse_time, status_from_name};
+use crate::events::{DeliveryStatus, parse_time};
 use crate::kernel::error::Error;
 use crate::kernel::validate::Violations;
 use crate::kernel::views::{attempt_json, event_json, iso8601};
@@ -51,11 +51,11 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListEventsRequest, Er
                 "linkId" => req.link_id = Some(value.to_string()),
                 "createdAfter" => req.created_after = time(v),
                 "createdBefore" => req.created_before = time(v),
-                "deliveryStatus" => match status_from_name(value) {
-                    Some(status) => req.set_delivery_status(status),
+                "deliveryStatus" => match DeliveryStatus::parse(value) {
+                    Some(status) => req.set_delivery_status(status.to_proto()),
                     None => v.add(
                         "deliveryStatus",
-                        "must be one of pending, delivered, failed, skipped",
+                        format!("must be one of {}", DeliveryStatus::names()),
                     ),
                 },
                 _ => req.page_token = Some(value.to_string()),
