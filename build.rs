@@ -1,6 +1,7 @@
-//! Compiles the public contract in `proto/` with protox (pure Rust, no system
-//! `protoc`), generates the tonic/prost code, and writes the encoded
-//! descriptor set that server reflection serves.
+//! Compiles the public contracts in `proto/` with protox (pure Rust, no
+//! system `protoc`): the client API (tonic/prost code and the encoded
+//! descriptor set that server reflection serves) and the connector protocol
+//! (a client only).
 
 use prost::Message;
 use std::path::PathBuf;
@@ -34,5 +35,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .codec_path("crate::api::gate::GatedCodec")
         .compile_fds_with_config(descriptors, config)?;
+
+    // The connector protocol: linkd is its client, with tonic's own codec
+    // (the gate checks what clients send linkd, not what connectors answer).
+    let connector = protox::compile(["proto/linkd/connector/v1/connector.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(connector)?;
     Ok(())
 }

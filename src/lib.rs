@@ -25,3 +25,10 @@ pub mod pb {
     /// Encoded descriptors of the contract, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("linkd_descriptor");
 }
+
+/// The connector protocol (`proto/linkd/connector/v1`): linkd's client side.
+// The protos' comments wrap list items the way proto style guides do.
+#[allow(clippy::doc_lazy_continuation)]
+pub mod connector_pb {
+    tonic::include_proto!("linkd.connector.v1");
+}

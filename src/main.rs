@@ -38,7 +38,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 catalog,
                 cipher,
                 cli.serve.settings(cli.serve.listen),
-            );
+            )?;
             return match command {
                 Command::Migrate => {
                     tracing::info!("migrations applied");
@@ -57,7 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         catalog,
         cipher,
         serve_args.settings(addr),
-    );
+    )?;
     if database.local.is_some() {
         match startup::bootstrap_sandbox(&api).await? {
             Some(sandbox) => startup::print_sandbox_banner(&sandbox, addr),

@@ -35,6 +35,14 @@ pub struct Settings {
     pub max_list_offset: i64,
     pub oauth: OAuthSettings,
     pub webhooks: WebhookSettings,
+    pub connectors: ConnectorSettings,
+}
+
+/// Which connector processes this replica calls, and how long it waits.
+#[derive(Debug, Clone)]
+pub struct ConnectorSettings {
+    pub remotes: Vec<crate::connectors::RemoteSettings>,
+    pub deadlines: crate::connectors::remote::Deadlines,
 }
 
 /// Every service of a replica; cheap to clone.
@@ -51,9 +59,28 @@ pub struct Services {
     pub events: Events,
     /// What the webhook dispatcher delivers with (and its metrics).
     pub deliveries: Deliveries,
+    /// The connectors every call goes through.
+    pub connectors: Connectors,
+    catalog: Arc<Catalog>,
+    /// Every metric series of this replica.
+    metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Services {
+    /// The Prometheus text exposition of every metric of this replica.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.metrics)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Starts asking the configured connectors what they serve, until each
+    /// has answered; `None` without connectors.
+    pub fn spawn_connector_describer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.connectors.spawn_describer(self.catalog.clone())
+    }
+
     /// The database every service uses.
     pub fn db(&self) -> &PgPool {
         &self.db
@@ -72,6 +99,10 @@ impl Services {
                 .join("appclip")
                 .expect("public URL is a base")
         });
+        let mut registry = prometheus_client::registry::Registry::with_prefix("linkd");
+        let webhook_metrics = Arc::new(crate::webhooks::metrics::Metrics::default());
+        webhook_metrics.register(&mut registry);
+        connectors.metrics().register(&mut registry);
         let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl);
         let idempotency = Idempotency::new(db.clone(), cipher.clone());
         let flows = Flows::new(
@@ -109,18 +140,28 @@ impl Services {
             connections: Connections::new(
                 db.clone(),
                 catalog.clone(),
-                connectors,
+                connectors.clone(),
                 cipher.clone(),
                 settings.max_list_offset,
+                settings.provider_timeout,
             ),
-            oauth: OAuth::new(db.clone(), catalog, settings.oauth, flows.clone(), auth),
+            oauth: OAuth::new(
+                db.clone(),
+                catalog.clone(),
+                settings.oauth,
+                flows.clone(),
+                auth,
+            ),
             events: Events::new(db.clone()),
             deliveries: Deliveries {
                 db: db.clone(),
                 cipher,
                 settings: settings.webhooks,
-                metrics: Arc::default(),
+                metrics: webhook_metrics,
             },
+            metrics: Arc::new(registry),
+            connectors,
+            catalog,
             flows,
             db,
         }

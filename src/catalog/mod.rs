@@ -87,6 +87,23 @@ pub struct ArgumentProblem {
 }
 
 impl Capability {
+    /// Names of the arguments whose values are secret (card numbers and
+    /// CVVs), for a connector to keep out of its logs.
+    pub fn secret_arguments(&self) -> Vec<String> {
+        self.arguments_schema["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, schema)| {
+                matches!(
+                    schema["format"].as_str(),
+                    Some(crate::catalog::formats::CARD_NUMBER | crate::catalog::formats::CARD_CVV)
+                )
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// `arguments` safe to show in a debug trace: a value whose schema format
     /// is `card-number` keeps its last four digits, a `card-cvv` is removed.
     pub fn redact_arguments(&self, arguments: &serde_json::Value) -> serde_json::Value {
@@ -157,6 +174,11 @@ fn valid_identifier(s: &str) -> bool {
         && s.len() <= crate::kernel::validate::limits::ID
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+/// Why `schema` cannot be an operation's arguments schema, if it cannot.
+pub fn check_arguments_schema(schema: &serde_json::Value) -> anyhow::Result<()> {
+    compile_schema(schema).map(drop)
 }
 
 fn compile_schema(schema: &serde_json::Value) -> anyhow::Result<jsonschema::Validator> {

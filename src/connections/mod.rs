@@ -156,6 +156,8 @@ pub struct Connections {
     cipher: crate::kernel::crypto::Cipher,
     /// Largest `offset` a listing accepts.
     max_list_offset: i64,
+    /// Longest wait for the provider's logout.
+    provider_timeout: std::time::Duration,
 }
 
 impl Connections {
@@ -165,6 +167,7 @@ impl Connections {
         connectors: crate::connectors::Connectors,
         cipher: crate::kernel::crypto::Cipher,
         max_list_offset: i64,
+        provider_timeout: std::time::Duration,
     ) -> Self {
         Connections {
             db,
@@ -172,6 +175,7 @@ impl Connections {
             connectors,
             cipher,
             max_list_offset,
+            provider_timeout,
         }
     }
 }
@@ -266,18 +270,25 @@ impl Connections {
             .decrypt(sealed, Sealed::ConnectionSession(row.id))
             .ok()
             .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let (Some(session), Ok(connector)) = (session, self.connectors.for_tenant(tenant)) else {
-            return;
-        };
         let ctx = LoginContext {
             tenant,
             provider,
+            connection_id: Some(row.id),
             geolocation: row
                 .geolocation
                 .as_ref()
                 .map(|g| (g.country.clone(), g.state.clone())),
         };
-        if let Err(err) = connector.logout(&ctx, &session).await {
+        let (Some(session), Ok(connector)) = (session, self.connectors.serving(&ctx)) else {
+            return;
+        };
+        // Bounded like every provider call: a connector that hangs must not
+        // hold up the deletion.
+        let logout = tokio::time::timeout(self.provider_timeout, connector.logout(&ctx, &session));
+        if let Err(err) = logout
+            .await
+            .unwrap_or(Err(crate::connectors::ConnectorError::ProviderUnavailable))
+        {
             tracing::warn!(
                 connection_id = %row.id.to_string(),
                 error_code = err.code(),

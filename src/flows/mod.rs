@@ -112,6 +112,7 @@ impl FlowRow {
         LoginContext {
             tenant: self.tenant(),
             provider,
+            connection_id: self.connection_id,
             geolocation: self
                 .geolocation
                 .as_ref()
@@ -550,7 +551,7 @@ impl Flows {
             json!({ "integrationId": provider.id, "fields": fields }),
         )
         .await?;
-        let outcome = match self.connectors.for_tenant(flow.tenant()) {
+        let outcome = match self.connectors.serving(&ctx) {
             Ok(connector) => {
                 self.within_deadline(connector.login(&ctx, credentials))
                     .await
@@ -587,7 +588,7 @@ impl Flows {
         let ctx = flow.login_context(provider);
         self.trace(flow, "second_factor.submitted", json!({}))
             .await?;
-        let outcome = match self.connectors.for_tenant(flow.tenant()) {
+        let outcome = match self.connectors.serving(&ctx) {
             Ok(connector) => {
                 self.within_deadline(connector.second_factor(&ctx, &pending, code))
                     .await
@@ -673,7 +674,7 @@ impl Flows {
 
     /// Ends a provider session; best effort, within the call deadline.
     pub(crate) async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
-        if let Ok(connector) = self.connectors.for_tenant(ctx.tenant) {
+        if let Ok(connector) = self.connectors.serving(ctx) {
             let _ = self.within_deadline(connector.logout(ctx, session)).await;
         }
     }

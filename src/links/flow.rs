@@ -195,7 +195,7 @@ impl LinkFlow {
                 .map_err(Error::Internal)?,
         )
         .map_err(Error::internal)?;
-        let connector = match engine.connectors().for_tenant(ctx.tenant) {
+        let connector = match engine.connectors().serving(ctx) {
             Ok(connector) => connector,
             Err(err) => return Ok(Finish::Failed(err.code(), err.to_string())),
         };

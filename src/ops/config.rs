@@ -249,6 +249,39 @@ pub struct ServeArgs {
     /// `page_token`, whose cost does not grow with depth.
     #[arg(long, env = "LINKD_MAX_LIST_OFFSET", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_list_offset: u32,
+
+    /// Connector processes serving integrations for production tenants:
+    /// comma-separated `name=URL` (`http://` or `https://`), e.g.
+    /// `carriers=http://127.0.0.1:7001`. Each serves what its `Describe`
+    /// answer lists; an integration no connector serves answers
+    /// `provider_unavailable` in production.
+    #[arg(long, env = "LINKD_CONNECTORS", default_value = "", value_parser = parse_connectors)]
+    pub connectors: ConnectorEndpoints,
+
+    /// Bearer tokens linkd sends to connectors: comma-separated
+    /// `name=TOKEN`. Secret; never logged.
+    #[arg(long, env = "LINKD_CONNECTOR_TOKENS", default_value = "", hide_default_value = true, hide_env_values = true, value_parser = parse_connector_tokens)]
+    pub connector_tokens: ConnectorTokens,
+
+    /// Connectors (comma-separated names from `LINKD_CONNECTORS`) that
+    /// serve sandbox tenants too, for the integrations they describe, so a
+    /// team can try its connector with sandbox keys; other sandbox traffic
+    /// stays on the built-in sandbox connector.
+    #[arg(long, env = "LINKD_SANDBOX_CONNECTORS", default_value = "", value_parser = parse_names)]
+    pub sandbox_connectors: Names,
+
+    /// Deadline of a connector's `Login` and `SubmitSecondFactor`.
+    #[arg(long, env = "LINKD_CONNECTOR_LOGIN_TIMEOUT", default_value = "30s", value_parser = parse_provider_timeout)]
+    pub connector_login_timeout: Duration,
+
+    /// Deadline of a connector's `ExecuteOperation`.
+    #[arg(long, env = "LINKD_CONNECTOR_OPERATION_TIMEOUT", default_value = "30s", value_parser = parse_provider_timeout)]
+    pub connector_operation_timeout: Duration,
+
+    /// Deadline of a connector's `Describe`, `CheckSession` and `Logout`
+    /// (the first two are retried within it).
+    #[arg(long, env = "LINKD_CONNECTOR_CHECK_TIMEOUT", default_value = "10s", value_parser = parse_provider_timeout)]
+    pub connector_check_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -292,6 +325,24 @@ impl ServeArgs {
                 },
                 allow: std::sync::Arc::new(self.webhook_allow.0.clone()),
             },
+            connectors: crate::api::services::ConnectorSettings {
+                remotes: self
+                    .connectors
+                    .0
+                    .iter()
+                    .map(|(name, url)| crate::connectors::RemoteSettings {
+                        name: name.clone(),
+                        endpoint: url.to_string(),
+                        token: self.connector_tokens.0.get(name).cloned(),
+                        serves_sandbox: self.sandbox_connectors.0.contains(name),
+                    })
+                    .collect(),
+                deadlines: crate::connectors::remote::Deadlines {
+                    login: self.connector_login_timeout,
+                    operation: self.connector_operation_timeout,
+                    check: self.connector_check_timeout,
+                },
+            },
         }
     }
 
@@ -300,6 +351,17 @@ impl ServeArgs {
         if self.webhook_lease <= self.webhook_timeout {
             anyhow::bail!(
                 "invalid configuration: --webhook-lease / LINKD_WEBHOOK_LEASE must exceed --webhook-timeout / LINKD_WEBHOOK_TIMEOUT"
+            );
+        }
+        let configured = |name: &String| self.connectors.0.iter().any(|(n, _)| n == name);
+        if let Some(name) = self.sandbox_connectors.0.iter().find(|n| !configured(n)) {
+            anyhow::bail!(
+                "invalid configuration: LINKD_SANDBOX_CONNECTORS names {name:?}, which LINKD_CONNECTORS does not configure"
+            );
+        }
+        if let Some(name) = self.connector_tokens.0.keys().find(|n| !configured(n)) {
+            anyhow::bail!(
+                "invalid configuration: LINKD_CONNECTOR_TOKENS has a token for {name:?}, which LINKD_CONNECTORS does not configure"
             );
         }
         Ok(())
@@ -500,6 +562,98 @@ fn parse_schedule(s: &str) -> Result<Schedule, String> {
 #[derive(Debug, Clone)]
 pub struct Allow(pub crate::webhooks::ssrf::Allowlist);
 
+/// `LINKD_CONNECTORS`: connector names and their endpoints, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorEndpoints(pub Vec<(String, Url)>);
+
+/// `LINKD_CONNECTOR_TOKENS`: a bearer token per connector name.
+#[derive(Clone, Default)]
+pub struct ConnectorTokens(pub std::collections::BTreeMap<String, secrecy::SecretString>);
+
+impl std::fmt::Debug for ConnectorTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// A comma-separated list of names.
+#[derive(Debug, Clone, Default)]
+pub struct Names(pub Vec<String>);
+
+fn valid_connector_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Splits `name=value,name=value`, refusing a repeated or malformed name.
+fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| "each entry must be name=value".to_string())?;
+        let name = name.trim();
+        if !valid_connector_name(name) {
+            return Err(format!(
+                "connector name {name:?} must be 1 to 64 lowercase letters, digits, - or _"
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("connector {name:?} is given twice"));
+        }
+        out.push((name.to_string(), value.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn parse_connectors(s: &str) -> Result<ConnectorEndpoints, String> {
+    pairs(s)?
+        .into_iter()
+        .map(|(name, url)| {
+            let parsed = Url::parse(&url)
+                .map_err(|err| format!("connector {name:?}: {url:?} is not a URL: {err}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(format!(
+                    "connector {name:?}: {url:?} must be an http:// or https:// URL with a host"
+                ));
+            }
+            Ok((name, parsed))
+        })
+        .collect::<Result<_, _>>()
+        .map(ConnectorEndpoints)
+}
+
+fn parse_connector_tokens(s: &str) -> Result<ConnectorTokens, String> {
+    pairs(s)?
+        .into_iter()
+        .map(|(name, token)| {
+            if token.is_empty() {
+                return Err(format!("connector {name:?}: the token is empty"));
+            }
+            Ok((name, secrecy::SecretString::from(token)))
+        })
+        .collect::<Result<_, _>>()
+        .map(ConnectorTokens)
+}
+
+fn parse_names(s: &str) -> Result<Names, String> {
+    let names: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = names.iter().find(|n| !valid_connector_name(n)) {
+        return Err(format!(
+            "connector name {bad:?} must be 1 to 64 lowercase letters, digits, - or _"
+        ));
+    }
+    Ok(Names(names))
+}
+
 fn parse_allowlist(s: &str) -> Result<Allow, String> {
     crate::webhooks::ssrf::Allowlist::parse(s).map(Allow)
 }
@@ -529,5 +683,77 @@ mod tests {
         assert_eq!(serve.oauth_token_ttl, secs(3600));
         assert_eq!(serve.api_key_cache_ttl, secs(5));
         assert_eq!(serve.max_list_offset, 10_000);
+        assert!(serve.connectors.0.is_empty());
+        assert_eq!(serve.connector_login_timeout, secs(30));
+        assert_eq!(serve.connector_operation_timeout, secs(30));
+        assert_eq!(serve.connector_check_timeout, secs(10));
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, String> {
+        let cli = Cli::try_parse_from([&["linkd"], args].concat()).map_err(|e| e.to_string())?;
+        cli.serve.check().map_err(|e| e.to_string())?;
+        Ok(cli.serve)
+    }
+
+    #[test]
+    fn connectors_are_named_endpoints_with_optional_tokens_and_sandbox_routes() {
+        let serve = serve(&[
+            "--connectors",
+            "carriers=http://127.0.0.1:7001, banks=https://banks.mesh.local",
+            "--connector-tokens",
+            "banks=s3cret",
+            "--sandbox-connectors",
+            "carriers",
+        ])
+        .unwrap();
+        let settings = serve.settings("127.0.0.1:8080".parse().unwrap()).connectors;
+        let remotes: Vec<_> = settings
+            .remotes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.endpoint.as_str(),
+                    r.token.is_some(),
+                    r.serves_sandbox,
+                )
+            })
+            .collect();
+        assert_eq!(
+            remotes,
+            [
+                ("carriers", "http://127.0.0.1:7001/", false, true),
+                ("banks", "https://banks.mesh.local/", true, false),
+            ]
+        );
+        assert!(
+            !format!("{:?}", serve.connector_tokens).contains("s3cret"),
+            "tokens never show in Debug"
+        );
+    }
+
+    #[test]
+    fn connector_settings_that_cannot_work_are_refused_naming_the_connector() {
+        for (args, expected) in [
+            (["--connectors", "carriers"].as_slice(), "name=value"),
+            (&["--connectors", "Bad Name=http://x"], "\"Bad Name\""),
+            (&["--connectors", "a=ftp://x"], "http:// or https://"),
+            (&["--connectors", "a=http://x,a=http://y"], "given twice"),
+            (
+                &["--sandbox-connectors", "carriers"],
+                "\"carriers\", which LINKD_CONNECTORS",
+            ),
+            (
+                &["--connector-tokens", "carriers=t"],
+                "token for \"carriers\"",
+            ),
+            (
+                &["--connectors", "a=http://x", "--connector-tokens", "a="],
+                "token is empty",
+            ),
+        ] {
+            let err = serve(args).unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 }

@@ -176,6 +176,13 @@ impl Server {
             args.event_retention,
         );
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.deliveries.clone())?;
+        // Dropping the handle would not stop it: aborted with the others.
+        let describer = api.spawn_connector_describer();
+        let stop_describing = move || {
+            if let Some(describer) = &describer {
+                describer.abort();
+            }
+        };
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
             axum::serve(listener.tap_io(set_nodelay), router)
@@ -190,6 +197,7 @@ impl Server {
             result = &mut serve => {
                 probe.abort();
                 expiry.abort();
+                stop_describing();
                 dispatcher.abort();
                 return result.context("server task failed")?.context("server failed");
             }
@@ -202,6 +210,7 @@ impl Server {
         );
         probe.abort();
         expiry.abort();
+        stop_describing();
         // No new webhook claims from here on (before health reports
         // NOT_SERVING, so an observer of that claims nothing more); the
         // deliveries in flight finish below, beside the calls.

@@ -92,11 +92,20 @@ impl SharedArgs {
 }
 
 /// Wires the services of one replica.
-pub fn api(pool: PgPool, catalog: Arc<Catalog>, cipher: Cipher, settings: Settings) -> Services {
-    let connectors = crate::connectors::Connectors::new(Arc::new(
-        crate::connectors::sandbox::SandboxConnector::new(pool.clone()),
-    ));
-    Services::new(pool, catalog, connectors, cipher, settings)
+pub fn api(
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    cipher: Cipher,
+    settings: Settings,
+) -> anyhow::Result<Services> {
+    let connectors = crate::connectors::Connectors::with_remotes(
+        Arc::new(crate::connectors::sandbox::SandboxConnector::new(
+            pool.clone(),
+        )),
+        settings.connectors.remotes.clone(),
+        settings.connectors.deadlines,
+    )?;
+    Ok(Services::new(pool, catalog, connectors, cipher, settings))
 }
 
 /// What the first start of a development database created.

@@ -17,7 +17,6 @@ pub struct Outcome {
 }
 
 pub struct Metrics {
-    registry: Registry,
     pub deliveries: Family<Outcome, Counter>,
     pub delivery_seconds: Histogram,
     pub queue_depth: Gauge,
@@ -33,46 +32,12 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("linkd");
-        let deliveries = Family::<Outcome, Counter>::default();
-        registry.register(
-            "webhook_deliveries",
-            "Webhook delivery attempts by outcome",
-            deliveries.clone(),
-        );
-        let delivery_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register(
-            "webhook_delivery_duration_seconds",
-            "Time from sending a webhook to its response or failure",
-            delivery_seconds.clone(),
-        );
-        // The gauges are database-wide: every replica reports the same
-        // value, so aggregate them with max, not sum.
-        let queue_depth = Gauge::default();
-        registry.register(
-            "webhook_queue_depth",
-            "Events waiting for delivery (pending, due now or later), across all replicas",
-            queue_depth.clone(),
-        );
-        let oldest_due_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "webhook_oldest_due_seconds",
-            "How long the longest-waiting due event has been due, across all replicas (0 when none is)",
-            oldest_due_seconds.clone(),
-        );
-        let paused_destinations = Gauge::default();
-        registry.register(
-            "webhook_paused_destinations",
-            "Webhook destinations whose circuit breaker is open (their events wait), across all replicas",
-            paused_destinations.clone(),
-        );
         Metrics {
-            registry,
-            paused_destinations,
-            deliveries,
-            delivery_seconds,
-            queue_depth,
-            oldest_due_seconds,
+            deliveries: Family::default(),
+            delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            queue_depth: Gauge::default(),
+            oldest_due_seconds: Gauge::default(),
+            paused_destinations: Gauge::default(),
         }
     }
 }
@@ -82,11 +47,34 @@ impl Metrics {
         self.deliveries.get_or_create(&Outcome { outcome }).inc();
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+    /// Adds these series to the replica's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "webhook_delivery_duration_seconds",
+            "Time from sending a webhook to its response or failure",
+            self.delivery_seconds.clone(),
+        );
+        // The gauges are database-wide: every replica reports the same
+        // value, so aggregate them with max, not sum.
+        registry.register(
+            "webhook_queue_depth",
+            "Events waiting for delivery (pending, due now or later), across all replicas",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "webhook_oldest_due_seconds",
+            "How long the longest-waiting due event has been due, across all replicas (0 when none is)",
+            self.oldest_due_seconds.clone(),
+        );
+        registry.register(
+            "webhook_paused_destinations",
+            "Webhook destinations whose circuit breaker is open (their events wait), across all replicas",
+            self.paused_destinations.clone(),
+        );
     }
 }

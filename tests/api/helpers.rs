@@ -160,6 +160,12 @@ pub fn serve_args() -> ServeArgs {
         webhook_allow: linkd::ops::config::Allow(
             linkd::webhooks::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
+        connectors: Default::default(),
+        connector_tokens: Default::default(),
+        sandbox_connectors: Default::default(),
+        connector_login_timeout: Duration::from_secs(30),
+        connector_operation_timeout: Duration::from_secs(30),
+        connector_check_timeout: Duration::from_secs(10),
     }
 }
 
@@ -224,7 +230,8 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
         catalog,
         Cipher::new(&test_key(), &[]),
         args.settings(addr),
-    );
+    )
+    .expect("services");
     let server = Server::new(listener, api.clone(), args).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {

@@ -23,7 +23,8 @@ pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, S
         linkd::ops::startup::load_catalog(None).unwrap(),
         Cipher::new(&test_key(), &[]),
         crate::helpers::serve_args().settings("127.0.0.1:1".parse().unwrap()),
-    );
+    )
+    .expect("services");
     let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(&pool, organization_id, "Replicated")
         .await

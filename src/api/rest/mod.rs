@@ -200,7 +200,7 @@ async fn metrics(State(state): State<RestState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.api.deliveries.metrics.render(),
+        state.api.render_metrics(),
     )
         .into_response()
 }
