@@ -11,6 +11,7 @@ use crate::pb;
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 static BUILTIN: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/catalog");
 
@@ -251,9 +252,12 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
     })
 }
 
+/// The integrations linkd knows: the catalog files, checked at start-up,
+/// and the integrations connectors described that no file has (added while
+/// running, checked the same way). Entries are never removed or replaced.
 #[derive(Debug)]
 pub struct Catalog {
-    providers: BTreeMap<String, Provider>,
+    providers: RwLock<BTreeMap<String, Arc<Provider>>>,
 }
 
 impl Catalog {
@@ -294,31 +298,52 @@ impl Catalog {
             }
             let provider =
                 parse_provider(&name, &contents).with_context(|| format!("catalog file {name}"))?;
-            providers.insert(provider.id.clone(), provider);
+            providers.insert(provider.id.clone(), Arc::new(provider));
         }
         if providers.is_empty() {
             bail!("the catalog has no integrations");
         }
-        Ok(Catalog { providers })
+        Ok(Catalog {
+            providers: RwLock::new(providers),
+        })
+    }
+
+    /// Adds an integration a connector described, given as a catalog file's
+    /// JSON, after the same checks as a file. Refused when the entry is
+    /// invalid or its id is taken.
+    pub fn add_described(&self, entry: &serde_json::Value) -> anyhow::Result<Arc<Provider>> {
+        let id = entry["id"].as_str().unwrap_or_default();
+        let provider = Arc::new(parse_provider(&format!("{id}.json"), &entry.to_string())?);
+        let mut providers = self.providers.write().expect("catalog lock");
+        if providers.contains_key(&provider.id) {
+            bail!("the catalog already has {id:?}");
+        }
+        providers.insert(provider.id.clone(), provider.clone());
+        Ok(provider)
     }
 
     /// Integrations ordered by id.
-    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
-        self.providers.values()
+    pub fn providers(&self) -> Vec<Arc<Provider>> {
+        self.providers
+            .read()
+            .expect("catalog lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
-    pub fn provider(&self, id: &str) -> Option<&Provider> {
-        self.providers.get(id)
+    pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
+        self.providers
+            .read()
+            .expect("catalog lock")
+            .get(id)
+            .cloned()
     }
+}
 
-    pub fn capability(
-        &self,
-        integration: &str,
-        resource: &str,
-        action: Action,
-    ) -> Option<&Capability> {
-        self.provider(integration)?
-            .capabilities
+impl Provider {
+    pub fn capability(&self, resource: &str, action: Action) -> Option<&Capability> {
+        self.capabilities
             .iter()
             .find(|c| c.resource == resource && c.action == action)
     }
@@ -369,50 +394,63 @@ mod tests {
                 .unwrap_or_else(|| panic!("{id} missing"));
             assert!(
                 catalog
-                    .capability(id, "paymentMethod", Action::Read)
+                    .provider(id)
+                    .unwrap()
+                    .capability("paymentMethod", Action::Read)
                     .is_some(),
                 "{id}"
             );
             assert!(
                 catalog
-                    .capability(id, "paymentMethod", Action::Write)
+                    .provider(id)
+                    .unwrap()
+                    .capability("paymentMethod", Action::Write)
                     .is_some(),
                 "{id}"
             );
             assert!(!p.credentials.is_empty());
         }
         for id in ["tmobile", "att", "verizon"] {
-            let bill = catalog
-                .capability(id, "mobileBillingStatement", Action::Read)
+            let provider = catalog.provider(id).unwrap();
+            let bill = provider
+                .capability("mobileBillingStatement", Action::Read)
                 .unwrap();
             assert_eq!(bill.result_key, "billing");
         }
         assert!(
             catalog
-                .capability("ubereats", "orderHistory", Action::Read)
+                .provider("ubereats")
+                .unwrap()
+                .capability("orderHistory", Action::Read)
                 .is_some()
         );
         assert_eq!(
             catalog
                 .providers()
+                .into_iter()
                 .filter(|p| p.category == Category::Creator)
                 .count(),
             1
         );
         let banks: Vec<_> = catalog
             .providers()
+            .into_iter()
             .filter(|p| p.category == Category::Bank)
             .collect();
         assert_eq!(banks.len(), 2);
         for bank in banks {
             assert!(
                 catalog
-                    .capability(&bank.id, "accounts", Action::Read)
+                    .provider(&bank.id)
+                    .unwrap()
+                    .capability("accounts", Action::Read)
                     .is_some()
             );
             assert!(
                 catalog
-                    .capability(&bank.id, "transactions", Action::Read)
+                    .provider(&bank.id)
+                    .unwrap()
+                    .capability("transactions", Action::Read)
                     .is_some()
             );
         }
@@ -421,9 +459,8 @@ mod tests {
     #[test]
     fn card_arguments_are_checked_without_echoing_them() {
         let catalog = Catalog::builtin().unwrap();
-        let write = catalog
-            .capability("tmobile", "paymentMethod", Action::Write)
-            .unwrap();
+        let tmobile = catalog.provider("tmobile").unwrap();
+        let write = tmobile.capability("paymentMethod", Action::Write).unwrap();
         let ok = serde_json::json!({"cardNumber": "4111111111111111", "expirationDate": "12/99", "cvv": "123", "nameOnCard": "John Doe", "billingZip": "10001"});
         assert_eq!(write.check_arguments(&ok), []);
         let bad = serde_json::json!({"cardNumber": "4111111111111112", "expirationDate": "01/20", "cvv": "12", "billingZip": "x", "extra": 1});

@@ -272,7 +272,7 @@ impl Connections {
             .and_then(|plain| serde_json::from_slice(&plain).ok());
         let ctx = LoginContext {
             tenant,
-            provider,
+            provider: &provider,
             connection_id: Some(row.id),
             geolocation: row
                 .geolocation

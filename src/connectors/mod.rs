@@ -94,6 +94,17 @@ pub enum LoginOutcome {
     },
 }
 
+/// What an operation returned.
+#[derive(Debug)]
+pub struct Executed {
+    /// The resource's data (what appears under the capability's
+    /// `resultKey`).
+    pub data: serde_json::Value,
+    /// A session the connector renewed (rolled cookies, a refreshed token)
+    /// to use from now on instead of the one sent.
+    pub renewed: Option<ProviderSession>,
+}
+
 /// Who is logging in where.
 #[derive(Debug, Clone)]
 pub struct LoginContext<'a> {
@@ -123,8 +134,7 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
         code: &str,
     ) -> Result<LoginOutcome, ConnectorError>;
 
-    /// Runs one operation; returns the resource's data (what appears under
-    /// the capability's `resultKey`).
+    /// Runs one operation.
     async fn execute(
         &self,
         ctx: &LoginContext<'_>,
@@ -132,7 +142,7 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
         resource: &str,
         action: Action,
         arguments: &serde_json::Value,
-    ) -> Result<serde_json::Value, ConnectorError>;
+    ) -> Result<Executed, ConnectorError>;
 
     async fn logout(
         &self,
@@ -257,7 +267,7 @@ impl Connectors {
             answered[index] = true;
             let mut served = Vec::new();
             for integration in &description.integrations {
-                match describe::check(catalog, integration) {
+                match describe::admit(catalog, integration) {
                     Ok(()) => served.push(integration.integration_id.clone()),
                     Err(problem) => tracing::error!(
                         connector = connector.name(),

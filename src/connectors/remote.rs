@@ -10,7 +10,9 @@
 
 use super::breaker::Breaker;
 use super::metrics::ConnectorMetrics;
-use super::{Connector, ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
+use super::{
+    Connector, ConnectorError, Credentials, Executed, LoginContext, LoginOutcome, ProviderSession,
+};
 use crate::catalog::Action;
 use crate::connector_pb as cpb;
 use crate::connector_pb::connector_service_client::ConnectorServiceClient;
@@ -411,7 +413,7 @@ impl Connector for RemoteConnector {
         resource: &str,
         action_: Action,
         arguments: &serde_json::Value,
-    ) -> Result<serde_json::Value, ConnectorError> {
+    ) -> Result<Executed, ConnectorError> {
         let secret_arguments = ctx
             .provider
             .capabilities
@@ -432,10 +434,16 @@ impl Connector for RemoteConnector {
                 c.execute_operation(r).await
             })
             .await?;
-        Ok(response
-            .data
-            .as_ref()
-            .map_or(serde_json::Value::Null, proto_json::from_proto_value))
+        Ok(Executed {
+            data: response
+                .data
+                .as_ref()
+                .map_or(serde_json::Value::Null, proto_json::from_proto_value),
+            renewed: match response.session {
+                Some(session) => Some(self.keep(Some(session))?),
+                None => None,
+            },
+        })
     }
 
     async fn logout(

@@ -362,7 +362,10 @@ impl Flows {
                 .map_or(pb::FlowOutcome::Unspecified, FlowOutcome::to_proto)
                 as i32,
             integration_id: flow.integration_id.clone().unwrap_or_default(),
-            integration_name: provider.map(|p| p.name.clone()).unwrap_or_default(),
+            integration_name: provider
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
             credential_fields: provider
                 .filter(|_| flow.step == FlowStep::Login)
                 .map(|p| {
@@ -462,7 +465,7 @@ impl Flows {
         Ok(())
     }
 
-    fn provider_of(&self, flow: &FlowRow) -> Result<&Provider> {
+    fn provider_of(&self, flow: &FlowRow) -> Result<Arc<Provider>> {
         let id = flow
             .integration_id
             .as_deref()
@@ -544,7 +547,7 @@ impl Flows {
         let flow = &attempt.flow;
         self.hooks(flow.kind).login_reserved(self, flow).await?;
         let provider = self.provider_of(flow)?;
-        let ctx = flow.login_context(provider);
+        let ctx = flow.login_context(&provider);
         self.trace(
             flow,
             "login.started",
@@ -585,7 +588,7 @@ impl Flows {
         let pending = self
             .open_held_session(flow)?
             .ok_or_else(|| wrong_step("no second factor is pending"))?;
-        let ctx = flow.login_context(provider);
+        let ctx = flow.login_context(&provider);
         self.trace(flow, "second_factor.submitted", json!({}))
             .await?;
         let outcome = match self.connectors.serving(&ctx) {
@@ -689,7 +692,7 @@ impl Flows {
             && let Ok(provider) = self.provider_of(flow)
         {
             // Best effort: the session is wiped from our side regardless.
-            self.log_out(&flow.login_context(provider), &held).await;
+            self.log_out(&flow.login_context(&provider), &held).await;
         }
         self.hooks(flow.kind).finish(self, flow, finish).await
     }

@@ -200,24 +200,33 @@ impl LinkFlow {
             Err(err) => return Ok(Finish::Failed(err.code(), err.to_string())),
         };
         let mut data = Vec::new();
+        // A session the connector renews is the one the next operation uses.
+        let mut session = std::borrow::Cow::Borrowed(session);
         for (index, (op, args)) in link.operations.iter().zip(&arguments).enumerate() {
             let step = json!({ "index": index, "resource": op.resource, "action": op.action });
             if flow.debug {
                 let shown = engine
                     .catalog()
-                    .capability(&link.integration_id, &op.resource, op.action)
-                    .map_or(Value::Null, |c| c.redact_arguments(args));
+                    .provider(&link.integration_id)
+                    .and_then(|p| {
+                        p.capability(&op.resource, op.action)
+                            .map(|c| c.redact_arguments(args))
+                    })
+                    .unwrap_or(Value::Null);
                 let mut details = step.clone();
                 details["arguments"] = shown;
                 engine.trace(flow, "operation.started", details).await?;
             }
             match engine
-                .within_deadline(connector.execute(ctx, session, &op.resource, op.action, args))
+                .within_deadline(connector.execute(ctx, &session, &op.resource, op.action, args))
                 .await
             {
-                Ok(value) => {
+                Ok(executed) => {
                     engine.trace(flow, "operation.completed", step).await?;
-                    data.push(value);
+                    data.push(executed.data);
+                    if let Some(renewed) = executed.renewed {
+                        session = std::borrow::Cow::Owned(renewed);
+                    }
                 }
                 Err(err) => {
                     let mut details = step;

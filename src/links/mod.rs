@@ -74,6 +74,7 @@ impl Links {
         let providers = self
             .catalog
             .providers()
+            .into_iter()
             .filter(|p| wanted.is_none_or(|id| id == p.id))
             .map(|p| pb::Provider {
                 integration_id: p.id.clone(),

@@ -161,7 +161,11 @@ fn check_operations(
         }
         let args = op.arguments.clone();
         if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
-            match catalog.capability(req.integration_id, op.resource, action) {
+            let provider = catalog.provider(req.integration_id);
+            match provider
+                .as_ref()
+                .and_then(|p| p.capability(op.resource, action))
+            {
                 None => v.add(
                     path.clone(),
                     format!(

@@ -353,6 +353,7 @@ impl FlowKindHooks for SessionFlow {
             view.integrations = engine
                 .catalog()
                 .providers()
+                .into_iter()
                 .filter(|p| oauth.is_none() || p.category == Category::Bank)
                 .map(|p| pb::IntegrationChoice {
                     integration_id: p.id.clone(),

@@ -325,6 +325,7 @@ fn offered() -> Vec<String> {
     linkd::ops::startup::load_catalog(None)
         .unwrap()
         .providers()
+        .iter()
         .map(|p| p.name.clone())
         .collect()
 }

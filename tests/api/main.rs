@@ -5,6 +5,7 @@ mod auth;
 mod browser;
 mod client_apps;
 mod connections;
+mod connectors;
 mod flow;
 mod flow_races;
 mod helpers;

@@ -1,33 +1,6 @@
 use crate::helpers::spawn_app;
+use crate::helpers::{ensure_grpc_tools, python};
 use linkd::kernel::tenant::Environment;
-use std::process::Command;
-
-fn python() -> Command {
-    Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-}
-
-/// grpcio-tools and grpcio-health-checking, installed with pip when
-/// missing (once per test run), so a bare `cargo test` needs nothing more.
-fn ensure_grpc_tools() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let present = python()
-            .args(["-c", "import grpc_tools, grpc_health"])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !present {
-            let installed = python()
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(["grpcio-tools", "grpcio-health-checking"])
-                .status()
-                .expect("python3 is installed");
-            assert!(
-                installed.success(),
-                "installing grpcio-tools failed: run `pip install grpcio-tools grpcio-health-checking`"
-            );
-        }
-    });
-}
 
 /// Python stubs generated from `proto/` call the server like a client team in
 /// another language would.

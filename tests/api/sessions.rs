@@ -396,7 +396,7 @@ async fn provider_errors_redirect_with_their_error_code() {
         ])
     );
 
-    // Production has no real connectors in this build.
+    // Production with no connector configured for the integration.
     let production = app.create_tenant(Environment::Production).await;
     let page = app.open_session(&production, json!({})).await;
     page.pick("onlyfans").await;

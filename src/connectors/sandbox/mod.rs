@@ -23,7 +23,9 @@
 
 mod store;
 
-use super::{Connector, ConnectorError, Credentials, LoginContext, LoginOutcome, ProviderSession};
+use super::{
+    Connector, ConnectorError, Credentials, Executed, LoginContext, LoginOutcome, ProviderSession,
+};
 use crate::catalog::Action;
 use chrono::{Datelike, Duration, Utc};
 use secrecy::ExposeSecret;
@@ -378,7 +380,7 @@ impl Connector for SandboxConnector {
         resource: &str,
         action: Action,
         arguments: &Value,
-    ) -> Result<Value, ConnectorError> {
+    ) -> Result<Executed, ConnectorError> {
         let username = username(session);
         if session.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(ConnectorError::SessionExpired);
@@ -392,7 +394,7 @@ impl Connector for SandboxConnector {
             )));
         }
         let mut seed = Seed::new(&ctx.provider.id, username);
-        Ok(match (resource, action) {
+        let data = match (resource, action) {
             ("paymentMethod", Action::Read) => self.payment_methods(ctx, username).await?,
             ("paymentMethod", Action::Write) => self.add_card(ctx, username, arguments).await?,
             ("mobileBillingStatement", Action::Read) => {
@@ -413,6 +415,10 @@ impl Connector for SandboxConnector {
                     action.as_str()
                 )));
             }
+        };
+        Ok(Executed {
+            data,
+            renewed: None,
         })
     }
 

@@ -1,0 +1,417 @@
+//! The connector protocol with a real connector process: the Python example
+//! in `examples/connectors/python/`, its stubs generated from the proto, and
+//! the provider website it logs in to, each its own process on its own
+//! port.
+
+use crate::helpers::{TestApp, TestTenant, ensure_grpc_tools, python, spawn_app_with};
+use linkd::kernel::tenant::Environment;
+use linkd::ops::config::{ConnectorEndpoints, Names};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/connectors/python");
+
+/// The example connector and the Acme Mobile website, running.
+pub struct ExampleConnector {
+    /// Held for its `kill_on_drop`.
+    _site: Child,
+    connector: Option<Child>,
+    pub site_url: String,
+    /// `http://127.0.0.1:PORT` of the connector.
+    pub endpoint: String,
+    port: u16,
+    stubs: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// Starts `command` and returns it with the first line it prints.
+async fn start(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is installed");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the process says where it listens")
+    .unwrap();
+    (child, line.trim().to_string())
+}
+
+impl ExampleConnector {
+    pub async fn start() -> Self {
+        crate::helpers::install_crypto();
+        tokio::task::spawn_blocking(ensure_grpc_tools)
+            .await
+            .unwrap();
+        let stubs = tempfile::tempdir().unwrap();
+        // What the example's README tells a team to run.
+        let generated = python()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-m", "grpc_tools.protoc", "-Iproto"])
+            .arg(format!("--python_out={}", stubs.path().display()))
+            .arg(format!("--grpc_python_out={}", stubs.path().display()))
+            .arg("linkd/connector/v1/connector.proto")
+            .output()
+            .unwrap();
+        assert!(
+            generated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut site = Command::new(&python);
+        site.arg(format!("{EXAMPLE}/provider_site.py"))
+            .args(["--port", "0"]);
+        let (site, line) = start(site).await;
+        let site_url = line.rsplit(' ').next().unwrap().to_string();
+        let mut example = ExampleConnector {
+            _site: site,
+            connector: None,
+            site_url,
+            endpoint: String::new(),
+            port: 0,
+            stubs,
+            http: reqwest::Client::new(),
+        };
+        example.start_connector().await;
+        example
+    }
+
+    /// Starts the connector process (again, on the same port once it had
+    /// one).
+    pub async fn start_connector(&mut self) {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut connector = Command::new(python);
+        connector
+            .arg(format!("{EXAMPLE}/connector.py"))
+            .args(["--port", &self.port.to_string(), "--site", &self.site_url])
+            .env("CONNECTOR_STUBS", self.stubs.path());
+        let (child, line) = start(connector).await;
+        let address = line.rsplit(' ').next().unwrap();
+        self.port = address.rsplit(':').next().unwrap().parse().unwrap();
+        self.endpoint = format!("http://{address}");
+        self.connector = Some(child);
+    }
+
+    /// Kills the connector process (the website stays up).
+    pub async fn kill_connector(&mut self) {
+        if let Some(mut child) = self.connector.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Stops the connector without closing its socket: calls hang.
+    pub fn freeze_connector(&self) {
+        let pid = self.connector.as_ref().unwrap().id().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+    }
+
+    /// What the provider's back office shows for an account.
+    pub async fn account(&self, username: &str) -> Value {
+        self.http
+            .get(format!(
+                "{}/_support/account?username={username}",
+                self.site_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn routes(&self) -> ConnectorEndpoints {
+        ConnectorEndpoints(vec![("acme".into(), self.endpoint.parse().unwrap())])
+    }
+}
+
+/// linkd with the example connector configured as `acme`, once it has
+/// described what it serves (`acmemobile` is listed for `tenant`).
+async fn app_with(example: &ExampleConnector, sandbox_too: bool) -> TestApp {
+    let routes = example.routes();
+    let app = spawn_app_with(|args| {
+        args.connectors = routes;
+        if sandbox_too {
+            args.sandbox_connectors = Names(vec!["acme".into()]);
+        }
+        args.connector_login_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let probe = app.create_tenant(Environment::Production).await;
+    let started = Instant::now();
+    while !lists_acme(&app, &probe).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the connector's integration never reached the catalog"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app
+}
+
+async fn lists_acme(app: &TestApp, tenant: &TestTenant) -> bool {
+    let providers: Value = app
+        .get("/v1/providers", &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    providers["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["integrationId"] == "acmemobile")
+}
+
+#[tokio::test]
+async fn a_production_session_links_an_account_through_a_connector_in_python() {
+    let example = ExampleConnector::start().await;
+    let app = app_with(&example, false).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+
+    // The integration came from the connector's Describe answer.
+    let providers: Value = app
+        .get("/v1/providers", &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let acme = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["integrationId"] == "acmemobile")
+        .unwrap();
+    assert_eq!(acme["name"], "Acme Mobile");
+    assert_eq!(acme["category"], "mobile_carrier");
+
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let wrong = page.login("bob", "not-his-password").await;
+    assert_eq!(wrong["step"], "login", "{wrong}");
+    assert_eq!(wrong["errorCode"], "invalid_credentials", "{wrong}");
+    let asked = page.login("bob", "battery-staple").await;
+    assert_eq!(asked["step"], "2fa", "{asked}");
+    assert_eq!(
+        asked["secondFactorPrompt"],
+        "Enter the code Acme Mobile texted to your phone."
+    );
+    let consent = page.code("424242").await;
+    assert_eq!(consent["step"], "authorization", "{consent}");
+    let done = page.approve().await;
+    assert_eq!(done["outcome"], "success", "{done}");
+    let id = done["connectionId"].as_str().unwrap().to_string();
+
+    let connection: Value = app
+        .get(&format!("/v2/connections/{id}"), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(connection["status"], "active", "{connection}");
+    assert_eq!(connection["integrationId"], "acmemobile");
+    // The provider saw one login that is still signed in.
+    let account = example.account("bob").await;
+    assert_eq!(
+        (account["logins"].clone(), account["activeSessions"].clone()),
+        (json!(1), json!(1))
+    );
+
+    // Deleting the connection logs out at the provider.
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/v2/connections/{id}")))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let account = example.account("bob").await;
+    assert_eq!(account["logouts"], 1, "{account}");
+    assert_eq!(account["activeSessions"], 0, "{account}");
+
+    // Every call was counted per connector, call and outcome.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"linkd_connector_calls_total{connector="acme",call="login",code="invalid_credentials"} 1"#,
+        r#"linkd_connector_calls_total{connector="acme",call="login",code="ok"} 1"#,
+        r#"linkd_connector_calls_total{connector="acme",call="submit_second_factor",code="ok"} 1"#,
+        r#"linkd_connector_calls_total{connector="acme",call="logout",code="ok"} 1"#,
+        r#"linkd_connector_call_duration_seconds_count{connector="acme",call="login"} 2"#,
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_production_link_runs_its_operations_at_the_provider_through_the_connector() {
+    let example = ExampleConnector::start().await;
+    let app = app_with(&example, false).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let link = app
+        .create_link(
+            &tenant,
+            json!({
+                "integrationId": "acmemobile",
+                "operations": [
+                    { "resource": "mobileBillingStatement", "action": "read", "arguments": { "months": 2 } },
+                    { "resource": "paymentMethod", "action": "write", "arguments": {
+                        "cardNumber": "4242424242424242", "expirationDate": "12/39",
+                        "cvv": "123", "billingZip": "94107", "nameOnCard": "Alice Example" } },
+                    // The site rotates the session cookie after the write: this
+                    // read works only with the session the connector renewed.
+                    { "resource": "paymentMethod", "action": "read" }
+                ]
+            }),
+        )
+        .await;
+    let flow = app.claim(&link).await;
+    let done = flow.login("alice", "correct-horse").await;
+    assert_eq!(done["outcome"], "success", "{done}");
+
+    let link = app.link_json(&tenant, &link).await;
+    assert_eq!(link["status"], "completed", "{link}");
+    let results = link["result"]["operations"].as_array().unwrap();
+    assert_eq!(results[0]["data"].as_array().unwrap().len(), 2, "{link}");
+    assert_eq!(results[0]["data"][0]["currency"], "USD", "{link}");
+    assert_eq!(results[1]["data"]["last4"], "4242", "{link}");
+    assert_eq!(results[2]["data"][0]["last4"], "4242", "{link}");
+    // The card is on the account at the provider, and never in full.
+    let account = example.account("alice").await;
+    let cards = account["paymentMethods"].as_array().unwrap();
+    assert_eq!(cards.len(), 1, "{account}");
+    assert_eq!(cards[0]["last4"], "4242");
+    assert_eq!(cards[0]["nameOnCard"], "Alice Example");
+    assert!(!link.to_string().contains("4242424242424242"));
+}
+
+#[tokio::test]
+async fn a_locked_account_and_a_declined_card_are_the_protocols_errors() {
+    let example = ExampleConnector::start().await;
+    let app = app_with(&example, false).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let locked = page.login("carol", "tr0ub4dor").await;
+    assert_eq!(locked["outcome"], "error", "{locked}");
+    assert_eq!(locked["errorCode"], "account_locked", "{locked}");
+
+    let link = app
+        .create_link(
+            &tenant,
+            json!({
+                "integrationId": "acmemobile",
+                "operations": [{ "resource": "paymentMethod", "action": "write", "arguments": {
+                    "cardNumber": "4000000000000002", "expirationDate": "12/39",
+                    "cvv": "123", "billingZip": "94107" } }]
+            }),
+        )
+        .await;
+    let done = app.claim(&link).await.login("alice", "correct-horse").await;
+    assert_eq!(done["outcome"], "error", "{done}");
+    let link = app.link_json(&tenant, &link).await;
+    assert_eq!(link["status"], "failed", "{link}");
+    assert_eq!(link["errorCode"], "operation_failed", "{link}");
+    // The provider's own words reach the client, nothing more.
+    assert!(
+        link["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("The card was declined."),
+        "{link}"
+    );
+}
+
+#[tokio::test]
+async fn a_connector_that_is_down_or_hangs_answers_provider_unavailable_within_the_deadline() {
+    let mut example = ExampleConnector::start().await;
+    let app = app_with(&example, false).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+
+    // Killed: the end user hears at once.
+    example.kill_connector().await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let started = Instant::now();
+    let down = page.login("alice", "correct-horse").await;
+    assert_eq!(down["errorCode"], "provider_unavailable", "{down}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Back on its port: the next flow works without restarting linkd.
+    example.start_connector().await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let back = page.login("alice", "correct-horse").await;
+    assert_eq!(back["step"], "authorization", "{back}");
+
+    // Hung (stopped, its socket open): the login deadline (3 s here) ends
+    // the wait with provider_unavailable, not a page that spins forever.
+    example.freeze_connector();
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let started = Instant::now();
+    let hung = page.login("alice", "correct-horse").await;
+    let waited = started.elapsed();
+    assert_eq!(hung["errorCode"], "provider_unavailable", "{hung}");
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(6)).contains(&waited),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn sandbox_tenants_reach_the_connector_only_when_the_operator_routes_them() {
+    let example = ExampleConnector::start().await;
+    // Not routed: sandbox keys get the built-in sandbox's magic credentials
+    // for the described integration, and the provider sees nothing.
+    let app = app_with(&example, false).await;
+    let sandbox = app.create_tenant(Environment::Sandbox).await;
+    let page = app.open_session(&sandbox, json!({})).await;
+    page.pick("acmemobile").await;
+    let flow = page.login("user_good", "pass_good").await;
+    assert_eq!(flow["step"], "authorization", "{flow}");
+    assert_eq!(example.account("alice").await["logins"], 0);
+    app.stop().await;
+
+    // Routed with LINKD_SANDBOX_CONNECTORS: the team tries its connector
+    // with a sandbox key.
+    let app = app_with(&example, true).await;
+    let sandbox = app.create_tenant(Environment::Sandbox).await;
+    let page = app.open_session(&sandbox, json!({})).await;
+    page.pick("acmemobile").await;
+    let magic = page.login("user_good", "pass_good").await;
+    assert_eq!(magic["errorCode"], "invalid_credentials", "{magic}");
+    let real = page.login("alice", "correct-horse").await;
+    assert_eq!(real["step"], "authorization", "{real}");
+    assert_eq!(example.account("alice").await["logins"], 1);
+}
