@@ -110,6 +110,37 @@ impl pb::connection_service_server::ConnectionService for Services {
                 .await?,
         ))
     }
+
+    async fn execute_operations(
+        &self,
+        req: Request<pb::ExecuteOperationsRequest>,
+    ) -> Reply<pb::ExecuteOperationsResponse> {
+        let caller = self
+            .oauth
+            .authenticate_connection_reader(bearer(&req).as_ref())
+            .await?;
+        let key = idempotency_key(&req)?;
+        Ok(Response::new(
+            self.connections
+                .execute_operations(&caller, req.into_inner(), key.as_deref())
+                .await?,
+        ))
+    }
+
+    async fn list_operation_runs(
+        &self,
+        req: Request<pb::ListOperationRunsRequest>,
+    ) -> Reply<pb::ListOperationRunsResponse> {
+        let caller = self
+            .oauth
+            .authenticate_connection_reader(bearer(&req).as_ref())
+            .await?;
+        Ok(Response::new(
+            self.connections
+                .list_operation_runs(&caller, req.into_inner())
+                .await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]

@@ -133,7 +133,7 @@ impl Services {
                 db.clone(),
                 catalog.clone(),
                 cipher.clone(),
-                idempotency,
+                idempotency.clone(),
                 flows.clone(),
                 settings.oauth.code_ttl,
             ),
@@ -144,6 +144,7 @@ impl Services {
                 cipher.clone(),
                 settings.max_list_offset,
                 settings.provider_timeout,
+                idempotency.clone(),
             ),
             oauth: OAuth::new(
                 db.clone(),

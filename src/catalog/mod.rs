@@ -6,6 +6,7 @@
 //! Any problem stops start-up with an error naming the file and entry.
 
 pub mod formats;
+pub mod operations;
 
 use crate::pb;
 use anyhow::{Context, anyhow, bail};

@@ -1,6 +1,7 @@
 //! ConnectionService: list, get and delete the connections Link sessions
-//! leave behind, and the background expiry of their provider sessions.
-//! Imports the kernel, the catalog, connectors and events.
+//! leave behind, the Access API that uses them (`access.rs`), and the
+//! background expiry of their provider sessions. Imports the kernel, the
+//! catalog, connectors, idempotency and events.
 
 use crate::auth::Caller;
 use crate::connectors::{LoginContext, ProviderSession};
@@ -13,6 +14,7 @@ use crate::kernel::tenant::Tenant;
 use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
+pub mod access;
 pub mod store;
 
 use serde_json::{Value, json};
@@ -143,6 +145,14 @@ impl ListQuery {
     }
 }
 
+crate::kernel::names::stored_names! {
+    /// How a recorded Access API call ended (`operation_runs.status`).
+    pub enum RunStatus: pb::OperationRunStatus {
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
 fn parse_connection_id(value: &str) -> Result<ConnectionId> {
     ConnectionId::from_request("connectionId", value)
 }
@@ -156,8 +166,9 @@ pub struct Connections {
     cipher: crate::kernel::crypto::Cipher,
     /// Largest `offset` a listing accepts.
     max_list_offset: i64,
-    /// Longest wait for the provider's logout.
+    /// Longest wait for one provider call (a logout, an operation).
     provider_timeout: std::time::Duration,
+    idempotency: crate::idempotency::Idempotency,
 }
 
 impl Connections {
@@ -168,6 +179,7 @@ impl Connections {
         cipher: crate::kernel::crypto::Cipher,
         max_list_offset: i64,
         provider_timeout: std::time::Duration,
+        idempotency: crate::idempotency::Idempotency,
     ) -> Self {
         Connections {
             db,
@@ -176,6 +188,7 @@ impl Connections {
             cipher,
             max_list_offset,
             provider_timeout,
+            idempotency,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Connection queries. Deleted connections are kept for billing records but
 //! no read returns them.
 
+use crate::catalog::operations::Operation;
 use crate::connectors::Geolocation;
 use crate::kernel::error::{Error, Result};
-use crate::kernel::ids::{ClientAppId, ConnectionId, OrganizationId};
+use crate::kernel::ids::{ClientAppId, ConnectionId, OperationRunId, OrganizationId};
 use crate::kernel::paging::Cursor;
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
@@ -296,4 +297,173 @@ pub async fn exists(db: impl PgExecutor<'_>, id: ConnectionId) -> Result<bool> {
     .bind(id)
     .fetch_one(db)
     .await?)
+}
+
+/// A connection whose operations lease a run took, with its session.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Leased {
+    #[sqlx(flatten)]
+    pub row: ConnectionRow,
+    pub session_ciphertext: Option<Vec<u8>>,
+}
+
+/// Takes the connection's operations lease for `run`, for `lease`: only
+/// while it is live and `active` and no other run holds an unexpired lease.
+/// `None` when it was not taken (see [`operations_state`] for why).
+pub async fn take_operations_lease(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: ConnectionId,
+    run: OperationRunId,
+    lease: std::time::Duration,
+) -> Result<Option<Leased>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET operations_run_id = $4,
+             operations_lease_until = now() + make_interval(secs => $5)
+         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL
+           AND status = 'active'
+           AND (operations_lease_until IS NULL OR operations_lease_until < now())
+         RETURNING session_ciphertext, ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(run)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Why a lease was not taken: the live connection's status and whether
+/// another run holds it; `None` when there is no such live connection.
+pub async fn operations_state(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: ConnectionId,
+) -> Result<Option<(super::ConnectionStatus, bool)>> {
+    Ok(sqlx::query_as(
+        "SELECT status, COALESCE(operations_lease_until > now(), false) FROM connections
+         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Gives back the lease `run` holds, keeping a session the connector
+/// renewed. Changes nothing when the run no longer holds it (the
+/// connection was deleted, expired or reconnected meanwhile).
+pub async fn release_operations_lease(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+    run: OperationRunId,
+    renewed: Option<(&[u8], Option<DateTime<Utc>>)>,
+) -> Result<()> {
+    let (ciphertext, expires_at) = renewed.unzip();
+    sqlx::query(
+        "UPDATE connections SET operations_run_id = NULL, operations_lease_until = NULL,
+             session_ciphertext = COALESCE($3, session_ciphertext),
+             session_expires_at = CASE WHEN $3::bytea IS NULL THEN session_expires_at ELSE $4 END,
+             updated_at = CASE WHEN $3::bytea IS NULL THEN updated_at ELSE now() END
+         WHERE id = $1 AND operations_run_id = $2",
+    )
+    .bind(id)
+    .bind(run)
+    .bind(ciphertext)
+    .bind(expires_at.flatten())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Expires the connection `run` found with an ended provider session,
+/// wiping the session and the lease: only while it is still `active` and
+/// the run holds it, so exactly one caller gets the row (for its event).
+pub async fn expire_ended_session(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+    run: OperationRunId,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET status = 'expired', session_ciphertext = NULL,
+             operations_run_id = NULL, operations_lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND operations_run_id = $2 AND status = 'active' AND deleted_at IS NULL
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(run)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// One recorded Access API call.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: OperationRunId,
+    pub connection_id: ConnectionId,
+    pub operations: Json<Vec<Operation>>,
+    pub status: super::RunStatus,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a call that ran.
+pub async fn insert_run(tx: &mut PgConnection, tenant: Tenant, run: &RunRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO operation_runs (id, organization_id, environment, connection_id, operations,
+             status, error_code, error_message, started_at, finished_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(run.id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(run.connection_id)
+    .bind(&run.operations)
+    .bind(run.status)
+    .bind(&run.error_code)
+    .bind(&run.error_message)
+    .bind(run.started_at)
+    .bind(run.finished_at)
+    .bind(run.created_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A page of a connection's runs, newest first, after `cursor`; `limit + 1`
+/// rows so the caller knows whether more follow.
+pub async fn list_runs(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    connection_id: ConnectionId,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<RunRow>> {
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT id, connection_id, operations, status, error_code, error_message, started_at,
+             finished_at, created_at
+         FROM operation_runs WHERE organization_id = ",
+    );
+    q.push_bind(tenant.organization_id)
+        .push(" AND environment = ")
+        .push_bind(tenant.environment.as_str())
+        .push(" AND connection_id = ")
+        .push_bind(connection_id);
+    if let Some(cursor) = cursor {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(cursor.created_at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit + 1);
+    Ok(q.build_query_as().fetch_all(db).await?)
 }

@@ -63,4 +63,40 @@ impl Idempotency {
             }
         }
     }
+
+    /// Takes `key` for a call whose work calls a provider and so cannot sit
+    /// in one transaction: the claim is held by a lease of `lease`. `Some`
+    /// is the stored response of a finished repeat; `None` means run the
+    /// call, then [`Idempotency::finish_leased`] in the transaction that
+    /// records its outcome, or [`Idempotency::abandon_leased`] on failure.
+    pub(crate) async fn begin_leased<R: prost::Message + Default>(
+        &self,
+        key: &IdempotencyKey<'_>,
+        lease: std::time::Duration,
+    ) -> Result<Option<R>> {
+        match store::claim_leased(&self.db, &self.cipher, key, lease).await? {
+            Claim::Fresh => Ok(None),
+            Claim::Replay(encoded) => R::decode(encoded.as_slice())
+                .map(Some)
+                .map_err(Error::internal),
+        }
+    }
+
+    /// Stores a leased call's response with its outcome (same `tx`).
+    pub(crate) async fn finish_leased<R: prost::Message>(
+        &self,
+        tx: &mut PgConnection,
+        key: &IdempotencyKey<'_>,
+        response: &R,
+    ) -> Result<()> {
+        store::store_response(tx, &self.cipher, key, &response.encode_to_vec()).await
+    }
+
+    /// Gives up a leased claim whose call failed, so a retry runs at once.
+    pub(crate) async fn abandon_leased(&self, key: &IdempotencyKey<'_>) {
+        if let Err(err) = store::release_leased(&self.db, key).await {
+            // The lease ends on its own; only the retry waits for it.
+            err.log();
+        }
+    }
 }

@@ -81,6 +81,7 @@ pub async fn claim(
              ON CONFLICT (organization_id, environment, operation, key) DO UPDATE
                  SET request_hash = EXCLUDED.request_hash, created_at = now()
                  WHERE idempotency_keys.response_ciphertext IS NULL
+                   AND (idempotency_keys.lease_until IS NULL OR idempotency_keys.lease_until < now())
              RETURNING 1
          )
          SELECT held, EXISTS (SELECT 1 FROM inserted) FROM lock",
@@ -122,7 +123,8 @@ pub async fn claim(
     ))
 }
 
-/// Stores the response, in the transaction that did the work.
+/// Stores the response, in the transaction that did the work (or that
+/// records a leased call's outcome).
 pub async fn store_response(
     tx: &mut PgConnection,
     cipher: &Cipher,
@@ -139,6 +141,83 @@ pub async fn store_response(
     .bind(k.key)
     .bind(cipher.encrypt(response, response_seal(k)))
     .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Takes the key for a call whose work cannot sit in one transaction (it
+/// calls a provider): the claim is committed at once and held by a lease,
+/// so a repeat meanwhile is told the first is still running
+/// (`IDEMPOTENCY_KEY_IN_USE`), and a claim whose process died is taken over
+/// once its lease ends. Finish with [`store_response`] (on any connection)
+/// or [`release_leased`].
+pub async fn claim_leased(
+    db: &PgPool,
+    cipher: &Cipher,
+    k: &IdempotencyKey<'_>,
+    lease: std::time::Duration,
+) -> Result<Claim> {
+    let taken: bool = sqlx::query_scalar(
+        "WITH taken AS (
+             INSERT INTO idempotency_keys (organization_id, environment, operation, key, request_hash, lease_until)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+             ON CONFLICT (organization_id, environment, operation, key) DO UPDATE
+                 SET request_hash = EXCLUDED.request_hash, created_at = now(),
+                     lease_until = EXCLUDED.lease_until
+                 WHERE idempotency_keys.response_ciphertext IS NULL
+                   AND (idempotency_keys.lease_until IS NULL OR idempotency_keys.lease_until < now())
+             RETURNING 1
+         )
+         SELECT EXISTS (SELECT 1 FROM taken)",
+    )
+    .bind(k.tenant.organization_id)
+    .bind(k.tenant.environment.as_str())
+    .bind(k.operation)
+    .bind(k.key)
+    .bind(&k.request_hash)
+    .bind(lease.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    if taken {
+        return Ok(Claim::Fresh);
+    }
+    let (hash, sealed): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT request_hash, response_ciphertext FROM idempotency_keys
+         WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4",
+    )
+    .bind(k.tenant.organization_id)
+    .bind(k.tenant.environment.as_str())
+    .bind(k.operation)
+    .bind(k.key)
+    .fetch_one(db)
+    .await?;
+    match sealed {
+        _ if hash != k.request_hash => Err(Error::IdempotencyMismatch),
+        None => Err(Error::Aborted {
+            reason: "IDEMPOTENCY_KEY_IN_USE",
+            message: "a request with this Idempotency-Key is still being processed; retry later"
+                .into(),
+        }),
+        Some(sealed) => Ok(Claim::Replay(
+            cipher
+                .decrypt(&sealed, response_seal(k))
+                .map_err(Error::Internal)?,
+        )),
+    }
+}
+
+/// Gives up a leased claim whose call failed, so a retry runs at once.
+pub async fn release_leased(db: &PgPool, k: &IdempotencyKey<'_>) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4
+           AND response_ciphertext IS NULL",
+    )
+    .bind(k.tenant.organization_id)
+    .bind(k.tenant.environment.as_str())
+    .bind(k.operation)
+    .bind(k.key)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -80,6 +80,10 @@ pub enum Error {
         error: &'static str,
         description: String,
     },
+    /// The provider, or the connector that serves it, did not answer in
+    /// time; retry later.
+    #[error("the provider cannot be reached right now; retry later")]
+    ProviderUnavailable,
     /// A dependency (the database) cannot be reached; retry later.
     #[error("service temporarily unavailable, retry later")]
     Unavailable(#[source] anyhow::Error),
@@ -147,6 +151,11 @@ impl Error {
                 "invalid_client",
             ),
             Error::OAuth { error, .. } => (Code::InvalidArgument, StatusCode::BAD_REQUEST, error),
+            Error::ProviderUnavailable => (
+                Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PROVIDER_UNAVAILABLE",
+            ),
             Error::Unavailable(_) => (
                 Code::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -116,6 +116,8 @@ ids! {
     ConnectionId = "conn_";
     /// An event (`evt_…`), also the webhook message id.
     EventId = "evt_";
+    /// One recorded Access API call (`opr_…`).
+    OperationRunId = "opr_";
     /// An end-user flow behind a Link page; never shown to clients.
     FlowId;
     /// One login attempt of a flow; never shown to clients.

@@ -12,7 +12,7 @@
 
 use super::Links;
 use super::store::{self, LinkForFlow};
-use crate::catalog::Provider;
+use crate::catalog::operations::shape_result;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
@@ -20,28 +20,10 @@ use crate::flows::{Finish, FlowKindHooks, FlowOutcome, FlowRow, FlowStep, Flows}
 use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
-use crate::links::rules::{LinkOperation, LinkStatus, return_url_with_link_id};
+use crate::links::rules::{LinkStatus, return_url_with_link_id};
 use crate::pb;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-
-/// The result of the operations: flat for one, wrapped for several.
-pub fn shape_result(provider: &Provider, operations: &[LinkOperation], data: Vec<Value>) -> Value {
-    if let ([op], [only]) = (operations, data.as_slice()) {
-        let key = provider
-            .capabilities
-            .iter()
-            .find(|c| c.resource == op.resource && c.action == op.action)
-            .map_or(op.resource.as_str(), |c| c.result_key.as_str());
-        return json!({ key: only });
-    }
-    let wrapped: Vec<Value> = operations
-        .iter()
-        .zip(data)
-        .map(|(op, data)| json!({ "resource": op.resource, "action": op.action, "data": data }))
-        .collect();
-    json!({ "operations": wrapped })
-}
 
 impl Links {
     /// Claims a link with its single-use code; exactly one of concurrent

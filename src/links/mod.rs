@@ -20,7 +20,7 @@ use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 use prost::Message as _;
-use rules::{LinkRequest, LinkStatus, NewLink, OperationRequest, return_url_with_link_id};
+use rules::{LinkRequest, LinkStatus, NewLink, return_url_with_link_id};
 use sqlx::PgConnection;
 
 /// LinkService's link intents, and claiming one (LinkFlowService).
@@ -211,22 +211,7 @@ impl Links {
 pub fn link_request(req: &pb::CreateLinkRequest) -> LinkRequest<'_> {
     LinkRequest {
         integration_id: &req.integration_id,
-        operations: req
-            .operations
-            .iter()
-            .map(|op| OperationRequest {
-                resource: &op.resource,
-                action: match op.action() {
-                    pb::OperationAction::Read => Some(crate::catalog::Action::Read),
-                    pb::OperationAction::Write => Some(crate::catalog::Action::Write),
-                    pb::OperationAction::Unspecified => None,
-                },
-                arguments: op.arguments.as_ref().map_or_else(
-                    || serde_json::Value::Object(Default::default()),
-                    proto_json::from_struct,
-                ),
-            })
-            .collect(),
+        operations: crate::catalog::operations::requests_from_proto(&req.operations),
         webhook_url: req.webhook_url.as_deref(),
         return_url: req.return_url.as_deref(),
         external_user_id: req.external_user_id.as_deref(),
@@ -268,11 +253,5 @@ fn debug_steps(trace: &serde_json::Value) -> Vec<pb::DebugStep> {
 }
 
 fn operation_summaries(row: &store::LinkRow) -> Vec<pb::OperationSummary> {
-    row.operations
-        .iter()
-        .map(|op| pb::OperationSummary {
-            resource: op.resource.clone(),
-            action: op.action.to_proto() as i32,
-        })
-        .collect()
+    crate::catalog::operations::summaries(&row.operations)
 }

@@ -1,13 +1,12 @@
 //! Link intents: the rules of `CreateLink`, and how links are rendered.
 
-use crate::catalog::Action;
 use crate::catalog::Catalog;
+use crate::catalog::operations::check_operations;
+pub use crate::catalog::operations::{MAX_OPERATIONS, Operation, OperationRequest};
 use crate::client_apps::rules::{check_redirect_uri, is_web_url};
 use crate::kernel::error::Error;
 use crate::kernel::validate::{Violations, limits};
 
-/// Most operations one link may carry.
-pub const MAX_OPERATIONS: usize = 10;
 /// Default link lifetime: 4 hours.
 pub const DEFAULT_EXPIRES_IN_SECS: i64 = 4 * 60 * 60;
 /// Longest link lifetime: 30 days.
@@ -28,13 +27,6 @@ crate::kernel::names::stored_names! {
     }
 }
 
-/// One checked operation.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LinkOperation {
-    pub resource: String,
-    pub action: Action,
-}
-
 /// What `CreateLink` asks for, as given (either surface converts to it).
 #[derive(Debug, Clone, Default)]
 pub struct LinkRequest<'a> {
@@ -47,21 +39,11 @@ pub struct LinkRequest<'a> {
     pub expires_in: Option<i64>,
 }
 
-/// One requested operation, as given.
-#[derive(Debug, Clone)]
-pub struct OperationRequest<'a> {
-    pub resource: &'a str,
-    /// `None`: not given (or not read/write).
-    pub action: Option<Action>,
-    /// `{}` when not given.
-    pub arguments: serde_json::Value,
-}
-
 /// A checked `CreateLink` request.
 #[derive(Debug)]
 pub struct NewLink {
     pub integration_id: String,
-    pub operations: Vec<LinkOperation>,
+    pub operations: Vec<Operation>,
     /// Arguments per operation (`{}` when none), kept only encrypted.
     pub arguments: Vec<serde_json::Value>,
     pub webhook_url: Option<String>,
@@ -90,7 +72,13 @@ impl NewLink {
             false
         };
 
-        let (operations, arguments) = check_operations(&mut v, req, catalog, integration_known);
+        let (operations, arguments) = check_operations(
+            &mut v,
+            catalog,
+            req.integration_id,
+            integration_known,
+            &req.operations,
+        );
 
         if let Some(url) = req.webhook_url
             && v.max_len("webhookUrl", url, limits::URL)
@@ -131,66 +119,6 @@ impl NewLink {
             expires_in_secs,
         })
     }
-}
-
-/// Checks each operation against the catalog (when the integration is
-/// known) and its arguments against the capability's schema; returns the
-/// operations that name an action and every operation's arguments.
-fn check_operations(
-    v: &mut Violations,
-    req: &LinkRequest<'_>,
-    catalog: &Catalog,
-    integration_known: bool,
-) -> (Vec<LinkOperation>, Vec<serde_json::Value>) {
-    if req.operations.is_empty() {
-        v.add("operations", "must contain at least one operation");
-    } else if req.operations.len() > MAX_OPERATIONS {
-        v.add(
-            "operations",
-            format!("must contain at most {MAX_OPERATIONS} operations"),
-        );
-    }
-    let mut operations = Vec::new();
-    let mut arguments = Vec::new();
-    for (i, op) in req.operations.iter().enumerate().take(MAX_OPERATIONS) {
-        let path = format!("operations[{i}]");
-        let resource_ok = v.require_len(&format!("{path}.resource"), op.resource, limits::ID);
-        let action = op.action;
-        if action.is_none() {
-            v.add(format!("{path}.action"), "is required: read or write");
-        }
-        let args = op.arguments.clone();
-        if let (true, true, Some(action)) = (integration_known, resource_ok, action) {
-            let provider = catalog.provider(req.integration_id);
-            match provider
-                .as_ref()
-                .and_then(|p| p.capability(op.resource, action))
-            {
-                None => v.add(
-                    path.clone(),
-                    format!(
-                        "{} {} {} is not a valid combination (see GET /v1/providers)",
-                        req.integration_id,
-                        op.resource,
-                        action.as_str()
-                    ),
-                ),
-                Some(capability) => {
-                    for problem in capability.check_arguments(&args) {
-                        v.add(format!("{path}.arguments{}", problem.path), problem.message);
-                    }
-                }
-            }
-        }
-        if let Some(action) = action {
-            operations.push(LinkOperation {
-                resource: op.resource.to_string(),
-                action,
-            });
-        }
-        arguments.push(args);
-    }
-    (operations, arguments)
 }
 
 /// `return_url` with `linkId` appended, keeping any query it had.

@@ -1,9 +1,10 @@
 //! Link intents.
 
+use crate::catalog::operations::Operation;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{AttemptId, FlowId, LinkId};
 use crate::kernel::tenant::Tenant;
-use crate::links::rules::{LinkOperation, LinkStatus};
+use crate::links::rules::LinkStatus;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -13,7 +14,7 @@ use std::time::Duration;
 pub struct LinkRow {
     pub id: LinkId,
     pub integration_id: String,
-    pub operations: sqlx::types::Json<Vec<crate::links::rules::LinkOperation>>,
+    pub operations: sqlx::types::Json<Vec<Operation>>,
     pub webhook_url: Option<String>,
     pub return_url: Option<String>,
     pub external_user_id: Option<String>,
@@ -225,7 +226,7 @@ pub async fn finish(
 pub struct LinkForFlow {
     pub id: LinkId,
     pub integration_id: String,
-    pub operations: sqlx::types::Json<Vec<LinkOperation>>,
+    pub operations: sqlx::types::Json<Vec<Operation>>,
     pub arguments_ciphertext: Option<Vec<u8>>,
 }
 
@@ -238,7 +239,7 @@ pub struct StartedRun {
     pub moved: bool,
     pub id: Option<LinkId>,
     pub integration_id: Option<String>,
-    pub operations: Option<sqlx::types::Json<Vec<LinkOperation>>>,
+    pub operations: Option<sqlx::types::Json<Vec<Operation>>>,
     pub arguments_ciphertext: Option<Vec<u8>>,
 }
 

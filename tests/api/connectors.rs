@@ -135,6 +135,21 @@ impl ExampleConnector {
             .unwrap()
     }
 
+    /// Ends every session of an account at the provider, as a password
+    /// change does.
+    pub async fn end_sessions(&self, username: &str) {
+        let answer = self
+            .http
+            .post(format!(
+                "{}/_support/end-sessions?username={username}",
+                self.site_url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+
     fn routes(&self) -> ConnectorEndpoints {
         ConnectorEndpoints(vec![("acme".into(), self.endpoint.parse().unwrap())])
     }
@@ -414,4 +429,115 @@ async fn sandbox_tenants_reach_the_connector_only_when_the_operator_routes_them(
     let real = page.login("alice", "correct-horse").await;
     assert_eq!(real["step"], "authorization", "{real}");
     assert_eq!(example.account("alice").await["logins"], 1);
+}
+
+/// The number a counter series shows on `/metrics` (0 when absent).
+async fn counter(app: &TestApp, series: &str) -> u64 {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_access_api_uses_the_connection_at_the_provider_until_the_provider_ends_it() {
+    let example = ExampleConnector::start().await;
+    let app = app_with(&example, false).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    page.login("alice", "correct-horse").await;
+    let id = page.approve().await["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Reads the bills and adds a card at the provider, on the stored session.
+    let (status, ran) = crate::access::execute(
+        &app,
+        &tenant.key,
+        &id,
+        json!({ "operations": [
+            { "resource": "mobileBillingStatement", "action": "read", "arguments": { "months": 3 } },
+            { "resource": "paymentMethod", "action": "write", "arguments": {
+                "cardNumber": "5555555555554444", "expirationDate": "01/40",
+                "cvv": "321", "billingZip": "10001" } }
+        ] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{ran}");
+    let results = ran["result"]["operations"].as_array().unwrap();
+    assert_eq!(results[0]["data"].as_array().unwrap().len(), 3);
+    assert_eq!(results[1]["data"]["brand"], "mastercard");
+    let account = example.account("alice").await;
+    assert_eq!(account["paymentMethods"][0]["last4"], "4444", "{account}");
+    // The site rotated the session after the card: the renewed one was
+    // kept, so the next call still works.
+    let bills =
+        json!({ "operations": [{ "resource": "mobileBillingStatement", "action": "read" }] });
+    let (status, again) = crate::access::execute(&app, &tenant.key, &id, bills.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["result"]["billing"].as_array().unwrap().len(),
+        3,
+        "{again}"
+    );
+
+    // The provider ends the session: the next call expires the connection,
+    // with one connection.expired, and tells the client to reconnect.
+    example.end_sessions("alice").await;
+    let (status, error) = crate::access::execute(&app, &tenant.key, &id, bills.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["code"], "session_expired");
+    let connection: Value = app
+        .get(&format!("/v2/connections/{id}"), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(connection["status"], "expired");
+    let expired = app.events_of(&tenant, "connection.expired").await;
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["data"]["reason"], "session_ended");
+    assert_eq!(expired[0]["data"]["connection"]["id"], id.as_str());
+
+    // While expired, calls are refused without reaching the connector.
+    let calls = r#"linkd_connector_calls_total{connector="acme",call="execute_operation",code="session_expired"}"#;
+    let before = counter(&app, calls).await;
+    assert_eq!(before, 1);
+    let (status, _) = crate::access::execute(&app, &tenant.key, &id, bills.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(counter(&app, calls).await, before);
+    assert_eq!(app.events_of(&tenant, "connection.expired").await.len(), 1);
+
+    // A reconnect keeps the id, and the Access API works again.
+    let page = app
+        .open_session(&tenant, json!({ "connectionId": id }))
+        .await;
+    page.login("alice", "correct-horse").await;
+    let done = page.approve().await;
+    assert_eq!(done["connectionId"], id.as_str(), "{done}");
+    let (status, back) = crate::access::execute(&app, &tenant.key, &id, bills).await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    let recorded = crate::access::runs(&app, &tenant.key, &id, "").await;
+    let statuses: Vec<&str> = recorded["operationRuns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "failed", "succeeded", "succeeded"],
+        "{recorded}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a real socket, a real Postgres, real
 //! gRPC and HTTP clients. One test binary, so one Postgres cluster per run.
 
+mod access;
 mod auth;
 mod browser;
 mod client_apps;

@@ -680,6 +680,14 @@ async fn codes_exchange_once_with_pkce_and_a_replay_revokes_the_token() {
     let connection: Value = read.json().await.unwrap();
     assert_eq!(connection["integrationId"], "northbank");
     assert_eq!(connection["clientAppId"], client.app_id.as_str());
+    // It may use its connection through the Access API too, and no other.
+    let accounts = json!({ "operations": [{ "resource": "accounts", "action": "read" }] });
+    let (status, ran) = crate::access::execute(&app, access, connection_id, accounts.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{ran}");
+    assert!(ran["result"]["accounts"].is_array(), "{ran}");
+    let elsewhere = format!("conn_{}", uuid::Uuid::now_v7().simple());
+    let (status, _) = crate::access::execute(&app, access, &elsewhere, accounts).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let unknown = format!("conn_{}", uuid::Uuid::now_v7().simple());
     assert_eq!(
         app.get(&format!("/v2/connections/{unknown}"), access)

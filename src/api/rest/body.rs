@@ -4,7 +4,9 @@
 //! the `Idempotency-Key` header; and listings' query parameters.
 
 use crate::kernel::error::{Error, FieldViolation};
+use crate::kernel::proto_json;
 use crate::kernel::validate::Violations;
+use crate::pb;
 use axum::http::{HeaderMap, header};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -241,4 +243,51 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Err
         .get("idempotency-key")
         .map(|v| crate::idempotency::store::read_key(v.as_bytes()))
         .transpose()
+}
+
+/// The `operations` array of a body (`POST /v1/links`,
+/// `POST /v2/connections/{id}/operations`) as proto operations; wrong
+/// types are problems at `operations[i]…` paths, the rules check the rest.
+pub(super) fn operations_field(
+    object: &Map<String, Value>,
+    problems: &mut Violations,
+) -> Vec<pb::Operation> {
+    let mut operations = Vec::new();
+    match object.get("operations").filter(|v| !v.is_null()) {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut op = pb::Operation::default();
+                match item.as_object() {
+                    None => problems.add(format!("operations[{i}]"), "must be an object"),
+                    Some(object) => {
+                        let mut fields =
+                            Fields::new(object, &format!("operations[{i}]."), problems);
+                        fields.reject_unknown(&["resource", "action", "arguments"]);
+                        op.resource = fields.string("resource").unwrap_or_default();
+                        match fields.string("action").as_deref() {
+                            Some("read") => op.set_action(pb::OperationAction::Read),
+                            Some("write") => op.set_action(pb::OperationAction::Write),
+                            Some(_) => fields
+                                .problems
+                                .add(format!("operations[{i}].action"), "must be read or write"),
+                            None => {}
+                        }
+                        match fields.get("arguments") {
+                            None => {}
+                            Some(args @ Value::Object(_)) => {
+                                op.arguments = Some(proto_json::to_struct(args))
+                            }
+                            Some(_) => fields
+                                .problems
+                                .add(format!("operations[{i}].arguments"), "must be an object"),
+                        }
+                    }
+                }
+                operations.push(op);
+            }
+        }
+        Some(_) => problems.add("operations", "must be an array"),
+    }
+    operations
 }

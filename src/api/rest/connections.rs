@@ -1,16 +1,19 @@
 //! `/v2/connections`: list (documented `limit`/`offset`/`status`, plus
-//! `clientReferenceId` and `page_token`), get and delete.
+//! `clientReferenceId` and `page_token`), get and delete; the Access API's
+//! `/v2/connections/{id}/operations` (run, and list the runs).
 
-use super::body::{integer, list_query, page_json};
+use super::body::{Fields, creating_request, integer, list_query, operations_field, page_json};
 use super::{Authenticated, RestState};
 use crate::connections::ConnectionStatus;
 use crate::kernel::error::Error;
+use crate::kernel::proto_json;
+use crate::kernel::validate::Violations;
 use crate::kernel::views::{connection_json, iso8601};
 use crate::pb;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Query parameters of `GET /v2/connections`, each under its documented
 /// name and its camelCase/snake_case twin.
@@ -62,11 +65,7 @@ pub(super) async fn get(
     headers: axum::http::HeaderMap,
     Path(connection_id): Path<String>,
 ) -> Result<Response, Error> {
-    let caller = state
-        .api
-        .oauth
-        .authenticate_connection_reader(crate::auth::presented_key(&headers).as_ref())
-        .await?;
+    let caller = connection_reader(&state, &headers).await?;
     let connection = state
         .api
         .connections
@@ -92,4 +91,102 @@ pub(super) async fn delete(
         "billingStoppedAt": deleted.billing_stopped_at.as_ref().map(iso8601),
     }))
     .into_response())
+}
+
+/// The caller of a route that also accepts an OAuth access token for the
+/// one connection it names.
+async fn connection_reader(
+    state: &RestState,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::auth::Caller, Error> {
+    state
+        .api
+        .oauth
+        .authenticate_connection_reader(crate::auth::presented_key(headers).as_ref())
+        .await
+}
+
+/// `POST /v2/connections/{connectionId}/operations` with
+/// `{"operations": [...]}` as in `POST /v1/links`.
+pub(super) async fn execute_operations(
+    State(state): State<RestState>,
+    headers: axum::http::HeaderMap,
+    Path(connection_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let caller = connection_reader(&state, &headers).await?;
+    let (req, key) = creating_request(
+        &headers,
+        &body,
+        |object| {
+            let mut problems = Violations::new();
+            Fields::new(object, "", &mut problems).reject_unknown(&["operations"]);
+            let operations = operations_field(object, &mut problems);
+            (
+                pb::ExecuteOperationsRequest {
+                    connection_id: connection_id.clone(),
+                    operations,
+                },
+                problems,
+            )
+        },
+        // The operations' own rules need the connection's integration: the
+        // service checks them once the types are right.
+        |_| Ok(()),
+    )?;
+    let ran = state
+        .api
+        .connections
+        .execute_operations(&caller, req, key.as_deref())
+        .await?;
+    Ok(Json(json!({
+        "connectionId": ran.connection_id,
+        "result": ran.result.as_ref().map(proto_json::from_struct),
+        "operationRunId": ran.operation_run_id,
+    }))
+    .into_response())
+}
+
+const RUN_PARAMS: [(&str, &str); 2] = [("limit", "limit"), ("pageToken", "page_token")];
+
+/// `GET /v2/connections/{connectionId}/operations`.
+pub(super) async fn list_operation_runs(
+    State(state): State<RestState>,
+    headers: axum::http::HeaderMap,
+    Path(connection_id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, Error> {
+    let caller = connection_reader(&state, &headers).await?;
+    let mut req: pb::ListOperationRunsRequest = list_query(
+        &params,
+        &RUN_PARAMS,
+        |req: &mut pb::ListOperationRunsRequest, name, value, v| match name {
+            "limit" => req.limit = integer(v, name, value),
+            _ => req.page_token = Some(value.to_string()),
+        },
+    )?;
+    req.connection_id = connection_id;
+    let page = state
+        .api
+        .connections
+        .list_operation_runs(&caller, req)
+        .await?;
+    let runs = page.operation_runs.iter().map(run_json).collect();
+    Ok(Json(page_json("operationRuns", runs, page.next_page_token)).into_response())
+}
+
+fn run_json(run: &pb::OperationRun) -> Value {
+    let empty_to_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    json!({
+        "id": run.id,
+        "connectionId": run.connection_id,
+        "operations": run.operations.iter()
+            .map(|op| json!({ "resource": op.resource, "action": super::enum_name(op.action().as_str_name()) }))
+            .collect::<Vec<_>>(),
+        "status": super::enum_name(run.status().as_str_name()),
+        "errorCode": empty_to_null(&run.error_code),
+        "errorMessage": empty_to_null(&run.error_message),
+        "startedAt": run.started_at.as_ref().map(iso8601),
+        "durationMs": run.duration_ms,
+    })
 }

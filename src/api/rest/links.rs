@@ -1,7 +1,7 @@
 //! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
 //! (camelCase, epoch milliseconds).
 
-use super::body::{Fields, creating_request};
+use super::body::{Fields, creating_request, operations_field};
 use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
@@ -37,42 +37,7 @@ fn create_link_request(
     req.external_user_id = fields.string("externalUserId");
     req.debug = fields.boolean("debug").unwrap_or_default();
     req.expires_in = fields.integer("expiresIn", "must be a positive integer");
-    match object.get("operations").filter(|v| !v.is_null()) {
-        None => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let mut op = pb::Operation::default();
-                match item.as_object() {
-                    None => problems.add(format!("operations[{i}]"), "must be an object"),
-                    Some(object) => {
-                        let mut fields =
-                            Fields::new(object, &format!("operations[{i}]."), &mut problems);
-                        fields.reject_unknown(&["resource", "action", "arguments"]);
-                        op.resource = fields.string("resource").unwrap_or_default();
-                        match fields.string("action").as_deref() {
-                            Some("read") => op.set_action(pb::OperationAction::Read),
-                            Some("write") => op.set_action(pb::OperationAction::Write),
-                            Some(_) => fields
-                                .problems
-                                .add(format!("operations[{i}].action"), "must be read or write"),
-                            None => {}
-                        }
-                        match fields.get("arguments") {
-                            None => {}
-                            Some(args @ Value::Object(_)) => {
-                                op.arguments = Some(proto_json::to_struct(args))
-                            }
-                            Some(_) => fields
-                                .problems
-                                .add(format!("operations[{i}].arguments"), "must be an object"),
-                        }
-                    }
-                }
-                req.operations.push(op);
-            }
-        }
-        Some(_) => problems.add("operations", "must be an array"),
-    }
+    req.operations = operations_field(object, &mut problems);
     (req, problems)
 }
 

@@ -262,6 +262,10 @@ pub fn router(state: RestState) -> Router {
             "/v2/connections/{connection_id}",
             get(connections::get).delete(connections::delete),
         )
+        .route(
+            "/v2/connections/{connection_id}/operations",
+            get(connections::list_operation_runs).post(connections::execute_operations),
+        )
         .route("/v3/oauth/authorize", get(oauth::authorize))
         .route("/v3/oauth/resume", axum::routing::post(oauth::resume))
         .route("/v3/oauth/token", axum::routing::post(oauth::token))
