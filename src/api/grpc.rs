@@ -127,6 +127,18 @@ impl pb::connection_service_server::ConnectionService for Services {
         ))
     }
 
+    async fn reset_sandbox_login(
+        &self,
+        req: Request<pb::ResetSandboxLoginRequest>,
+    ) -> Reply<pb::ResetSandboxLoginResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.connections
+                .reset_sandbox_login(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
     async fn list_operation_runs(
         &self,
         req: Request<pb::ListOperationRunsRequest>,

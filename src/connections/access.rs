@@ -40,7 +40,7 @@ pub const MAX_RUNS_LIMIT: i32 = 100;
 /// (found by a call or the health check).
 pub const REASON_SESSION_ENDED: &str = "session_ended";
 
-fn session_expired() -> Error {
+pub(super) fn session_expired() -> Error {
     Error::FailedPrecondition {
         precondition: Precondition::WrongState,
         reason: "SESSION_EXPIRED",

@@ -15,6 +15,7 @@ use crate::kernel::time::timestamp;
 use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 pub mod access;
+pub mod health;
 pub mod store;
 
 use serde_json::{Value, json};
@@ -322,7 +323,8 @@ pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<usize> {
             link_id: None,
             connection_id: Some(row.id),
         };
-        let data = connection_event_data(row, None);
+        let mut data = connection_event_data(row, None);
+        data["reason"] = json!("session_lifetime");
         outbox::record(&mut tx, *tenant, "connection.expired", subject, data).await?;
     }
     tx.commit().await?;

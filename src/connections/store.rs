@@ -32,6 +32,14 @@ macro_rules! connection_columns {
     };
 }
 
+/// [`connection_columns`] of the table aliased `c`, for updates that join.
+macro_rules! qualified_connection_columns {
+    () => {
+        "c.id, c.client_app_id, c.integration_id, c.status, c.client_reference_id, c.geolocation, \
+         c.created_at, c.updated_at, c.authenticated_at, c.session_expires_at"
+    };
+}
+
 /// A connection a Link session is about to make.
 pub struct NewConnection<'a> {
     pub id: ConnectionId,
@@ -268,8 +276,7 @@ pub async fn expire_due(tx: &mut PgConnection, batch: i64) -> Result<Vec<(Tenant
          UPDATE connections c SET status = 'expired', session_ciphertext = NULL, updated_at = now()
          FROM due WHERE c.id = due.id
          RETURNING c.organization_id, c.environment, ",
-        "c.id, c.client_app_id, c.integration_id, c.status, c.client_reference_id, c.geolocation, \
-         c.created_at, c.updated_at, c.authenticated_at, c.session_expires_at"
+        qualified_connection_columns!()
     ))
     .bind(batch)
     .fetch_all(tx)
@@ -466,4 +473,121 @@ pub async fn list_runs(
     q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit + 1);
     Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// A connection with its tenant, as a background job claims it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub organization_id: OrganizationId,
+    pub environment: crate::kernel::tenant::Environment,
+    #[sqlx(flatten)]
+    pub leased: Leased,
+}
+
+impl Claimed {
+    pub fn tenant(&self) -> Tenant {
+        Tenant {
+            organization_id: self.organization_id,
+            environment: self.environment,
+        }
+    }
+}
+
+/// Claims up to `batch` active connections whose health check is due (one
+/// `interval` after the last, or after the login), moving each one's next
+/// check an interval on (±20 %, so checks spread out); rows another
+/// replica is claiming are skipped. The claim is the move: two replicas
+/// never check the same connection in one round.
+pub async fn claim_due_checks(
+    db: impl PgExecutor<'_>,
+    interval: std::time::Duration,
+    batch: i64,
+) -> Result<Vec<Claimed>> {
+    Ok(sqlx::query_as(concat!(
+        "WITH due AS (
+             SELECT id FROM connections
+             WHERE status = 'active' AND deleted_at IS NULL
+               AND COALESCE(next_check_at, authenticated_at + make_interval(secs => $1)) <= now()
+             ORDER BY next_check_at NULLS FIRST
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE connections c
+         SET next_check_at = now() + make_interval(secs => $1 * (0.8 + 0.4 * random()))
+         FROM due WHERE c.id = due.id
+         RETURNING c.organization_id, c.environment, c.session_ciphertext, ",
+        qualified_connection_columns!()
+    ))
+    .bind(interval.as_secs_f64())
+    .bind(batch)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Expires a connection whose provider session a health check found
+/// ended: only while it is still `active` and no Access API call holds it
+/// (that call will find out itself), so exactly one caller gets the row.
+pub async fn expire_checked(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET status = 'expired', session_ciphertext = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'active' AND deleted_at IS NULL
+           AND (operations_lease_until IS NULL OR operations_lease_until < now())
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Marks up to `batch` active connections whose session ends within
+/// `warning` and that were not warned since their last login; returns them
+/// with their tenants for the caller's `connection.expiring` events (same
+/// `tx`). Safe in several replicas at once.
+pub async fn warn_expiring(
+    tx: &mut PgConnection,
+    warning: std::time::Duration,
+    batch: i64,
+) -> Result<Vec<(Tenant, ConnectionRow)>> {
+    #[derive(sqlx::FromRow)]
+    struct Warned {
+        organization_id: OrganizationId,
+        environment: crate::kernel::tenant::Environment,
+        #[sqlx(flatten)]
+        row: ConnectionRow,
+    }
+    let rows: Vec<Warned> = sqlx::query_as(concat!(
+        "WITH due AS (
+             SELECT id FROM connections
+             WHERE status = 'active' AND deleted_at IS NULL
+               AND session_expires_at > now()
+               AND session_expires_at <= now() + make_interval(secs => $1)
+               AND (expiry_warned_at IS NULL OR expiry_warned_at < authenticated_at)
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE connections c SET expiry_warned_at = now()
+         FROM due WHERE c.id = due.id
+         RETURNING c.organization_id, c.environment, ",
+        qualified_connection_columns!()
+    ))
+    .bind(warning.as_secs_f64())
+    .bind(batch)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|w| {
+            (
+                Tenant {
+                    organization_id: w.organization_id,
+                    environment: w.environment,
+                },
+                w.row,
+            )
+        })
+        .collect())
 }

@@ -61,6 +61,13 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// The caller may not do this at all (a sandbox tool with a production
+    /// key).
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     /// A REST body in a media type the endpoint does not read.
     #[error("Content-Type must be {expected}")]
     UnsupportedMediaType { expected: &'static str },
@@ -131,6 +138,9 @@ impl Error {
                 reason,
                 ..
             } => (Code::FailedPrecondition, precondition.http_status(), reason),
+            Error::PermissionDenied { reason, .. } => {
+                (Code::PermissionDenied, StatusCode::FORBIDDEN, reason)
+            }
             Error::UnsupportedMediaType { .. } => (
                 Code::InvalidArgument,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -157,6 +157,18 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_EVENT_RETENTION", default_value = "30days", value_parser = parse_event_retention)]
     pub event_retention: Duration,
 
+    /// How often each active connection's connector is asked whether its
+    /// session is still usable (`CheckSession`); checks are spread over
+    /// the interval and shared by the replicas. Ended sessions expire the
+    /// connection with `connection.expired`.
+    #[arg(long, env = "LINKD_CONNECTION_CHECK_INTERVAL", default_value = "6h", value_parser = parse_check_interval)]
+    pub connection_check_interval: Duration,
+
+    /// How long before a connection's session is known to end the client
+    /// is told, once, with `connection.expiring`.
+    #[arg(long, env = "LINKD_CONNECTION_EXPIRY_WARNING", default_value = "7days", value_parser = parse_duration)]
+    pub connection_expiry_warning: Duration,
+
     /// Whether every OAuth authorization request must carry a PKCE S256
     /// `code_challenge` (RFC 9700 recommends it for all clients).
     #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -511,6 +523,14 @@ fn parse_session_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+fn parse_check_interval(s: &str) -> Result<Duration, String> {
+    let interval = parse_duration(s)?;
+    if interval < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(interval)
+}
+
 fn parse_provider_timeout(s: &str) -> Result<Duration, String> {
     let timeout = parse_duration(s)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(10 * 60)).contains(&timeout) {
@@ -687,6 +707,8 @@ mod tests {
         assert_eq!(serve.connector_login_timeout, secs(30));
         assert_eq!(serve.connector_operation_timeout, secs(30));
         assert_eq!(serve.connector_check_timeout, secs(10));
+        assert_eq!(serve.connection_check_interval, secs(6 * 3600));
+        assert_eq!(serve.connection_expiry_warning, secs(7 * 24 * 3600));
     }
 
     fn serve(args: &[&str]) -> Result<ServeArgs, String> {

@@ -31,13 +31,16 @@ where
 }
 
 /// Every `interval`: marks links and Link sessions past their lifetime
-/// expired, fails links whose run was interrupted (its process died), marks connections whose provider session ended `expired` (each
-/// with its event), removes finished events older than `event_retention`,
-/// and forgets idempotency keys past their retention.
+/// expired, fails links whose run was interrupted (its process died), marks
+/// connections whose provider session ended `expired` and announces those
+/// ending within `expiry_warning` (each with its event), removes finished
+/// events older than `event_retention`, and forgets idempotency keys past
+/// their retention.
 pub fn spawn_expiry(
     db: PgPool,
     interval: Duration,
     event_retention: Duration,
+    expiry_warning: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -64,6 +67,12 @@ pub fn spawn_expiry(
                     .map(|n| n as u64)
             })
             .await;
+            drain("connections announced as expiring", || async {
+                crate::connections::health::warn_expiring(&db, expiry_warning, EXPIRY_BATCH)
+                    .await
+                    .map(|n| n as u64)
+            })
+            .await;
             drain("removed finished events past their retention", || {
                 crate::events::store::prune_finished(&db, event_retention, EXPIRY_BATCH)
             })
@@ -71,6 +80,37 @@ pub fn spawn_expiry(
             if let Err(err) = crate::idempotency::store::prune(&db).await {
                 err.log();
             }
+        }
+    })
+}
+
+/// Asks connectors whether active connections' sessions are still usable,
+/// each connection about once per `interval` (spread out, shared by the
+/// replicas), expiring the ones that ended. Looks for due checks a hundred
+/// times per interval (between every 100 ms and every minute).
+pub fn spawn_connection_checks(
+    connections: crate::connections::Connections,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let pause = (interval / 100).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tokio::spawn(async move {
+        loop {
+            match connections.check_due_sessions(interval).await {
+                // A full batch: more may be due at once.
+                Ok(found) if found.checked as i64 == crate::connections::health::CHECK_BATCH => {
+                    if found.expired > 0 {
+                        tracing::info!(count = found.expired, "connections whose session ended");
+                    }
+                    continue;
+                }
+                Ok(found) => {
+                    if found.expired > 0 {
+                        tracing::info!(count = found.expired, "connections whose session ended");
+                    }
+                }
+                Err(err) => err.log(),
+            }
+            tokio::time::sleep(pause).await;
         }
     })
 }

@@ -174,6 +174,11 @@ impl Server {
             api.db().clone(),
             args.expiry_interval,
             args.event_retention,
+            args.connection_expiry_warning,
+        );
+        let checks = crate::ops::jobs::spawn_connection_checks(
+            api.connections.clone(),
+            args.connection_check_interval,
         );
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.deliveries.clone())?;
         // Dropping the handle would not stop it: aborted with the others.
@@ -197,6 +202,7 @@ impl Server {
             result = &mut serve => {
                 probe.abort();
                 expiry.abort();
+                checks.abort();
                 stop_describing();
                 dispatcher.abort();
                 return result.context("server task failed")?.context("server failed");
@@ -210,6 +216,7 @@ impl Server {
         );
         probe.abort();
         expiry.abort();
+        checks.abort();
         stop_describing();
         // No new webhook claims from here on (before health reports
         // NOT_SERVING, so an observer of that claims nothing more); the

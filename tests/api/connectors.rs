@@ -158,13 +158,23 @@ impl ExampleConnector {
 /// linkd with the example connector configured as `acme`, once it has
 /// described what it serves (`acmemobile` is listed for `tenant`).
 async fn app_with(example: &ExampleConnector, sandbox_too: bool) -> TestApp {
-    let routes = example.routes();
-    let app = spawn_app_with(|args| {
-        args.connectors = routes;
+    app_configured(example, |args| {
         if sandbox_too {
             args.sandbox_connectors = Names(vec!["acme".into()]);
         }
+    })
+    .await
+}
+
+async fn app_configured(
+    example: &ExampleConnector,
+    configure: impl FnOnce(&mut linkd::ops::config::ServeArgs),
+) -> TestApp {
+    let routes = example.routes();
+    let app = spawn_app_with(|args| {
+        args.connectors = routes;
         args.connector_login_timeout = Duration::from_secs(3);
+        configure(args);
     })
     .await;
     let probe = app.create_tenant(Environment::Production).await;
@@ -402,6 +412,22 @@ async fn a_connector_that_is_down_or_hangs_answers_provider_unavailable_within_t
         (Duration::from_secs(3)..Duration::from_secs(6)).contains(&waited),
         "{waited:?}"
     );
+
+    // Killed in the middle of a call: the answer comes when the connection
+    // drops, not at the deadline.
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let started = Instant::now();
+    let (cut, ()) = tokio::join!(page.login("alice", "correct-horse"), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        example.kill_connector().await;
+    });
+    assert_eq!(cut["errorCode"], "provider_unavailable", "{cut}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -540,4 +566,60 @@ async fn the_access_api_uses_the_connection_at_the_provider_until_the_provider_e
         ["succeeded", "failed", "succeeded", "succeeded"],
         "{recorded}"
     );
+}
+
+#[tokio::test]
+async fn the_health_check_asks_the_connector_and_expires_sessions_the_provider_ended() {
+    let example = ExampleConnector::start().await;
+    let app = app_configured(&example, |args| {
+        args.connection_check_interval = Duration::from_secs(1);
+    })
+    .await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let mut ids = Vec::new();
+    for user in [("alice", "correct-horse"), ("bob", "battery-staple")] {
+        let page = app.open_session(&tenant, json!({})).await;
+        page.pick("acmemobile").await;
+        if page.login(user.0, user.1).await["step"] == "2fa" {
+            page.code("424242").await;
+        }
+        ids.push(
+            page.approve().await["connectionId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // A few rounds of checks: both sessions are fine.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let checks = r#"linkd_connector_calls_total{connector="acme",call="check_session",code="ok"}"#;
+    assert!(counter(&app, checks).await >= 2, "the connector was asked");
+
+    // Bob changes his password at the provider: the check finds out alone.
+    example.end_sessions("bob").await;
+    let started = Instant::now();
+    loop {
+        let connection: Value = app
+            .get(&format!("/v2/connections/{}", ids[1]), &tenant.key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if connection["status"] == "expired" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expired = app.events_of(&tenant, "connection.expired").await;
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["data"]["connection"]["id"], ids[1].as_str());
+    assert_eq!(expired[0]["data"]["reason"], "session_ended");
+    let alice: Value = app
+        .get(&format!("/v2/connections/{}", ids[0]), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alice["status"], "active");
 }

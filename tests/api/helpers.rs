@@ -166,6 +166,8 @@ pub fn serve_args() -> ServeArgs {
         connector_login_timeout: Duration::from_secs(30),
         connector_operation_timeout: Duration::from_secs(30),
         connector_check_timeout: Duration::from_secs(10),
+        connection_check_interval: Duration::from_secs(6 * 60 * 60),
+        connection_expiry_warning: Duration::from_secs(7 * 24 * 60 * 60),
     }
 }
 

@@ -9,6 +9,7 @@ mod connections;
 mod connectors;
 mod flow;
 mod flow_races;
+mod health;
 mod helpers;
 mod input_gate;
 mod key_rotation;

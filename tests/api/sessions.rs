@@ -489,6 +489,14 @@ async fn reconnect_keeps_the_id_even_from_expired_and_unknown_ids_make_new_ones(
     assert_eq!(expired_events.len(), 1);
     assert_eq!(expired_events[0]["data"]["connection"]["id"], id.as_str());
     assert_eq!(expired_events[0]["data"]["connection"]["status"], "expired");
+    assert_eq!(expired_events[0]["data"]["reason"], "session_lifetime");
+    // Its end was announced once beforehand (it was within the 7-day
+    // warning from the start), however many sweeps ran meanwhile.
+    let expiring = app.events_of(&tenant, "connection.expiring").await;
+    assert_eq!(expiring.len(), 1, "{expiring:?}");
+    assert_eq!(expiring[0]["data"]["connection"]["id"], id.as_str());
+    assert_eq!(expiring[0]["data"]["connection"]["status"], "active");
+    assert!(expiring[0]["data"]["connection"]["sessionExpiresAt"].is_string());
 
     // Reconnect: the integration is fixed, the id stays, the state is active again.
     let page = app

@@ -190,3 +190,20 @@ fn run_json(run: &pb::OperationRun) -> Value {
         "durationMs": run.duration_ms,
     })
 }
+
+/// `POST /v2/sandbox/connections/{connectionId}/reset-login` (no fields).
+pub(super) async fn reset_sandbox_login(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(connection_id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    super::body::read_object(&headers, &body, &[], |_| ())?;
+    let reset = state
+        .api
+        .connections
+        .reset_sandbox_login(&caller, pb::ResetSandboxLoginRequest { connection_id })
+        .await?;
+    Ok(Json(json!({ "connectionId": reset.connection_id })).into_response())
+}

@@ -263,6 +263,10 @@ pub fn router(state: RestState) -> Router {
             get(connections::get).delete(connections::delete),
         )
         .route(
+            "/v2/sandbox/connections/{connection_id}/reset-login",
+            axum::routing::post(connections::reset_sandbox_login),
+        )
+        .route(
             "/v2/connections/{connection_id}/operations",
             get(connections::list_operation_runs).post(connections::execute_operations),
         )

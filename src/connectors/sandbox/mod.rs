@@ -54,6 +54,41 @@ fn username(session: &ProviderSession) -> &str {
     session.data["username"].as_str().unwrap_or_default()
 }
 
+/// The id the sandbox gives each login's session; `None` for a session the
+/// sandbox did not make.
+pub fn session_id(session: &ProviderSession) -> Option<&str> {
+    session.data["sandboxSession"].as_str()
+}
+
+impl SandboxConnector {
+    /// Whether the session is over: its lifetime passed, or it was ended
+    /// on purpose (`ResetSandboxLogin`).
+    async fn ended(&self, session: &ProviderSession) -> Result<bool, ConnectorError> {
+        if session.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Ok(true);
+        }
+        let Some(id) = session_id(session) else {
+            return Ok(false);
+        };
+        store::session_ended(&self.db, id)
+            .await
+            .map_err(|_| ConnectorError::ProviderUnavailable)
+    }
+}
+
+/// Ends a session the sandbox made, as a provider-side logout would;
+/// `false` for a session it did not make.
+pub async fn end_session(
+    db: &PgPool,
+    session: &ProviderSession,
+) -> crate::kernel::error::Result<bool> {
+    let Some(id) = session_id(session) else {
+        return Ok(false);
+    };
+    store::end_session(db, id).await?;
+    Ok(true)
+}
+
 /// A deterministic number stream for one account.
 struct Seed([u8; 32], usize);
 
@@ -382,7 +417,7 @@ impl Connector for SandboxConnector {
         arguments: &Value,
     ) -> Result<Executed, ConnectorError> {
         let username = username(session);
-        if session.expires_at.is_some_and(|t| t <= Utc::now()) {
+        if self.ended(session).await? {
             return Err(ConnectorError::SessionExpired);
         }
         if username == "user_slow_ops" {
@@ -435,6 +470,6 @@ impl Connector for SandboxConnector {
         _ctx: &LoginContext<'_>,
         session: &ProviderSession,
     ) -> Result<bool, ConnectorError> {
-        Ok(session.expires_at.is_none_or(|t| t > Utc::now()))
+        Ok(!self.ended(session).await?)
     }
 }

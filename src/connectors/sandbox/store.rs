@@ -84,3 +84,25 @@ pub async fn count_attempts(
     .await?;
     Ok(())
 }
+
+/// Ends a sandbox provider session, as a password change at the provider
+/// would.
+pub async fn end_session(db: impl PgExecutor<'_>, session_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sandbox_ended_sessions (session_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(session_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Whether the sandbox provider session was ended on purpose.
+pub async fn session_ended(db: impl PgExecutor<'_>, session_id: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sandbox_ended_sessions WHERE session_id = $1)",
+    )
+    .bind(session_id)
+    .fetch_one(db)
+    .await?)
+}
