@@ -425,7 +425,7 @@ impl Bench {
         let c = 8;
         let get = calls::get_connection(
             clients,
-            linkd::kernel::ids::IdKind::Connection.format(first_id),
+            linkd::kernel::ids::ConnectionId::from_uuid(first_id).to_string(),
         );
         let row = self.closed(linkd, "GetConnection", "gRPC", &get, c).await;
         self.report.push(row);

@@ -231,13 +231,11 @@ pub fn create_tenant(
             .map(str::to_string)
             .with_context(|| format!("create-app printed no {name}"))
     };
-    let uuid_of = |kind: linkd::kernel::ids::IdKind, id: &str| {
-        kind.parse(id).with_context(|| format!("bad id {id}"))
-    };
-    let organization_id = uuid_of(
-        linkd::kernel::ids::IdKind::Organization,
-        &field("organizationId")?,
-    )?;
+    use linkd::kernel::ids::{ApiKeyId, ClientAppId, OrganizationId};
+    let bad = |id: &str| format!("bad id {id}");
+    let organization_id = OrganizationId::parse(&field("organizationId")?)
+        .with_context(|| bad("organizationId"))?
+        .uuid();
     let client_app_id = field("clientAppId")?;
     Ok(Tenant {
         api_key: field("apiKey")?,
@@ -245,8 +243,12 @@ pub fn create_tenant(
         organization_id,
         known_ids: vec![
             organization_id,
-            uuid_of(linkd::kernel::ids::IdKind::ClientApp, &client_app_id)?,
-            uuid_of(linkd::kernel::ids::IdKind::ApiKey, &field("apiKeyId")?)?,
+            ClientAppId::parse(&client_app_id)
+                .with_context(|| bad(&client_app_id))?
+                .uuid(),
+            ApiKeyId::parse(&field("apiKeyId")?)
+                .with_context(|| bad("apiKeyId"))?
+                .uuid(),
         ],
         client_app_id,
     })
