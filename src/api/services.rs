@@ -42,6 +42,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct ConnectorSettings {
     pub remotes: Vec<crate::connectors::RemoteSettings>,
+    pub tls: crate::connectors::remote::TlsFiles,
     pub deadlines: crate::connectors::remote::Deadlines,
 }
 

@@ -19,6 +19,16 @@ use std::time::Duration;
 /// Connections checked per claim.
 pub const CHECK_BATCH: i64 = 50;
 
+/// What the connector said of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ended,
+    /// Still usable; with its end when the connector told a new one.
+    Alive(Option<chrono::DateTime<chrono::Utc>>),
+    /// No answer.
+    Unknown,
+}
+
 /// What one round of checks found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Checked {
@@ -33,7 +43,11 @@ impl Connections {
         let mut found = Checked::default();
         for claimed in due {
             found.checked += 1;
-            if self.session_ended(&claimed).await {
+            let verdict = self.check(&claimed).await;
+            if let Verdict::Alive(Some(expires_at)) = verdict {
+                store::set_session_expiry(&self.db, claimed.leased.row.id, expires_at).await?;
+            }
+            if verdict == Verdict::Ended {
                 let mut tx = self.db.begin().await?;
                 if let Some(row) = store::expire_checked(&mut tx, claimed.leased.row.id).await? {
                     let mut data = connection_event_data(&row, None);
@@ -58,13 +72,13 @@ impl Connections {
         Ok(found)
     }
 
-    /// Whether the connector says the session has ended. A connector that
-    /// does not answer leaves the connection as it is (asked again at the
-    /// next round).
-    async fn session_ended(&self, claimed: &store::Claimed) -> bool {
+    /// What the connector says of the session. A connector that does not
+    /// answer leaves the connection as it is (asked again at the next
+    /// round).
+    async fn check(&self, claimed: &store::Claimed) -> Verdict {
         let row = &claimed.leased.row;
         let Some(provider) = self.catalog.provider(&row.integration_id) else {
-            return false;
+            return Verdict::Unknown;
         };
         let session: Option<ProviderSession> = claimed
             .leased
@@ -77,7 +91,7 @@ impl Connections {
             })
             .and_then(|plain| serde_json::from_slice(&plain).ok());
         let Some(session) = session else {
-            return true;
+            return Verdict::Ended;
         };
         let ctx = LoginContext {
             tenant: claimed.tenant(),
@@ -89,23 +103,28 @@ impl Connections {
                 .map(|g| (g.country.clone(), g.state.clone())),
         };
         let Ok(connector) = self.connectors.serving(&ctx) else {
-            return false;
+            return Verdict::Unknown;
         };
         match tokio::time::timeout(
             self.provider_timeout,
-            connector.session_alive(&ctx, &session),
+            connector.check_session(&ctx, &session),
         )
         .await
         .unwrap_or(Err(ConnectorError::ProviderUnavailable))
         {
-            Ok(alive) => !alive,
+            Ok(check) if !check.alive => Verdict::Ended,
+            Ok(check) => Verdict::Alive(
+                check
+                    .expires_at
+                    .filter(|at| Some(*at) != row.session_expires_at),
+            ),
             Err(err) => {
                 tracing::debug!(
                     connection_id = %row.id,
                     error_code = err.code(),
                     "connection health check got no answer; asked again next round"
                 );
-                false
+                Verdict::Unknown
             }
         }
     }

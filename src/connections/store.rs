@@ -591,3 +591,21 @@ pub async fn warn_expiring(
         })
         .collect())
 }
+
+/// Records when an active connection's session will end, as its connector
+/// just told.
+pub async fn set_session_expiry(
+    db: impl PgExecutor<'_>,
+    id: ConnectionId,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE connections SET session_expires_at = $2, updated_at = now()
+         WHERE id = $1 AND status = 'active' AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(expires_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}

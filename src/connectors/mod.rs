@@ -150,12 +150,21 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
         session: &ProviderSession,
     ) -> Result<(), ConnectorError>;
 
-    /// Whether the provider session is still usable.
-    async fn session_alive(
+    /// Whether the provider session is still usable, changing nothing.
+    async fn check_session(
         &self,
         ctx: &LoginContext<'_>,
         session: &ProviderSession,
-    ) -> Result<bool, ConnectorError>;
+    ) -> Result<SessionCheck, ConnectorError>;
+}
+
+/// What a session check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCheck {
+    /// False when the provider has ended the session.
+    pub alive: bool,
+    /// When the provider will end it, when the connector learned that now.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Which connector serves each call. Sandbox tenants get the built-in
@@ -206,9 +215,15 @@ impl Connectors {
     pub fn with_remotes(
         sandbox: Arc<dyn Connector>,
         remotes: Vec<RemoteSettings>,
+        tls: &remote::TlsFiles,
         deadlines: Deadlines,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(ConnectorMetrics::default());
+        let tls = if remotes.iter().any(|r| r.endpoint.starts_with("https:")) {
+            Some(tls.load()?)
+        } else {
+            None
+        };
         let remotes = remotes
             .into_iter()
             .map(|r| {
@@ -217,6 +232,7 @@ impl Connectors {
                         &r.name,
                         &r.endpoint,
                         r.token,
+                        tls.as_ref(),
                         deadlines,
                         metrics.clone(),
                     )?),

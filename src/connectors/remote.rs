@@ -12,6 +12,7 @@ use super::breaker::Breaker;
 use super::metrics::ConnectorMetrics;
 use super::{
     Connector, ConnectorError, Credentials, Executed, LoginContext, LoginOutcome, ProviderSession,
+    SessionCheck,
 };
 use crate::catalog::Action;
 use crate::connector_pb as cpb;
@@ -23,7 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The `google.rpc.ErrorInfo` domain of connector errors.
 pub const ERROR_DOMAIN: &str = "connector.linkd.dev";
@@ -43,6 +44,42 @@ pub struct Deadlines {
     pub operation: Duration,
     /// `Describe`, `CheckSession` and `Logout`.
     pub check: Duration,
+}
+
+/// Where the TLS material for `https://` connectors is
+/// (`LINKD_CONNECTOR_TLS_*`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// Certificate authorities to trust instead of the web PKI roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// linkd's own certificate and key, for mutual TLS.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFiles {
+    /// The client TLS settings these files make, or which file is wrong.
+    pub fn load(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |path: &std::path::Path, setting: &str| {
+            std::fs::read(path).map_err(|err| {
+                anyhow::anyhow!("invalid configuration: {setting} {}: {err}", path.display())
+            })
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(
+                ca,
+                "LINKD_CONNECTOR_TLS_CA_FILE",
+            )?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "LINKD_CONNECTOR_TLS_CERT_FILE")?,
+                read(key, "LINKD_CONNECTOR_TLS_KEY_FILE")?,
+            ));
+        }
+        Ok(tls)
+    }
 }
 
 /// One configured connector endpoint.
@@ -95,12 +132,13 @@ impl Call {
 
 impl RemoteConnector {
     /// A connector at `endpoint` (`http://host:port`, or `https://` with
-    /// the web PKI roots). The channel connects on first use, so a
-    /// connector that is down does not hold up start-up.
+    /// `tls`). The channel connects on first use, so a connector that is
+    /// down does not hold up start-up.
     pub fn new(
         name: &str,
         endpoint: &str,
         token: Option<SecretString>,
+        tls: Option<&ClientTlsConfig>,
         deadlines: Deadlines,
         metrics: Arc<ConnectorMetrics>,
     ) -> anyhow::Result<Self> {
@@ -111,8 +149,11 @@ impl RemoteConnector {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if endpoint.uri().scheme_str() == Some("https") {
+            let tls = tls
+                .cloned()
+                .unwrap_or_else(|| ClientTlsConfig::new().with_webpki_roots());
             endpoint = endpoint
-                .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                .tls_config(tls)
                 .map_err(|err| anyhow::anyhow!("connector {name}: TLS: {err}"))?;
         }
         Ok(RemoteConnector {
@@ -286,9 +327,7 @@ impl RemoteConnector {
                 data: STANDARD.encode(&session.data),
             })
             .expect("plain strings serialize"),
-            expires_at: session
-                .expires_at
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)),
+            expires_at: session.expires_at.and_then(from_timestamp),
         })
     }
 
@@ -344,6 +383,10 @@ fn failure_message(message: &str) -> String {
     } else {
         message
     }
+}
+
+fn from_timestamp(t: prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
 }
 
 fn action(action: Action) -> cpb::OperationAction {
@@ -462,24 +505,34 @@ impl Connector for RemoteConnector {
         .map(drop)
     }
 
-    async fn session_alive(
+    async fn check_session(
         &self,
         ctx: &LoginContext<'_>,
         session: &ProviderSession,
-    ) -> Result<bool, ConnectorError> {
+    ) -> Result<SessionCheck, ConnectorError> {
         let session = match self.session(session) {
             Ok(session) => session,
-            Err(ConnectorError::SessionExpired) => return Ok(false),
+            // Not this connector's session: nothing it could check.
+            Err(ConnectorError::SessionExpired) => {
+                return Ok(SessionCheck {
+                    alive: false,
+                    expires_at: None,
+                });
+            }
             Err(other) => return Err(other),
         };
         let request = cpb::CheckSessionRequest {
             context: Some(self.context(ctx)),
             session: Some(session),
         };
-        self.call(Call::CheckSession, request, |mut c, r| async move {
-            c.check_session(r).await
+        let answer = self
+            .call(Call::CheckSession, request, |mut c, r| async move {
+                c.check_session(r).await
+            })
+            .await?;
+        Ok(SessionCheck {
+            alive: answer.active,
+            expires_at: answer.expires_at.and_then(from_timestamp),
         })
-        .await
-        .map(|answer| answer.active)
     }
 }

@@ -282,6 +282,28 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_SANDBOX_CONNECTORS", default_value = "", value_parser = parse_names)]
     pub sandbox_connectors: Names,
 
+    /// PEM file of the certificate authorities that sign `https://`
+    /// connectors' certificates; without it, the web PKI roots.
+    #[arg(long, env = "LINKD_CONNECTOR_TLS_CA_FILE")]
+    pub connector_tls_ca_file: Option<PathBuf>,
+
+    /// PEM certificate linkd presents to `https://` connectors (mutual
+    /// TLS), with `LINKD_CONNECTOR_TLS_KEY_FILE`.
+    #[arg(
+        long,
+        env = "LINKD_CONNECTOR_TLS_CERT_FILE",
+        requires = "connector_tls_key_file"
+    )]
+    pub connector_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `LINKD_CONNECTOR_TLS_CERT_FILE`.
+    #[arg(
+        long,
+        env = "LINKD_CONNECTOR_TLS_KEY_FILE",
+        requires = "connector_tls_cert_file"
+    )]
+    pub connector_tls_key_file: Option<PathBuf>,
+
     /// Deadline of a connector's `Login` and `SubmitSecondFactor`.
     #[arg(long, env = "LINKD_CONNECTOR_LOGIN_TIMEOUT", default_value = "30s", value_parser = parse_provider_timeout)]
     pub connector_login_timeout: Duration,
@@ -349,6 +371,13 @@ impl ServeArgs {
                         serves_sandbox: self.sandbox_connectors.0.contains(name),
                     })
                     .collect(),
+                tls: crate::connectors::remote::TlsFiles {
+                    ca: self.connector_tls_ca_file.clone(),
+                    identity: self
+                        .connector_tls_cert_file
+                        .clone()
+                        .zip(self.connector_tls_key_file.clone()),
+                },
                 deadlines: crate::connectors::remote::Deadlines {
                     login: self.connector_login_timeout,
                     operation: self.connector_operation_timeout,

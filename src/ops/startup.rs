@@ -103,6 +103,7 @@ pub fn api(
             pool.clone(),
         )),
         settings.connectors.remotes.clone(),
+        &settings.connectors.tls,
         settings.connectors.deadlines,
     )?;
     Ok(Services::new(pool, catalog, connectors, cipher, settings))

@@ -90,12 +90,20 @@ impl ExampleConnector {
     /// Starts the connector process (again, on the same port once it had
     /// one).
     pub async fn start_connector(&mut self) {
+        self.start_connector_with(&[]).await;
+    }
+
+    /// Starts the connector with more arguments (`--token T`).
+    pub async fn start_connector_with(&mut self, extra: &[&str]) {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         let mut connector = Command::new(python);
         connector
             .arg(format!("{EXAMPLE}/connector.py"))
             .args(["--port", &self.port.to_string(), "--site", &self.site_url])
-            .env("CONNECTOR_STUBS", self.stubs.path());
+            .args(extra)
+            .env("CONNECTOR_STUBS", self.stubs.path())
+            // gRPC's own informational lines (refused handshakes) are noise here.
+            .env("GRPC_VERBOSITY", "ERROR");
         let (child, line) = start(connector).await;
         let address = line.rsplit(' ').next().unwrap();
         self.port = address.rsplit(':').next().unwrap().parse().unwrap();
@@ -573,6 +581,10 @@ async fn the_health_check_asks_the_connector_and_expires_sessions_the_provider_e
     let example = ExampleConnector::start().await;
     let app = app_configured(&example, |args| {
         args.connection_check_interval = Duration::from_secs(1);
+        // Sweeps (and so expiry warnings) as often as checks; the example's
+        // 12-hour sessions are not announced until they are shortened.
+        args.expiry_interval = Duration::from_millis(300);
+        args.connection_expiry_warning = Duration::from_secs(2 * 60 * 60);
     })
     .await;
     let tenant = app.create_tenant(Environment::Production).await;
@@ -594,6 +606,45 @@ async fn the_health_check_asks_the_connector_and_expires_sessions_the_provider_e
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let checks = r#"linkd_connector_calls_total{connector="acme",call="check_session",code="ok"}"#;
     assert!(counter(&app, checks).await >= 2, "the connector was asked");
+
+    // The provider shortens Alice's session to an hour: the check learns
+    // its new end from the connector, and the client hears once that it
+    // is ending.
+    let shortened = example
+        .http
+        .post(format!(
+            "{}/_support/shorten-sessions?username=alice&seconds=3600",
+            example.site_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shortened.status(), StatusCode::OK);
+    let started = Instant::now();
+    while app
+        .events_of(&tenant, "connection.expiring")
+        .await
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expiring = app.events_of(&tenant, "connection.expiring").await;
+    assert_eq!(expiring[0]["data"]["connection"]["id"], ids[0].as_str());
+    let ends = chrono::DateTime::parse_from_rfc3339(
+        expiring[0]["data"]["connection"]["sessionExpiresAt"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!(
+        (ends.to_utc() - in_an_hour).num_seconds().abs() < 60,
+        "{ends}"
+    );
 
     // Bob changes his password at the provider: the check finds out alone.
     example.end_sessions("bob").await;
@@ -622,4 +673,217 @@ async fn the_health_check_asks_the_connector_and_expires_sessions_the_provider_e
         .await
         .unwrap();
     assert_eq!(alice["status"], "active");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.events_of(&tenant, "connection.expiring").await.len(),
+        1,
+        "once"
+    );
+}
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_connector_that_is_down_at_start_up_is_routed_once_it_answers() {
+    let mut example = ExampleConnector::start().await;
+    example.kill_connector().await;
+    // linkd starts with the connector configured but not running.
+    example.port = free_port();
+    example.endpoint = format!("http://127.0.0.1:{}", example.port);
+    let routes = example.routes();
+    let app = spawn_app_with(|args| args.connectors = routes).await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    assert!(!lists_acme(&app, &tenant).await);
+    let page = app.open_session(&tenant, json!({})).await;
+    let (status, _) = page
+        .call(
+            "/v1/flow/integration",
+            Some(json!({ "integrationId": "acmemobile" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "not in the catalog yet");
+
+    // Up a moment later, on the configured port: the describer finds it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    example.start_connector().await;
+    let started = Instant::now();
+    while !lists_acme(&app, &tenant).await {
+        assert!(started.elapsed() < Duration::from_secs(20), "never routed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let flow = page.login("alice", "correct-horse").await;
+    assert_eq!(flow["step"], "authorization", "{flow}");
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_sent_to_connectors_that_require_one() {
+    let mut example = ExampleConnector::start().await;
+    example.kill_connector().await;
+    example
+        .start_connector_with(&["--token", "s3cret-token"])
+        .await;
+
+    // Without the token the connector refuses even Describe: nothing routed.
+    let routes = example.routes();
+    let untrusted = spawn_app_with(|args| args.connectors = routes).await;
+    let probe = untrusted.create_tenant(Environment::Production).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!lists_acme(&untrusted, &probe).await);
+    untrusted.stop().await;
+
+    // With it, everything works.
+    let app = app_configured(&example, |args| {
+        args.connector_tokens = linkd::ops::config::ConnectorTokens(
+            [(
+                "acme".to_string(),
+                secrecy::SecretString::from("s3cret-token"),
+            )]
+            .into(),
+        );
+    })
+    .await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let flow = page.login("alice", "correct-horse").await;
+    assert_eq!(flow["step"], "authorization", "{flow}");
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate,
+/// made with the `openssl` command line.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=linkd test CA",
+        ],
+    ]
+    .concat());
+    for (name, usage, san) in [
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("{san}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        run(&[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_to_a_connector_needs_linkds_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let mut example = ExampleConnector::start().await;
+    example.kill_connector().await;
+    example
+        .start_connector_with(&[
+            "--tls-cert",
+            &file("server.pem"),
+            "--tls-key",
+            &file("server.key"),
+            "--tls-client-ca",
+            &file("ca.pem"),
+        ])
+        .await;
+    example.endpoint = example.endpoint.replace("http://", "https://");
+
+    // Trusting the connector but without a client certificate: refused in
+    // the handshake, so nothing is routed.
+    let routes = example.routes();
+    let ca = certs.path().join("ca.pem");
+    let anonymous = spawn_app_with(|args| {
+        args.connectors = routes;
+        args.connector_tls_ca_file = Some(ca.clone());
+    })
+    .await;
+    let probe = anonymous.create_tenant(Environment::Production).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!lists_acme(&anonymous, &probe).await);
+    anonymous.stop().await;
+
+    // With linkd's certificate the whole flow works over mutual TLS.
+    let app = app_configured(&example, |args| {
+        args.connector_tls_ca_file = Some(certs.path().join("ca.pem"));
+        args.connector_tls_cert_file = Some(certs.path().join("client.pem"));
+        args.connector_tls_key_file = Some(certs.path().join("client.key"));
+    })
+    .await;
+    let tenant = app.create_tenant(Environment::Production).await;
+    let page = app.open_session(&tenant, json!({})).await;
+    page.pick("acmemobile").await;
+    let flow = page.login("alice", "correct-horse").await;
+    assert_eq!(flow["step"], "authorization", "{flow}");
 }

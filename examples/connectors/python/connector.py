@@ -16,6 +16,7 @@ See README.md for the whole guide.
 import argparse
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -279,10 +280,16 @@ class Connector(pb_grpc.ConnectorServiceServicer):
 
     def CheckSession(self, request, context):
         try:
-            status, _, _ = self.site.request("GET", "/account", cookie=cookie_of(request.session))
+            status, _, page = self.site.request("GET", "/account", cookie=cookie_of(request.session))
             if status not in (200, 303):
                 raise ConnectorError("PROVIDER_UNAVAILABLE", f"the account page answered HTTP {status}")
-            return pb.CheckSessionResponse(active=status == 200)
+            answer = pb.CheckSessionResponse(active=status == 200)
+            # The account page says when the session ends; linkd warns the
+            # client ahead of it.
+            found = re.search(rb'class="session-ends" data-epoch="(\d+)"', page)
+            if answer.active and found:
+                answer.expires_at.FromSeconds(int(found.group(1)))
+            return answer
         except ConnectorError as err:
             if err.reason == "SESSION_EXPIRED":
                 return pb.CheckSessionResponse(active=False)
@@ -322,11 +329,24 @@ def main():
     parser.add_argument("--port", type=int, default=7001, help="0 picks a free port")
     parser.add_argument("--site", default="http://127.0.0.1:7100", help="the Acme Mobile website")
     parser.add_argument("--token", default=os.environ.get("CONNECTOR_TOKEN"), help="bearer token linkd must send")
+    parser.add_argument("--tls-cert", help="PEM certificate to serve TLS with (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA that must have signed linkd's client certificate (mutual TLS)")
     args = parser.parse_args()
     interceptors = [BearerToken(args.token)] if args.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
     pb_grpc.add_ConnectorServiceServicer_to_server(Connector(AcmeSite(args.site)), server)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    address = f"{args.host}:{args.port}"
+    if args.tls_cert:
+        read = lambda path: open(path, "rb").read()  # noqa: E731
+        credentials = grpc.ssl_server_credentials(
+            [(read(args.tls_key), read(args.tls_cert))],
+            root_certificates=read(args.tls_client_ca) if args.tls_client_ca else None,
+            require_client_auth=bool(args.tls_client_ca),
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     server.start()
     # The first line says where it listens, for whoever started it.
     print(f"connector listening on {args.host}:{port}", flush=True)

@@ -15,8 +15,8 @@ Accounts (username / password):
     carol / tr0ub4dor         the account is locked
 
 `/_support/...` is the provider's own back office, used by tests to see
-what the connector did and to end an account's sessions as a password
-change would. It is not something a connector calls.
+what the connector did, to end an account's sessions as a password change
+would, and to shorten them as a security policy might. It is not something a connector calls.
 """
 
 import argparse
@@ -175,7 +175,15 @@ def make_handler(site):
                 user = self.signed_in()
                 if not user:
                     return self.redirect("/login")
-                return self.page(200, "Your account", f"<p>Signed in as {html.escape(user)}</p>")
+                with site.lock:
+                    expires = site.sessions[self.cookie("acme_session")][1]
+                return self.page(
+                    200,
+                    "Your account",
+                    f"<p>Signed in as {html.escape(user)}</p>"
+                    f'<p class="session-ends" data-epoch="{int(expires)}">Your session ends at '
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(expires))}.</p>",
+                )
             if url.path == "/api/billing":
                 user = self.signed_in()
                 if not user:
@@ -288,6 +296,15 @@ def make_handler(site):
                 user = parse_qs(url.query).get("username", [""])[0]
                 site.end_sessions(user)
                 return self.json(200, {"ended": user})
+            if url.path == "/_support/shorten-sessions":
+                query = parse_qs(url.query)
+                user = query.get("username", [""])[0]
+                until = time.time() + int(query.get("seconds", ["3600"])[0])
+                with site.lock:
+                    for token, (owner, _) in list(site.sessions.items()):
+                        if owner == user:
+                            site.sessions[token] = (owner, until)
+                return self.json(200, {"until": int(until)})
             return self.json(404, {"error": "not found"})
 
     return Handler

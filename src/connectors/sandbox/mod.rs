@@ -25,6 +25,7 @@ mod store;
 
 use super::{
     Connector, ConnectorError, Credentials, Executed, LoginContext, LoginOutcome, ProviderSession,
+    SessionCheck,
 };
 use crate::catalog::Action;
 use chrono::{Datelike, Duration, Utc};
@@ -465,11 +466,15 @@ impl Connector for SandboxConnector {
         Ok(())
     }
 
-    async fn session_alive(
+    async fn check_session(
         &self,
         _ctx: &LoginContext<'_>,
         session: &ProviderSession,
-    ) -> Result<bool, ConnectorError> {
-        Ok(!self.ended(session).await?)
+    ) -> Result<SessionCheck, ConnectorError> {
+        Ok(SessionCheck {
+            alive: !self.ended(session).await?,
+            // Known since the login.
+            expires_at: None,
+        })
     }
 }
