@@ -166,26 +166,8 @@ impl Connections {
             .catalog
             .provider(&leased.row.integration_id)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("integration left the catalog")))?;
-        let ctx = LoginContext {
-            tenant,
-            provider: &provider,
-            connection_id: Some(id),
-            geolocation: leased
-                .row
-                .geolocation
-                .as_ref()
-                .map(|g| (g.country.clone(), g.state.clone())),
-        };
-        let session: Option<ProviderSession> = leased
-            .session_ciphertext
-            .as_deref()
-            .and_then(|sealed| {
-                self.cipher
-                    .decrypt(sealed, Sealed::ConnectionSession(id))
-                    .ok()
-            })
-            .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let ran = match session {
+        let ctx = super::login_context(tenant, &leased.row, &provider);
+        let ran = match self.open_session(id, leased.session_ciphertext.as_deref()) {
             Some(session) => {
                 self.call_provider(&ctx, session, operations, arguments)
                     .await

@@ -8,9 +8,8 @@
 
 use super::access::REASON_SESSION_ENDED;
 use super::{Connections, connection_event_data, store};
-use crate::connectors::{ConnectorError, LoginContext, ProviderSession};
+use crate::connectors::ConnectorError;
 use crate::events::outbox::{self, EventSubject};
-use crate::kernel::crypto::Sealed;
 use crate::kernel::error::{Error, Precondition, Result};
 use serde_json::json;
 use sqlx::PgPool;
@@ -80,28 +79,11 @@ impl Connections {
         let Some(provider) = self.catalog.provider(&row.integration_id) else {
             return Verdict::Unknown;
         };
-        let session: Option<ProviderSession> = claimed
-            .leased
-            .session_ciphertext
-            .as_deref()
-            .and_then(|sealed| {
-                self.cipher
-                    .decrypt(sealed, Sealed::ConnectionSession(row.id))
-                    .ok()
-            })
-            .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let Some(session) = session else {
+        let Some(session) = self.open_session(row.id, claimed.leased.session_ciphertext.as_deref())
+        else {
             return Verdict::Ended;
         };
-        let ctx = LoginContext {
-            tenant: claimed.tenant(),
-            provider: &provider,
-            connection_id: Some(row.id),
-            geolocation: row
-                .geolocation
-                .as_ref()
-                .map(|g| (g.country.clone(), g.state.clone())),
-        };
+        let ctx = super::login_context(claimed.tenant(), row, &provider);
         let Ok(connector) = self.connectors.serving(&ctx) else {
             return Verdict::Unknown;
         };
@@ -149,16 +131,8 @@ impl Connections {
         if row.status != super::ConnectionStatus::Active {
             return Err(super::access::session_expired());
         }
-        let session: Option<ProviderSession> =
-            store::session_ciphertext(&self.db, caller.tenant, id)
-                .await?
-                .and_then(|sealed| {
-                    self.cipher
-                        .decrypt(&sealed, Sealed::ConnectionSession(id))
-                        .ok()
-                })
-                .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let ended = match session {
+        let sealed = store::session_ciphertext(&self.db, caller.tenant, id).await?;
+        let ended = match self.open_session(id, sealed.as_deref()) {
             Some(session) => crate::connectors::sandbox::end_session(&self.db, &session).await?,
             None => false,
         };

@@ -275,24 +275,22 @@ impl Connections {
         })
     }
 
+    /// The provider session stored for connection `id`; `None` when there
+    /// is none or it does not open (a key no longer in the ring).
+    fn open_session(&self, id: ConnectionId, sealed: Option<&[u8]>) -> Option<ProviderSession> {
+        let plain = self
+            .cipher
+            .decrypt(sealed?, Sealed::ConnectionSession(id))
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
     async fn logout_connection(&self, tenant: Tenant, row: &ConnectionRow, sealed: &[u8]) {
         let Some(provider) = self.catalog.provider(&row.integration_id) else {
             return;
         };
-        let session: Option<ProviderSession> = self
-            .cipher
-            .decrypt(sealed, Sealed::ConnectionSession(row.id))
-            .ok()
-            .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let ctx = LoginContext {
-            tenant,
-            provider: &provider,
-            connection_id: Some(row.id),
-            geolocation: row
-                .geolocation
-                .as_ref()
-                .map(|g| (g.country.clone(), g.state.clone())),
-        };
+        let session = self.open_session(row.id, Some(sealed));
+        let ctx = login_context(tenant, row, &provider);
         let (Some(session), Ok(connector)) = (session, self.connectors.serving(&ctx)) else {
             return;
         };
@@ -309,6 +307,23 @@ impl Connections {
                 "provider logout failed; the stored session is wiped anyway"
             );
         }
+    }
+}
+
+/// Who a provider call about `row` is for and where it should come from.
+fn login_context<'p>(
+    tenant: Tenant,
+    row: &ConnectionRow,
+    provider: &'p crate::catalog::Provider,
+) -> LoginContext<'p> {
+    LoginContext {
+        tenant,
+        provider,
+        connection_id: Some(row.id),
+        geolocation: row
+            .geolocation
+            .as_ref()
+            .map(|g| (g.country.clone(), g.state.clone())),
     }
 }
 

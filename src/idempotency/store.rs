@@ -51,6 +51,13 @@ pub fn read_key(value: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(value).into_owned())
 }
 
+fn in_use() -> Error {
+    Error::Aborted {
+        reason: "IDEMPOTENCY_KEY_IN_USE",
+        message: "a request with this Idempotency-Key is still being processed; retry later".into(),
+    }
+}
+
 fn response_seal<'k>(k: &IdempotencyKey<'k>) -> Sealed<'k> {
     Sealed::IdempotentResponse {
         tenant: k.tenant,
@@ -94,16 +101,27 @@ pub async fn claim(
     .fetch_one(&mut *tx)
     .await?;
     if !held {
-        return Err(Error::Aborted {
-            reason: "IDEMPOTENCY_KEY_IN_USE",
-            message: "a request with this Idempotency-Key is still being processed; retry later"
-                .into(),
-        });
+        return Err(in_use());
     }
     if inserted {
         return Ok(Claim::Fresh);
     }
-    let (hash, sealed): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+    match stored(&mut *tx, k).await? {
+        (hash, _) if hash != k.request_hash => Err(Error::IdempotencyMismatch),
+        (_, Some(sealed)) => replay(cipher, k, &sealed),
+        (_, None) => Err(Error::internal(anyhow::anyhow!(
+            "an idempotency key held by this transaction has no response"
+        ))),
+    }
+}
+
+/// The key's row as it stands: the request hash and the sealed response
+/// (`None` while the first request runs).
+async fn stored(
+    db: impl sqlx::PgExecutor<'_>,
+    k: &IdempotencyKey<'_>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    Ok(sqlx::query_as(
         "SELECT request_hash, response_ciphertext FROM idempotency_keys
          WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4",
     )
@@ -111,14 +129,14 @@ pub async fn claim(
     .bind(k.tenant.environment.as_str())
     .bind(k.operation)
     .bind(k.key)
-    .fetch_one(&mut *tx)
-    .await?;
-    if hash != k.request_hash {
-        return Err(Error::IdempotencyMismatch);
-    }
+    .fetch_one(db)
+    .await?)
+}
+
+fn replay(cipher: &Cipher, k: &IdempotencyKey<'_>, sealed: &[u8]) -> Result<Claim> {
     Ok(Claim::Replay(
         cipher
-            .decrypt(&sealed, response_seal(k))
+            .decrypt(sealed, response_seal(k))
             .map_err(Error::Internal)?,
     ))
 }
@@ -181,28 +199,10 @@ pub async fn claim_leased(
     if taken {
         return Ok(Claim::Fresh);
     }
-    let (hash, sealed): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
-        "SELECT request_hash, response_ciphertext FROM idempotency_keys
-         WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4",
-    )
-    .bind(k.tenant.organization_id)
-    .bind(k.tenant.environment.as_str())
-    .bind(k.operation)
-    .bind(k.key)
-    .fetch_one(db)
-    .await?;
-    match sealed {
-        _ if hash != k.request_hash => Err(Error::IdempotencyMismatch),
-        None => Err(Error::Aborted {
-            reason: "IDEMPOTENCY_KEY_IN_USE",
-            message: "a request with this Idempotency-Key is still being processed; retry later"
-                .into(),
-        }),
-        Some(sealed) => Ok(Claim::Replay(
-            cipher
-                .decrypt(&sealed, response_seal(k))
-                .map_err(Error::Internal)?,
-        )),
+    match stored(db, k).await? {
+        (hash, _) if hash != k.request_hash => Err(Error::IdempotencyMismatch),
+        (_, Some(sealed)) => replay(cipher, k, &sealed),
+        (_, None) => Err(in_use()),
     }
 }
 

@@ -272,12 +272,7 @@ async fn a_failed_operation_fails_the_call_and_is_recorded() {
     assert_eq!(run["status"], "failed");
     assert_eq!(run["errorCode"], "operation_failed");
     // The connection is still usable: an operation failure is not an expiry.
-    let connection: Value = app
-        .get(&format!("/v2/connections/{id}"), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let connection = crate::sessions::get_connection(&app, &tenant, &id).await.1;
     assert_eq!(connection["status"], "active");
 }
 

@@ -4,6 +4,7 @@
 //! port.
 
 use crate::helpers::{TestApp, TestTenant, ensure_grpc_tools, python, spawn_app_with};
+use crate::sessions::get_connection;
 use linkd::kernel::tenant::Environment;
 use linkd::ops::config::{ConnectorEndpoints, Names};
 use reqwest::StatusCode;
@@ -250,12 +251,7 @@ async fn a_production_session_links_an_account_through_a_connector_in_python() {
     assert_eq!(done["outcome"], "success", "{done}");
     let id = done["connectionId"].as_str().unwrap().to_string();
 
-    let connection: Value = app
-        .get(&format!("/v2/connections/{id}"), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let connection = get_connection(&app, &tenant, &id).await.1;
     assert_eq!(connection["status"], "active", "{connection}");
     assert_eq!(connection["integrationId"], "acmemobile");
     // The provider saw one login that is still signed in.
@@ -279,15 +275,7 @@ async fn a_production_session_links_an_account_through_a_connector_in_python() {
     assert_eq!(account["activeSessions"], 0, "{account}");
 
     // Every call was counted per connector, call and outcome.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for series in [
         r#"linkd_connector_calls_total{connector="acme",call="login",code="invalid_credentials"} 1"#,
         r#"linkd_connector_calls_total{connector="acme",call="login",code="ok"} 1"#,
@@ -467,16 +455,8 @@ async fn sandbox_tenants_reach_the_connector_only_when_the_operator_routes_them(
 
 /// The number a counter series shows on `/metrics` (0 when absent).
 async fn counter(app: &TestApp, series: &str) -> u64 {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0)
@@ -532,12 +512,7 @@ async fn the_access_api_uses_the_connection_at_the_provider_until_the_provider_e
     let (status, error) = crate::access::execute(&app, &tenant.key, &id, bills.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
     assert_eq!(error["code"], "session_expired");
-    let connection: Value = app
-        .get(&format!("/v2/connections/{id}"), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let connection = get_connection(&app, &tenant, &id).await.1;
     assert_eq!(connection["status"], "expired");
     let expired = app.events_of(&tenant, "connection.expired").await;
     assert_eq!(expired.len(), 1, "{expired:?}");

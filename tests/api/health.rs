@@ -3,6 +3,7 @@
 
 use crate::access::execute;
 use crate::helpers::{TestApp, TestTenant, spawn_app, spawn_app_with, with_key};
+use crate::sessions::get_connection;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -23,13 +24,7 @@ async fn reset_login(app: &TestApp, key: &str, id: &str) -> (StatusCode, Value) 
 }
 
 async fn status_of(app: &TestApp, tenant: &TestTenant, id: &str) -> Value {
-    let connection: Value = app
-        .get(&format!("/v2/connections/{id}"), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
-    connection["status"].clone()
+    get_connection(app, tenant, id).await.1["status"].clone()
 }
 
 async fn wait_for_status(app: &TestApp, tenant: &TestTenant, id: &str, status: &str) {

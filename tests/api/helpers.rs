@@ -514,6 +514,12 @@ impl TestApp {
         Page::from_url(self, session["url"].as_str().unwrap())
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Every event's payload, oldest first.
     pub async fn events(&self) -> Vec<Value> {
         sqlx::query_scalar("SELECT payload FROM events ORDER BY created_at, id")
