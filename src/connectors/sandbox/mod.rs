@@ -63,12 +63,17 @@ pub fn session_id(session: &ProviderSession) -> Option<&str> {
 
 impl SandboxConnector {
     /// Whether the session is over: its lifetime passed, or it was ended
-    /// on purpose (`ResetSandboxLogin`).
-    async fn ended(&self, session: &ProviderSession) -> Result<bool, ConnectorError> {
+    /// on purpose (`ResetSandboxLogin`, which only a connection's session
+    /// can be: a link's flow costs no lookup).
+    async fn ended(
+        &self,
+        ctx: &LoginContext<'_>,
+        session: &ProviderSession,
+    ) -> Result<bool, ConnectorError> {
         if session.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Ok(true);
         }
-        let Some(id) = session_id(session) else {
+        let (Some(_), Some(id)) = (ctx.connection_id, session_id(session)) else {
             return Ok(false);
         };
         store::session_ended(&self.db, id)
@@ -418,7 +423,7 @@ impl Connector for SandboxConnector {
         arguments: &Value,
     ) -> Result<Executed, ConnectorError> {
         let username = username(session);
-        if self.ended(session).await? {
+        if self.ended(ctx, session).await? {
             return Err(ConnectorError::SessionExpired);
         }
         if username == "user_slow_ops" {
@@ -468,11 +473,11 @@ impl Connector for SandboxConnector {
 
     async fn check_session(
         &self,
-        _ctx: &LoginContext<'_>,
+        ctx: &LoginContext<'_>,
         session: &ProviderSession,
     ) -> Result<SessionCheck, ConnectorError> {
         Ok(SessionCheck {
-            alive: !self.ended(session).await?,
+            alive: !self.ended(ctx, session).await?,
             // Known since the login.
             expires_at: None,
         })
