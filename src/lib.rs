@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod kernel;
 pub mod links;
 pub mod ops;
+pub mod provider_oauth;
 pub mod sessions;
 pub mod webhooks;
 

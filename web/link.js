@@ -33,7 +33,13 @@
       invalid: 'This link is not valid. Start again from the app.',
       network: 'Could not reach the server. Check your connection and try again.',
       close: 'You can close this window.',
+      continueTo: (name) => `Continue to ${name}`,
+      oauthLead: (name) => `You will sign in on ${name}’s own page. Your password is never shared with the app.`,
+      oauthWaiting: (name) => `Finish signing in to ${name} in the window that opened.`,
+      popupBlocked: 'The sign-in window was blocked. Allow pop-ups for this page and try again.',
+      oauthInvalid: 'This sign-in could not be completed. Try again from the start.',
       errors: {
+        authorization_failed: 'The provider did not authorize the connection.',
         invalid_credentials: 'The username or password is incorrect.',
         invalid_code: 'That code is incorrect. Check it and try again.',
         account_locked: 'This account is locked at the provider.',
@@ -68,7 +74,13 @@
       invalid: 'Ce lien n’est pas valide. Recommencez depuis l’application.',
       network: 'Impossible de joindre le serveur. Vérifiez votre connexion et réessayez.',
       close: 'Vous pouvez fermer cette fenêtre.',
+      continueTo: (name) => `Continuer vers ${name}`,
+      oauthLead: (name) => `Vous vous connecterez sur la page de ${name}. Votre mot de passe n’est jamais partagé avec l’application.`,
+      oauthWaiting: (name) => `Terminez la connexion à ${name} dans la fenêtre qui s’est ouverte.`,
+      popupBlocked: 'La fenêtre de connexion a été bloquée. Autorisez les fenêtres surgissantes pour cette page et réessayez.',
+      oauthInvalid: 'Cette connexion n’a pas pu aboutir. Recommencez depuis le début.',
       errors: {
+        authorization_failed: 'Le fournisseur n’a pas autorisé la connexion.',
         invalid_credentials: 'Le nom d’utilisateur ou le mot de passe est incorrect.',
         invalid_code: 'Ce code est incorrect. Vérifiez-le et réessayez.',
         account_locked: 'Ce compte est verrouillé chez le fournisseur.',
@@ -242,7 +254,61 @@
     );
   }
 
+  // An OAuth integration: the provider's own page, in this tab (hosted) or
+  // in a popup (embedded: providers refuse to be framed, and the client
+  // app's page must stay where it is). The popup's result reaches this page
+  // through the flow, which it polls.
+  let oauthPoll = null;
+
+  async function startOAuth() {
+    const embedded = Boolean(host);
+    // Opened within the click, or the browser blocks it.
+    const popup = embedded ? window.open('', 'linkd-oauth', 'popup,width=520,height=720') : null;
+    if (embedded && !popup) {
+      view.querySelector('.alert').textContent = t.popupBlocked;
+      return;
+    }
+    setBusy(true);
+    try {
+      const started = await api('/v1/flow/oauth/start', { display: embedded ? 'popup' : 'page' });
+      if (!embedded) {
+        window.location.assign(started.authorizationUrl);
+        return;
+      }
+      popup.location.href = started.authorizationUrl;
+      setBusy(false);
+      view.querySelector('.status').textContent = t.oauthWaiting(flow.integrationName);
+      clearTimeout(oauthPoll);
+      const poll = async () => {
+        try {
+          const next = await api('/v1/flow');
+          if (next.step !== 'login' || next.errorCode !== flow.errorCode) return render(next);
+        } catch (err) {
+          return failed(err);
+        }
+        oauthPoll = setTimeout(poll, POLL_MS);
+      };
+      oauthPoll = setTimeout(poll, POLL_MS);
+    } catch (err) {
+      popup?.close();
+      await failed(err);
+    }
+  }
+
+  function renderOAuthLogin() {
+    show(
+      el('h1', { tabindex: '-1' }, t.login(flow.integrationName)),
+      el('p', { class: 'muted' }, t.oauthLead(flow.integrationName)),
+      el('p', { class: 'status', role: 'status' }),
+      alertBox(flow.errorCode),
+      el('div', { class: 'actions' },
+        el('button', { type: 'button', class: 'primary', 'data-oauth': 'start', on: { click: startOAuth } }, t.continueTo(flow.integrationName)),
+        cancelButton()),
+    );
+  }
+
   function renderLogin() {
+    if (flow.loginMethod === 'oauth2') return renderOAuthLogin();
     const inputs = flow.credentialFields.map((field) =>
       el('label', {}, field.label, el('input', {
         name: field.name,
@@ -316,6 +382,7 @@
   }
 
   function render(next) {
+    clearTimeout(oauthPoll);
     flow = next;
     t = TEXT[flow.lang] || TEXT.en;
     document.documentElement.lang = TEXT[flow.lang] ? flow.lang : 'en';
@@ -341,6 +408,17 @@
     // this tab and take it out of the address bar.
     const fragment = new URLSearchParams(window.location.hash.slice(1));
     const claim = window.location.pathname.match(/^\/appclip\/(link_[0-9a-f]{32})$/);
+    const oauthError = fragment.get('oauth_error');
+    if (fragment.has('oauth') || oauthError) {
+      history.replaceState(null, '', window.location.pathname);
+    }
+    if (fragment.get('oauth') === 'popup' || (oauthError && window.name === 'linkd-oauth')) {
+      // The provider popup of an embedded page, back from the provider: the
+      // embedded page reads the outcome from the flow.
+      message(oauthError ? t.oauthInvalid : t.close, oauthError ? el('p', { class: 'muted' }, t.close) : null);
+      window.close();
+      return;
+    }
     try {
       if (fragment.get('token')) {
         token = fragment.get('token');
@@ -356,7 +434,7 @@
       } else {
         token = sessionStorage.getItem('linkd.token');
       }
-      if (!token) return message(t.invalid);
+      if (!token) return message(oauthError ? t.oauthInvalid : t.invalid);
       const initial = await api('/v1/flow');
       if (initial.step === 'done' && initial.errorCode !== 'session_expired') {
         // Finished in an earlier visit: a session URL is single-use.
@@ -364,6 +442,7 @@
         return message(t.finished, el('p', { class: 'muted' }, t.close));
       }
       render(initial);
+      if (oauthError && view.querySelector('.alert')) view.querySelector('.alert').textContent = t.oauthInvalid;
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) return message(t.invalid);
       if (err instanceof ApiError && err.status === 409) return message(t.finished, el('p', { class: 'muted' }, t.close));

@@ -251,6 +251,18 @@ impl pb::link_flow_service_server::LinkFlowService for Services {
             .await?;
         Ok(Response::new(pb::CancelFlowResponse { flow: Some(flow) }))
     }
+
+    async fn start_provider_authorization(
+        &self,
+        req: Request<pb::StartProviderAuthorizationRequest>,
+    ) -> Reply<pb::StartProviderAuthorizationResponse> {
+        let token = bearer(&req);
+        Ok(Response::new(
+            self.flows
+                .start_provider_authorization(token.as_ref(), req.into_inner())
+                .await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -285,6 +297,42 @@ impl pb::client_app_service_server::ClientAppService for Services {
         Ok(Response::new(
             self.client_apps
                 .rotate_webhook_secret_for(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn set_provider_o_auth_client(
+        &self,
+        req: Request<pb::SetProviderOAuthClientRequest>,
+    ) -> Reply<pb::SetProviderOAuthClientResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.provider_oauth
+                .set_client(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn list_provider_o_auth_clients(
+        &self,
+        req: Request<pb::ListProviderOAuthClientsRequest>,
+    ) -> Reply<pb::ListProviderOAuthClientsResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.provider_oauth
+                .list_clients(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn delete_provider_o_auth_client(
+        &self,
+        req: Request<pb::DeleteProviderOAuthClientRequest>,
+    ) -> Reply<pb::DeleteProviderOAuthClientResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.provider_oauth
+                .delete_client(&caller, req.into_inner())
                 .await?,
         ))
     }

@@ -15,6 +15,7 @@ use crate::kernel::crypto::Cipher;
 use crate::links::Links;
 use crate::links::flow::LinkFlow;
 use crate::oauth::{OAuth, OAuthSettings};
+use crate::provider_oauth::ProviderOAuth;
 use crate::sessions::{SessionFlow, Sessions};
 use crate::webhooks::{Deliveries, WebhookSettings};
 use sqlx::PgPool;
@@ -36,6 +37,15 @@ pub struct Settings {
     pub oauth: OAuthSettings,
     pub webhooks: WebhookSettings,
     pub connectors: ConnectorSettings,
+    pub provider_oauth: ProviderOAuthConfig,
+}
+
+/// Where the deployment's OAuth clients come from, and which provider hosts
+/// pass the SSRF guard.
+#[derive(Debug, Clone)]
+pub struct ProviderOAuthConfig {
+    pub clients_file: Option<std::path::PathBuf>,
+    pub allow: Arc<crate::kernel::ssrf::Allowlist>,
 }
 
 /// Which connector processes this replica calls, and how long it waits.
@@ -57,6 +67,8 @@ pub struct Services {
     pub flows: Flows,
     pub connections: Connections,
     pub oauth: OAuth,
+    /// linkd as an OAuth client of providers.
+    pub provider_oauth: ProviderOAuth,
     pub events: Events,
     /// What the webhook dispatcher delivers with (and its metrics).
     pub deliveries: Deliveries,
@@ -82,6 +94,11 @@ impl Services {
         self.connectors.spawn_describer(self.catalog.clone())
     }
 
+    /// The integrations this replica knows.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// The database every service uses.
     pub fn db(&self) -> &PgPool {
         &self.db
@@ -91,6 +108,7 @@ impl Services {
         db: PgPool,
         catalog: Arc<Catalog>,
         connectors: Connectors,
+        provider_oauth: ProviderOAuth,
         cipher: Cipher,
         settings: Settings,
     ) -> Self {
@@ -104,6 +122,7 @@ impl Services {
         let webhook_metrics = Arc::new(crate::webhooks::metrics::Metrics::default());
         webhook_metrics.register(&mut registry);
         connectors.metrics().register(&mut registry);
+        provider_oauth.metrics().register(&mut registry);
         let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl);
         let idempotency = Idempotency::new(db.clone(), cipher.clone());
         let flows = Flows::new(
@@ -111,6 +130,7 @@ impl Services {
             catalog.clone(),
             connectors.clone(),
             cipher.clone(),
+            provider_oauth.clone(),
             FlowSettings {
                 public_url: settings.public_url,
                 session_ttl: settings.session_ttl,
@@ -132,7 +152,6 @@ impl Services {
             ),
             sessions: Sessions::new(
                 db.clone(),
-                catalog.clone(),
                 cipher.clone(),
                 idempotency.clone(),
                 flows.clone(),
@@ -146,6 +165,7 @@ impl Services {
                 settings.max_list_offset,
                 settings.provider_timeout,
                 idempotency.clone(),
+                provider_oauth.clone(),
             ),
             oauth: OAuth::new(
                 db.clone(),
@@ -154,6 +174,7 @@ impl Services {
                 flows.clone(),
                 auth,
             ),
+            provider_oauth,
             events: Events::new(db.clone()),
             deliveries: Deliveries {
                 db: db.clone(),

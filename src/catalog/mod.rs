@@ -6,6 +6,7 @@
 //! Any problem stops start-up with an error naming the file and entry.
 
 pub mod formats;
+pub mod oauth2;
 pub mod operations;
 
 use crate::pb;
@@ -54,7 +55,10 @@ pub struct Provider {
     pub id: String,
     pub name: String,
     pub category: Category,
+    /// The login form; empty for an OAuth integration.
     pub credentials: Vec<CredentialField>,
+    /// How end users connect when it is not a credentials form.
+    pub oauth2: Option<oauth2::OAuth2Integration>,
     pub capabilities: Vec<Capability>,
 }
 
@@ -65,7 +69,10 @@ struct ProviderFile {
     id: String,
     name: String,
     category: Category,
+    #[serde(default)]
     credentials: Vec<CredentialField>,
+    #[serde(default)]
+    auth: Option<oauth2::AuthFile>,
     capabilities: Vec<CapabilityFile>,
 }
 
@@ -210,9 +217,24 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
     if file.name.trim().is_empty() {
         bail!("entry {}: name is empty", file.id);
     }
-    if file.credentials.is_empty() {
-        bail!("entry {}: at least one credential field is needed", file.id);
-    }
+    let oauth2 = match file.auth {
+        Some(oauth2::AuthFile::OAuth2(auth)) => {
+            if !file.credentials.is_empty() {
+                bail!(
+                    "entry {}: an oauth2 integration has no credential fields",
+                    file.id
+                );
+            }
+            Some(auth.check().with_context(|| format!("entry {}", file.id))?)
+        }
+        None if file.credentials.is_empty() => {
+            bail!(
+                "entry {}: at least one credential field is needed (or auth of type oauth2)",
+                file.id
+            );
+        }
+        None => None,
+    };
     let mut capabilities: Vec<Capability> = Vec::new();
     for (i, cap) in file.capabilities.into_iter().enumerate() {
         let entry = format!(
@@ -249,6 +271,7 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
         name: file.name,
         category: file.category,
         credentials: file.credentials,
+        oauth2,
         capabilities,
     })
 }
@@ -343,6 +366,15 @@ impl Catalog {
 }
 
 impl Provider {
+    /// How end users log in here, as the API says it.
+    pub fn login_method(&self) -> pb::LoginMethod {
+        if self.oauth2.is_some() {
+            pb::LoginMethod::Oauth2
+        } else {
+            pb::LoginMethod::Credentials
+        }
+    }
+
     pub fn capability(&self, resource: &str, action: Action) -> Option<&Capability> {
         self.capabilities
             .iter()
@@ -429,14 +461,14 @@ mod tests {
             catalog
                 .providers()
                 .into_iter()
-                .filter(|p| p.category == Category::Creator)
+                .filter(|p| p.category == Category::Creator && p.oauth2.is_none())
                 .count(),
             1
         );
         let banks: Vec<_> = catalog
             .providers()
             .into_iter()
-            .filter(|p| p.category == Category::Bank)
+            .filter(|p| p.category == Category::Bank && p.oauth2.is_none())
             .collect();
         assert_eq!(banks.len(), 2);
         for bank in banks {
@@ -455,6 +487,57 @@ mod tests {
                     .is_some()
             );
         }
+    }
+
+    #[test]
+    fn shipped_oauth_integrations_use_the_providers_endpoints() {
+        let catalog = Catalog::builtin().unwrap();
+        for (id, category, host) in [
+            ("twitch", Category::Creator, "id.twitch.tv"),
+            ("patreon", Category::Creator, "www.patreon.com"),
+            ("monzo", Category::Bank, "auth.monzo.com"),
+            ("uber", Category::Delivery, "auth.uber.com"),
+        ] {
+            let provider = catalog.provider(id).unwrap();
+            let oauth = provider.oauth2.as_ref().unwrap();
+            assert_eq!(provider.category, category, "{id}");
+            assert_eq!(oauth.authorization_url.host_str(), Some(host), "{id}");
+            assert_eq!(oauth.token_url.scheme(), "https", "{id}");
+            assert!(provider.credentials.is_empty(), "{id}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_either_a_form_or_oauth() {
+        let both = r#"{"id":"acme","name":"Acme","category":"bank","credentials":[{"name":"u","label":"U"}],
+            "auth":{"type":"oauth2","authorizationUrl":"https://a.example/auth","tokenUrl":"https://a.example/token","clientAuthentication":"basic","apiBaseUrl":"https://a.example/api"},
+            "capabilities":[{"resource":"accounts","action":"read","description":"d","resultKey":"accounts","resultDescription":"r","arguments":{"type":"object"}}]}"#;
+        let msg = format!(
+            "{:#}",
+            Catalog::from_files([("acme.json".to_string(), both.to_string())]).unwrap_err()
+        );
+        assert!(msg.contains("no credential fields"), "{msg}");
+        let neither = both.replace(r#""credentials":[{"name":"u","label":"U"}],"#, "");
+        let neither = neither.replace(
+            r#""auth":{"type":"oauth2","authorizationUrl":"https://a.example/auth","tokenUrl":"https://a.example/token","clientAuthentication":"basic","apiBaseUrl":"https://a.example/api"},"#,
+            "",
+        );
+        let msg = format!(
+            "{:#}",
+            Catalog::from_files([("acme.json".to_string(), neither)]).unwrap_err()
+        );
+        assert!(msg.contains("at least one credential field"), "{msg}");
+        let bad_url = both
+            .replace(r#""credentials":[{"name":"u","label":"U"}],"#, "")
+            .replace("https://a.example/token", "ftp://a.example/token");
+        let msg = format!(
+            "{:#}",
+            Catalog::from_files([("acme.json".to_string(), bad_url)]).unwrap_err()
+        );
+        assert!(
+            msg.contains("acme.json") && msg.contains("auth.tokenUrl"),
+            "{msg}"
+        );
     }
 
     #[test]

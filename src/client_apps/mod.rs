@@ -38,6 +38,7 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
         redirect_uris: row.redirect_uris,
         webhook_url: row.webhook_url,
         created_at: Some(timestamp(row.created_at)),
+        access_token_handoff: row.access_token_handoff,
     }
 }
 

@@ -16,6 +16,8 @@ pub struct ClientAppRow {
     pub redirect_uris: Vec<String>,
     pub webhook_url: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// May read connections' provider access tokens (operator setting).
+    pub access_token_handoff: bool,
 }
 
 impl ClientAppRow {
@@ -27,7 +29,7 @@ impl ClientAppRow {
 /// Columns of [`ClientAppRow`], as a macro so queries stay `&'static str`.
 macro_rules! app_columns {
     () => {
-        "id, organization_id, environment, name, redirect_uris, webhook_url, created_at"
+        "id, organization_id, environment, name, redirect_uris, webhook_url, created_at, access_token_handoff"
     };
 }
 
@@ -251,4 +253,21 @@ pub async fn lock_bootstrap(tx: &mut PgConnection) -> Result<()> {
         .execute(tx)
         .await?;
     Ok(())
+}
+
+/// Turns the app's access-token hand-off on or off (operators only).
+pub async fn set_access_token_handoff(
+    db: impl PgExecutor<'_>,
+    id: ClientAppId,
+    enabled: bool,
+) -> Result<bool> {
+    Ok(
+        sqlx::query("UPDATE client_apps SET access_token_handoff = $2 WHERE id = $1")
+            .bind(id)
+            .bind(enabled)
+            .execute(db)
+            .await?
+            .rows_affected()
+            == 1,
+    )
 }

@@ -4,6 +4,7 @@
 //! catalog, connectors, idempotency and events.
 
 use crate::auth::Caller;
+use crate::connectors::oauth_session::OAuthTokens;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::kernel::crypto::Sealed;
@@ -17,6 +18,7 @@ use crate::pb;
 pub mod access;
 pub mod health;
 pub mod store;
+pub mod tokens;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -170,9 +172,11 @@ pub struct Connections {
     /// Longest wait for one provider call (a logout, an operation).
     provider_timeout: std::time::Duration,
     idempotency: crate::idempotency::Idempotency,
+    provider_oauth: crate::provider_oauth::ProviderOAuth,
 }
 
 impl Connections {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: PgPool,
         catalog: std::sync::Arc<crate::catalog::Catalog>,
@@ -181,6 +185,7 @@ impl Connections {
         max_list_offset: i64,
         provider_timeout: std::time::Duration,
         idempotency: crate::idempotency::Idempotency,
+        provider_oauth: crate::provider_oauth::ProviderOAuth,
     ) -> Self {
         Connections {
             db,
@@ -190,6 +195,7 @@ impl Connections {
             max_list_offset,
             provider_timeout,
             idempotency,
+            provider_oauth,
         }
     }
 }
@@ -244,8 +250,9 @@ impl Connections {
         })
     }
 
-    /// Logs the end user out at the provider (best effort: the session is
-    /// wiped on our side either way), then deletes the connection, stops
+    /// Logs the end user out at the provider (an OAuth grant is revoked
+    /// there, RFC 7009, when it has a revocation endpoint; best effort: the
+    /// session is wiped on our side either way), then deletes the connection, stops
     /// billing and emits `connection.deleted` in one transaction.
     pub async fn delete_connection(
         &self,
@@ -290,6 +297,26 @@ impl Connections {
             return;
         };
         let session = self.open_session(row.id, Some(sealed));
+        if provider.oauth2.is_some() {
+            let tokens = session.as_ref().and_then(OAuthTokens::from_session);
+            if let (Some(tokens), Ok(Some(client))) = (
+                tokens,
+                self.provider_oauth
+                    .client(row.client_app_id, &provider)
+                    .await,
+            ) && let Err(err) = self
+                .provider_oauth
+                .revoke(&provider, &client, &tokens)
+                .await
+            {
+                tracing::warn!(
+                    connection_id = %row.id.to_string(),
+                    error_code = err.code(),
+                    "revoking the grant at the provider failed; the tokens are wiped anyway"
+                );
+            }
+            return;
+        }
         let ctx = login_context(tenant, row, &provider);
         let (Some(session), Ok(connector)) = (session, self.connectors.serving(&ctx)) else {
             return;

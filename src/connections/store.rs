@@ -97,6 +97,17 @@ pub struct FreshSession<'a> {
     pub expires_at: Option<DateTime<Utc>>,
     pub client_reference_id: Option<&'a str>,
     pub geolocation: Option<&'a Geolocation>,
+    /// For an OAuth grant: its access token's times.
+    pub token: Option<TokenTimes>,
+}
+
+/// When an OAuth connection's access token was obtained, expires and is
+/// due for refreshing (see [`super::tokens::refresh_due`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenTimes {
+    pub obtained_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_due_at: Option<DateTime<Utc>>,
 }
 
 /// Makes a live connection `active` with a fresh session (first login or
@@ -112,7 +123,10 @@ pub async fn activate(
         "UPDATE connections SET status = 'active', session_ciphertext = $4, session_expires_at = $5,
              authenticated_at = now(), updated_at = now(),
              client_reference_id = COALESCE($6, client_reference_id),
-             geolocation = COALESCE($7, geolocation)
+             geolocation = COALESCE($7, geolocation),
+             token_obtained_at = $8, token_expires_at = $9, refresh_due_at = $10,
+             refresh_not_before = NULL, refresh_failures = 0, refresh_error = NULL,
+             refresh_exhausted_at = NULL
          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL
          RETURNING ",
         connection_columns!()
@@ -124,6 +138,9 @@ pub async fn activate(
     .bind(session.expires_at)
     .bind(session.client_reference_id)
     .bind(session.geolocation.map(Json))
+    .bind(session.token.and_then(|t| t.obtained_at))
+    .bind(session.token.and_then(|t| t.expires_at))
+    .bind(session.token.and_then(|t| t.refresh_due_at))
     .fetch_optional(tx)
     .await?)
 }

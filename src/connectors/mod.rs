@@ -13,6 +13,7 @@ pub use geolocation::Geolocation;
 pub mod breaker;
 mod describe;
 pub mod metrics;
+pub mod oauth_session;
 pub mod remote;
 pub mod sandbox;
 
@@ -252,8 +253,18 @@ impl Connectors {
         &self.metrics
     }
 
-    /// The connector that serves a call for `ctx`.
+    /// The connector that serves a call for `ctx`; for an OAuth
+    /// integration, behind [`oauth_session::OAuthView`].
     pub fn serving(&self, ctx: &LoginContext<'_>) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let connector = self.route(ctx)?;
+        Ok(if ctx.provider.oauth2.is_some() {
+            Arc::new(oauth_session::OAuthView(connector))
+        } else {
+            connector
+        })
+    }
+
+    fn route(&self, ctx: &LoginContext<'_>) -> Result<Arc<dyn Connector>, ConnectorError> {
         let remote = self
             .routes
             .read()

@@ -9,6 +9,7 @@
 //! Every state change and its event are written in one transaction.
 
 pub(crate) mod attempt;
+pub mod oauth;
 pub mod store;
 
 use crate::catalog::{Catalog, Provider};
@@ -149,6 +150,7 @@ fn error_message(code: &str) -> &'static str {
             "The connection to the provider was interrupted. Some changes may have been made; check the account before trying again."
         }
         "session_expired" => "This session has expired. Start again from the app.",
+        "authorization_failed" => "The provider did not authorize the connection.",
         "link_expired" => "This link has expired.",
         "cancelled" => "Cancelled.",
         _ => "The provider is unavailable. Try again later.",
@@ -235,17 +237,20 @@ pub struct Flows {
     catalog: Arc<Catalog>,
     connectors: Connectors,
     cipher: Cipher,
+    provider_oauth: crate::provider_oauth::ProviderOAuth,
     settings: FlowSettings,
     link: Arc<dyn FlowKindHooks>,
     session: Arc<dyn FlowKindHooks>,
 }
 
 impl Flows {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: PgPool,
         catalog: Arc<Catalog>,
         connectors: Connectors,
         cipher: Cipher,
+        provider_oauth: crate::provider_oauth::ProviderOAuth,
         settings: FlowSettings,
         link: Arc<dyn FlowKindHooks>,
         session: Arc<dyn FlowKindHooks>,
@@ -255,6 +260,7 @@ impl Flows {
             catalog,
             connectors,
             cipher,
+            provider_oauth,
             settings,
             link,
             session,
@@ -275,6 +281,10 @@ impl Flows {
 
     pub(crate) fn connectors(&self) -> &Connectors {
         &self.connectors
+    }
+
+    pub(crate) fn provider_oauth(&self) -> &crate::provider_oauth::ProviderOAuth {
+        &self.provider_oauth
     }
 
     /// The longest one provider call may take.
@@ -366,6 +376,10 @@ impl Flows {
                 .as_ref()
                 .map(|p| p.name.clone())
                 .unwrap_or_default(),
+            login_method: provider
+                .as_ref()
+                .map_or(pb::LoginMethod::Unspecified, |p| p.login_method())
+                as i32,
             credential_fields: provider
                 .filter(|_| flow.step == FlowStep::Login)
                 .map(|p| {
@@ -661,7 +675,7 @@ impl Flows {
                     tx.commit().await?;
                 } else {
                     drop(tx);
-                    self.log_out(ctx, &pending).await;
+                    self.log_out(flow, ctx, &pending).await;
                 }
             }
             Err(err) if err.is_retryable_input() && flow.failed_logins < MAX_FAILED_ATTEMPTS => {
@@ -675,8 +689,18 @@ impl Flows {
         self.flow_view(flow.id).await
     }
 
-    /// Ends a provider session; best effort, within the call deadline.
-    pub(crate) async fn log_out(&self, ctx: &LoginContext<'_>, session: &ProviderSession) {
+    /// Ends a provider session `flow` will not keep; best effort, within the
+    /// call deadline. An OAuth grant is revoked at the provider instead.
+    pub(crate) async fn log_out(
+        &self,
+        flow: &FlowRow,
+        ctx: &LoginContext<'_>,
+        session: &ProviderSession,
+    ) {
+        if ctx.provider.oauth2.is_some() {
+            self.revoke_held(flow, ctx.provider, session).await;
+            return;
+        }
         if let Ok(connector) = self.connectors.serving(ctx) {
             let _ = self.within_deadline(connector.logout(ctx, session)).await;
         }
@@ -692,7 +716,8 @@ impl Flows {
             && let Ok(provider) = self.provider_of(flow)
         {
             // Best effort: the session is wiped from our side regardless.
-            self.log_out(&flow.login_context(&provider), &held).await;
+            self.log_out(flow, &flow.login_context(&provider), &held)
+                .await;
         }
         self.hooks(flow.kind).finish(self, flow, finish).await
     }

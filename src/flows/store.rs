@@ -356,3 +356,51 @@ pub async fn hold_for_consent(
     .rows_affected()
         == 1)
 }
+
+/// Records an authorization request sent to a provider for `flow_id`.
+pub async fn insert_authorization(
+    db: impl PgExecutor<'_>,
+    state_hash: &[u8],
+    flow_id: FlowId,
+    verifier_ciphertext: Option<&[u8]>,
+    display: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flow_authorizations (state_hash, flow_id, verifier_ciphertext, display)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(state_hash)
+    .bind(flow_id)
+    .bind(verifier_ciphertext)
+    .bind(display)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An authorization request taken by its callback.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UsedAuthorization {
+    pub flow_id: FlowId,
+    pub verifier_ciphertext: Option<Vec<u8>>,
+    pub display: String,
+}
+
+/// Marks the request of `state_hash` used and wipes its verifier, returning
+/// what it held; `None` when there is no such request or it was used (only
+/// one callback ever gets it).
+pub async fn use_authorization(
+    db: impl PgExecutor<'_>,
+    state_hash: &[u8],
+) -> Result<Option<UsedAuthorization>> {
+    Ok(sqlx::query_as(
+        "UPDATE flow_authorizations a SET used_at = now(), verifier_ciphertext = NULL
+         FROM (SELECT state_hash, verifier_ciphertext FROM flow_authorizations
+               WHERE state_hash = $1 AND used_at IS NULL FOR UPDATE) before
+         WHERE a.state_hash = before.state_hash
+         RETURNING a.flow_id, before.verifier_ciphertext, a.display",
+    )
+    .bind(state_hash)
+    .fetch_optional(db)
+    .await?)
+}

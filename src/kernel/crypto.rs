@@ -79,6 +79,14 @@ pub enum Sealed<'a> {
     FlowSession(FlowId),
     /// The provider session a connection keeps.
     ConnectionSession(ConnectionId),
+    /// A client app's OAuth client secret at a provider.
+    ProviderClientSecret {
+        app: ClientAppId,
+        integration: &'a str,
+    },
+    /// The PKCE verifier of one authorization request sent to a provider,
+    /// by the SHA-256 of its `state`.
+    AuthorizationVerifier(&'a [u8]),
     /// A finished request's response kept for its idempotency key.
     IdempotentResponse {
         tenant: Tenant,
@@ -99,6 +107,12 @@ impl Sealed<'_> {
             Sealed::LinkArguments(link) => format!("links.arguments:{link}"),
             Sealed::FlowSession(flow) => format!("flows.session:{}", flow.uuid()),
             Sealed::ConnectionSession(connection) => format!("connections.session:{connection}"),
+            Sealed::ProviderClientSecret { app, integration } => {
+                format!("provider_oauth_clients.secret:{app}:{integration}")
+            }
+            Sealed::AuthorizationVerifier(state_hash) => {
+                format!("flow_authorizations.verifier:{}", hex::encode(state_hash))
+            }
             Sealed::IdempotentResponse {
                 tenant,
                 operation,
@@ -273,6 +287,17 @@ mod tests {
             (
                 Sealed::ConnectionSession(ConnectionId::from_uuid(id)),
                 format!("connections.session:conn_{hex}"),
+            ),
+            (
+                Sealed::ProviderClientSecret {
+                    app: ClientAppId::from_uuid(id),
+                    integration: "twitch",
+                },
+                format!("provider_oauth_clients.secret:app_{hex}:twitch"),
+            ),
+            (
+                Sealed::AuthorizationVerifier(&[0xab, 0x01]),
+                "flow_authorizations.verifier:ab01".into(),
             ),
             (
                 Sealed::IdempotentResponse {

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod names;
 pub mod paging;
 pub mod proto_json;
+pub mod ssrf;
 pub mod tenant;
 pub mod time;
 pub mod validate;

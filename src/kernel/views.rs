@@ -15,7 +15,8 @@ pub fn iso8601(ts: &prost_types::Timestamp) -> String {
 /// enum prefix, lowercased (`LINK_STATUS_AWAITING_2FA` → `awaiting_2fa`,
 /// `OPERATION_ACTION_READ` → `read`).
 pub fn enum_name(proto_name: &str) -> String {
-    const PREFIXES: [&str; 7] = [
+    const PREFIXES: [&str; 8] = [
+        "LOGIN_METHOD_",
         "OPERATION_RUN_STATUS_",
         "LINK_STATUS_",
         "DELIVERY_STATUS_",

@@ -142,7 +142,7 @@ impl FlowKindHooks for LinkFlow {
             // Cancelled or expired while the provider was logging in.
             (false, _) => {}
         }
-        engine.log_out(ctx, &session).await;
+        engine.log_out(&attempt.flow, ctx, &session).await;
         Ok(())
     }
 

@@ -96,6 +96,12 @@ impl Links {
                         result_description: c.result_description.clone(),
                     })
                     .collect(),
+                login_method: p.login_method() as i32,
+                oauth_scopes: p
+                    .oauth2
+                    .as_ref()
+                    .map(|o| o.scopes.allowed.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(pb::ListProvidersResponse { providers })

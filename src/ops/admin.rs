@@ -69,6 +69,24 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             rotate_client_secret(api, app_id, json).await
         }
         AdminCommand::ListApps { organization, json } => list_apps(api, organization, json).await,
+        AdminCommand::SetOauthClient {
+            app_id,
+            integration,
+            client_id,
+            scopes,
+            json,
+        } => set_oauth_client(api, app_id, integration, client_id, scopes, json).await,
+        AdminCommand::SetAccessTokenHandoff { app_id, enabled } => {
+            let id = ClientAppId::from_request("app_id", &app_id)?;
+            if !tenancy::set_access_token_handoff(api.db(), id, enabled).await? {
+                bail!("no client app {app_id}");
+            }
+            println!(
+                "client app {app_id}: access-token hand-off {}",
+                if enabled { "enabled" } else { "disabled" }
+            );
+            Ok(())
+        }
     }
 }
 
@@ -232,6 +250,57 @@ async fn rotate_client_secret(api: &Services, app_id: String, json: bool) -> any
         format!(
             "client app      {app_id}\nclient secret   {}\n(shown only now; the previous secret no longer works)",
             secret.expose_secret()
+        ),
+    );
+    Ok(())
+}
+
+/// Sets an app's OAuth client at a provider, the secret read from stdin.
+async fn set_oauth_client(
+    api: &Services,
+    app_id: String,
+    integration_id: String,
+    client_id: String,
+    scopes: Vec<String>,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let id = ClientAppId::from_request("app_id", &app_id)?;
+    let Some(app) = tenancy::find_client_app(api.db(), id).await? else {
+        bail!("no client app {app_id}");
+    };
+    let mut client_secret = String::new();
+    std::io::stdin().read_line(&mut client_secret)?;
+    let client_secret = client_secret.trim_end_matches(['\r', '\n']).to_string();
+    let caller = crate::auth::Caller {
+        tenant: Tenant {
+            organization_id: app.organization_id,
+            environment: app.environment(),
+        },
+        only_connection: None,
+    };
+    let set = api
+        .provider_oauth
+        .set_client(
+            &caller,
+            crate::pb::SetProviderOAuthClientRequest {
+                client_app_id: app_id.clone(),
+                integration_id,
+                client_id,
+                client_secret,
+                scopes,
+            },
+        )
+        .await?
+        .oauth_client
+        .unwrap_or_default();
+    print(
+        json_output,
+        json!({ "clientAppId": app_id, "integrationId": set.integration_id, "clientId": set.client_id, "scopes": set.scopes }),
+        format!(
+            "client app      {app_id}\nintegration     {}\nclient id       {}\nscopes          {}",
+            set.integration_id,
+            set.client_id,
+            set.scopes.join(" ")
         ),
     );
     Ok(())

@@ -169,6 +169,18 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_CONNECTION_EXPIRY_WARNING", default_value = "7days", value_parser = parse_duration)]
     pub connection_expiry_warning: Duration,
 
+    /// The deployment's OAuth clients at providers, for apps that set none:
+    /// a JSON file `{"<integration>": {"clientId": …, "clientSecret": …,
+    /// "scopes": [...]}}`, checked against the catalog at start-up.
+    #[arg(long, env = "LINKD_OAUTH_CLIENTS_FILE")]
+    pub oauth_clients_file: Option<PathBuf>,
+
+    /// Provider hosts that may be private or loopback (token endpoints and
+    /// APIs of OAuth integrations, for local development and tests): like
+    /// LINKD_WEBHOOK_ALLOW, e.g. `127.0.0.1,api.internal`.
+    #[arg(long, env = "LINKD_PROVIDER_ALLOW", default_value = "", value_parser = parse_allowlist)]
+    pub provider_allow: Allow,
+
     /// Whether every OAuth authorization request must carry a PKCE S256
     /// `code_challenge` (RFC 9700 recommends it for all clients).
     #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -359,6 +371,10 @@ impl ServeArgs {
                 },
                 allow: std::sync::Arc::new(self.webhook_allow.0.clone()),
             },
+            provider_oauth: crate::api::services::ProviderOAuthConfig {
+                clients_file: self.oauth_clients_file.clone(),
+                allow: std::sync::Arc::new(self.provider_allow.0.clone()),
+            },
             connectors: crate::api::services::ConnectorSettings {
                 remotes: self
                     .connectors
@@ -472,6 +488,31 @@ pub enum AdminCommand {
         app_id: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Set the OAuth client a client app (`app_…`) uses at an OAuth
+    /// integration's provider. The secret is read from stdin (one line) so
+    /// it stays out of shell history and process lists.
+    SetOauthClient {
+        app_id: String,
+        /// An OAuth integration of the catalog, e.g. `twitch`.
+        #[arg(long)]
+        integration: String,
+        /// The client id the provider issued.
+        #[arg(long)]
+        client_id: String,
+        /// A scope to request (repeatable); none: the integration's defaults.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow or forbid a client app (`app_…`) to read connections' provider
+    /// access tokens (GetConnectionAccessToken). Off by default.
+    SetAccessTokenHandoff {
+        app_id: String,
+        /// `true` or `false`.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        enabled: bool,
     },
     /// List client apps.
     ListApps {
@@ -609,7 +650,7 @@ fn parse_schedule(s: &str) -> Result<Schedule, String> {
 
 /// The SSRF guard's allowlist.
 #[derive(Debug, Clone)]
-pub struct Allow(pub crate::webhooks::ssrf::Allowlist);
+pub struct Allow(pub crate::kernel::ssrf::Allowlist);
 
 /// `LINKD_CONNECTORS`: connector names and their endpoints, in order.
 #[derive(Debug, Clone, Default)]
@@ -704,7 +745,7 @@ fn parse_names(s: &str) -> Result<Names, String> {
 }
 
 fn parse_allowlist(s: &str) -> Result<Allow, String> {
-    crate::webhooks::ssrf::Allowlist::parse(s).map(Allow)
+    crate::kernel::ssrf::Allowlist::parse(s).map(Allow)
 }
 
 #[cfg(test)]

@@ -106,7 +106,29 @@ pub fn api(
         &settings.connectors.tls,
         settings.connectors.deadlines,
     )?;
-    Ok(Services::new(pool, catalog, connectors, cipher, settings))
+    let default_clients = match &settings.provider_oauth.clients_file {
+        Some(path) => crate::provider_oauth::load_default_clients(path, &catalog)?,
+        None => Default::default(),
+    };
+    let provider_oauth = crate::provider_oauth::ProviderOAuth::new(
+        pool.clone(),
+        cipher.clone(),
+        catalog.clone(),
+        crate::provider_oauth::ProviderOAuthSettings {
+            public_url: settings.public_url.clone(),
+            timeout: settings.provider_timeout,
+            allow: settings.provider_oauth.allow.clone(),
+            default_clients,
+        },
+    )?;
+    Ok(Services::new(
+        pool,
+        catalog,
+        connectors,
+        provider_oauth,
+        cipher,
+        settings,
+    ))
 }
 
 /// What the first start of a development database created.

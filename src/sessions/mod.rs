@@ -15,10 +15,11 @@
 pub mod rules;
 
 use crate::auth::Caller;
-use crate::catalog::Category;
+use crate::catalog::{Category, Provider};
 use crate::client_apps::store as client_apps;
 use crate::connections::store::{self as store, FreshSession, NewConnection};
 use crate::connections::{ConnectionStatus, connection_event_data};
+use crate::connectors::oauth_session::OAuthTokens;
 use crate::connectors::{LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
@@ -47,7 +48,6 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Sessions {
     db: PgPool,
-    catalog: Arc<crate::catalog::Catalog>,
     cipher: crate::kernel::crypto::Cipher,
     idempotency: Idempotency,
     flows: Flows,
@@ -58,7 +58,6 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(
         db: PgPool,
-        catalog: Arc<crate::catalog::Catalog>,
         cipher: crate::kernel::crypto::Cipher,
         idempotency: Idempotency,
         flows: Flows,
@@ -66,7 +65,6 @@ impl Sessions {
     ) -> Self {
         Sessions {
             db,
-            catalog,
             cipher,
             idempotency,
             flows,
@@ -167,10 +165,10 @@ impl Sessions {
         if req.integration_id.is_empty() {
             return Err(Error::invalid("integrationId", "is required"));
         }
-        let offered = self
-            .catalog
-            .provider(&req.integration_id)
-            .is_some_and(|p| flow.oauth.is_none() || p.category == Category::Bank);
+        let offered = offered_integrations(&self.flows, &flow)
+            .await?
+            .iter()
+            .any(|p| p.id == req.integration_id);
         if !offered {
             return Err(Error::invalid(
                 "integrationId",
@@ -284,6 +282,9 @@ impl Sessions {
                 expires_at: session.expires_at,
                 client_reference_id: flow.client_reference_id.as_deref(),
                 geolocation: flow.geolocation.as_ref().map(|g| &g.0),
+                token: OAuthTokens::from_session(session)
+                    .as_ref()
+                    .map(crate::connections::tokens::token_times),
             },
         )
         .await
@@ -328,6 +329,25 @@ pub fn session_request(req: &pb::InitLinkSessionRequest) -> SessionRequest<'_> {
     }
 }
 
+/// The integrations a session's end user may pick: for an OAuth
+/// authorization request (linkd as the bank-data provider) only banks; an
+/// OAuth integration only when the app (or the deployment) has an OAuth
+/// client there.
+async fn offered_integrations(engine: &Flows, flow: &FlowRow) -> Result<Vec<Arc<Provider>>> {
+    let providers = engine.catalog().providers();
+    let usable = match flow.client_app_id {
+        Some(app) if providers.iter().any(|p| p.oauth2.is_some()) => {
+            engine.provider_oauth().usable_integrations(app).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok(providers
+        .into_iter()
+        .filter(|p| flow.oauth.is_none() || p.category == Category::Bank)
+        .filter(|p| p.oauth2.is_none() || usable.contains(&p.id))
+        .collect())
+}
+
 /// The session kind of flow: holds the provider session for consent and
 /// keeps the connection it makes in step.
 #[derive(Debug)]
@@ -350,14 +370,13 @@ impl FlowKindHooks for SessionFlow {
             view.scopes = oauth.scope.split(' ').map(str::to_string).collect();
         }
         if flow.step == FlowStep::PreLogin {
-            view.integrations = engine
-                .catalog()
-                .providers()
+            view.integrations = offered_integrations(engine, flow)
+                .await?
                 .into_iter()
-                .filter(|p| oauth.is_none() || p.category == Category::Bank)
                 .map(|p| pb::IntegrationChoice {
                     integration_id: p.id.clone(),
                     name: p.name.clone(),
+                    login_method: p.login_method() as i32,
                 })
                 .collect();
         }
@@ -427,7 +446,7 @@ impl FlowKindHooks for SessionFlow {
         let held = flows_store::hold_for_consent(engine.db(), attempt.flow.id, attempt.id, &sealed)
             .await?;
         if !held {
-            engine.log_out(ctx, &session).await;
+            engine.log_out(&attempt.flow, ctx, &session).await;
         }
         Ok(())
     }

@@ -16,13 +16,13 @@
 
 pub mod metrics;
 pub mod signing;
-pub mod ssrf;
+
 pub mod store;
 
 use crate::kernel::crypto::Sealed;
 use crate::kernel::ids::ClientAppId;
+use crate::kernel::ssrf::{self, Allowlist, Refused};
 use signing::SigningSecret;
-use ssrf::{Allowlist, GuardedResolver, Refused};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,30 +58,15 @@ pub struct WebhookSettings {
     pub allow: Arc<Allowlist>,
 }
 
-/// The one pooled client: rustls with ring (the tree's one crypto backend)
-/// and the webpki roots, no redirects, no proxies, guarded DNS.
+/// The one pooled client of deliveries (see [`ssrf::guarded_client`]).
 pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(Arc::new(GuardedResolver {
-            allow: settings.allow.clone(),
-        }))
-        .user_agent(concat!("linkd-webhooks/", env!("CARGO_PKG_VERSION")))
-        // A destination has at most this many deliveries at once.
-        .pool_max_idle_per_host(settings.per_destination.max(1))
-        .build()?)
+    Ok(
+        ssrf::guarded_client(settings.allow.clone(), settings.timeout)?
+            .user_agent(concat!("linkd-webhooks/", env!("CARGO_PKG_VERSION")))
+            // A destination has at most this many deliveries at once.
+            .pool_max_idle_per_host(settings.per_destination.max(1))
+            .build()?,
+    )
 }
 
 /// What delivering needs: the database, the cipher that opens signing

@@ -322,10 +322,12 @@ fn the_stray_text_guard_catches_what_shipped_before() {
 
 /// The integrations the Link page offers, in catalog order.
 fn offered() -> Vec<String> {
+    // OAuth integrations need the app's OAuth client; these apps have none.
     linkd::ops::startup::load_catalog(None)
         .unwrap()
         .providers()
         .iter()
+        .filter(|p| p.oauth2.is_none())
         .map(|p| p.name.clone())
         .collect()
 }
@@ -1097,5 +1099,172 @@ async fn oauth_authorize_login_2fa_callback_and_token_in_the_browser() {
     let connection: Value = read.json().await.unwrap();
     assert_eq!(connection["status"], "active");
     assert_eq!(connection["integrationId"], "banquelaurentide");
+    browser.quit().await;
+}
+
+/// A client site whose app has its OAuth client at a real OAuth provider
+/// (oidc-provider) in the catalog as `acmeid`.
+async fn oauth_site(app: &TestApp) -> (ClientSite, TestTenant, crate::oauth_server::OAuthServer) {
+    let provider = crate::oauth_server::OAuthServer::start(&app.url("/link/oauth/callback"), 60);
+    app.api
+        .catalog()
+        .add_described(&provider.catalog_entry(crate::provider_oauth::INTEGRATION))
+        .unwrap();
+    let site = ClientSite::start(app).await;
+    let tenant = site.register(app, new_tenant(app).await).await;
+    crate::provider_oauth::set_client(
+        app,
+        &tenant,
+        json!({
+            "clientId": crate::oauth_server::CLIENT_ID,
+            "clientSecret": crate::oauth_server::CLIENT_SECRET,
+            "scopes": ["read", "offline_access"],
+        }),
+    )
+    .await;
+    (site, tenant, provider)
+}
+
+impl Browser {
+    /// Signs in and consents on the OAuth provider's own pages.
+    async fn at_the_provider(&mut self, user: &str) {
+        self.find("input[name=login]")
+            .await
+            .send_keys(user)
+            .await
+            .unwrap();
+        self.find("input[name=password]")
+            .await
+            .send_keys("any")
+            .await
+            .unwrap();
+        self.shot("provider-sign-in").await;
+        self.click("button.login-submit").await;
+        self.text_of("button.login-submit", "Continue").await;
+        self.shot("provider-consent").await;
+        self.click("button.login-submit").await;
+    }
+}
+
+const OAUTH_LOGIN: [&str; 4] = [
+    "Log in to Acme ID",
+    "You will sign in on Acme ID’s own page. Your password is never shared with the app.",
+    "Continue to Acme ID",
+    "Cancel",
+];
+
+#[tokio::test]
+async fn hosted_oauth_session_goes_through_the_providers_pages() {
+    let app = spawn_app().await;
+    let (site, tenant, provider) = oauth_site(&app).await;
+    let url = session_url(&app, &tenant, json!({ "clientReferenceId": "oauth-user" })).await;
+    let mut browser = Browser::start("oauth_hosted").await;
+    browser.goto(&url).await;
+    browser.heading("Choose your provider").await;
+    browser.click("button[data-integration=acmeid]").await;
+    browser.screen("oauth-login", &OAUTH_LOGIN).await;
+    browser.click("button[data-oauth=start]").await;
+    browser.landed_on(provider.base.as_str()).await;
+    browser.at_the_provider("creator-7").await;
+
+    // Back on the Link page in the same tab, at consent.
+    browser
+        .screen(
+            "consent",
+            &[
+                "Allow Acme Budget to access your Acme ID account?",
+                "Acme Budget will be able to use this connection until you or the app remove it.",
+                "Allow",
+                "Cancel",
+            ],
+        )
+        .await;
+    let address = browser.client.current_url().await.unwrap();
+    assert_eq!(address.path(), "/link");
+    assert_eq!(address.query(), None, "the code left the address bar");
+    browser.click("button.primary").await;
+    browser
+        .screen("done", &["Connected. Returning to the app…"])
+        .await;
+    let landed = browser.landed_on(&site.callback()).await;
+    browser.shot("back-in-app").await;
+    let params = query(&landed);
+    assert_eq!(params[1], ("status".to_string(), "success".to_string()));
+    let connection_id = &params[2].1;
+    let (_, connection) = crate::sessions::get_connection(&app, &tenant, connection_id).await;
+    assert_eq!(connection["status"], "active");
+    assert_eq!(connection["integrationId"], "acmeid");
+    let created = app.events_of(&tenant, "connection.created").await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(provider.stats().await["authorization_code"], 1);
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn embedded_oauth_opens_the_provider_in_a_popup() {
+    let app = spawn_app().await;
+    let (site, tenant, provider) = oauth_site(&app).await;
+    let session = session_url(&app, &tenant, json!({ "clientReferenceId": "emb-oauth" })).await;
+    let mut browser = Browser::start("oauth_embedded").await;
+    let mut host = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
+    host.query_pairs_mut().append_pair("session", &session);
+    browser.goto(host.as_str()).await;
+    let main = browser.client.window().await.unwrap();
+    browser.click("#connect").await;
+    let link_frame = "[data-linkd-overlay] iframe";
+    browser.find(link_frame).await.enter_frame().await.unwrap();
+    browser.click("button[data-integration=acmeid]").await;
+    browser.screen("oauth-login", &OAUTH_LOGIN).await;
+    browser.click("button[data-oauth=start]").await;
+    let started = Instant::now();
+    let popup = loop {
+        let windows = browser.client.windows().await.unwrap();
+        if let Some(popup) = windows.into_iter().find(|w| *w != main) {
+            break popup;
+        }
+        assert!(started.elapsed() < WAIT, "no popup opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    browser
+        .screen(
+            "oauth-waiting",
+            &[
+                OAUTH_LOGIN[0],
+                OAUTH_LOGIN[1],
+                "Finish signing in to Acme ID in the window that opened.",
+                OAUTH_LOGIN[2],
+                OAUTH_LOGIN[3],
+            ],
+        )
+        .await;
+    browser.client.switch_to_window(popup).await.unwrap();
+    browser.at_the_provider("creator-8").await;
+    // The popup closes itself once linkd has the code.
+    let started = Instant::now();
+    while browser.client.windows().await.unwrap().len() > 1 {
+        assert!(started.elapsed() < WAIT, "the provider popup stayed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.client.switch_to_window(main).await.unwrap();
+    browser.find(link_frame).await.enter_frame().await.unwrap();
+    browser
+        .heading("Allow Acme Budget to access your Acme ID account?")
+        .await;
+    browser.shot("consent-in-frame").await;
+    browser.click("button.primary").await;
+    browser.client.enter_parent_frame().await.unwrap();
+    browser.text_of("#log", "success").await;
+    browser.shot("on-success").await;
+    let success = browser
+        .client
+        .execute(
+            "return window.results.filter(function (r) { return r.kind === 'success'; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(success[0]["payload"]["clientReferenceId"], "emb-oauth");
+    assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
+    assert_eq!(provider.stats().await["authorization_code"], 1);
     browser.quit().await;
 }

@@ -158,7 +158,7 @@ pub fn serve_args() -> ServeArgs {
         api_key_cache_ttl: Duration::from_secs(5),
         max_list_offset: 10_000,
         webhook_allow: linkd::ops::config::Allow(
-            linkd::webhooks::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
+            linkd::kernel::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
         connectors: Default::default(),
         connector_tokens: Default::default(),
@@ -171,6 +171,10 @@ pub fn serve_args() -> ServeArgs {
         connector_check_timeout: Duration::from_secs(10),
         connection_check_interval: Duration::from_secs(6 * 60 * 60),
         connection_expiry_warning: Duration::from_secs(7 * 24 * 60 * 60),
+        oauth_clients_file: None,
+        provider_allow: linkd::ops::config::Allow(
+            linkd::kernel::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
+        ),
     }
 }
 

@@ -67,6 +67,30 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An array of strings (`["read", "write"]`).
+    pub fn string_list(&mut self, name: &str) -> Vec<String> {
+        match self.get(name) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut list = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => list.push(s.clone()),
+                        _ => self
+                            .problems
+                            .add(format!("{}[{i}]", self.path(name)), "must be a string"),
+                    }
+                }
+                list
+            }
+            Some(_) => {
+                self.problems
+                    .add(self.path(name), "must be an array of strings");
+                Vec::new()
+            }
+        }
+    }
+
     /// An object of strings (`{"username": "…"}`).
     pub fn string_map(&mut self, name: &str) -> HashMap<String, String> {
         let mut map = HashMap::new();

@@ -41,8 +41,16 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
         "cancelledStep": step_name(flow.cancelled_step()),
         "scopes": flow.scopes,
         "integrations": flow.integrations.iter()
-            .map(|i| json!({ "integrationId": i.integration_id, "name": i.name }))
+            .map(|i| json!({
+                "integrationId": i.integration_id,
+                "name": i.name,
+                "loginMethod": super::enum_name(i.login_method().as_str_name()),
+            }))
             .collect::<Vec<_>>(),
+        "loginMethod": match flow.login_method() {
+            pb::LoginMethod::Unspecified => Value::Null,
+            method => json!(super::enum_name(method.as_str_name())),
+        },
         "expiresAt": flow.expires_at.as_ref().map(super::iso8601),
         "lang": flow.lang,
     })
@@ -168,4 +176,58 @@ pub(super) async fn approve(
         .approve_access(presented_key(&headers).as_ref())
         .await?;
     Ok(Json(flow_json(&flow)).into_response())
+}
+
+pub(super) async fn start_provider_authorization(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let display = read_object(&headers, &body, &["display"], |f| {
+        match f.string("display").as_deref() {
+            None | Some("page") => Ok(pb::AuthorizationDisplay::Page),
+            Some("popup") => Ok(pb::AuthorizationDisplay::Popup),
+            Some(_) => Err(Error::invalid("display", "must be page or popup")),
+        }
+    })??;
+    let started = state
+        .api
+        .flows
+        .start_provider_authorization(
+            presented_key(&headers).as_ref(),
+            pb::StartProviderAuthorizationRequest {
+                display: display as i32,
+            },
+        )
+        .await?;
+    Ok(Json(json!({ "authorizationUrl": started.authorization_url })).into_response())
+}
+
+/// `/link/oauth/callback`: the provider's redirect back. Always a `303` to
+/// the Link page (which has the flow token in its tab's storage), so the
+/// code leaves the address bar and history at once: plain for the Link
+/// page's own tab, `#oauth=popup` for a popup (the page closes itself), or
+/// `#oauth_error=invalid_state` when nothing was done.
+pub(super) async fn provider_callback(
+    State(state): State<RestState>,
+    axum::extract::Query(callback): axum::extract::Query<crate::flows::oauth::Callback>,
+) -> Result<Response, Error> {
+    use crate::flows::oauth::{AuthorizationDisplay, Landing};
+    let location = match state.api.flows.provider_callback(callback).await? {
+        Landing::LinkPage(AuthorizationDisplay::Page) => "/link".to_string(),
+        Landing::LinkPage(AuthorizationDisplay::Popup) => "/link#oauth=popup".to_string(),
+        Landing::Refused(code) => format!("/link#oauth_error={code}"),
+    };
+    Ok((
+        axum::http::StatusCode::SEE_OTHER,
+        [
+            (axum::http::header::LOCATION, location),
+            (axum::http::header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                axum::http::header::REFERRER_POLICY,
+                "no-referrer".to_string(),
+            ),
+        ],
+    )
+        .into_response())
 }

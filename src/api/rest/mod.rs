@@ -22,6 +22,7 @@ mod events;
 mod flow;
 mod links;
 mod oauth;
+mod provider_oauth;
 mod sessions;
 use serde_json::json;
 
@@ -94,6 +95,7 @@ struct ClientAppJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_url: Option<String>,
     created_at: String,
+    access_token_handoff: bool,
 }
 
 impl From<pb::ClientApp> for ClientAppJson {
@@ -105,6 +107,7 @@ impl From<pb::ClientApp> for ClientAppJson {
             redirect_uris: app.redirect_uris,
             webhook_url: app.webhook_url,
             created_at: app.created_at.as_ref().map(iso8601).unwrap_or_default(),
+            access_token_handoff: app.access_token_handoff,
         }
     }
 }
@@ -156,6 +159,9 @@ struct ProviderJson {
     name: String,
     category: String,
     capabilities: Vec<CapabilityJson>,
+    login_method: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    oauth_scopes: Vec<String>,
 }
 
 async fn list_providers(
@@ -171,6 +177,8 @@ async fn list_providers(
         .into_iter()
         .map(|p| ProviderJson {
             category: enum_name(p.category().as_str_name()),
+            login_method: enum_name(p.login_method().as_str_name()),
+            oauth_scopes: p.oauth_scopes,
             integration_id: p.integration_id,
             name: p.name,
             capabilities: p
@@ -243,6 +251,14 @@ pub fn router(state: RestState) -> Router {
             "/v1/client-apps/{client_app_id}/rotate-webhook-secret",
             axum::routing::post(events::rotate_webhook_secret),
         )
+        .route(
+            "/v1/client-apps/{client_app_id}/oauth-clients",
+            get(provider_oauth::list_clients),
+        )
+        .route(
+            "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}",
+            axum::routing::put(provider_oauth::set_client).delete(provider_oauth::delete_client),
+        )
         .route("/v1/events", get(events::list))
         .route(
             "/v1/events/redeliver-failed",
@@ -289,6 +305,14 @@ pub fn router(state: RestState) -> Router {
             axum::routing::post(flow::second_factor),
         )
         .route("/v1/flow/cancel", axum::routing::post(flow::cancel))
+        .route(
+            "/v1/flow/oauth/start",
+            axum::routing::post(flow::start_provider_authorization),
+        )
+        .route(
+            &format!("/{}", crate::provider_oauth::CALLBACK_PATH),
+            get(flow::provider_callback),
+        )
         .layer(axum::middleware::from_fn(gate_query))
         .with_state(state)
 }

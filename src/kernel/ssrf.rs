@@ -1,4 +1,5 @@
-//! The SSRF guard of webhook delivery: destinations in loopback, private,
+//! The SSRF guard of every call to an address a client or a provider chose
+//! (webhook delivery, provider APIs): destinations in loopback, private,
 //! link-local (cloud metadata), CGNAT, multicast, documentation or reserved
 //! ranges are refused before any connection. Host names are resolved by
 //! [`GuardedResolver`], which hands the HTTP client only allowed addresses:
@@ -74,7 +75,8 @@ pub fn is_public(ip: IpAddr) -> bool {
     !FORBIDDEN.iter().any(|net| net.contains(&ip))
 }
 
-/// Destinations opened by the operator (`LINKD_WEBHOOK_ALLOW`): host names
+/// Destinations opened by the operator (`LINKD_WEBHOOK_ALLOW`,
+/// `LINKD_PROVIDER_ALLOW`): host names
 /// (exact, case-insensitive) and IP ranges.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
@@ -119,7 +121,7 @@ impl Allowlist {
 
 /// Why a destination was refused; shown in the delivery attempt.
 #[derive(Debug, thiserror::Error)]
-#[error("destination refused: {host} resolves only to addresses webhooks may not reach")]
+#[error("destination refused: {host} resolves only to addresses linkd may not reach")]
 pub struct Refused {
     pub host: String,
 }
@@ -140,7 +142,7 @@ pub fn check_literal_host(url: &url::Url, allow: &Allowlist) -> Result<(), Refus
     }
 }
 
-/// A DNS resolver for the webhook HTTP client that returns only addresses
+/// A DNS resolver for an outbound HTTP client that returns only addresses
 /// the allowlist or [`is_public`] permits, and fails when none is left.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
@@ -170,6 +172,30 @@ impl reqwest::dns::Resolve for GuardedResolver {
             Ok(Box::new(resolved.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// An outbound HTTP client behind the guard: rustls with ring (the tree's
+/// one crypto backend) and the webpki roots, no redirects (a redirect could
+/// lead past the guard's host check), no proxies, guarded DNS.
+pub fn guarded_client(
+    allow: Arc<Allowlist>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver { allow })))
 }
 
 #[cfg(test)]
