@@ -271,6 +271,31 @@ impl Browser {
         self.click("button[type=submit]").await;
     }
 
+    /// Waits for a window other than `main` (a popup) and returns it.
+    async fn popup_beside(
+        &self,
+        main: &fantoccini::wd::WindowHandle,
+    ) -> fantoccini::wd::WindowHandle {
+        let started = Instant::now();
+        loop {
+            let windows = self.client.windows().await.unwrap();
+            if let Some(popup) = windows.into_iter().find(|w| w != main) {
+                return popup;
+            }
+            assert!(started.elapsed() < WAIT, "no popup opened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every popup has closed itself.
+    async fn wait_until_one_window(&self) {
+        let started = Instant::now();
+        while self.client.windows().await.unwrap().len() > 1 {
+            assert!(started.elapsed() < WAIT, "the popup stayed open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn quit(self) {
         let _ = self.client.close().await;
     }
@@ -922,15 +947,7 @@ async fn a_popup_delivers_its_result_to_the_opener() {
     browser.goto(host.as_str()).await;
     let main = browser.client.window().await.unwrap();
     browser.click("#connect").await;
-    let started = Instant::now();
-    let popup = loop {
-        let windows = browser.client.windows().await.unwrap();
-        if let Some(popup) = windows.into_iter().find(|w| *w != main) {
-            break popup;
-        }
-        assert!(started.elapsed() < WAIT, "no popup opened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let popup = browser.popup_beside(&main).await;
     browser.client.switch_to_window(popup).await.unwrap();
     browser
         .click("button[data-integration=banquelaurentide]")
@@ -942,11 +959,7 @@ async fn a_popup_delivers_its_result_to_the_opener() {
     browser.client.switch_to_window(main).await.unwrap();
     browser.text_of("#log", "success").await;
     browser.shot("opener-on-success").await;
-    let started = Instant::now();
-    while browser.client.windows().await.unwrap().len() > 1 {
-        assert!(started.elapsed() < WAIT, "the popup stayed open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.wait_until_one_window().await;
     let success = browser
         .client
         .execute(
@@ -1216,15 +1229,7 @@ async fn embedded_oauth_opens_the_provider_in_a_popup() {
     browser.click("button[data-integration=acmeid]").await;
     browser.screen("oauth-login", &OAUTH_LOGIN).await;
     browser.click("button[data-oauth=start]").await;
-    let started = Instant::now();
-    let popup = loop {
-        let windows = browser.client.windows().await.unwrap();
-        if let Some(popup) = windows.into_iter().find(|w| *w != main) {
-            break popup;
-        }
-        assert!(started.elapsed() < WAIT, "no popup opened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let popup = browser.popup_beside(&main).await;
     browser
         .screen(
             "oauth-waiting",
@@ -1240,11 +1245,7 @@ async fn embedded_oauth_opens_the_provider_in_a_popup() {
     browser.client.switch_to_window(popup).await.unwrap();
     browser.at_the_provider("creator-8").await;
     // The popup closes itself once linkd has the code.
-    let started = Instant::now();
-    while browser.client.windows().await.unwrap().len() > 1 {
-        assert!(started.elapsed() < WAIT, "the provider popup stayed open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.wait_until_one_window().await;
     browser.client.switch_to_window(main).await.unwrap();
     browser.find(link_frame).await.enter_frame().await.unwrap();
     browser
