@@ -61,11 +61,6 @@ impl OAuthTokens {
     pub fn from_session(session: &ProviderSession) -> Option<Self> {
         serde_json::from_value(session.data.get("oauth2")?.clone()).ok()
     }
-
-    /// Whether the access token is past its expiry (or within `margin` of it).
-    pub fn expired_within(&self, margin: chrono::Duration) -> bool {
-        self.expires_at.is_some_and(|at| at - margin <= Utc::now())
-    }
 }
 
 /// What a connector sees of an OAuth session: the access token, its type,

@@ -187,11 +187,6 @@ impl ProviderOAuth {
         &self.metrics
     }
 
-    /// The HTTP client of every call to a provider (guarded, no redirects).
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// Where providers send the end user back (`redirect_uri`).
     pub fn callback_url(&self) -> Url {
         self.settings

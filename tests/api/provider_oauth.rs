@@ -162,6 +162,12 @@ async fn a_session_connects_through_the_providers_consent_page() {
     let connection_id = done["connectionId"].as_str().unwrap();
     assert_eq!(query["connection_id"], connection_id);
     assert_eq!(s.provider.stats().await["authorization_code"], 1);
+    assert!(
+        s.app.metrics().await.contains(
+            r#"linkd_oauth_token_requests_total{integration="acmeid",grant="authorization_code",outcome="ok"} 1"#
+        ),
+        "the exchange is counted"
+    );
 
     let (_, connection) = crate::sessions::get_connection(&s.app, &s.tenant, connection_id).await;
     assert_eq!(connection["status"], "active");
