@@ -818,19 +818,23 @@ async fn finished_events_past_their_retention_are_removed_and_pending_ones_kept(
     }
     let uuid = |id: &str| EventId::parse(id).unwrap();
     let (old_delivered, old_pending) = (uuid(&ids[0]), uuid(&ids[1]));
-    sqlx::query("UPDATE events SET created_at = now() - interval '31 days' WHERE id = ANY($1)")
-        .bind([old_delivered, old_pending])
-        .execute(app.api.db())
-        .await
-        .unwrap();
+    // One transaction: a sweep between two statements would see the pending
+    // event old and still delivered, and rightly remove it.
+    let mut tx = app.api.db().begin().await.unwrap();
     sqlx::query(
         "UPDATE events SET delivery_status = 'pending', next_attempt_at = now() + interval '1 day'
          WHERE id = $1",
     )
     .bind(old_pending)
-    .execute(app.api.db())
+    .execute(&mut *tx)
     .await
     .unwrap();
+    sqlx::query("UPDATE events SET created_at = now() - interval '31 days' WHERE id = ANY($1)")
+        .bind([old_delivered, old_pending])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 
     let started = Instant::now();
     while app
