@@ -46,6 +46,7 @@ pub struct Settings {
 pub struct ProviderOAuthConfig {
     pub clients_file: Option<std::path::PathBuf>,
     pub allow: Arc<crate::kernel::ssrf::Allowlist>,
+    pub refresh: crate::connections::tokens::RefreshSettings,
 }
 
 /// Which connector processes this replica calls, and how long it waits.
@@ -165,7 +166,10 @@ impl Services {
                 settings.max_list_offset,
                 settings.provider_timeout,
                 idempotency.clone(),
-                provider_oauth.clone(),
+                crate::connections::tokens::TokenKeeper::new(
+                    provider_oauth.clone(),
+                    settings.provider_oauth.refresh.clone(),
+                ),
             ),
             oauth: OAuth::new(
                 db.clone(),

@@ -10,9 +10,11 @@
 //! given back, or, when the provider ended the session, the connection
 //! `expired` with its one `connection.expired` event.
 
+use super::tokens::RefreshFailure;
 use super::{Connections, RunStatus, connection_event_data, parse_connection_id, store};
 use crate::auth::Caller;
 use crate::catalog::operations::{Operation, check_operations, requests_from_proto, summaries};
+use crate::connectors::oauth_session::OAuthTokens;
 use crate::connectors::{ConnectorError, LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::idempotency::store::IdempotencyKey;
@@ -167,9 +169,10 @@ impl Connections {
             .provider(&leased.row.integration_id)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("integration left the catalog")))?;
         let ctx = super::login_context(tenant, &leased.row, &provider);
+        let oauth = provider.oauth2.is_some().then_some(&leased.row);
         let ran = match self.open_session(id, leased.session_ciphertext.as_deref()) {
             Some(session) => {
-                self.call_provider(&ctx, session, operations, arguments)
+                self.call_provider(&ctx, oauth, session, operations, arguments)
                     .await
             }
             // Nothing to use: as if the provider had ended it.
@@ -223,6 +226,10 @@ impl Connections {
                     connection_id: Some(id),
                 };
                 outbox::record(&mut tx, tenant, "connection.expired", subject, data).await?;
+            } else {
+                // Expired meanwhile (a refused refresh, the health check):
+                // the lease is still this run's to give back.
+                store::release_operations_lease(&mut tx, id, run_id, None).await?;
             }
         } else {
             let renewed = renewed
@@ -298,10 +305,13 @@ impl Connections {
 
     /// Runs the operations in order with the connector serving the
     /// connection, each within the provider deadline; stops at the first
-    /// failure.
+    /// failure. For an OAuth connection (`oauth`), an expired access token
+    /// is refreshed first, and an operation the provider refused the token
+    /// for is run once more after a refresh.
     async fn call_provider(
         &self,
         ctx: &LoginContext<'_>,
+        oauth: Option<&store::ConnectionRow>,
         session: ProviderSession,
         operations: &[Operation],
         arguments: &[Value],
@@ -319,12 +329,40 @@ impl Connections {
             }
         };
         let mut session = session;
-        for (i, (op, args)) in operations.iter().zip(arguments).enumerate() {
+        if let Some(row) = oauth {
+            match self.fresh_oauth_session(row, &session, false).await {
+                Ok(fresh) => session = fresh,
+                Err(err) => {
+                    ran.failure = Some((0, err));
+                    return ran;
+                }
+            }
+        }
+        let mut refreshed_after_refusal = false;
+        let mut calls = operations.iter().zip(arguments).enumerate().peekable();
+        while let Some(&(i, (op, args))) = calls.peek() {
             let call = connector.execute(ctx, &session, &op.resource, op.action, args);
-            match tokio::time::timeout(self.provider_timeout, call)
+            let outcome = tokio::time::timeout(self.provider_timeout, call)
                 .await
-                .unwrap_or(Err(ConnectorError::ProviderUnavailable))
+                .unwrap_or(Err(ConnectorError::ProviderUnavailable));
+            if let (Some(row), Err(ConnectorError::SessionExpired), false) =
+                (oauth, &outcome, refreshed_after_refusal)
             {
+                refreshed_after_refusal = true;
+                match self.fresh_oauth_session(row, &session, true).await {
+                    // The same operation again, with the new token.
+                    Ok(fresh) => {
+                        session = fresh;
+                        continue;
+                    }
+                    Err(err) => {
+                        ran.failure = Some((i, err));
+                        break;
+                    }
+                }
+            }
+            calls.next();
+            match outcome {
                 Ok(executed) => {
                     ran.data.push(executed.data);
                     if let Some(renewed) = executed.renewed {
@@ -339,6 +377,31 @@ impl Connections {
             }
         }
         ran
+    }
+
+    /// `session` with usable OAuth tokens (refreshed when they were not, or
+    /// when the provider `rejected` them), as a connector error otherwise.
+    async fn fresh_oauth_session(
+        &self,
+        row: &store::ConnectionRow,
+        session: &ProviderSession,
+        rejected: bool,
+    ) -> Result<ProviderSession, ConnectorError> {
+        let Some(tokens) = OAuthTokens::from_session(session) else {
+            return Err(ConnectorError::SessionExpired);
+        };
+        match self.usable_tokens(row, tokens, rejected).await {
+            Ok(tokens) => Ok(tokens.into_session()),
+            Err(RefreshFailure::Ended) => Err(ConnectorError::SessionExpired),
+            Err(RefreshFailure::Unavailable) => Err(ConnectorError::ProviderUnavailable),
+            Err(RefreshFailure::Refused(code)) => Err(ConnectorError::OperationFailed(format!(
+                "the provider refused to refresh the access token ({code})"
+            ))),
+            Err(RefreshFailure::Failed(err)) => {
+                err.log();
+                Err(ConnectorError::ProviderUnavailable)
+            }
+        }
     }
 
     /// `ListOperationRuns`.

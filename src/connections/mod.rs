@@ -57,7 +57,21 @@ pub fn connection_to_proto(row: &ConnectionRow) -> pb::Connection {
         updated_at: Some(timestamp(row.updated_at)),
         authenticated_at: row.authenticated_at.map(timestamp),
         session_expires_at: row.session_expires_at.map(timestamp),
+        oauth: oauth_to_proto(&row.token),
     }
+}
+
+/// The OAuth state of a connection; `None` for one that holds no tokens.
+fn oauth_to_proto(token: &store::TokenState) -> Option<pb::ConnectionOAuth> {
+    let obtained_at = token.token_obtained_at?;
+    Some(pb::ConnectionOAuth {
+        token_obtained_at: Some(timestamp(obtained_at)),
+        token_expires_at: token.token_expires_at.map(timestamp),
+        next_refresh_at: token.refresh_due_at.map(timestamp),
+        refresh_failures: token.refresh_failures,
+        last_refresh_error: token.refresh_error.clone().unwrap_or_default(),
+        refresh_exhausted_at: token.refresh_exhausted_at.map(timestamp),
+    })
 }
 
 /// The `data` of a `connection.*` event: the client's reference id and the
@@ -172,7 +186,7 @@ pub struct Connections {
     /// Longest wait for one provider call (a logout, an operation).
     provider_timeout: std::time::Duration,
     idempotency: crate::idempotency::Idempotency,
-    provider_oauth: crate::provider_oauth::ProviderOAuth,
+    tokens: tokens::TokenKeeper,
 }
 
 impl Connections {
@@ -185,7 +199,7 @@ impl Connections {
         max_list_offset: i64,
         provider_timeout: std::time::Duration,
         idempotency: crate::idempotency::Idempotency,
-        provider_oauth: crate::provider_oauth::ProviderOAuth,
+        tokens: tokens::TokenKeeper,
     ) -> Self {
         Connections {
             db,
@@ -195,7 +209,7 @@ impl Connections {
             max_list_offset,
             provider_timeout,
             idempotency,
-            provider_oauth,
+            tokens,
         }
     }
 }
@@ -262,10 +276,21 @@ impl Connections {
         let id = parse_connection_id(&req.connection_id)?;
         let tenant = caller.tenant;
         let row = store::get(&self.db, tenant, id).await?;
-        if let Some(sealed) = store::session_ciphertext(&self.db, tenant, id).await? {
+        let oauth = self
+            .catalog
+            .provider(&row.integration_id)
+            .is_some_and(|p| p.oauth2.is_some());
+        let mut tx = self.db.begin().await?;
+        if oauth {
+            // The tokens revoked are the current ones: no refresh rotates
+            // them between the read and the wipe.
+            store::lock_for_refresh(&mut tx, id, true).await?;
+            if let Some(sealed) = store::session_ciphertext(&mut *tx, tenant, id).await? {
+                self.logout_connection(tenant, &row, &sealed).await;
+            }
+        } else if let Some(sealed) = store::session_ciphertext(&self.db, tenant, id).await? {
             self.logout_connection(tenant, &row, &sealed).await;
         }
-        let mut tx = self.db.begin().await?;
         let (row, billing_stopped_at) = store::delete(&mut tx, tenant, id)
             .await?
             .ok_or(Error::NotFound("connection"))?;
@@ -301,10 +326,12 @@ impl Connections {
             let tokens = session.as_ref().and_then(OAuthTokens::from_session);
             if let (Some(tokens), Ok(Some(client))) = (
                 tokens,
-                self.provider_oauth
+                self.tokens
+                    .provider_oauth
                     .client(row.client_app_id, &provider)
                     .await,
             ) && let Err(err) = self
+                .tokens
                 .provider_oauth
                 .revoke(&provider, &client, &tokens)
                 .await

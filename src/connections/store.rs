@@ -23,12 +23,28 @@ pub struct ConnectionRow {
     pub updated_at: DateTime<Utc>,
     pub authenticated_at: Option<DateTime<Utc>>,
     pub session_expires_at: Option<DateTime<Utc>>,
+    /// For an OAuth grant: its access token's times and how refreshing goes.
+    #[sqlx(flatten)]
+    pub token: TokenState,
+}
+
+/// How an OAuth connection's tokens stand; all empty for other connections.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct TokenState {
+    pub token_obtained_at: Option<DateTime<Utc>>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub refresh_due_at: Option<DateTime<Utc>>,
+    pub refresh_not_before: Option<DateTime<Utc>>,
+    pub refresh_failures: i32,
+    pub refresh_error: Option<String>,
+    pub refresh_exhausted_at: Option<DateTime<Utc>>,
 }
 
 macro_rules! connection_columns {
     () => {
         "id, client_app_id, integration_id, status, client_reference_id, geolocation, created_at, \
-         updated_at, authenticated_at, session_expires_at"
+         updated_at, authenticated_at, session_expires_at, token_obtained_at, token_expires_at, \
+         refresh_due_at, refresh_not_before, refresh_failures, refresh_error, refresh_exhausted_at"
     };
 }
 
@@ -36,7 +52,9 @@ macro_rules! connection_columns {
 macro_rules! qualified_connection_columns {
     () => {
         "c.id, c.client_app_id, c.integration_id, c.status, c.client_reference_id, c.geolocation, \
-         c.created_at, c.updated_at, c.authenticated_at, c.session_expires_at"
+         c.created_at, c.updated_at, c.authenticated_at, c.session_expires_at, \
+         c.token_obtained_at, c.token_expires_at, c.refresh_due_at, c.refresh_not_before, \
+         c.refresh_failures, c.refresh_error, c.refresh_exhausted_at"
     };
 }
 
@@ -625,4 +643,125 @@ pub async fn set_session_expiry(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Takes the connection's refresh lock for the rest of `tx`: one refresh
+/// per connection at a time across every replica. With `wait` false, gives
+/// up at once when another transaction holds it (`false`).
+pub async fn lock_for_refresh(tx: &mut PgConnection, id: ConnectionId, wait: bool) -> Result<bool> {
+    let sql = if wait {
+        "SELECT pg_advisory_xact_lock(hashtextextended('connection-refresh/' || $1::text, 0)) IS NOT NULL"
+    } else {
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('connection-refresh/' || $1::text, 0))"
+    };
+    Ok(sqlx::query_scalar(sql).bind(id).fetch_one(tx).await?)
+}
+
+/// A live connection with its sealed session, as a refresh reads it under
+/// its lock.
+pub async fn get_for_refresh(tx: &mut PgConnection, id: ConnectionId) -> Result<Option<Claimed>> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT organization_id, environment, session_ciphertext, ",
+        connection_columns!(),
+        " FROM connections WHERE id = $1 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Stores refreshed tokens (the access token and a rotated refresh token
+/// together, in the one sealed session) and clears the failure record.
+/// Returns the row while the connection is still `active`.
+pub async fn save_refreshed(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+    ciphertext: &[u8],
+    session_expires_at: Option<DateTime<Utc>>,
+    token: TokenTimes,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET session_ciphertext = $2, session_expires_at = $3,
+             token_obtained_at = $4, token_expires_at = $5, refresh_due_at = $6,
+             refresh_not_before = NULL, refresh_failures = 0, refresh_error = NULL,
+             refresh_exhausted_at = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'active' AND deleted_at IS NULL
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(ciphertext)
+    .bind(session_expires_at)
+    .bind(token.obtained_at)
+    .bind(token.expires_at)
+    .bind(token.refresh_due_at)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// A refresh that failed for now: counted, with when to try again (on
+/// demand no sooner than `not_before`; in the background at `due_at`);
+/// `exhausted` marks the connection as no longer retried soon (kept from
+/// the first time). Returns the row while still `active`.
+pub async fn record_refresh_failure(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+    error_code: &str,
+    not_before: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+    exhausted: bool,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET refresh_failures = refresh_failures + 1, refresh_error = $2,
+             refresh_not_before = $3, refresh_due_at = $4,
+             refresh_exhausted_at = CASE WHEN $5 THEN COALESCE(refresh_exhausted_at, now()) END,
+             updated_at = now()
+         WHERE id = $1 AND status = 'active' AND deleted_at IS NULL
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(error_code)
+    .bind(not_before)
+    .bind(due_at)
+    .bind(exhausted)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Expires a connection whose grant the provider refused (`invalid_grant`)
+/// and wipes its tokens: only while `active`, so one caller gets the row.
+pub async fn expire_refused_grant(
+    tx: &mut PgConnection,
+    id: ConnectionId,
+    error_code: &str,
+) -> Result<Option<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE connections SET status = 'expired', session_ciphertext = NULL,
+             refresh_due_at = NULL, refresh_not_before = NULL, refresh_error = $2,
+             refresh_failures = refresh_failures + 1, updated_at = now()
+         WHERE id = $1 AND status = 'active' AND deleted_at IS NULL
+         RETURNING ",
+        connection_columns!()
+    ))
+    .bind(id)
+    .bind(error_code)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Up to `batch` active connections whose tokens are due for refreshing,
+/// soonest first. Nothing is claimed: each refresh takes the connection's
+/// lock and looks again.
+pub async fn due_refreshes(db: impl PgExecutor<'_>, batch: i64) -> Result<Vec<ConnectionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        connection_columns!(),
+        " FROM connections
+         WHERE refresh_due_at <= now() AND status = 'active' AND deleted_at IS NULL
+         ORDER BY refresh_due_at LIMIT $1"
+    ))
+    .bind(batch)
+    .fetch_all(db)
+    .await?)
 }

@@ -36,7 +36,7 @@ pub fn enum_name(proto_name: &str) -> String {
 /// 8601; absent optional values are `null`.
 pub fn connection_json(c: &pb::Connection) -> Value {
     let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
-    json!({
+    let mut connection = json!({
         "id": c.id,
         "clientAppId": c.client_app_id,
         "integrationId": c.integration_id,
@@ -47,7 +47,18 @@ pub fn connection_json(c: &pb::Connection) -> Value {
         "updatedAt": time(&c.updated_at),
         "authenticatedAt": time(&c.authenticated_at),
         "sessionExpiresAt": time(&c.session_expires_at),
-    })
+    });
+    if let Some(oauth) = &c.oauth {
+        connection["oauth"] = json!({
+            "tokenObtainedAt": time(&oauth.token_obtained_at),
+            "tokenExpiresAt": time(&oauth.token_expires_at),
+            "nextRefreshAt": time(&oauth.next_refresh_at),
+            "refreshFailures": oauth.refresh_failures,
+            "lastRefreshError": (!oauth.last_refresh_error.is_empty()).then_some(&oauth.last_refresh_error),
+            "refreshExhaustedAt": time(&oauth.refresh_exhausted_at),
+        });
+    }
+    connection
 }
 
 /// A webhook event as REST returns it.

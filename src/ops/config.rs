@@ -181,6 +181,28 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_PROVIDER_ALLOW", default_value = "", value_parser = parse_allowlist)]
     pub provider_allow: Allow,
 
+    /// How often every replica looks for OAuth access tokens due for
+    /// refreshing (a few minutes before they expire). Safe in several
+    /// replicas at once: one refresh per connection at a time.
+    #[arg(long, env = "LINKD_OAUTH_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub oauth_refresh_interval: Duration,
+
+    /// The wait after a failed refresh (network, 5xx, 429); doubled with
+    /// each failure in a row up to an hour, ±20 %, never shorter than the
+    /// provider's `Retry-After`.
+    #[arg(long, env = "LINKD_OAUTH_REFRESH_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub oauth_refresh_backoff: Duration,
+
+    /// Failed refreshes in a row after which a connection is marked
+    /// refresh-exhausted (`connection.updated`) and retried only every
+    /// LINKD_OAUTH_REFRESH_EXHAUSTED_RETRY (a call that needs it still tries).
+    #[arg(long, env = "LINKD_OAUTH_REFRESH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub oauth_refresh_attempts: u32,
+
+    /// How often the background still tries an exhausted connection.
+    #[arg(long, env = "LINKD_OAUTH_REFRESH_EXHAUSTED_RETRY", default_value = "6h", value_parser = parse_duration)]
+    pub oauth_refresh_exhausted_retry: Duration,
+
     /// Whether every OAuth authorization request must carry a PKCE S256
     /// `code_challenge` (RFC 9700 recommends it for all clients).
     #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -374,6 +396,11 @@ impl ServeArgs {
             provider_oauth: crate::api::services::ProviderOAuthConfig {
                 clients_file: self.oauth_clients_file.clone(),
                 allow: std::sync::Arc::new(self.provider_allow.0.clone()),
+                refresh: crate::connections::tokens::RefreshSettings {
+                    backoff: self.oauth_refresh_backoff,
+                    attempts: self.oauth_refresh_attempts,
+                    exhausted_retry: self.oauth_refresh_exhausted_retry,
+                },
             },
             connectors: crate::api::services::ConnectorSettings {
                 remotes: self

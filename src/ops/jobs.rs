@@ -114,3 +114,21 @@ pub fn spawn_connection_checks(
         }
     })
 }
+
+/// Refreshes OAuth access tokens as they come due, every `interval` (at
+/// once again after a full batch). Safe in several replicas at once.
+pub fn spawn_token_refresher(
+    connections: crate::connections::Connections,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match connections.refresh_due_tokens().await {
+                Ok(n) if n as i64 == crate::connections::tokens::REFRESH_BATCH => continue,
+                Ok(_) => {}
+                Err(err) => err.log(),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
+}

@@ -180,6 +180,10 @@ impl Server {
             api.connections.clone(),
             args.connection_check_interval,
         );
+        let refresher = crate::ops::jobs::spawn_token_refresher(
+            api.connections.clone(),
+            args.oauth_refresh_interval,
+        );
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.deliveries.clone())?;
         // Dropping the handle would not stop it: aborted with the others.
         let describer = api.spawn_connector_describer();
@@ -203,6 +207,7 @@ impl Server {
                 probe.abort();
                 expiry.abort();
                 checks.abort();
+                refresher.abort();
                 stop_describing();
                 dispatcher.abort();
                 return result.context("server task failed")?.context("server failed");
@@ -217,6 +222,8 @@ impl Server {
         probe.abort();
         expiry.abort();
         checks.abort();
+        // Refreshes under way are tasks of their own, finished below.
+        refresher.abort();
         stop_describing();
         // No new webhook claims from here on (before health reports
         // NOT_SERVING, so an observer of that claims nothing more); the
@@ -225,9 +232,10 @@ impl Server {
         health.start_draining().await;
         tokio::time::sleep(args.shutdown_drain_delay).await;
         let _ = stop_accepting.send(());
-        let (served, ()) = tokio::join!(
+        let (served, (), ()) = tokio::join!(
             tokio::time::timeout(args.shutdown_grace_period, &mut serve),
             dispatcher.finish(args.shutdown_grace_period),
+            api.connections.finish_refreshes(args.shutdown_grace_period),
         );
         match served {
             Ok(result) => {

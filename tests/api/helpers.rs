@@ -175,6 +175,10 @@ pub fn serve_args() -> ServeArgs {
         provider_allow: linkd::ops::config::Allow(
             linkd::kernel::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
+        oauth_refresh_interval: Duration::from_millis(200),
+        oauth_refresh_backoff: Duration::from_secs(30),
+        oauth_refresh_attempts: 8,
+        oauth_refresh_exhausted_retry: Duration::from_secs(6 * 60 * 60),
     }
 }
 

@@ -129,6 +129,41 @@ impl OAuthServer {
             .unwrap()
     }
 
+    async fn control(&self, path: &str) {
+        let response = self
+            .http
+            .post(self.base.join(path).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+
+    /// The token endpoint answers `status` (with `Retry-After: retry_after`
+    /// when given) until [`Self::up`].
+    pub async fn down(&self, status: u16, retry_after: Option<u64>) {
+        let mut path = format!("/__down?status={status}");
+        if let Some(seconds) = retry_after {
+            path.push_str(&format!("&retry_after={seconds}"));
+        }
+        self.control(&path).await;
+    }
+
+    /// The token endpoint takes `ms` milliseconds to answer.
+    pub async fn slow(&self, ms: u64) {
+        self.control(&format!("/__slow?ms={ms}")).await;
+    }
+
+    pub async fn up(&self) {
+        self.control("/__up").await;
+    }
+
+    /// Destroys every grant and token, as when the user revokes the app at
+    /// the provider.
+    pub async fn forget_grants(&self) {
+        self.control("/__forget").await;
+    }
+
     /// Plays the end user on the provider's development pages: opens the
     /// authorization URL, signs in as `user`, then approves or denies.
     /// Returns where the provider redirects the browser (linkd's callback).

@@ -8,9 +8,10 @@
 //
 // Test controls (not part of any standard, used to put the provider in a
 // state a test needs): GET /__stats (token endpoint calls by grant type,
-// revocations, API calls), POST /__down?status=503&retry_after=1 (the token
+// revocations, API calls, token calls refused while down), POST /__down?status=503&retry_after=1 (the token
 // endpoint answers that status until POST /__up), POST /__forget (every
-// grant and token is destroyed, as when the user revokes the app).
+// grant and token is destroyed, as when the user revokes the app), POST
+// /__slow?ms=300 (the token endpoint takes that long to answer).
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -44,8 +45,9 @@ class Adapter {
   }
 }
 
-const stats = { authorization_code: 0, refresh_token: 0, revocations: 0, api: 0, token_errors: 0 };
+const stats = { authorization_code: 0, refresh_token: 0, revocations: 0, api: 0, token_errors: 0, refused_while_down: 0 };
 let down = null;
+let tokenDelayMs = 0;
 
 const port = Number(process.env.PORT || 0);
 const server = http.createServer();
@@ -116,6 +118,7 @@ server.on('request', async (req, res) => {
       return json(res, 200, { down });
     }
     if (url.pathname === '/__up') { down = null; return json(res, 200, {}); }
+    if (url.pathname === '/__slow') { tokenDelayMs = Number(url.searchParams.get('ms') || 0); return json(res, 200, {}); }
     if (url.pathname === '/__forget') {
       for (const key of [...storage.keys()]) {
         if (/^(Grant|AccessToken|RefreshToken|AuthorizationCode|grant):/.test(key)) storage.delete(key);
@@ -124,7 +127,9 @@ server.on('request', async (req, res) => {
     }
     if (url.pathname.startsWith('/api/')) return await api(req, res, url);
     if (url.pathname === '/token/revocation' && req.method === 'POST') stats.revocations += 1;
+    if (url.pathname === '/token' && tokenDelayMs) await new Promise((r) => setTimeout(r, tokenDelayMs));
     if (url.pathname === '/token' && down) {
+      stats.refused_while_down += 1;
       const headers = down.retryAfter ? { 'retry-after': down.retryAfter } : {};
       return json(res, down.status, { error: 'temporarily_unavailable' }, headers);
     }
