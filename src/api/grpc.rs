@@ -127,6 +127,89 @@ impl pb::connection_service_server::ConnectionService for Services {
         ))
     }
 
+    async fn get_connection_access_token(
+        &self,
+        req: Request<pb::GetConnectionAccessTokenRequest>,
+    ) -> Reply<pb::GetConnectionAccessTokenResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.connections
+                .access_token(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
+    type ProxyStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::ProxyResponse, Status>> + Send>,
+    >;
+
+    async fn proxy(&self, req: Request<pb::ProxyRequest>) -> Reply<Self::ProxyStream> {
+        use futures_util::StreamExt as _;
+        let caller = self
+            .oauth
+            .authenticate_connection_reader(bearer(&req).as_ref())
+            .await?;
+        let req = req.into_inner();
+        let mut headers = http::HeaderMap::new();
+        let mut problems = crate::kernel::validate::Violations::new();
+        for (i, header) in req.headers.iter().enumerate() {
+            match (
+                http::HeaderName::from_bytes(header.name.as_bytes()),
+                http::HeaderValue::from_str(&header.value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
+                }
+                _ => problems.add(
+                    format!("headers[{i}]"),
+                    "must be a valid header name and a value of visible ASCII",
+                ),
+            }
+        }
+        problems.finish()?;
+        let answer = self
+            .connections
+            .proxy(
+                &caller,
+                crate::connections::proxy::ProxyCall {
+                    connection_id: req.connection_id,
+                    method: req.method,
+                    path: req.path,
+                    query: req.query,
+                    headers,
+                    body: req.body.into(),
+                },
+            )
+            .await?;
+        let head = pb::ProxyResponse {
+            status: i32::from(answer.status.as_u16()),
+            headers: answer
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some(pb::ProxyHeader {
+                        name: name.as_str().to_string(),
+                        value: value.to_str().ok()?.to_string(),
+                    })
+                })
+                .collect(),
+            body: Vec::new(),
+        };
+        let body = answer.body.map(|chunk| match chunk {
+            Ok(bytes) => Ok(pb::ProxyResponse {
+                body: bytes.to_vec(),
+                ..Default::default()
+            }),
+            Err(crate::connections::proxy::BodyError::TooLarge) => Err(Status::resource_exhausted(
+                "the provider's answer is larger than LINKD_PROXY_MAX_RESPONSE_BYTES",
+            )),
+            Err(err) => Err(Status::unavailable(err.to_string())),
+        });
+        Ok(Response::new(Box::pin(
+            futures_util::stream::once(std::future::ready(Ok(head))).chain(body),
+        )))
+    }
+
     async fn reset_sandbox_login(
         &self,
         req: Request<pb::ResetSandboxLoginRequest>,

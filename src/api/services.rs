@@ -47,6 +47,7 @@ pub struct ProviderOAuthConfig {
     pub clients_file: Option<std::path::PathBuf>,
     pub allow: Arc<crate::kernel::ssrf::Allowlist>,
     pub refresh: crate::connections::tokens::RefreshSettings,
+    pub max_proxy_response_bytes: u64,
 }
 
 /// Which connector processes this replica calls, and how long it waits.

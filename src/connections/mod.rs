@@ -17,6 +17,7 @@ use crate::kernel::validate::{Violations, limits};
 use crate::pb;
 pub mod access;
 pub mod health;
+pub mod proxy;
 pub mod store;
 pub mod tokens;
 

@@ -261,6 +261,26 @@ pub async fn session_ciphertext(
     row.ok_or(Error::NotFound("connection"))
 }
 
+/// The tenant's live connection with its sealed session.
+pub async fn get_with_session(
+    db: impl PgExecutor<'_>,
+    tenant: Tenant,
+    id: ConnectionId,
+) -> Result<Leased> {
+    sqlx::query_as(concat!(
+        "SELECT session_ciphertext, ",
+        connection_columns!(),
+        " FROM connections
+          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound("connection"))
+}
+
 /// Soft-deletes a live connection, wiping its session and stopping billing.
 /// `None` when it was not live (already deleted, unknown, other tenant).
 pub async fn delete(

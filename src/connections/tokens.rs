@@ -52,7 +52,8 @@ pub fn refresh_due(tokens: &OAuthTokens) -> Option<DateTime<Utc>> {
     Some(expires_at - lead - chrono::Duration::milliseconds(jitter_ms))
 }
 
-/// An access token expiring sooner than this is refreshed before a call.
+/// An access token expiring sooner than this (or a quarter of its lifetime,
+/// when shorter) is refreshed before a call.
 const EXPIRY_SKEW: chrono::Duration = chrono::Duration::seconds(30);
 /// The longest back-off between two failed refreshes, and the longest
 /// `Retry-After` honoured.
@@ -248,6 +249,14 @@ fn usable_until(tokens: &OAuthTokens, at: DateTime<Utc>) -> bool {
     tokens.expires_at.is_none_or(|expires| expires > at)
 }
 
+/// Whether the access token has a while to live for a call starting now.
+fn lasts_for_a_call(tokens: &OAuthTokens, now: DateTime<Utc>) -> bool {
+    let skew = tokens.expires_at.map_or(EXPIRY_SKEW, |expires| {
+        EXPIRY_SKEW.min((expires - tokens.obtained_at) / 4)
+    });
+    usable_until(tokens, now + skew)
+}
+
 impl Connections {
     /// Waits (up to `grace`) for the token refreshes under way.
     pub async fn finish_refreshes(&self, grace: Duration) {
@@ -264,7 +273,7 @@ impl Connections {
         current: OAuthTokens,
         rejected: bool,
     ) -> Result<OAuthTokens, RefreshFailure> {
-        if !rejected && usable_until(&current, Utc::now() + EXPIRY_SKEW) {
+        if !rejected && lasts_for_a_call(&current, Utc::now()) {
             return Ok(current);
         }
         if current.refresh_token.is_none() {
@@ -382,7 +391,7 @@ impl Connections {
                 if tokens.obtained_at != seen {
                     return Ok(Refreshed::Usable(tokens));
                 }
-                if !rejected && usable_until(&tokens, now + EXPIRY_SKEW) {
+                if !rejected && lasts_for_a_call(&tokens, now) {
                     return Ok(Refreshed::Usable(tokens));
                 }
                 if state.refresh_not_before.is_some_and(|at| at > now) {

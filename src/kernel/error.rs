@@ -31,6 +31,8 @@ pub enum Precondition {
     AlreadyUsed,
     /// The call does not fit the current step (HTTP 409).
     WrongState,
+    /// What the provider answered cannot be passed on (HTTP 502).
+    BadUpstream,
 }
 
 impl Precondition {
@@ -38,6 +40,7 @@ impl Precondition {
         match self {
             Precondition::Expired => StatusCode::GONE,
             Precondition::AlreadyUsed | Precondition::WrongState => StatusCode::CONFLICT,
+            Precondition::BadUpstream => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -174,6 +174,18 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// Whether a request failed because the guard refused its destination.
+pub fn caused_by_refusal(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.is::<Refused>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
 /// An outbound HTTP client behind the guard: rustls with ring (the tree's
 /// one crypto backend) and the webpki roots, no redirects (a redirect could
 /// lead past the guard's host check), no proxies, guarded DNS.

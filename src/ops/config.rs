@@ -181,6 +181,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_PROVIDER_ALLOW", default_value = "", value_parser = parse_allowlist)]
     pub provider_allow: Allow,
 
+    /// Largest answer of a provider's API the proxy
+    /// (`/v2/connections/{id}/proxy/…`) passes on, in bytes; a larger one is
+    /// refused (`502`) or, when its size was not announced, cut off.
+    #[arg(long, env = "LINKD_PROXY_MAX_RESPONSE_BYTES", default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub proxy_max_response_bytes: u64,
+
     /// How often every replica looks for OAuth access tokens due for
     /// refreshing (a few minutes before they expire). Safe in several
     /// replicas at once: one refresh per connection at a time.
@@ -401,6 +407,7 @@ impl ServeArgs {
                     attempts: self.oauth_refresh_attempts,
                     exhausted_retry: self.oauth_refresh_exhausted_retry,
                 },
+                max_proxy_response_bytes: self.proxy_max_response_bytes,
             },
             connectors: crate::api::services::ConnectorSettings {
                 remotes: self

@@ -119,6 +119,7 @@ pub fn api(
             timeout: settings.provider_timeout,
             allow: settings.provider_oauth.allow.clone(),
             default_clients,
+            max_api_response_bytes: settings.provider_oauth.max_proxy_response_bytes,
         },
     )?;
     Ok(Services::new(

@@ -7,6 +7,7 @@
 //! this concern never stores a token. Imports the kernel, the catalog,
 //! auth and client apps.
 
+pub mod api;
 pub mod metrics;
 pub mod store;
 pub mod tokens;
@@ -116,6 +117,8 @@ pub struct ProviderOAuthSettings {
     /// Provider hosts opened past the SSRF guard (`LINKD_PROVIDER_ALLOW`).
     pub allow: Arc<Allowlist>,
     pub default_clients: BTreeMap<String, DefaultClient>,
+    /// Largest answer of a provider's API the proxy passes on.
+    pub max_api_response_bytes: u64,
 }
 
 /// A PKCE pair (RFC 7636): the verifier kept by linkd, the S256 challenge
@@ -185,6 +188,11 @@ impl ProviderOAuth {
 
     pub fn metrics(&self) -> &OAuthMetrics {
         &self.metrics
+    }
+
+    /// Largest answer of a provider's API the proxy passes on.
+    pub fn max_api_response_bytes(&self) -> u64 {
+        self.settings.max_api_response_bytes
     }
 
     /// Where providers send the end user back (`redirect_uri`).
@@ -390,6 +398,12 @@ impl ProviderOAuth {
     ) -> Result<Vec<u8>, TokenError> {
         let unavailable = TokenError::Unavailable { retry_after: None };
         let oauth = oauth_of(provider).map_err(|_| unavailable.clone())?;
+        // A literal IP is never resolved, so the guard's resolver does not
+        // see it.
+        if let Err(refused) = crate::kernel::ssrf::check_literal_host(url, &self.settings.allow) {
+            tracing::warn!(integration = %provider.id, grant, error = %refused, "provider token endpoint refused by the SSRF guard");
+            return Err(unavailable);
+        }
         let mut request = self
             .http
             .post(url.clone())

@@ -508,17 +508,6 @@ async fn drain(mut response: reqwest::Response) {
     }
 }
 
-fn caused_by_refusal(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = source {
-        if current.is::<Refused>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
-}
-
 /// Sends one claimed event; returns its attempt (none when nothing was
 /// sent), where the event goes next, and what the attempt says about the
 /// destination's health (see [`Finished::reached`]).
@@ -630,7 +619,7 @@ async fn deliver(
                 (code, retry(format!("HTTP {}", status.as_u16()), None))
             }
         }
-        Err(err) if caused_by_refusal(&err) => {
+        Err(err) if ssrf::caused_by_refusal(&err) => {
             let why = Refused {
                 host: url::Url::parse(url)
                     .ok()

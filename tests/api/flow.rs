@@ -1,7 +1,7 @@
 //! Claiming a link and running it through the end-user flow, with the
 //! sandbox connector's magic credentials.
 
-use crate::helpers::{TestApp, spawn_app, with_key};
+use crate::helpers::{spawn_app, with_key};
 use linkd::kernel::ids::LinkId;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
@@ -151,7 +151,7 @@ async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads()
     // or the CVV.
     let dump = std::process::Command::new("pg_dump")
         .arg("--data-only")
-        .arg(app_database_url(&app).await)
+        .arg(app.database_url().await)
         .output()
         .expect("pg_dump runs");
     assert!(
@@ -166,14 +166,6 @@ async fn several_operations_run_in_one_session_and_writes_are_visible_to_reads()
     );
     assert!(!dump.contains(CARD), "card number in pg_dump");
     assert!(!dump.contains(&format!("\"{CVV}\"")), "CVV in pg_dump");
-}
-
-async fn app_database_url(app: &TestApp) -> String {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(app.api.db())
-        .await
-        .unwrap();
-    crate::helpers::database_url(&name)
 }
 
 #[tokio::test]

@@ -175,6 +175,7 @@ pub fn serve_args() -> ServeArgs {
         provider_allow: linkd::ops::config::Allow(
             linkd::kernel::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
         ),
+        proxy_max_response_bytes: 10 * 1024 * 1024,
         oauth_refresh_interval: Duration::from_millis(200),
         oauth_refresh_backoff: Duration::from_secs(30),
         oauth_refresh_attempts: 8,
@@ -526,6 +527,15 @@ impl TestApp {
     pub async fn metrics(&self) -> String {
         let response = self.http.get(self.url("/metrics")).send().await.unwrap();
         response.text().await.unwrap()
+    }
+
+    /// The URL of this server's database, for tools such as `pg_dump`.
+    pub async fn database_url(&self) -> String {
+        let name: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(self.api.db())
+            .await
+            .unwrap();
+        database_url(&name)
     }
 
     /// Every event's payload, oldest first.

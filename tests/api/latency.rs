@@ -77,7 +77,8 @@ async fn accepted_connections_disable_nagle_for_grpc_and_rest() {
 }
 
 /// A server whose database is behind a counting proxy, with its background
-/// work (health probe, expiry sweep, webhook polling, queue gauges) quiet
+/// work (health probe, expiry sweep, webhook polling, queue gauges, token
+/// refresher) quiet
 /// after start-up and its key cache long-lived, so every counted round trip
 /// belongs to the calls made and no count depends on timing.
 async fn counted_app() -> (TestApp, CountingProxy) {
@@ -90,6 +91,7 @@ async fn counted_app() -> (TestApp, CountingProxy) {
     args.expiry_interval = quiet;
     args.webhook_poll_interval = quiet;
     args.webhook_queue_stats_interval = quiet;
+    args.oauth_refresh_interval = quiet;
     // A verified key stays cached however slowly the rounds run (a busy
     // machine outlasted the 5 s default between rounds: one more trip per
     // keyed call).

@@ -16,6 +16,7 @@ mod key_rotation;
 mod latency;
 mod links;
 mod oauth;
+mod oauth_proxy;
 mod oauth_refresh;
 mod oauth_server;
 mod outage;

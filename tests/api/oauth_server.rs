@@ -154,6 +154,26 @@ impl OAuthServer {
         self.control(&format!("/__slow?ms={ms}")).await;
     }
 
+    /// Forgets every access token, keeping the refresh tokens: the API
+    /// refuses tokens linkd still thinks valid.
+    pub async fn expire_access_tokens(&self) {
+        self.control("/__expire_access").await;
+    }
+
+    /// Every access and refresh token the provider issued.
+    pub async fn issued_tokens(&self) -> Vec<String> {
+        let body: Value = self
+            .http
+            .get(self.base.join("/__tokens").unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(body["tokens"].clone()).unwrap()
+    }
+
     pub async fn up(&self) {
         self.control("/__up").await;
     }

@@ -128,7 +128,7 @@ fn gen_key_prints_a_usable_key() {
     );
 }
 
-fn admin(db_url: &str, args: &[&str]) -> Output {
+pub fn admin(db_url: &str, args: &[&str]) -> Output {
     run(linkd()
         .env("DATABASE_URL", db_url)
         .env("LINKD_ENCRYPTION_KEY", test_key().to_base64())

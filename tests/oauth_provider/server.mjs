@@ -11,15 +11,22 @@
 // revocations, API calls, token calls refused while down), POST /__down?status=503&retry_after=1 (the token
 // endpoint answers that status until POST /__up), POST /__forget (every
 // grant and token is destroyed, as when the user revokes the app), POST
-// /__slow?ms=300 (the token endpoint takes that long to answer).
+// /__slow?ms=300 (the token endpoint takes that long to answer), POST
+// /__expire_access (every access token is forgotten, refresh tokens kept),
+// GET /__tokens (every access and refresh token value issued).
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const storage = new Map();
+// Every access and refresh token value issued, for tests that look for
+// them where they must not be (GET /__tokens).
+const issued = [];
+
 class Adapter {
   constructor(model) { this.model = model; }
   key(id) { return `${this.model}:${id}`; }
   async upsert(id, payload, expiresIn) {
+    if (this.model === 'AccessToken' || this.model === 'RefreshToken') issued.push(id);
     storage.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : null });
     if (payload.grantId) {
       const grantKey = `grant:${payload.grantId}`;
@@ -95,8 +102,17 @@ async function api(req, res, url) {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
   if (url.pathname === '/api/big') {
+    const bytes = Number(url.searchParams.get('bytes') || 0);
+    if (!url.searchParams.get('chunked')) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes) });
+      return res.end(Buffer.alloc(bytes, 120));
+    }
+    // Size not announced: chunked transfer encoding.
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
-    return res.end(Buffer.alloc(Number(url.searchParams.get('bytes') || 0), 120));
+    for (let sent = 0; sent < bytes; sent += 65536) {
+      if (!res.write(Buffer.alloc(Math.min(65536, bytes - sent), 120))) await new Promise((r) => res.once('drain', r));
+    }
+    return res.end();
   }
   return json(res, url.pathname === '/api/teapot' ? 418 : 200, {
     method: req.method,
@@ -119,6 +135,11 @@ server.on('request', async (req, res) => {
     }
     if (url.pathname === '/__up') { down = null; return json(res, 200, {}); }
     if (url.pathname === '/__slow') { tokenDelayMs = Number(url.searchParams.get('ms') || 0); return json(res, 200, {}); }
+    if (url.pathname === '/__expire_access') {
+      for (const key of [...storage.keys()]) if (key.startsWith('AccessToken:')) storage.delete(key);
+      return json(res, 200, {});
+    }
+    if (url.pathname === '/__tokens') return json(res, 200, { tokens: issued });
     if (url.pathname === '/__forget') {
       for (const key of [...storage.keys()]) {
         if (/^(Grant|AccessToken|RefreshToken|AuthorizationCode|grant):/.test(key)) storage.delete(key);

@@ -207,3 +207,73 @@ pub(super) async fn reset_sandbox_login(
         .await?;
     Ok(Json(json!({ "connectionId": reset.connection_id })).into_response())
 }
+
+/// Any method on `/v2/connections/{connectionId}/proxy[/{path…}]`: the
+/// request, its query and body as they are, to the provider's API; the
+/// answer streamed back with the provider's status and headers.
+pub(super) async fn proxy(
+    State(state): State<RestState>,
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let caller = connection_reader(&state, &headers).await?;
+    let connection_id = params.get("connection_id").cloned().unwrap_or_default();
+    // What follows `/v2/connections/{id}/proxy`, still percent-encoded,
+    // with its leading slash (so `proxy//x` keeps its empty segment).
+    let path = match uri.path().splitn(6, '/').nth(5) {
+        Some(rest) => format!("/{rest}"),
+        None => String::new(),
+    };
+    let answer = state
+        .api
+        .connections
+        .proxy(
+            &caller,
+            crate::connections::proxy::ProxyCall {
+                connection_id,
+                method: method.as_str().to_string(),
+                path,
+                query: uri.query().unwrap_or_default().to_string(),
+                headers,
+                body,
+            },
+        )
+        .await?;
+    let mut response = Response::new(axum::body::Body::from_stream(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    Ok(response)
+}
+
+/// `GET /v2/connections/{connectionId}/access-token`: the hand-off, flat,
+/// never cached.
+pub(super) async fn access_token(
+    State(state): State<RestState>,
+    Authenticated(caller): Authenticated,
+    Path(connection_id): Path<String>,
+) -> Result<Response, Error> {
+    let token = state
+        .api
+        .connections
+        .access_token(
+            &caller,
+            pb::GetConnectionAccessTokenRequest { connection_id },
+        )
+        .await?;
+    let body = json!({
+        "connectionId": token.connection_id,
+        "accessToken": token.access_token,
+        "tokenType": token.token_type,
+        "expiresAt": token.expires_at.as_ref().map(iso8601),
+        "scope": (!token.scope.is_empty()).then_some(&token.scope),
+        "apiBaseUrl": token.api_base_url,
+    });
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(body),
+    )
+        .into_response())
+}

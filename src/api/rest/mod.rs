@@ -286,6 +286,18 @@ pub fn router(state: RestState) -> Router {
             "/v2/connections/{connection_id}/operations",
             get(connections::list_operation_runs).post(connections::execute_operations),
         )
+        .route(
+            "/v2/connections/{connection_id}/access-token",
+            get(connections::access_token),
+        )
+        .route(
+            "/v2/connections/{connection_id}/proxy",
+            axum::routing::any(connections::proxy),
+        )
+        .route(
+            "/v2/connections/{connection_id}/proxy/{*path}",
+            axum::routing::any(connections::proxy),
+        )
         .route("/v3/oauth/authorize", get(oauth::authorize))
         .route("/v3/oauth/resume", axum::routing::post(oauth::resume))
         .route("/v3/oauth/token", axum::routing::post(oauth::token))
