@@ -63,8 +63,12 @@ impl OAuthTokens {
     }
 }
 
+/// Where [`connector_session`] puts the view in the session's data.
+const VIEW_KEY: &str = "oauth2View";
+
 /// What a connector sees of an OAuth session: the access token, its type,
-/// scope and expiry, and the API base URL to call.
+/// scope and expiry, and the API base URL to call (under [`VIEW_KEY`]; a
+/// remote connector gets it as its session bytes, see [`view_bytes`]).
 pub fn connector_session(ctx: &LoginContext<'_>, session: &ProviderSession) -> ProviderSession {
     let Some(tokens) = OAuthTokens::from_session(session) else {
         return ProviderSession {
@@ -73,15 +77,22 @@ pub fn connector_session(ctx: &LoginContext<'_>, session: &ProviderSession) -> P
         };
     };
     ProviderSession {
-        data: json!({
+        data: json!({ VIEW_KEY: {
             "accessToken": tokens.access_token,
             "tokenType": tokens.token_type,
             "scope": tokens.scope,
             "expiresAt": tokens.expires_at,
             "apiBaseUrl": ctx.provider.oauth2.as_ref().map(|o| o.api_base_url.to_string()),
-        }),
+        }}),
         expires_at: tokens.expires_at,
     }
+}
+
+/// The JSON a remote connector receives as the session of an OAuth
+/// integration (the connector protocol documents its shape); `None` for a
+/// session the connector made itself.
+pub fn view_bytes(session: &ProviderSession) -> Option<Vec<u8>> {
+    serde_json::to_vec(session.data.get(VIEW_KEY)?).ok()
 }
 
 /// The connector of an OAuth integration, as every caller gets it.

@@ -302,6 +302,12 @@ impl RemoteConnector {
     /// A stored session, made by this connector, as the protocol carries
     /// it. A session another connector made (the route changed) is ended.
     fn session(&self, session: &ProviderSession) -> Result<cpb::Session, ConnectorError> {
+        if let Some(view) = super::oauth_session::view_bytes(session) {
+            return Ok(cpb::Session {
+                data: view,
+                expires_at: session.expires_at.map(crate::kernel::time::timestamp),
+            });
+        }
         let stored: StoredSession = serde_json::from_value(session.data.clone())
             .map_err(|_| ConnectorError::SessionExpired)?;
         if *stored.connector != *self.name {

@@ -862,3 +862,72 @@ async fn mutual_tls_to_a_connector_needs_linkds_client_certificate() {
     let flow = page.login("alice", "correct-horse").await;
     assert_eq!(flow["step"], "authorization", "{flow}");
 }
+
+/// An OAuth integration's capabilities run in a connector like any other:
+/// linkd holds the grant and hands the connector the current access token;
+/// a token the provider refuses is refreshed and the operation run again.
+#[tokio::test]
+async fn an_oauth_integrations_operations_run_in_the_connector_with_linkds_token() {
+    use crate::provider_oauth::{INTEGRATION, setup_on};
+    let mut example = ExampleConnector::start().await;
+    // Down until the catalog knows the OAuth entry it will describe.
+    example.kill_connector().await;
+    let routes = example.routes();
+    let app = spawn_app_with(|args| {
+        args.connectors = routes;
+        args.sandbox_connectors = Names(vec!["acme".into()]);
+        args.oauth_refresh_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let s = setup_on(app, 60).await;
+    example
+        .start_connector_with(&["--oauth-integration", INTEGRATION])
+        .await;
+    let probe = s.app.create_tenant(Environment::Production).await;
+    let started = Instant::now();
+    while !lists_acme(&s.app, &probe).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never described"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = s.connect("creator-8").await["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = || async {
+        let response = s
+            .app
+            .http
+            .post(s.app.url(&format!("/v2/connections/{id}/operations")))
+            .bearer_auth(&s.tenant.key)
+            .json(&json!({"operations": [{"resource": "profile", "action": "read"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, ran) = run().await;
+    assert_eq!(status, StatusCode::OK, "{ran}");
+    assert_eq!(ran["result"]["profile"]["id"], "creator-8", "{ran}");
+    let stats = s.provider.stats().await;
+    assert_eq!(stats["api"], 1, "{stats}");
+
+    s.provider.expire_access_tokens().await;
+    let (status, ran) = run().await;
+    assert_eq!(status, StatusCode::OK, "{ran}");
+    assert_eq!(ran["result"]["profile"]["id"], "creator-8");
+    let stats = s.provider.stats().await;
+    assert_eq!(stats["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["api"], 3, "refused once, then run again: {stats}");
+    let (_, connection) = get_connection(&s.app, &s.tenant, &id).await;
+    assert_eq!(connection["status"], "active", "{connection}");
+    assert!(
+        s.app
+            .events_of(&s.tenant, "connection.expired")
+            .await
+            .is_empty()
+    );
+}

@@ -1,4 +1,8 @@
-"""A linkd connector in Python, serving the `acmemobile` integration.
+"""A linkd connector in Python, serving the `acmemobile` integration (and,
+with `--oauth-integration ID`, the capabilities of an OAuth integration of
+linkd's catalog: linkd logs the end user in at the provider and keeps the
+tokens fresh; the connector gets the current access token and calls the
+provider's API with it).
 
 It implements `linkd.connector.v1.ConnectorService` from stubs generated
 from `proto/linkd/connector/v1/connector.proto`, and logs in to the Acme
@@ -130,6 +134,30 @@ def describe_integration():
     )
 
 
+def describe_oauth_integration(integration_id):
+    """An OAuth integration of linkd's catalog (`auth.type` `oauth2`): no
+    credential fields, since the end user logs in at the provider's own
+    page; the capabilities must be the catalog entry's."""
+    return pb.Integration(
+        integration_id=integration_id,
+        name="Acme ID",
+        category="creator",
+        capabilities=[
+            pb.Capability(
+                resource="profile",
+                action=pb.OPERATION_ACTION_READ,
+                description="Reads the profile.",
+                result_key="profile",
+                result_description="profile: {id, username}.",
+                arguments_schema=json_format.ParseDict(
+                    {"type": "object", "additionalProperties": False, "properties": {}},
+                    struct_pb2.Struct(),
+                ),
+            )
+        ],
+    )
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are answers here (where the login went), not detours."""
 
@@ -144,8 +172,8 @@ class AcmeSite:
         self.base = base_url.rstrip("/")
         self.opener = urllib.request.build_opener(NoRedirect)
 
-    def request(self, method, path, cookie=None, form=None, body=None):
-        data, headers = None, {}
+    def request(self, method, path, cookie=None, form=None, body=None, headers=None):
+        data, headers = None, dict(headers or {})
         if form is not None:
             data = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -188,11 +216,15 @@ def cookie_of(session):
 
 
 class Connector(pb_grpc.ConnectorServiceServicer):
-    def __init__(self, site):
+    def __init__(self, site, oauth_integration=None):
         self.site = site
+        self.oauth_integration = oauth_integration
 
     def Describe(self, request, context):
-        return pb.DescribeResponse(integrations=[describe_integration()], connector_version=VERSION)
+        integrations = [describe_integration()]
+        if self.oauth_integration:
+            integrations.append(describe_oauth_integration(self.oauth_integration))
+        return pb.DescribeResponse(integrations=integrations, connector_version=VERSION)
 
     def Login(self, request, context):
         try:
@@ -249,6 +281,8 @@ class Connector(pb_grpc.ConnectorServiceServicer):
             abort(context, err)
 
     def execute(self, request):
+        if request.context.integration_id == self.oauth_integration:
+            return self.execute_oauth(request), None
         cookie = cookie_of(request.session)
         arguments = json_format.MessageToDict(request.arguments)
         operation = (request.resource, request.action)
@@ -265,6 +299,27 @@ class Connector(pb_grpc.ConnectorServiceServicer):
             answer, renewed = self.api("POST", "/api/payment-methods", cookie, body=arguments)
             return answer["paymentMethod"], renewed
         raise ConnectorError("OPERATION_FAILED", "this connector does not run that operation")
+
+    def execute_oauth(self, request):
+        """For an OAuth integration the session is linkd's view of the grant:
+        {"accessToken", "tokenType", "scope", "expiresAt", "apiBaseUrl"}.
+        A refused token is SESSION_EXPIRED: linkd refreshes it and calls
+        once more. The token is never logged."""
+        try:
+            grant = json.loads(request.session.data)
+            api = AcmeSite(grant["apiBaseUrl"])
+            authorization = f"{grant['tokenType']} {grant['accessToken']}"
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConnectorError("SESSION_EXPIRED", "the session holds no access token") from err
+        if (request.resource, request.action) != ("profile", pb.OPERATION_ACTION_READ):
+            raise ConnectorError("OPERATION_FAILED", "this connector does not run that operation")
+        status, _, raw = api.request("GET", "/me", headers={"Authorization": authorization})
+        if status == 401:
+            raise ConnectorError("SESSION_EXPIRED")
+        if status != 200:
+            raise ConnectorError("PROVIDER_UNAVAILABLE", f"the provider's API answered HTTP {status}")
+        me = json.loads(raw)
+        return {"id": me["sub"], "username": me["sub"]}
 
     def api(self, method, path, cookie, body=None):
         """The endpoint's JSON, and the new session cookie if the site rotated it."""
@@ -329,13 +384,17 @@ def main():
     parser.add_argument("--port", type=int, default=7001, help="0 picks a free port")
     parser.add_argument("--site", default="http://127.0.0.1:7100", help="the Acme Mobile website")
     parser.add_argument("--token", default=os.environ.get("CONNECTOR_TOKEN"), help="bearer token linkd must send")
+    parser.add_argument(
+        "--oauth-integration", help="also serve this OAuth integration of linkd's catalog (profile read)"
+    )
     parser.add_argument("--tls-cert", help="PEM certificate to serve TLS with (with --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="PEM CA that must have signed linkd's client certificate (mutual TLS)")
     args = parser.parse_args()
     interceptors = [BearerToken(args.token)] if args.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
-    pb_grpc.add_ConnectorServiceServicer_to_server(Connector(AcmeSite(args.site)), server)
+    connector = Connector(AcmeSite(args.site), oauth_integration=args.oauth_integration)
+    pb_grpc.add_ConnectorServiceServicer_to_server(connector, server)
     address = f"{args.host}:{args.port}"
     if args.tls_cert:
         read = lambda path: open(path, "rb").read()  # noqa: E731
