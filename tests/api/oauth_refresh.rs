@@ -208,6 +208,22 @@ async fn a_refused_refresh_token_expires_the_connection_with_one_event() {
         s.app.events_of(&s.tenant, "connection.expired").await.len(),
         1
     );
+
+    // A reconnect through the provider's consent repairs it: the same id,
+    // fresh tokens, the failure record cleared, `connection.updated`.
+    let done = s.reconnect(&id, "creator-1").await;
+    assert_eq!(done["connectionId"], id.as_str());
+    let repaired = connection(&s, &id).await;
+    assert_eq!(repaired["status"], "active", "{repaired}");
+    assert_eq!(repaired["oauth"]["refreshFailures"], 0);
+    assert_eq!(repaired["oauth"]["lastRefreshError"], Value::Null);
+    let updated = s.app.events_of(&s.tenant, "connection.updated").await;
+    assert_eq!(updated.len(), 1);
+    assert_eq!(updated[0]["data"]["connection"]["status"], "active");
+    // And it is kept fresh again.
+    let refreshed = stat(&s, "refresh_token").await;
+    wait_for_stat(&s, "refresh_token", refreshed + 1, Duration::from_secs(10)).await;
+    assert_eq!(connection(&s, &id).await["status"], "active");
 }
 
 #[tokio::test]

@@ -95,7 +95,25 @@ impl OAuthSetup {
     /// connection; returns the final flow.
     pub async fn connect(&self, user: &str) -> Value {
         let page = self.session_at_login().await;
-        let url = self.start(&page).await;
+        self.consent(&page, user).await
+    }
+
+    /// A Link session that reconnects connection `id` through the
+    /// provider's consent; returns the final flow.
+    pub async fn reconnect(&self, id: &str, user: &str) -> Value {
+        let page = self
+            .app
+            .open_session(&self.tenant, json!({"connectionId": id}))
+            .await;
+        let flow = page.flow().await;
+        assert_eq!(flow["step"], "login", "the integration is fixed: {flow}");
+        self.consent(&page, user).await
+    }
+
+    /// From the login step through the provider's pages and linkd's
+    /// consent.
+    async fn consent(&self, page: &Page<'_>, user: &str) -> Value {
+        let url = self.start(page).await;
         let callback = self
             .provider
             .authorize(url.as_str(), user, Decision::Approve)
