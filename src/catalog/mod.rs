@@ -31,9 +31,21 @@ pub enum Category {
 #[serde(deny_unknown_fields)]
 pub struct CredentialField {
     pub name: String,
+    /// In English.
     pub label: String,
+    /// The label in the Link page's other languages (`{"fr": "…"}`); a
+    /// language without one shows `label`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub secret: bool,
+}
+
+impl CredentialField {
+    /// The label to show in `lang`.
+    pub fn label_in(&self, lang: &str) -> &str {
+        self.labels.get(lang).unwrap_or(&self.label)
+    }
 }
 
 /// One valid resource / action of an integration.
@@ -60,6 +72,10 @@ pub struct Provider {
     /// How end users connect when it is not a credentials form.
     pub oauth2: Option<oauth2::OAuth2Integration>,
     pub capabilities: Vec<Capability>,
+    /// The second-factor prompt in the Link page's other languages
+    /// (`{"fr": "…"}`), shown instead of the connector's own (English)
+    /// prompt in that language.
+    pub second_factor_prompts: BTreeMap<String, String>,
 }
 
 /// The file format of one catalog entry.
@@ -74,6 +90,8 @@ struct ProviderFile {
     #[serde(default)]
     auth: Option<oauth2::AuthFile>,
     capabilities: Vec<CapabilityFile>,
+    #[serde(default)]
+    second_factor_prompt: BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -266,6 +284,26 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
     if capabilities.is_empty() {
         bail!("entry {}: no capabilities", file.id);
     }
+    let translated = file
+        .credentials
+        .iter()
+        .flat_map(|c| c.labels.iter())
+        .chain(&file.second_factor_prompt);
+    for (lang, text) in translated {
+        if lang == "en" || !crate::kernel::lang::LANGUAGES.contains(&lang.as_str()) {
+            bail!(
+                "entry {}: translations are for {} (English is the text itself), not {lang:?}",
+                file.id,
+                crate::kernel::lang::LANGUAGES[1..].join(", ")
+            );
+        }
+        if text.trim().is_empty() || text.chars().count() > 200 {
+            bail!(
+                "entry {}: the {lang} translation must be 1 to 200 characters",
+                file.id
+            );
+        }
+    }
     Ok(Provider {
         id: file.id,
         name: file.name,
@@ -273,6 +311,7 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
         credentials: file.credentials,
         oauth2,
         capabilities,
+        second_factor_prompts: file.second_factor_prompt,
     })
 }
 

@@ -140,7 +140,23 @@ pub fn step_name(step: pb::FlowStep) -> Option<&'static str> {
     FlowStep::from_proto(step).map(FlowStep::as_str)
 }
 
-fn error_message(code: &str) -> &'static str {
+fn error_message(code: &str, lang: &str) -> &'static str {
+    if lang == "fr" {
+        return match code {
+            "invalid_credentials" => "Le nom d’utilisateur ou le mot de passe est incorrect.",
+            "invalid_code" => "Ce code est incorrect. Vérifiez-le et réessayez.",
+            "account_locked" => "Ce compte est verrouillé chez le fournisseur.",
+            "operation_failed" => "Le fournisseur n’a pas pu traiter la demande.",
+            "operation_interrupted" => {
+                "La connexion avec le fournisseur a été interrompue. Des changements ont pu être faits; vérifiez le compte avant de réessayer."
+            }
+            "session_expired" => "Cette session a expiré. Recommencez depuis l’application.",
+            "authorization_failed" => "Le fournisseur n’a pas autorisé la connexion.",
+            "link_expired" => "Ce lien a expiré.",
+            "cancelled" => "Annulé.",
+            _ => "Le fournisseur est indisponible. Réessayez plus tard.",
+        };
+    }
     match code {
         "invalid_credentials" => "The username or password is incorrect.",
         "invalid_code" => "That code is incorrect. Check it and try again.",
@@ -381,23 +397,30 @@ impl Flows {
                 .map_or(pb::LoginMethod::Unspecified, |p| p.login_method())
                 as i32,
             credential_fields: provider
+                .as_ref()
                 .filter(|_| flow.step == FlowStep::Login)
                 .map(|p| {
                     p.credentials
                         .iter()
                         .map(|c| pb::CredentialField {
                             name: c.name.clone(),
-                            label: c.label.clone(),
+                            label: c.label_in(&flow.lang).to_string(),
                             secret: c.secret,
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
-            second_factor_prompt: flow.second_factor_prompt.clone().unwrap_or_default(),
+            second_factor_prompt: match provider
+                .as_ref()
+                .and_then(|p| p.second_factor_prompts.get(&flow.lang))
+            {
+                Some(translated) if flow.second_factor_prompt.is_some() => translated.clone(),
+                _ => flow.second_factor_prompt.clone().unwrap_or_default(),
+            },
             error_message: if error_code.is_empty() {
                 String::new()
             } else {
-                error_message(&error_code).into()
+                error_message(&error_code, &flow.lang).into()
             },
             error_code,
             expires_at: Some(prost_types::Timestamp {

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod lang;
 pub mod names;
 pub mod paging;
 pub mod proto_json;

@@ -72,32 +72,9 @@ pub fn check_redemption(
 pub const SCOPES: [&str; 4] = ["accounts", "transactions", "statements", "identity"];
 /// Granted when `scope` is omitted.
 pub const DEFAULT_SCOPE: &str = "accounts";
-/// Languages the Link page speaks; `en` is the default.
-pub const LANGUAGES: [&str; 2] = ["en", "fr"];
-/// The documented message for a `lang` that is not an ISO 639-1 code.
-pub const LANG_MESSAGE: &str = "The field Lang must be a valid ISO-639-1 two letter code.";
+pub use crate::kernel::lang::{LANG_MESSAGE, LANGUAGES, parse_lang};
 /// Longest accepted `state`.
 pub const MAX_STATE_LEN: usize = 1024;
-
-/// Checks `lang`: `None` → the default. Errors carry the message to show.
-pub fn parse_lang(lang: Option<&str>) -> Result<&'static str, String> {
-    match lang {
-        None | Some("") => Ok("en"),
-        Some(code) => {
-            let lower = code.to_ascii_lowercase();
-            if code.len() != 2
-                || !code.bytes().all(|b| b.is_ascii_alphabetic())
-                || isolang::Language::from_639_1(&lower).is_none()
-            {
-                return Err(LANG_MESSAGE.to_string());
-            }
-            LANGUAGES
-                .into_iter()
-                .find(|l| *l == lower)
-                .ok_or_else(|| format!("The field Lang must be one of: {}.", LANGUAGES.join(", ")))
-        }
-    }
-}
 
 /// Checks a space-separated scope list against [`SCOPES`]; `None` means the
 /// default. Returns the normalised list (deduplicated, in request order).

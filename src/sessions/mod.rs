@@ -144,7 +144,7 @@ impl Sessions {
                     reconnect,
                     integration_id: integration_id.as_deref(),
                     geolocation: new.geolocation.as_ref(),
-                    lang: "en",
+                    lang: new.lang,
                     oauth: None,
                 },
             )
@@ -326,6 +326,7 @@ pub fn session_request(req: &pb::InitLinkSessionRequest) -> SessionRequest<'_> {
             .geolocation
             .as_ref()
             .map(|geo| (geo.country.as_str(), geo.state.as_deref())),
+        lang: req.lang.as_deref(),
     }
 }
 

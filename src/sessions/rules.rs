@@ -17,6 +17,7 @@ pub struct SessionRequest<'a> {
     pub connection_id: Option<&'a str>,
     /// The country and, optionally, the state.
     pub geolocation: Option<(&'a str, Option<&'a str>)>,
+    pub lang: Option<&'a str>,
 }
 
 /// An `InitLinkSession` request whose fields are well-formed. Whether the
@@ -29,6 +30,8 @@ pub struct NewSession {
     /// `None` when not given; a well-formed id may still name no connection.
     pub connection_id: Option<ConnectionId>,
     pub geolocation: Option<Geolocation>,
+    /// The Link page's language (`en` when not given).
+    pub lang: &'static str,
 }
 
 impl NewSession {
@@ -75,6 +78,9 @@ impl NewSession {
         let geolocation = req
             .geolocation
             .and_then(|(country, state)| Geolocation::parse(&mut v, country, state));
+        let lang = crate::kernel::lang::parse_lang(req.lang)
+            .map_err(|message| v.add("lang", message))
+            .unwrap_or("en");
         v.finish()?;
         Ok(NewSession {
             client_app_id,
@@ -82,6 +88,7 @@ impl NewSession {
             client_reference_id,
             connection_id,
             geolocation,
+            lang,
         })
     }
 }
@@ -196,6 +203,7 @@ mod tests {
             client_reference_id: Some(&reference),
             connection_id: Some("abc123"),
             geolocation: Some(("", None)),
+            lang: Some("de"),
         };
         assert_eq!(
             paths(NewSession::parse(&req).unwrap_err()),
@@ -204,7 +212,8 @@ mod tests {
                 "redirectUrl",
                 "clientReferenceId",
                 "connectionId",
-                "geolocation.country"
+                "geolocation.country",
+                "lang"
             ]
         );
     }

@@ -196,6 +196,32 @@ async fn authorize_answers_the_documented_302_and_400_shapes() {
     assert_eq!(flow["integrationId"], "northbank");
     assert_eq!(flow["lang"], "fr");
     assert_eq!(flow["scopes"], json!(["accounts", "transactions"]));
+    assert_eq!(
+        flow["credentialFields"][0]["label"],
+        "Numéro de carte ou nom d’utilisateur"
+    );
+
+    // An empty `lang` is English, and the form says so.
+    let english = authorize(
+        &app,
+        &[
+            ("client_id", &client.app_id),
+            ("response_type", "code"),
+            ("redirect_uri", CB),
+            ("lang", ""),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .await;
+    assert_eq!(english.status(), StatusCode::FOUND);
+    let english_to = location(&english);
+    let form = english.text().await.unwrap();
+    assert!(
+        form.contains("<input type=\"hidden\" name=\"lang\" value=\"en\"/>"),
+        "{form}"
+    );
+    assert_eq!(Page::from_url(&app, &english_to).flow().await["lang"], "en");
 
     // The form resumes there with 303 (a redirect after a POST).
     let reference = to.split("#token=").nth(1).unwrap();

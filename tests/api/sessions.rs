@@ -737,3 +737,62 @@ async fn a_reconnected_connection_keeps_its_state_until_the_new_login_succeeds()
     assert_eq!(app.events_of(&tenant, "connection.updated").await.len(), 1);
     assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
 }
+
+/// `lang` picks the Link page's language: the flow says it, and what the
+/// server words (catalog labels, the second-factor prompt, error messages)
+/// is in it. Unsupported or malformed codes are refused on `lang`.
+#[tokio::test]
+async fn lang_sets_the_pages_language_down_to_catalog_labels_and_prompts() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    for (lang, message) in [
+        ("de", "The field Lang must be one of: en, fr."),
+        (
+            "english",
+            "The field Lang must be a valid ISO-639-1 two letter code.",
+        ),
+    ] {
+        let response = app.init_session(&tenant, json!({ "lang": lang })).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{lang}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["issues"][0]["path"], "lang", "{body}");
+        assert_eq!(body["issues"][0]["message"], message, "{body}");
+    }
+    let refused = linkd::pb::link_service_client::LinkServiceClient::new(app.channel().await)
+        .init_link_session(crate::helpers::with_key(
+            linkd::pb::InitLinkSessionRequest {
+                lang: Some("zz".into()),
+                ..Default::default()
+            },
+            &tenant.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let english = app.open_session(&tenant, json!({ "lang": "" })).await;
+    assert_eq!(english.flow().await["lang"], "en");
+
+    let page = app.open_session(&tenant, json!({ "lang": "FR" })).await;
+    assert_eq!(page.flow().await["lang"], "fr");
+    let flow = page.pick("onlyfans").await;
+    let labels: Vec<&str> = flow["credentialFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["Courriel", "Mot de passe"]);
+    let wrong = page.login("user_good", "pass_bad").await;
+    assert_eq!(wrong["errorCode"], "invalid_credentials");
+    assert_eq!(
+        wrong["errorMessage"],
+        "Le nom d’utilisateur ou le mot de passe est incorrect."
+    );
+    let asked = page.login("user_2fa", "pass_good").await;
+    assert_eq!(asked["step"], "2fa");
+    assert_eq!(
+        asked["secondFactorPrompt"],
+        "Saisissez le code de vérification que le fournisseur vous a envoyé."
+    );
+}

@@ -167,7 +167,10 @@ pub(super) async fn authorize(
         req.scope.clone(),
         req.state.clone(),
         req.redirect_uri.clone(),
-        req.lang.clone().unwrap_or_else(|| "en".into()),
+        // What the flow speaks: an empty `lang` is `en`, as the form says.
+        crate::kernel::lang::parse_lang(req.lang.as_deref())
+            .unwrap_or("en")
+            .to_string(),
         req.institution_id.clone(),
     );
     match state.api.oauth.authorize(req).await {

@@ -26,11 +26,13 @@ fn init_request(
         "clientReferenceId",
         "connectionId",
         "geolocation",
+        "lang",
     ]);
     req.client_app_id = fields.string("clientAppId");
     req.redirect_url = fields.string("redirectUrl");
     req.client_reference_id = fields.string("clientReferenceId");
     req.connection_id = fields.string("connectionId");
+    req.lang = fields.string("lang");
     match object.get("geolocation").filter(|v| !v.is_null()) {
         None => {}
         Some(Value::Object(geo)) => {
