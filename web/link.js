@@ -11,6 +11,11 @@
     en: {
       loading: 'Loading…',
       pick: 'Choose your provider',
+      search: 'Search',
+      searchPlaceholder: 'Provider name',
+      noMatch: (query) => `No provider matches “${query}”.`,
+      sandbox: 'Sandbox',
+      categories: { bank: 'Banks', mobile_carrier: 'Mobile carriers', delivery: 'Delivery', creator: 'Creator platforms' },
       pickLead: (app) => `${app} wants to connect to one of your accounts.`,
       login: (name) => `Log in to ${name}`,
       loginLead: 'Your credentials go to the provider only; they are not shared with the app.',
@@ -53,6 +58,11 @@
     fr: {
       loading: 'Chargement…',
       pick: 'Choisissez votre fournisseur',
+      search: 'Rechercher',
+      searchPlaceholder: 'Nom du fournisseur',
+      noMatch: (query) => `Aucun fournisseur ne correspond à « ${query} ».`,
+      sandbox: 'Bac à sable',
+      categories: { bank: 'Banques', mobile_carrier: 'Opérateurs mobiles', delivery: 'Livraison', creator: 'Plateformes de créateurs' },
       pickLead: (app) => `${app} souhaite se connecter à l’un de vos comptes.`,
       login: (name) => `Connexion à ${name}`,
       loginLead: 'Vos identifiants vont uniquement au fournisseur; ils ne sont pas partagés avec l’application.',
@@ -95,6 +105,9 @@
   };
 
   const REDIRECT_DELAY_MS = 900;
+  // Past this many integrations the picker offers a search box.
+  const SEARCH_FROM = 8;
+  const CATEGORY_ORDER = ['bank', 'mobile_carrier', 'delivery', 'creator'];
   const POLL_MS = 1000;
   const view = document.getElementById('view');
   const host = window.opener || (window.parent !== window ? window.parent : null);
@@ -102,6 +115,9 @@
   let token = null;
   let flow = null;
   let lastStep = null;
+  // What the end user typed in the non-secret login fields, to give back
+  // after a refused login (never a password).
+  let typed = {};
 
   // ---- building blocks -----------------------------------------------------
 
@@ -240,17 +256,54 @@
     return el('p', { class: 'alert', role: 'alert' }, errorText(code));
   }
 
+  // Case- and accent-insensitive, for the picker's search.
+  function folded(text) {
+    return text.normalize('NFD').replace(/[\u0300-\u036f]/g, '').toLowerCase();
+  }
+
   function renderPreLogin() {
-    const choices = flow.integrations.map((choice) =>
-      el('li', {}, el('button', {
-        type: 'button',
-        'data-integration': choice.integrationId,
-        on: { click: () => act('/v1/flow/integration', { integrationId: choice.integrationId }) },
-      }, choice.name)));
+    const choice = (c) => el('li', { 'data-name': folded(c.name) }, el('button', {
+      type: 'button',
+      'data-integration': c.integrationId,
+      on: { click: () => act('/v1/flow/integration', { integrationId: c.integrationId }) },
+    }, el('span', {}, c.name), c.sandbox ? el('span', { class: 'badge' }, t.sandbox) : null));
+    const categories = CATEGORY_ORDER.filter((k) => flow.integrations.some((c) => c.category === k));
+    const others = flow.integrations.filter((c) => !CATEGORY_ORDER.includes(c.category));
+    // Grouped under headings when there is more than one kind.
+    const groups = categories.length + (others.length ? 1 : 0) > 1
+      ? [...categories.map((k) => [t.categories[k], flow.integrations.filter((c) => c.category === k)]), ...(others.length ? [[null, others]] : [])]
+      : [[null, flow.integrations]];
+    const lists = groups.map(([heading, members]) => el('section', { class: 'group' },
+      heading ? el('h2', {}, heading) : null,
+      el('ul', { class: 'choices' }, members.map(choice))));
+    const none = el('p', { class: 'muted none', role: 'status' });
+    const filter = (query) => {
+      const wanted = folded(query.trim());
+      let shown = 0;
+      for (const group of lists) {
+        let inGroup = 0;
+        for (const item of group.querySelectorAll('li')) {
+          const match = !wanted || item.dataset.name.includes(wanted);
+          item.hidden = !match;
+          inGroup += match ? 1 : 0;
+        }
+        group.hidden = inGroup === 0;
+        shown += inGroup;
+      }
+      none.textContent = shown ? '' : t.noMatch(query.trim());
+    };
+    const search = flow.integrations.length >= SEARCH_FROM
+      ? el('label', { class: 'search' }, t.search, el('input', {
+        type: 'search', name: 'search', placeholder: t.searchPlaceholder, autocomplete: 'off',
+        on: { input: (event) => filter(event.target.value) },
+      }))
+      : null;
     show(
       el('h1', { tabindex: '-1' }, t.pick),
       el('p', { class: 'muted' }, t.pickLead(flow.clientAppName || '')),
-      el('ul', { class: 'choices' }, choices),
+      search,
+      lists,
+      none,
       alertBox(flow.errorCode),
       el('div', { class: 'actions' }, cancelButton()),
     );
@@ -311,6 +364,8 @@
 
   function renderLogin() {
     if (flow.loginMethod === 'oauth2') return renderOAuthLogin();
+    // After a refused login the end user retypes only the password.
+    const kept = flow.errorCode && typed.integration === flow.integrationId ? typed.fields : {};
     const inputs = flow.credentialFields.map((field) =>
       el('label', {}, field.label, el('input', {
         name: field.name,
@@ -320,6 +375,7 @@
         spellcheck: 'false',
         required: true,
         maxlength: '1024',
+        value: field.secret ? null : kept[field.name] ?? null,
       })));
     const form = el('form', {
       on: {
@@ -327,11 +383,19 @@
           event.preventDefault();
           const fields = {};
           for (const input of form.querySelectorAll('input')) fields[input.name] = input.value;
+          const secret = new Set(flow.credentialFields.filter((f) => f.secret).map((f) => f.name));
+          typed = {
+            integration: flow.integrationId,
+            fields: Object.fromEntries(Object.entries(fields).filter(([name]) => !secret.has(name))),
+          };
           act('/v1/flow/credentials', { fields });
         },
       },
     }, inputs, alertBox(flow.errorCode), el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, t.submit), cancelButton()));
     show(el('h1', { tabindex: '-1' }, t.login(flow.integrationName)), el('p', { class: 'muted' }, t.loginLead), form);
+    // Straight to the first field still empty (the password after a refusal).
+    const empty = [...form.querySelectorAll('input')].find((input) => !input.value);
+    empty?.focus();
   }
 
   function renderTwoFactor() {

@@ -26,6 +26,18 @@ pub enum Category {
     Bank,
 }
 
+impl Category {
+    /// The catalog file's name of the category.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Category::MobileCarrier => "mobile_carrier",
+            Category::Delivery => "delivery",
+            Category::Creator => "creator",
+            Category::Bank => "bank",
+        }
+    }
+}
+
 /// A field of the provider's login form.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +84,8 @@ pub struct Provider {
     /// How end users connect when it is not a credentials form.
     pub oauth2: Option<oauth2::OAuth2Integration>,
     pub capabilities: Vec<Capability>,
+    /// A test institution that exists only in linkd's sandbox.
+    pub sandbox: bool,
     /// The second-factor prompt in the Link page's other languages
     /// (`{"fr": "…"}`), shown instead of the connector's own (English)
     /// prompt in that language.
@@ -92,6 +106,8 @@ struct ProviderFile {
     capabilities: Vec<CapabilityFile>,
     #[serde(default)]
     second_factor_prompt: BTreeMap<String, String>,
+    #[serde(default)]
+    sandbox: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -312,6 +328,7 @@ fn parse_provider(file_name: &str, contents: &str) -> anyhow::Result<Provider> {
         oauth2,
         capabilities,
         second_factor_prompts: file.second_factor_prompt,
+        sandbox: file.sandbox,
     })
 }
 

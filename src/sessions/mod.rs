@@ -378,6 +378,8 @@ impl FlowKindHooks for SessionFlow {
                     integration_id: p.id.clone(),
                     name: p.name.clone(),
                     login_method: p.login_method() as i32,
+                    category: p.category.as_str().into(),
+                    sandbox: p.sandbox,
                 })
                 .collect();
         }

@@ -191,6 +191,20 @@ impl Browser {
         self.shot(step).await;
     }
 
+    /// [`Self::screen`], then a second screenshot at desktop size
+    /// (1280×800) of the same screen, which must read the same.
+    async fn screen_at_both_sizes(&mut self, step: &str, expected: &[&str]) {
+        self.screen(step, expected).await;
+        self.client.set_window_size(1280, 800).await.unwrap();
+        self.screen(&format!("{step}-desktop"), expected).await;
+        self.client.set_window_size(390, 844).await.unwrap();
+    }
+
+    /// Runs `script` in the page and returns its answer.
+    async fn eval(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
     async fn shot(&mut self, step: &str) {
         self.taken += 1;
         let png = self.client.screenshot().await.expect("screenshot");
@@ -345,16 +359,52 @@ fn the_stray_text_guard_catches_what_shipped_before() {
     }
 }
 
-/// The integrations the Link page offers, in catalog order.
-fn offered() -> Vec<String> {
-    // OAuth integrations need the app's OAuth client; these apps have none.
-    linkd::ops::startup::load_catalog(None)
-        .unwrap()
-        .providers()
-        .iter()
-        .filter(|p| p.oauth2.is_none())
-        .map(|p| p.name.clone())
-        .collect()
+/// What the picker lists, line by line, as the end user reads it: the
+/// integrations grouped by category (banks, mobile carriers, delivery,
+/// creator platforms) under headings in `lang`, a Sandbox badge after each
+/// test institution. OAuth integrations need the app's OAuth client; these
+/// apps have none.
+fn picker_lines(lang: &str) -> Vec<String> {
+    picker_lines_with(lang, &[])
+}
+
+/// [`picker_lines`] with the OAuth integrations `oauth` offered too (the
+/// app has an OAuth client there).
+fn picker_lines_with(lang: &str, oauth: &[&str]) -> Vec<String> {
+    let catalog = linkd::ops::startup::load_catalog(None).unwrap();
+    let providers = catalog.providers();
+    let headings: [(&str, &str, &str); 4] = [
+        ("bank", "Banks", "Banques"),
+        ("mobile_carrier", "Mobile carriers", "Opérateurs mobiles"),
+        ("delivery", "Delivery", "Livraison"),
+        ("creator", "Creator platforms", "Plateformes de créateurs"),
+    ];
+    let mut lines = Vec::new();
+    for (category, en, fr) in headings {
+        let members: Vec<_> = providers
+            .iter()
+            .filter(|p| p.oauth2.is_none() || oauth.contains(&p.id.as_str()))
+            .filter(|p| p.category.as_str() == category)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        lines.push(if lang == "fr" { fr } else { en }.to_string());
+        for p in members {
+            lines.push(p.name.clone());
+            if p.sandbox {
+                lines.push(
+                    if lang == "fr" {
+                        "Bac à sable"
+                    } else {
+                        "Sandbox"
+                    }
+                    .to_string(),
+                );
+            }
+        }
+    }
+    lines
 }
 
 fn query(url: &Url) -> Vec<(String, String)> {
@@ -494,7 +544,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
     let mut browser = Browser::start("hosted_success").await;
 
     browser.goto(&url).await;
-    let names = offered();
+    let names = picker_lines("en");
     let mut pick = vec![
         "Choose your provider",
         "Acme Budget wants to connect to one of your accounts.",
@@ -1267,5 +1317,188 @@ async fn embedded_oauth_opens_the_provider_in_a_popup() {
     assert_eq!(success[0]["payload"]["clientReferenceId"], "emb-oauth");
     assert_eq!(app.events_of(&tenant, "connection.created").await.len(), 1);
     assert_eq!(provider.stats().await["authorization_code"], 1);
+    browser.quit().await;
+}
+
+/// A French session, phone and desktop: every screen in French (catalog
+/// labels and the second-factor prompt included), the picker past seven
+/// entries searchable, a refused password keeping the username.
+#[tokio::test]
+async fn a_french_session_reads_french_throughout_and_keeps_the_username() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    // An OAuth client at Twitch: an eighth integration to choose from.
+    crate::provider_oauth::set_client_for(
+        &app,
+        &tenant,
+        "twitch",
+        json!({"clientId": "acme-budget", "clientSecret": "twitch-secret"}),
+    )
+    .await;
+    let url = session_url(&app, &tenant, json!({ "lang": "fr" })).await;
+    let mut browser = Browser::start("french").await;
+    browser.goto(&url).await;
+
+    let lead = "Acme Budget souhaite se connecter à l’un de vos comptes.";
+    let names = picker_lines_with("fr", &["twitch"]);
+    assert!(names.iter().any(|n| n == "Twitch"), "{names:?}");
+    let mut pick = vec!["Choisissez votre fournisseur", lead, "Rechercher"];
+    pick.extend(names.iter().map(String::as_str));
+    pick.push("Annuler");
+    browser.screen_at_both_sizes("fr-pick", &pick).await;
+    assert_eq!(
+        browser.eval("return document.documentElement.lang;").await,
+        "fr"
+    );
+
+    let search = browser.find("input[name=search]").await;
+    search.send_keys("laurentíde").await.unwrap();
+    browser
+        .screen(
+            "fr-search",
+            &[
+                "Choisissez votre fournisseur",
+                lead,
+                "Rechercher",
+                "Banques",
+                "Banque Laurentide",
+                "Bac à sable",
+                "Annuler",
+            ],
+        )
+        .await;
+    search.clear().await.unwrap();
+    search.send_keys("zzz").await.unwrap();
+    browser
+        .screen(
+            "fr-search-nothing",
+            &[
+                "Choisissez votre fournisseur",
+                lead,
+                "Rechercher",
+                "Aucun fournisseur ne correspond à « zzz ».",
+                "Annuler",
+            ],
+        )
+        .await;
+    search.clear().await.unwrap();
+    search.send_keys("laur").await.unwrap();
+    browser
+        .click("button[data-integration=banquelaurentide]")
+        .await;
+
+    let login = |alert: Option<&'static str>| {
+        let mut lines = vec![
+            "Connexion à Banque Laurentide",
+            "Vos identifiants vont uniquement au fournisseur; ils ne sont pas partagés avec l’application.",
+            "Numéro de carte ou nom d’utilisateur",
+            "Mot de passe",
+        ];
+        lines.extend(alert);
+        lines.extend(["Continuer", "Annuler"]);
+        lines
+    };
+    browser.screen_at_both_sizes("fr-login", &login(None)).await;
+    browser.login("user_2fa", "mauvais").await;
+    browser
+        .screen_at_both_sizes(
+            "fr-wrong-password",
+            &login(Some(
+                "Le nom d’utilisateur ou le mot de passe est incorrect.",
+            )),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('input[name=username]').value;")
+            .await,
+        "user_2fa",
+        "the username is kept"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('input[name=password]').value;")
+            .await,
+        "",
+        "the password is not"
+    );
+    assert_eq!(
+        browser.eval("return document.activeElement.name;").await,
+        "password",
+        "the password field has focus"
+    );
+    let password = browser.find("input[name=password]").await;
+    password.send_keys("pass_good\u{e007}").await.unwrap();
+
+    let two_factor = [
+        "Saisissez votre code de vérification",
+        "Saisissez le code de vérification que le fournisseur vous a envoyé.",
+        "Code de vérification",
+        "Vérifier",
+        "Annuler",
+    ];
+    browser
+        .screen_at_both_sizes("fr-two-factor", &two_factor)
+        .await;
+    let code = browser.find("input[name=code]").await;
+    code.send_keys("123456\u{e007}").await.unwrap();
+    browser
+        .screen_at_both_sizes(
+            "fr-consent",
+            &[
+                "Autoriser Acme Budget à accéder à votre compte Banque Laurentide?",
+                "Acme Budget pourra utiliser cette connexion jusqu’à ce que vous ou l’application la supprimiez.",
+                "Autoriser",
+                "Annuler",
+            ],
+        )
+        .await;
+    browser.click("button.primary").await;
+    browser
+        .screen("fr-done", &["Compte connecté. Retour à l’application…"])
+        .await;
+    let landed = browser.landed_on(&site.callback()).await;
+    assert_eq!(query(&landed)[1], ("status".into(), "success".into()));
+    browser.quit().await;
+}
+
+/// The error page of an untrusted OAuth request: the Link page's card and
+/// styles, in the request's language.
+#[tokio::test]
+async fn the_oauth_error_page_looks_like_the_link_page_in_both_languages() {
+    let app = spawn_app().await;
+    let mut browser = Browser::start("oauth_error_page").await;
+    for (lang, lines) in [
+        (
+            "en",
+            [
+                "This sign-in request cannot continue",
+                "The app that sent you here is not registered with this service.",
+                "Return to the app you came from and try again.",
+            ],
+        ),
+        (
+            "fr",
+            [
+                "Cette demande de connexion ne peut pas continuer",
+                "L’application qui vous a envoyé ici n’est pas enregistrée auprès de ce service.",
+                "Retournez dans l’application d’où vous venez et réessayez.",
+            ],
+        ),
+    ] {
+        browser
+            .goto(&app.url(&format!(
+                "/v3/oauth/authorize?client_id=app_unknown&response_type=code&lang={lang}"
+            )))
+            .await;
+        browser
+            .screen_at_both_sizes(&format!("{lang}-error"), &lines)
+            .await;
+        let styled = browser
+            .eval("return getComputedStyle(document.querySelector('main.card')).maxWidth;")
+            .await;
+        assert_eq!(styled, "416px", "the Link page's stylesheet applies");
+    }
     browser.quit().await;
 }

@@ -46,11 +46,26 @@ pub async fn set_client(app: &TestApp, tenant: &TestTenant, body: Value) -> Valu
     body
 }
 
+/// Sets the app's OAuth client at `integration`; asserts `200`.
+pub async fn set_client_for(app: &TestApp, tenant: &TestTenant, integration: &str, body: Value) {
+    let (status, body) = put_client_for(app, tenant, integration, body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn put_client(app: &TestApp, tenant: &TestTenant, body: Value) -> (StatusCode, Value) {
+    put_client_for(app, tenant, INTEGRATION, body).await
+}
+
+async fn put_client_for(
+    app: &TestApp,
+    tenant: &TestTenant,
+    integration: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let response = app
         .http
         .put(app.url(&format!(
-            "/v1/client-apps/{}/oauth-clients/{INTEGRATION}",
+            "/v1/client-apps/{}/oauth-clients/{integration}",
             tenant.app_id
         )))
         .bearer_auth(&tenant.key)

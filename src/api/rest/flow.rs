@@ -45,6 +45,8 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
                 "integrationId": i.integration_id,
                 "name": i.name,
                 "loginMethod": super::enum_name(i.login_method().as_str_name()),
+                "category": i.category,
+                "sandbox": i.sandbox,
             }))
             .collect::<Vec<_>>(),
         "loginMethod": match flow.login_method() {

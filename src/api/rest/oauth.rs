@@ -73,8 +73,10 @@ fn parameter_errors(violations: &[crate::kernel::error::FieldViolation]) -> Resp
     no_store((StatusCode::BAD_REQUEST, Json(Value::Object(body))).into_response())
 }
 
-/// The end user's error page for an untrusted client or redirect URI.
-fn error_page(headers: &HeaderMap, parameter: &str, message: &str) -> Response {
+/// The end user's error page for an untrusted client or redirect URI, in
+/// the request's language and the Link page's styles (same card, same
+/// stylesheet, nothing else loaded).
+fn error_page(headers: &HeaderMap, parameter: &str, message: &str, lang: &str) -> Response {
     let error = if parameter == "client_id" {
         "invalid_client"
     } else {
@@ -89,11 +91,45 @@ fn error_page(headers: &HeaderMap, parameter: &str, message: &str) -> Response {
                 .into_response(),
         );
     }
+    // What the end user can act on, in their words (the JSON answer keeps
+    // the technical message for developers).
+    let (english, french) = match message {
+        "The client_id is missing or unknown." => (
+            "The app that sent you here is not registered with this service.",
+            "L’application qui vous a envoyé ici n’est pas enregistrée auprès de ce service.",
+        ),
+        "The redirect_uri is required: this client registered several." => (
+            "The app did not say where to send you back.",
+            "L’application n’a pas indiqué où vous renvoyer.",
+        ),
+        _ => (
+            "The app asked to send you back to an address it has not registered.",
+            "L’application a demandé à vous renvoyer vers une adresse qu’elle n’a pas enregistrée.",
+        ),
+    };
+    let message = if lang == "fr" { french } else { english };
+    let (lang, title, heading, advice) = if lang == "fr" {
+        (
+            "fr",
+            "Erreur d’autorisation",
+            "Cette demande de connexion ne peut pas continuer",
+            "Retournez dans l’application d’où vous venez et réessayez.",
+        )
+    } else {
+        (
+            "en",
+            "Authorization error",
+            "This sign-in request cannot continue",
+            "Return to the app you came from and try again.",
+        )
+    };
     let page = format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+        "<!doctype html>\n<html lang=\"{lang}\">\n<head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Authorization error</title></head>\n<body>\n<h1>This sign-in request cannot continue</h1>\n\
-         <p>{}</p>\n<p>Return to the app you came from and try again.</p>\n</body>\n</html>\n",
+         <meta name=\"referrer\" content=\"no-referrer\">\
+         <title>{title}</title><link rel=\"stylesheet\" href=\"/link/app.css\"></head>\n<body>\n\
+         <main class=\"card\">\n<header class=\"brand\"><span class=\"logo\" aria-hidden=\"true\">◆</span> <span>linkd</span></header>\n\
+         <h1>{heading}</h1>\n<p class=\"alert\" role=\"alert\">{}</p>\n<p class=\"muted\">{advice}</p>\n</main>\n</body>\n</html>\n",
         escape(message)
     );
     let mut response = (
@@ -104,7 +140,7 @@ fn error_page(headers: &HeaderMap, parameter: &str, message: &str) -> Response {
         .into_response();
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'"),
+        HeaderValue::from_static("default-src 'none'; style-src 'self'"),
     );
     no_store(response)
 }
@@ -213,7 +249,7 @@ pub(super) async fn authorize(
         }
         Err(AuthorizeError::Parameters(violations)) => parameter_errors(&violations),
         Err(AuthorizeError::UntrustedClient { parameter, message }) => {
-            error_page(&headers, parameter, &message)
+            error_page(&headers, parameter, &message, &form_fields.5)
         }
         Err(AuthorizeError::Other(err)) => err.into_response(),
     }
