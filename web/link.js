@@ -235,6 +235,11 @@
     return true;
   }
 
+  // Escape inside an embedded page closes the host's dialog.
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && flow && flow.step !== 'done') post({ type: 'escape' });
+  });
+
   window.addEventListener('message', (event) => {
     // Only the embedding app, from its registered origin, may talk to us.
     if (!flow?.clientOrigin || event.origin !== flow.clientOrigin || event.source !== host) return;
@@ -516,6 +521,18 @@
       failed(err);
     }
   }
+
+  // A new session URL opened in a tab that shows this page changes only
+  // the fragment: start the new flow.
+  window.addEventListener('hashchange', () => {
+    if (!new URLSearchParams(window.location.hash.slice(1)).get('token')) return;
+    clearTimeout(oauthPoll);
+    flow = null;
+    lastStep = null;
+    typed = {};
+    token = null;
+    start();
+  });
 
   start();
 })();

@@ -200,6 +200,20 @@ impl Browser {
         self.client.set_window_size(390, 844).await.unwrap();
     }
 
+    /// What the host page's callbacks recorded of one `kind` (`success`,
+    /// `exit`, `event`).
+    async fn results(&self, kind: &str) -> Vec<Value> {
+        let recorded = self
+            .client
+            .execute(
+                "var kind = arguments[0]; return window.results.filter(function (r) { return r.kind === kind; });",
+                vec![json!(kind)],
+            )
+            .await
+            .unwrap();
+        recorded.as_array().cloned().unwrap_or_default()
+    }
+
     /// Runs `script` in the page and returns its answer.
     async fn eval(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
@@ -1500,5 +1514,130 @@ async fn the_oauth_error_page_looks_like_the_link_page_in_both_languages() {
             .await;
         assert_eq!(styled, "416px", "the Link page's stylesheet applies");
     }
+    browser.quit().await;
+}
+
+/// The embedded overlay is a modal dialog: the host page is inert behind
+/// it, focus goes in and comes back, and Escape (inside Link) or the close
+/// button end it with `onExit` `closed`, cancelling the flow. A new session
+/// URL opened over an old one in the same tab starts the new flow.
+#[tokio::test]
+async fn the_overlay_is_a_modal_dialog_that_escape_and_its_button_close() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let mut browser = Browser::start("dialog").await;
+    let host_page = |session: &str| {
+        let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
+        url.query_pairs_mut().append_pair("session", session);
+        url.to_string()
+    };
+    let cancelled_flows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM flows WHERE outcome = 'cancelled' AND cancelled_step = 'pre-login'",
+        )
+        .fetch_one(app.api.db())
+        .await
+        .unwrap()
+    };
+
+    for (round, how) in ["escape", "close-button"].into_iter().enumerate() {
+        let url = session_url(&app, &tenant, json!({})).await;
+        browser.goto(&host_page(&url)).await;
+        browser.click("#connect").await;
+        let overlay = browser.find("[data-linkd-overlay]").await;
+        assert_eq!(
+            overlay.attr("role").await.unwrap().as_deref(),
+            Some("dialog")
+        );
+        assert_eq!(
+            overlay.attr("aria-modal").await.unwrap().as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            browser.eval("return document.activeElement.tagName;").await,
+            "IFRAME",
+            "focus moves into Link"
+        );
+        assert_eq!(
+            browser
+                .eval("return !!document.getElementById('connect').closest('[inert]');")
+                .await,
+            true,
+            "the host page is inert behind the dialog"
+        );
+        browser
+            .find("[data-linkd-overlay] iframe")
+            .await
+            .enter_frame()
+            .await
+            .unwrap();
+        browser.heading("Choose your provider").await;
+        if how == "escape" {
+            browser
+                .client
+                .active_element()
+                .await
+                .unwrap()
+                .send_keys("\u{e00c}")
+                .await
+                .unwrap();
+            browser.client.enter_parent_frame().await.unwrap();
+        } else {
+            browser.client.enter_parent_frame().await.unwrap();
+            browser.shot("dialog-open").await;
+            browser.click("[data-linkd-close]").await;
+        }
+        browser.text_of("#log", "exit").await;
+        let exits = browser.results("exit").await;
+        assert_eq!(
+            exits[0]["payload"],
+            json!({ "status": "closed", "step": "pre-login", "errorCode": null, "clientReferenceId": null }),
+            "{how}"
+        );
+        assert!(
+            browser
+                .client
+                .find(Locator::Css("[data-linkd-overlay]"))
+                .await
+                .is_err(),
+            "{how}: the overlay is gone"
+        );
+        assert_eq!(
+            browser.eval("return document.activeElement.id;").await,
+            "connect",
+            "{how}: focus is back where it was"
+        );
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('[inert]').length;")
+                .await,
+            0
+        );
+        browser.shot(&format!("closed-by-{how}")).await;
+        // The flow was cancelled at its step, not left open.
+        let started = Instant::now();
+        while cancelled_flows().await < round as i64 + 1 {
+            assert!(
+                started.elapsed() < WAIT,
+                "{how}: the flow was not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Hosted: a second session URL pasted over the first starts it.
+    let first = session_url(&app, &tenant, json!({})).await;
+    let second = session_url(&app, &tenant, json!({ "lang": "fr" })).await;
+    browser.goto(&first).await;
+    browser.heading("Choose your provider").await;
+    let fragment = Url::parse(&second).unwrap().fragment().unwrap().to_string();
+    browser
+        .client
+        .execute("location.hash = arguments[0];", vec![json!(fragment)])
+        .await
+        .unwrap();
+    browser.heading("Choisissez votre fournisseur").await;
+    browser.shot("new-session-in-the-same-tab").await;
     browser.quit().await;
 }
