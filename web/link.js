@@ -452,9 +452,49 @@
     }, REDIRECT_DELAY_MS);
   }
 
+  // The client app's brand: its accent on the buttons (with black or white
+  // text, whichever contrasts more) and its logo and name in the header.
+  let branded = false;
+  const header = document.querySelector('header.brand');
+  const linkdHeader = header ? [...header.childNodes].map((node) => node.cloneNode(true)) : [];
+
+  function luminance(hex) {
+    const channel = (i) => {
+      const c = parseInt(hex.slice(i, i + 2), 16) / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    };
+    return 0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5);
+  }
+
+  function applyBranding() {
+    if (branded) return;
+    branded = true;
+    const accent = flow.clientAccentColor;
+    const root = document.documentElement.style;
+    root.removeProperty('--accent');
+    root.removeProperty('--accent-fg');
+    if (accent && /^#[0-9a-f]{6}$/.test(accent)) {
+      const l = luminance(accent);
+      const onWhite = 1.05 / (l + 0.05);
+      const onBlack = (l + 0.05) / 0.05;
+      root.setProperty('--accent', accent);
+      root.setProperty('--accent-fg', onWhite >= onBlack ? '#fff' : '#000');
+    }
+    if (!header) return;
+    if (!flow.clientLogoUrl) {
+      header.replaceChildren(...linkdHeader.map((node) => node.cloneNode(true)));
+    } else {
+      header.replaceChildren(
+        el('img', { class: 'client-logo', src: flow.clientLogoUrl, alt: '', width: '32', height: '32' }),
+        el('span', { class: 'client-name' }, flow.clientAppName || ''),
+      );
+    }
+  }
+
   function render(next) {
     clearTimeout(oauthPoll);
     flow = next;
+    applyBranding();
     t = TEXT[flow.lang] || TEXT.en;
     document.documentElement.lang = TEXT[flow.lang] ? flow.lang : 'en';
     setBusy(false);
@@ -531,6 +571,7 @@
     lastStep = null;
     typed = {};
     token = null;
+    branded = false;
     start();
   });
 

@@ -384,6 +384,18 @@ impl pb::client_app_service_server::ClientAppService for Services {
         ))
     }
 
+    async fn set_client_app_branding(
+        &self,
+        req: Request<pb::SetClientAppBrandingRequest>,
+    ) -> Reply<pb::SetClientAppBrandingResponse> {
+        let caller = caller(self, &req).await?;
+        Ok(Response::new(
+            self.client_apps
+                .set_branding(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
     async fn set_provider_o_auth_client(
         &self,
         req: Request<pb::SetProviderOAuthClientRequest>,

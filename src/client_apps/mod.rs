@@ -30,8 +30,26 @@ pub struct CreatedClientApp {
     pub client_secret: SecretString,
 }
 
+/// Where the Link page loads an app's logo version `sha256` from.
+pub fn logo_path(app: ClientAppId, sha256: &str) -> String {
+    format!(
+        "/link/brand/{app}/logo?v={}",
+        &sha256[..16.min(sha256.len())]
+    )
+}
+
 fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
+    let branding = pb::ClientAppBranding {
+        display_name: row.brand_display_name.clone().unwrap_or_default(),
+        accent_color: row.brand_accent_color.clone().unwrap_or_default(),
+        logo_url: row
+            .logo_sha256
+            .as_deref()
+            .map(|sha| logo_path(row.id, sha))
+            .unwrap_or_default(),
+    };
     pb::ClientApp {
+        branding: Some(branding),
         id: row.id.to_string(),
         environment: row.environment().to_proto() as i32,
         name: row.name,
@@ -165,5 +183,49 @@ impl ClientApps {
             return Err(Error::NotFound("client app"));
         }
         Ok(SecretString::from(secret))
+    }
+}
+
+impl ClientApps {
+    /// `SetClientAppBranding`.
+    pub async fn set_branding(
+        &self,
+        caller: &Caller,
+        req: pb::SetClientAppBrandingRequest,
+    ) -> Result<pb::SetClientAppBrandingResponse> {
+        let id = ClientAppId::from_request("clientAppId", &req.client_app_id)?;
+        let change = rules::Branding::parse(&req)?;
+        let mut tx = self.db.begin().await?;
+        let logo = change.logo.as_ref().map(|l| {
+            l.as_ref()
+                .map(|l| (l.content_type, l.bytes.as_slice(), l.sha256.as_str()))
+        });
+        let found = store::set_branding(
+            &mut tx,
+            caller.tenant,
+            id,
+            &store::BrandingChange {
+                display_name: change.display_name.as_ref().map(|n| n.as_deref()),
+                accent_color: change.accent_color.as_ref().map(|c| c.as_deref()),
+                logo,
+            },
+        )
+        .await?;
+        if !found {
+            return Err(Error::NotFound("client app"));
+        }
+        tx.commit().await?;
+        let app = store::get_client_app(&self.db, caller.tenant, id).await?;
+        Ok(pb::SetClientAppBrandingResponse {
+            client_app: Some(client_app_to_proto(app)),
+        })
+    }
+
+    /// The logo the Link page shows for `app`: its media type and bytes.
+    pub async fn logo(&self, app: &str) -> Result<(String, Vec<u8>)> {
+        let id = ClientAppId::parse(app).ok_or(Error::NotFound("logo"))?;
+        store::logo(&self.db, id)
+            .await?
+            .ok_or(Error::NotFound("logo"))
     }
 }

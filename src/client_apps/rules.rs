@@ -171,3 +171,100 @@ mod tests {
         assert_ne!(secret, generate_webhook_secret());
     }
 }
+
+/// Longest display name on the Link page.
+pub const MAX_DISPLAY_NAME: usize = 60;
+/// Largest logo, in bytes.
+pub const MAX_LOGO_BYTES: usize = 256 * 1024;
+
+/// A logo whose type was read from its bytes.
+#[derive(Debug, Clone)]
+pub struct Logo {
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// A checked `SetClientAppBranding`: `None` leaves a part unchanged,
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct Branding {
+    pub display_name: Option<Option<String>>,
+    pub accent_color: Option<Option<String>>,
+    pub logo: Option<Option<Logo>>,
+}
+
+/// The image type of `bytes` by its signature: PNG, JPEG or WebP only (an
+/// SVG can carry script).
+fn image_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+impl Branding {
+    pub fn parse(req: &crate::pb::SetClientAppBrandingRequest) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let display_name = req.display_name.as_deref().map(|name| {
+            let name = name.trim();
+            if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
+                v.add(
+                    "displayName",
+                    format!(
+                        "must be at most {MAX_DISPLAY_NAME} characters, without control characters"
+                    ),
+                );
+            }
+            (!name.is_empty()).then(|| name.to_string())
+        });
+        let accent_color = req.accent_color.as_deref().map(|color| {
+            let color = color.trim().to_ascii_lowercase();
+            let valid = color.len() == 7
+                && color.starts_with('#')
+                && color[1..].bytes().all(|b| b.is_ascii_hexdigit());
+            if !color.is_empty() && !valid {
+                v.add("accentColor", "must be a colour as #rrggbb");
+            }
+            (!color.is_empty()).then_some(color)
+        });
+        let logo = match (&req.logo, req.remove_logo) {
+            (Some(_), true) => {
+                v.add("removeLogo", "cannot be combined with logo");
+                None
+            }
+            (None, true) => Some(None),
+            (None, false) => None,
+            (Some(bytes), false) => {
+                if bytes.len() > MAX_LOGO_BYTES {
+                    v.add(
+                        "logo",
+                        format!("must be at most {} KiB", MAX_LOGO_BYTES / 1024),
+                    );
+                    None
+                } else if let Some(content_type) = image_type(bytes) {
+                    use sha2::Digest as _;
+                    Some(Some(Logo {
+                        content_type,
+                        bytes: bytes.clone(),
+                        sha256: hex::encode(sha2::Sha256::digest(bytes)),
+                    }))
+                } else {
+                    v.add("logo", "must be a PNG, JPEG or WebP image");
+                    None
+                }
+            }
+        };
+        v.finish()?;
+        Ok(Branding {
+            display_name,
+            accent_color,
+            logo,
+        })
+    }
+}

@@ -18,6 +18,10 @@ pub struct ClientAppRow {
     pub created_at: DateTime<Utc>,
     /// May read connections' provider access tokens (operator setting).
     pub access_token_handoff: bool,
+    pub brand_display_name: Option<String>,
+    pub brand_accent_color: Option<String>,
+    /// The logo's version (its SHA-256, hex) when it has one.
+    pub logo_sha256: Option<String>,
 }
 
 impl ClientAppRow {
@@ -29,7 +33,9 @@ impl ClientAppRow {
 /// Columns of [`ClientAppRow`], as a macro so queries stay `&'static str`.
 macro_rules! app_columns {
     () => {
-        "id, organization_id, environment, name, redirect_uris, webhook_url, created_at, access_token_handoff"
+        "id, organization_id, environment, name, redirect_uris, webhook_url, created_at, access_token_handoff, \
+         brand_display_name, brand_accent_color, \
+         (SELECT sha256 FROM client_app_logos l WHERE l.client_app_id = client_apps.id) AS logo_sha256"
     };
 }
 
@@ -236,10 +242,97 @@ pub async fn set_webhook_url(
     Ok(updated.rows_affected() == 1)
 }
 
-/// An app's display name, shown to its end users on the Link page.
-pub async fn app_name(db: impl PgExecutor<'_>, id: ClientAppId) -> Result<Option<String>> {
+/// How the Link page presents an app: its display name, accent colour and
+/// logo version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Presentation {
+    pub name: String,
+    pub accent_color: Option<String>,
+    pub logo_sha256: Option<String>,
+}
+
+pub async fn presentation(
+    db: impl PgExecutor<'_>,
+    id: ClientAppId,
+) -> Result<Option<Presentation>> {
+    Ok(sqlx::query_as(
+        "SELECT COALESCE(a.brand_display_name, a.name) AS name, a.brand_accent_color AS accent_color,
+                l.sha256 AS logo_sha256
+         FROM client_apps a LEFT JOIN client_app_logos l ON l.client_app_id = a.id
+         WHERE a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// What `SetClientAppBranding` changes; `None` leaves a part as it is.
+pub struct BrandingChange<'a> {
+    /// `Some(None)` clears it.
+    pub display_name: Option<Option<&'a str>>,
+    pub accent_color: Option<Option<&'a str>>,
+    /// `Some(None)` removes the logo; `Some((type, bytes, sha256))` sets it.
+    pub logo: Option<Option<(&'a str, &'a [u8], &'a str)>>,
+}
+
+/// Applies `change` to the tenant's app in one transaction; `false` when
+/// there is no such app.
+pub async fn set_branding(
+    tx: &mut PgConnection,
+    tenant: Tenant,
+    id: ClientAppId,
+    change: &BrandingChange<'_>,
+) -> Result<bool> {
+    let found = sqlx::query(
+        "UPDATE client_apps SET
+             brand_display_name = CASE WHEN $4 THEN $5 ELSE brand_display_name END,
+             brand_accent_color = CASE WHEN $6 THEN $7 ELSE brand_accent_color END
+         WHERE id = $1 AND organization_id = $2 AND environment = $3",
+    )
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .bind(change.display_name.is_some())
+    .bind(change.display_name.flatten())
+    .bind(change.accent_color.is_some())
+    .bind(change.accent_color.flatten())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !found {
+        return Ok(false);
+    }
+    match change.logo {
+        None => {}
+        Some(None) => {
+            sqlx::query("DELETE FROM client_app_logos WHERE client_app_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Some(Some((content_type, bytes, sha256))) => {
+            sqlx::query(
+                "INSERT INTO client_app_logos (client_app_id, content_type, bytes, sha256)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (client_app_id) DO UPDATE
+                     SET content_type = $2, bytes = $3, sha256 = $4, updated_at = now()",
+            )
+            .bind(id)
+            .bind(content_type)
+            .bind(bytes)
+            .bind(sha256)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// An app's logo: its media type and bytes.
+pub async fn logo(db: impl PgExecutor<'_>, id: ClientAppId) -> Result<Option<(String, Vec<u8>)>> {
     Ok(
-        sqlx::query_scalar("SELECT name FROM client_apps WHERE id = $1")
+        sqlx::query_as("SELECT content_type, bytes FROM client_app_logos WHERE client_app_id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?,

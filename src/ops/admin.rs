@@ -6,7 +6,7 @@ use crate::client_apps::store as tenancy;
 use crate::kernel::ids::{ApiKeyId, ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::ops::config::AdminCommand;
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -76,6 +76,55 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             scopes,
             json,
         } => set_oauth_client(api, app_id, integration, client_id, scopes, json).await,
+        AdminCommand::SetBranding {
+            app_id,
+            display_name,
+            accent_color,
+            logo,
+            remove_logo,
+        } => {
+            let id = ClientAppId::from_request("app_id", &app_id)?;
+            let Some(app) = tenancy::find_client_app(api.db(), id).await? else {
+                bail!("no client app {app_id}");
+            };
+            let logo = logo
+                .map(|path| {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+                })
+                .transpose()?;
+            let caller = crate::auth::Caller {
+                tenant: Tenant {
+                    organization_id: app.organization_id,
+                    environment: app.environment(),
+                },
+                only_connection: None,
+            };
+            let set = api
+                .client_apps
+                .set_branding(
+                    &caller,
+                    crate::pb::SetClientAppBrandingRequest {
+                        client_app_id: app_id.clone(),
+                        display_name,
+                        accent_color,
+                        logo,
+                        remove_logo,
+                    },
+                )
+                .await?;
+            let branding = set.client_app.and_then(|a| a.branding).unwrap_or_default();
+            println!(
+                "client app {app_id}: display name {:?}, accent colour {:?}, logo {}",
+                branding.display_name,
+                branding.accent_color,
+                if branding.logo_url.is_empty() {
+                    "none"
+                } else {
+                    &branding.logo_url
+                }
+            );
+            Ok(())
+        }
         AdminCommand::SetAccessTokenHandoff { app_id, enabled } => {
             let id = ClientAppId::from_request("app_id", &app_id)?;
             if !tenancy::set_access_token_handoff(api.db(), id, enabled).await? {

@@ -540,6 +540,24 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set how the Link page presents a client app (`app_…`): the name it
+    /// shows, its accent colour, its logo (a PNG, JPEG or WebP file of at
+    /// most 256 KiB, stored and served by linkd). Unset flags keep their value.
+    SetBranding {
+        app_id: String,
+        /// Name shown to end users (empty: the app's name).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Accent colour, `#rrggbb` (empty: linkd's blue).
+        #[arg(long)]
+        accent_color: Option<String>,
+        /// Logo image file.
+        #[arg(long, conflicts_with = "remove_logo")]
+        logo: Option<PathBuf>,
+        /// Remove the logo.
+        #[arg(long)]
+        remove_logo: bool,
+    },
     /// Allow or forbid a client app (`app_…`) to read connections' provider
     /// access tokens (GetConnectionAccessToken). Off by default.
     SetAccessTokenHandoff {

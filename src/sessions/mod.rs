@@ -358,12 +358,16 @@ pub(crate) struct SessionFlow;
 impl FlowKindHooks for SessionFlow {
     async fn view(&self, engine: &Flows, flow: &FlowRow, view: &mut pb::Flow) -> Result<()> {
         let redirect_url = flow.redirect_url.as_deref().unwrap_or_default();
-        view.client_app_name = match flow.client_app_id {
-            Some(id) => client_apps::app_name(engine.db(), id)
-                .await?
-                .unwrap_or_default(),
-            None => String::new(),
-        };
+        if let Some(id) = flow.client_app_id
+            && let Some(app) = client_apps::presentation(engine.db(), id).await?
+        {
+            view.client_app_name = app.name;
+            view.client_accent_color = app.accent_color.unwrap_or_default();
+            view.client_logo_url = app
+                .logo_sha256
+                .map(|sha| crate::client_apps::logo_path(id, &sha))
+                .unwrap_or_default();
+        }
         view.client_origin = web_origin(redirect_url).unwrap_or_default();
         view.client_reference_id = flow.client_reference_id.clone().unwrap_or_default();
         let oauth = flow.oauth.as_ref().map(|o| &o.0);

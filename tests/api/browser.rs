@@ -65,6 +65,9 @@ struct Browser {
     _slot: tokio::sync::SemaphorePermit<'static>,
     shots: PathBuf,
     taken: usize,
+    /// The header lines every screen starts with (linkd's, or a client
+    /// app's brand).
+    header: Vec<String>,
 }
 
 impl Browser {
@@ -137,6 +140,7 @@ impl Browser {
             _slot: slot,
             shots,
             taken: 0,
+            header: HEADER.iter().map(|l| l.to_string()).collect(),
         }
     }
 
@@ -164,7 +168,12 @@ impl Browser {
     /// line by line, and is not busy; fails on stray text; saves a
     /// screenshot as `step`.
     async fn screen(&mut self, step: &str, expected: &[&str]) {
-        let expected: Vec<&str> = HEADER.iter().chain(expected).copied().collect();
+        let expected: Vec<&str> = self
+            .header
+            .iter()
+            .map(String::as_str)
+            .chain(expected.iter().copied())
+            .collect();
         let started = Instant::now();
         loop {
             let lines = self.card_lines().await;
@@ -1639,5 +1648,85 @@ async fn the_overlay_is_a_modal_dialog_that_escape_and_its_button_close() {
         .unwrap();
     browser.heading("Choisissez votre fournisseur").await;
     browser.shot("new-session-in-the-same-tab").await;
+    browser.quit().await;
+}
+
+/// A client app's brand on its Link page, set with the operator CLI: its
+/// logo (served by linkd) and display name in the header, its accent on the
+/// buttons with text that reads on it.
+#[tokio::test]
+async fn the_link_page_wears_the_client_apps_brand() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let logo = tempfile::NamedTempFile::new().unwrap();
+    {
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(crate::client_apps::LOGO_PNG)
+            .unwrap();
+        std::fs::write(logo.path(), png).unwrap();
+    }
+    let db_url = app.database_url().await;
+    let set = crate::process::admin(
+        &db_url,
+        &[
+            "set-branding",
+            &tenant.app_id,
+            "--display-name",
+            "Acme Budget Pro",
+            "--accent-color",
+            "#ffcc00",
+            "--logo",
+            logo.path().to_str().unwrap(),
+        ],
+    );
+    assert!(set.status.success(), "{set:?}");
+
+    let url = session_url(&app, &tenant, json!({})).await;
+    let mut browser = Browser::start("branding").await;
+    browser.header = vec!["Acme Budget Pro".into()];
+    browser.goto(&url).await;
+    let mut pick = vec![
+        "Choose your provider",
+        "Acme Budget Pro wants to connect to one of your accounts.",
+    ];
+    let names = picker_lines("en");
+    pick.extend(names.iter().map(String::as_str));
+    pick.push("Cancel");
+    browser.screen_at_both_sizes("branded-pick", &pick).await;
+    let started = Instant::now();
+    while browser
+        .eval("var i = document.querySelector('img.client-logo'); return !!i && i.complete && i.naturalWidth;")
+        .await
+        != json!(16)
+    {
+        assert!(started.elapsed() < WAIT, "the logo never loaded from linkd");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.click("button[data-integration=att]").await;
+    browser
+        .screen_at_both_sizes(
+            "branded-login",
+            &[
+                "Log in to AT&T",
+                LOGIN_LEAD,
+                "Phone number or email",
+                "Password",
+                "Continue",
+                "Cancel",
+            ],
+        )
+        .await;
+    let colors = browser
+        .eval(
+            "var s = getComputedStyle(document.querySelector('button.primary')); return [s.backgroundColor, s.color];",
+        )
+        .await;
+    assert_eq!(
+        colors,
+        json!(["rgb(255, 204, 0)", "rgb(0, 0, 0)"]),
+        "the accent, with black text on yellow"
+    );
     browser.quit().await;
 }

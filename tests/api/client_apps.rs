@@ -175,3 +175,112 @@ async fn malformed_ids_are_invalid_arguments_naming_the_field() {
             .contains("app_")
     );
 }
+
+/// A 16×16 orange PNG.
+pub const LOGO_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAF0lEQVR4nGP438NAEiJN9aiGUQ1DSgMA/YOLELHsQkgAAAAASUVORK5CYII=";
+
+/// `PUT /v1/client-apps/{id}/branding` with `body`.
+pub async fn put_branding(
+    app: &crate::helpers::TestApp,
+    tenant: &crate::helpers::TestTenant,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = app
+        .http
+        .put(app.url(&format!("/v1/client-apps/{}/branding", tenant.app_id)))
+        .bearer_auth(&tenant.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn branding_is_validated_stored_and_the_logo_served_by_linkd() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let (status, set) = put_branding(
+        &app,
+        &tenant,
+        json!({"displayName": "  Acme Budget Pro ", "accentColor": "#FFCC00", "logo": LOGO_PNG}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["branding"]["displayName"], "Acme Budget Pro");
+    assert_eq!(set["branding"]["accentColor"], "#ffcc00");
+    let logo_url = set["branding"]["logoUrl"].as_str().unwrap().to_string();
+    assert!(
+        logo_url.starts_with(&format!("/link/brand/{}/logo?v=", tenant.app_id)),
+        "{logo_url}"
+    );
+    let logo = app.http.get(app.url(&logo_url)).send().await.unwrap();
+    assert_eq!(logo.status(), StatusCode::OK);
+    assert_eq!(logo.headers()["content-type"], "image/png");
+    assert_eq!(logo.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        logo.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(LOGO_PNG)
+        .unwrap();
+    assert_eq!(logo.bytes().await.unwrap().as_ref(), png.as_slice());
+
+    // The Link page of its sessions carries it.
+    let page = app.open_session(&tenant, json!({})).await;
+    let flow = page.flow().await;
+    assert_eq!(flow["clientAppName"], "Acme Budget Pro");
+    assert_eq!(flow["clientAccentColor"], "#ffcc00");
+    assert_eq!(flow["clientLogoUrl"], logo_url.as_str());
+
+    // Bad input names its field and changes nothing.
+    let svg = base64::engine::general_purpose::STANDARD.encode("<svg onload=alert(1)></svg>");
+    for (body, field) in [
+        (json!({"accentColor": "red"}), "accentColor"),
+        (json!({"displayName": "x".repeat(61)}), "displayName"),
+        (json!({"logo": svg}), "logo"),
+        (json!({"logo": "%%%"}), "logo"),
+        (json!({"logo": LOGO_PNG, "removeLogo": true}), "removeLogo"),
+    ] {
+        let (status, refused) = put_branding(&app, &tenant, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {refused}");
+        assert_eq!(refused["issues"][0]["path"], field, "{refused}");
+    }
+    let unchanged = app
+        .get(&format!("/v1/client-apps/{}", tenant.app_id), &tenant.key)
+        .await;
+    let unchanged: Value = unchanged.json().await.unwrap();
+    assert_eq!(unchanged["branding"], set["branding"]);
+
+    // Another tenant's key finds no such app.
+    let other = app.create_tenant(Environment::Sandbox).await;
+    let response = app
+        .http
+        .put(app.url(&format!("/v1/client-apps/{}/branding", tenant.app_id)))
+        .bearer_auth(&other.key)
+        .json(&json!({"displayName": "Mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Cleared: the name and colour go back to linkd's, the logo is gone.
+    let (status, cleared) = put_branding(
+        &app,
+        &tenant,
+        json!({"displayName": "", "accentColor": "", "removeLogo": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(
+        cleared["branding"],
+        json!({"displayName": null, "accentColor": null, "logoUrl": null})
+    );
+    let gone = app.http.get(app.url(&logo_url)).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}

@@ -37,6 +37,8 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
         "connectionId": empty_to_null(&flow.connection_id),
         "clientAppName": empty_to_null(&flow.client_app_name),
         "clientOrigin": empty_to_null(&flow.client_origin),
+        "clientAccentColor": empty_to_null(&flow.client_accent_color),
+        "clientLogoUrl": empty_to_null(&flow.client_logo_url),
         "clientReferenceId": empty_to_null(&flow.client_reference_id),
         "cancelledStep": step_name(flow.cancelled_step()),
         "scopes": flow.scopes,

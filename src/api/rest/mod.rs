@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 mod body;
+mod branding;
 mod connections;
 mod events;
 mod flow;
@@ -87,6 +88,14 @@ impl FromRequestParts<RestState> for Authenticated {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct BrandingJson {
+    display_name: Option<String>,
+    accent_color: Option<String>,
+    logo_url: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ClientAppJson {
     id: String,
     name: String,
@@ -96,6 +105,7 @@ struct ClientAppJson {
     webhook_url: Option<String>,
     created_at: String,
     access_token_handoff: bool,
+    branding: BrandingJson,
 }
 
 impl From<pb::ClientApp> for ClientAppJson {
@@ -108,6 +118,15 @@ impl From<pb::ClientApp> for ClientAppJson {
             webhook_url: app.webhook_url,
             created_at: app.created_at.as_ref().map(iso8601).unwrap_or_default(),
             access_token_handoff: app.access_token_handoff,
+            branding: {
+                let b = app.branding.unwrap_or_default();
+                let given = |s: String| (!s.is_empty()).then_some(s);
+                BrandingJson {
+                    display_name: given(b.display_name),
+                    accent_color: given(b.accent_color),
+                    logo_url: given(b.logo_url),
+                }
+            },
         }
     }
 }
@@ -259,6 +278,11 @@ pub fn router(state: RestState) -> Router {
             "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}",
             axum::routing::put(provider_oauth::set_client).delete(provider_oauth::delete_client),
         )
+        .route(
+            "/v1/client-apps/{client_app_id}/branding",
+            axum::routing::put(branding::set_branding),
+        )
+        .route("/link/brand/{client_app_id}/logo", get(branding::logo))
         .route("/v1/events", get(events::list))
         .route(
             "/v1/events/redeliver-failed",
