@@ -574,7 +574,9 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
     ];
     pick.extend(names.iter().map(String::as_str));
     pick.push("Cancel");
-    browser.screen("pick-integration", &pick).await;
+    browser
+        .screen_at_both_sizes("pick-integration", &pick)
+        .await;
     let address = browser.client.current_url().await.unwrap();
     assert_eq!(address.fragment(), None, "the token leaves the address bar");
     // Everything the page loaded came from linkd, and its CSP refuses an
@@ -625,7 +627,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
 
     // Keyboard only: the first field has focus; Tab, then Enter submits.
     browser
-        .screen(
+        .screen_at_both_sizes(
             "login",
             &[
                 "Log in to OnlyFans",
@@ -648,7 +650,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
         .unwrap();
 
     browser
-        .screen(
+        .screen_at_both_sizes(
             "consent",
             &[
                 "Allow Acme Budget to access your OnlyFans account?",
@@ -682,7 +684,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
 
     // Single use: opening the URL again cannot reuse it.
     browser.goto(&url).await;
-    browser.screen("reused", &[USED, CLOSE]).await;
+    browser.screen_at_both_sizes("reused", &[USED, CLOSE]).await;
     browser.quit().await;
 }
 
@@ -698,7 +700,7 @@ async fn two_factor_after_a_wrong_password() {
     browser.click("button[data-integration=tmobile]").await;
     browser.login("user_2fa", "wrong-password").await;
     browser
-        .screen(
+        .screen_at_both_sizes(
             "wrong-password",
             &[
                 "Log in to T-Mobile",
@@ -722,12 +724,14 @@ async fn two_factor_after_a_wrong_password() {
         lines.extend(["Verify", "Cancel"]);
         lines
     };
-    browser.screen("two-factor", &two_factor(None)).await;
+    browser
+        .screen_at_both_sizes("two-factor", &two_factor(None))
+        .await;
     let code = browser.find("input[name=code]").await;
     code.send_keys("000000").await.unwrap();
     browser.click("button[type=submit]").await;
     browser
-        .screen(
+        .screen_at_both_sizes(
             "wrong-code",
             &two_factor(Some("That code is incorrect. Check it and try again.")),
         )
@@ -736,7 +740,7 @@ async fn two_factor_after_a_wrong_password() {
     code.clear().await.unwrap();
     code.send_keys("123456\u{e007}").await.unwrap();
     browser
-        .screen(
+        .screen_at_both_sizes(
             "consent",
             &[
                 "Allow Acme Budget to access your T-Mobile account?",
@@ -1248,14 +1252,16 @@ async fn hosted_oauth_session_goes_through_the_providers_pages() {
     browser.goto(&url).await;
     browser.heading("Choose your provider").await;
     browser.click("button[data-integration=acmeid]").await;
-    browser.screen("oauth-login", &OAUTH_LOGIN).await;
+    browser
+        .screen_at_both_sizes("oauth-login", &OAUTH_LOGIN)
+        .await;
     browser.click("button[data-oauth=start]").await;
     browser.landed_on(provider.base.as_str()).await;
     browser.at_the_provider("creator-7").await;
 
     // Back on the Link page in the same tab, at consent.
     browser
-        .screen(
+        .screen_at_both_sizes(
             "consent",
             &[
                 "Allow Acme Budget to access your Acme ID account?",
@@ -1728,5 +1734,48 @@ async fn the_link_page_wears_the_client_apps_brand() {
         json!(["rgb(255, 204, 0)", "rgb(0, 0, 0)"]),
         "the accent, with black text on yellow"
     );
+    browser.quit().await;
+}
+
+/// The OAuth integration's steps in French, phone and desktop.
+#[tokio::test]
+async fn a_french_oauth_session_reads_french_at_every_step() {
+    let app = spawn_app().await;
+    let (site, tenant, provider) = oauth_site(&app).await;
+    let url = session_url(&app, &tenant, json!({ "lang": "fr" })).await;
+    let mut browser = Browser::start("oauth_french").await;
+    browser.goto(&url).await;
+    browser.heading("Choisissez votre fournisseur").await;
+    browser.click("button[data-integration=acmeid]").await;
+    browser
+        .screen_at_both_sizes(
+            "fr-oauth-login",
+            &[
+                "Connexion à Acme ID",
+                "Vous vous connecterez sur la page de Acme ID. Votre mot de passe n’est jamais partagé avec l’application.",
+                "Continuer vers Acme ID",
+                "Annuler",
+            ],
+        )
+        .await;
+    browser.click("button[data-oauth=start]").await;
+    browser.landed_on(provider.base.as_str()).await;
+    browser.at_the_provider("createur-1").await;
+    browser
+        .screen_at_both_sizes(
+            "fr-consent",
+            &[
+                "Autoriser Acme Budget à accéder à votre compte Acme ID?",
+                "Acme Budget pourra utiliser cette connexion jusqu’à ce que vous ou l’application la supprimiez.",
+                "Autoriser",
+                "Annuler",
+            ],
+        )
+        .await;
+    browser.click("button.primary").await;
+    browser
+        .screen("fr-done", &["Compte connecté. Retour à l’application…"])
+        .await;
+    browser.landed_on(&site.callback()).await;
     browser.quit().await;
 }
