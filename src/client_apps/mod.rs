@@ -194,7 +194,12 @@ impl ClientApps {
         req: pb::SetClientAppBrandingRequest,
     ) -> Result<pb::SetClientAppBrandingResponse> {
         let id = ClientAppId::from_request("clientAppId", &req.client_app_id)?;
-        let change = rules::Branding::parse(&req)?;
+        let change = rules::Branding::parse(&rules::BrandingRequest {
+            display_name: req.display_name.as_deref(),
+            accent_color: req.accent_color.as_deref(),
+            logo: req.logo.as_deref(),
+            remove_logo: req.remove_logo,
+        })?;
         let mut tx = self.db.begin().await?;
         let logo = change.logo.as_ref().map(|l| {
             l.as_ref()

@@ -208,10 +208,19 @@ fn image_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// What `SetClientAppBranding` asks for, as given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrandingRequest<'a> {
+    pub display_name: Option<&'a str>,
+    pub accent_color: Option<&'a str>,
+    pub logo: Option<&'a [u8]>,
+    pub remove_logo: bool,
+}
+
 impl Branding {
-    pub fn parse(req: &crate::pb::SetClientAppBrandingRequest) -> Result<Self, Error> {
+    pub fn parse(req: &BrandingRequest<'_>) -> Result<Self, Error> {
         let mut v = Violations::new();
-        let display_name = req.display_name.as_deref().map(|name| {
+        let display_name = req.display_name.map(|name| {
             let name = name.trim();
             if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
                 v.add(
@@ -223,7 +232,7 @@ impl Branding {
             }
             (!name.is_empty()).then(|| name.to_string())
         });
-        let accent_color = req.accent_color.as_deref().map(|color| {
+        let accent_color = req.accent_color.map(|color| {
             let color = color.trim().to_ascii_lowercase();
             let valid = color.len() == 7
                 && color.starts_with('#')
@@ -233,7 +242,7 @@ impl Branding {
             }
             (!color.is_empty()).then_some(color)
         });
-        let logo = match (&req.logo, req.remove_logo) {
+        let logo = match (req.logo, req.remove_logo) {
             (Some(_), true) => {
                 v.add("removeLogo", "cannot be combined with logo");
                 None
@@ -251,7 +260,7 @@ impl Branding {
                     use sha2::Digest as _;
                     Some(Some(Logo {
                         content_type,
-                        bytes: bytes.clone(),
+                        bytes: bytes.to_vec(),
                         sha256: hex::encode(sha2::Sha256::digest(bytes)),
                     }))
                 } else {

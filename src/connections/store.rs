@@ -169,18 +169,7 @@ pub async fn get(
     tenant: Tenant,
     id: ConnectionId,
 ) -> Result<ConnectionRow> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        connection_columns!(),
-        " FROM connections
-          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL"
-    ))
-    .bind(id)
-    .bind(tenant.organization_id)
-    .bind(tenant.environment.as_str())
-    .fetch_optional(db)
-    .await?
-    .ok_or(Error::NotFound("connection"))
+    Ok(get_with_session(db, tenant, id).await?.row)
 }
 
 /// The integration of a live connection, for a reconnect.

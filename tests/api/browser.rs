@@ -538,6 +538,13 @@ impl ClientSite {
     }
 }
 
+/// The client app's website, and a new tenant whose app redirects there.
+async fn client_site(app: &TestApp) -> (ClientSite, TestTenant) {
+    let site = ClientSite::start(app).await;
+    let tenant = site.register(app, new_tenant(app).await).await;
+    (site, tenant)
+}
+
 async fn session_url(app: &TestApp, tenant: &TestTenant, body: Value) -> String {
     let response = app.init_session(tenant, body).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
@@ -561,8 +568,7 @@ async fn new_tenant(app: &TestApp) -> Tenant {
 #[tokio::test]
 async fn hosted_success_by_keyboard_on_a_phone_screen() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let url = session_url(&app, &tenant, json!({ "clientReferenceId": "user_abc123" })).await;
     let mut browser = Browser::start("hosted_success").await;
 
@@ -691,8 +697,7 @@ async fn hosted_success_by_keyboard_on_a_phone_screen() {
 #[tokio::test]
 async fn two_factor_after_a_wrong_password() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let url = session_url(&app, &tenant, json!({})).await;
     let mut browser = Browser::start("two_factor").await;
 
@@ -760,8 +765,7 @@ async fn two_factor_after_a_wrong_password() {
 #[tokio::test]
 async fn cancel_at_each_step_returns_to_the_app() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("cancel").await;
     for step in ["pre-login", "login", "2fa", "authorization"] {
         let url = session_url(&app, &tenant, json!({ "clientReferenceId": "u7" })).await;
@@ -807,8 +811,7 @@ async fn cancel_at_each_step_returns_to_the_app() {
 #[tokio::test]
 async fn an_expired_session_says_so_and_returns_with_session_expired() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("expired").await;
     let url = session_url(&app, &tenant, json!({})).await;
     browser.goto(&url).await;
@@ -844,8 +847,7 @@ async fn an_expired_session_says_so_and_returns_with_session_expired() {
 #[tokio::test]
 async fn a_provider_error_shows_its_message_and_returns_with_its_code() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("provider_error").await;
     let url = session_url(&app, &tenant, json!({ "clientReferenceId": "u9" })).await;
     browser.goto(&url).await;
@@ -875,8 +877,7 @@ async fn a_provider_error_shows_its_message_and_returns_with_its_code() {
 #[tokio::test]
 async fn embedded_results_reach_the_host_page_through_post_message() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("embedded").await;
     let host_page = |session: &str| {
         let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
@@ -1013,8 +1014,7 @@ async fn embedded_results_reach_the_host_page_through_post_message() {
 #[tokio::test]
 async fn a_popup_delivers_its_result_to_the_opener() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("popup").await;
     let session = session_url(&app, &tenant, json!({ "clientReferenceId": "pop" })).await;
     let mut host = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
@@ -1052,8 +1052,7 @@ async fn a_popup_delivers_its_result_to_the_opener() {
 #[tokio::test]
 async fn the_default_app_clip_url_claims_and_runs_a_link() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("app_clip").await;
     let link: Value = app
         .http
@@ -1200,8 +1199,7 @@ async fn oauth_site(app: &TestApp) -> (ClientSite, TestTenant, crate::oauth_serv
         .catalog()
         .add_described(&provider.catalog_entry(crate::provider_oauth::INTEGRATION))
         .unwrap();
-    let site = ClientSite::start(app).await;
-    let tenant = site.register(app, new_tenant(app).await).await;
+    let (site, tenant) = client_site(app).await;
     crate::provider_oauth::set_client(
         app,
         &tenant,
@@ -1355,8 +1353,7 @@ async fn embedded_oauth_opens_the_provider_in_a_popup() {
 #[tokio::test]
 async fn a_french_session_reads_french_throughout_and_keeps_the_username() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     // An OAuth client at Twitch: an eighth integration to choose from.
     crate::provider_oauth::set_client_for(
         &app,
@@ -1539,8 +1536,7 @@ async fn the_oauth_error_page_looks_like_the_link_page_in_both_languages() {
 #[tokio::test]
 async fn the_overlay_is_a_modal_dialog_that_escape_and_its_button_close() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("dialog").await;
     let host_page = |session: &str| {
         let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
@@ -1663,8 +1659,7 @@ async fn the_overlay_is_a_modal_dialog_that_escape_and_its_button_close() {
 #[tokio::test]
 async fn the_link_page_wears_the_client_apps_brand() {
     let app = spawn_app().await;
-    let site = ClientSite::start(&app).await;
-    let tenant = site.register(&app, new_tenant(&app).await).await;
+    let (_site, tenant) = client_site(&app).await;
     let logo = tempfile::NamedTempFile::new().unwrap();
     {
         use base64::Engine as _;
