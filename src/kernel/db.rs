@@ -36,6 +36,48 @@ pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
+/// Connects once to `DATABASE_URL` at start-up, so that a database that
+/// cannot be reached is one line naming the setting, the host and the cause
+/// (`connection refused`, `password authentication failed…`), not a pool
+/// time-out. Never prints the URL (it may hold a password).
+pub async fn check_reachable(url: &str, within: Duration) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let options =
+        PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid Postgres URL")?;
+    let target = format!(
+        "DATABASE_URL: host {}, port {}, database {}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(the user's)")
+    );
+    match tokio::time::timeout(within, sqlx::PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(err)) => anyhow::bail!("cannot reach the database ({target}): {}", cause(&err)),
+        Err(_) => anyhow::bail!(
+            "cannot reach the database ({target}): no answer within {}s",
+            within.as_secs()
+        ),
+    }
+}
+
+/// Why a connection attempt failed, in a few words.
+fn cause(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::TimedOut => "connection timed out".into(),
+            std::io::ErrorKind::NotFound => "no such host or socket".into(),
+            _ => io.to_string(),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Applies pending migrations. Safe to run from several replicas at once
 /// (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The database linkd runs on, and the local cluster behind it if any (kept
 /// alive for as long as this value lives).
@@ -74,7 +75,14 @@ impl SharedArgs {
     /// cluster under the data directory. Migrations are applied either way.
     pub async fn open(&self) -> anyhow::Result<Database> {
         let (url, local) = match &self.database_url {
-            Some(url) => (url.clone(), None),
+            Some(url) => {
+                crate::kernel::db::check_reachable(
+                    url,
+                    self.db_acquire_timeout.max(Duration::from_secs(5)),
+                )
+                .await?;
+                (url.clone(), None)
+            }
             None => {
                 let root = self.data_dir.clone();
                 let local = tokio::task::spawn_blocking(move || {

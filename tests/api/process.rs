@@ -760,3 +760,32 @@ async fn without_an_exporter_logs_still_carry_the_callers_trace_id() {
         "request lines are logged at debug when asked: {logs:#?}"
     );
 }
+
+/// A database that cannot be reached stops start-up at once with one line:
+/// the setting, the host, the cause; never the password in the URL.
+#[test]
+fn an_unreachable_database_is_one_line_naming_the_host_and_the_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = std::time::Instant::now();
+    let out = run(linkd()
+        .env(
+            "DATABASE_URL",
+            format!("postgres://linkd:hunter2-secret@127.0.0.1:{port}/linkd"),
+        )
+        .env("LINKD_ENCRYPTION_KEY", test_key().to_base64()));
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "it fails fast");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "cannot reach the database (DATABASE_URL: host 127.0.0.1, port {port}, database linkd): connection refused"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+}
