@@ -15,6 +15,7 @@ use url::Url;
     name = "linkd",
     version,
     about = "Account-linking service: gRPC and REST over Postgres",
+    after_help = "Without a command, linkd serves: `linkd serve --help` lists the serve options.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -43,6 +44,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct SharedArgs {
     /// Postgres URL. When unset, linkd runs its own local Postgres under --data-dir.
     #[arg(long, env = "DATABASE_URL", global = true, value_parser = parse_database_url, hide_env_values = true)]
@@ -98,6 +100,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct LogArgs {
     /// Log output format.
     #[arg(
@@ -115,6 +118,7 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Serve options")]
 pub struct ServeArgs {
     /// Address of the one listener for gRPC and HTTP.
     #[arg(long, env = "LINKD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -211,7 +215,7 @@ pub struct ServeArgs {
 
     /// Whether every OAuth authorization request must carry a PKCE S256
     /// `code_challenge` (RFC 9700 recommends it for all clients).
-    #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "LINKD_OAUTH_REQUIRE_PKCE", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub oauth_require_pkce: bool,
 
     /// Shortest accepted OAuth `state`; 0 makes `state` optional (as
@@ -600,10 +604,24 @@ impl Cli {
     /// Parses arguments; on a bad value prints one line naming the setting
     /// (flag and environment variable) without echoing the value, and exits 2.
     pub fn parse_or_exit() -> Self {
-        match Cli::try_parse() {
+        use clap::FromArgMatches as _;
+        match Cli::shown_command()
+            .try_get_matches()
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+        {
             Ok(cli) => cli,
             Err(err) => exit_with_config_error(err),
         }
+    }
+
+    /// The command as `--help` shows it: at the top, only the global
+    /// options and the commands (the serve options, also accepted there,
+    /// are listed by `linkd serve --help`).
+    pub fn shown_command() -> clap::Command {
+        Cli::command().mut_args(|arg| {
+            let kept = arg.is_global_set() || matches!(arg.get_id().as_str(), "help" | "version");
+            if kept { arg } else { arg.hide(true) }
+        })
     }
 }
 

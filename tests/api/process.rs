@@ -789,3 +789,57 @@ fn an_unreachable_database_is_one_line_naming_the_host_and_the_cause() {
     assert!(!err.contains("hunter2-secret"), "{err}");
     assert!(!err.contains("pool timed out"), "{err}");
 }
+
+/// `linkd --help` lists the commands and the global options only; each
+/// command's help starts with its own options; a boolean option says which
+/// values it takes.
+#[test]
+fn help_shows_the_commands_and_each_commands_own_options_first() {
+    let top = run(linkd().arg("--help"));
+    assert!(top.status.success());
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    for expected in [
+        "Commands:",
+        "serve",
+        "admin",
+        "Global options:",
+        "--database-url",
+        "linkd serve --help",
+    ] {
+        assert!(top.contains(expected), "{expected} missing from {top}");
+    }
+    assert!(
+        !top.contains("--listen"),
+        "serve options belong to `serve --help`: {top}"
+    );
+
+    let serve = run(linkd().args(["serve", "--help"]));
+    let serve = String::from_utf8_lossy(&serve.stdout).into_owned();
+    let own = serve
+        .find("Serve options:")
+        .expect("a Serve options heading");
+    let global = serve
+        .find("Global options:")
+        .expect("a Global options heading");
+    assert!(own < global, "{serve}");
+    assert!(serve.find("--listen").unwrap() < global);
+    assert!(
+        serve.contains("--oauth-require-pkce <true|false>"),
+        "{serve}"
+    );
+
+    let admin = run(linkd().args(["admin", "set-branding", "--help"]));
+    let admin = String::from_utf8_lossy(&admin.stdout).into_owned();
+    assert!(
+        admin.find("--accent-color").unwrap() < admin.find("Global options:").unwrap(),
+        "{admin}"
+    );
+
+    // The serve options still work without the command.
+    let bad = run(linkd().args(["--listen", "nonsense"]));
+    assert!(
+        stderr(&bad).contains("--listen / LINKD_LISTEN"),
+        "{}",
+        stderr(&bad)
+    );
+}
