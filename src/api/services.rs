@@ -125,6 +125,21 @@ impl Services {
         webhook_metrics.register(&mut registry);
         connectors.metrics().register(&mut registry);
         provider_oauth.metrics().register(&mut registry);
+        registry.register_collector(Box::new(crate::kernel::db::PoolCollector {
+            pool: db.clone(),
+        }));
+        let build_info = prometheus_client::metrics::family::Family::<
+            Vec<(&'static str, &'static str)>,
+            prometheus_client::metrics::gauge::Gauge,
+        >::default();
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the running linkd's version as a label",
+            build_info,
+        );
         let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl);
         let idempotency = Idempotency::new(db.clone(), cipher.clone());
         let flows = Flows::new(

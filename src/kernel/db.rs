@@ -116,3 +116,41 @@ pub async fn ping(db: &PgPool) -> crate::kernel::error::Result<()> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
 }
+
+/// The pool's state on every scrape: connections idle and in use, and the
+/// most it may open (`linkd_db_pool_connections{state}`,
+/// `linkd_db_pool_max_connections`).
+#[derive(Debug)]
+pub struct PoolCollector {
+    pub pool: PgPool,
+}
+
+impl prometheus_client::collector::Collector for PoolCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let size = i64::from(self.pool.size());
+        let idle = i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX);
+        let mut connections = encoder.encode_descriptor(
+            "db_pool_connections",
+            "Database connections of this process's pool, by state (idle, in_use)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, value) in [("idle", idle), ("in_use", (size - idle).max(0))] {
+            let labels = [("state", state)];
+            ConstGauge::new(value).encode(connections.encode_family(&labels)?)?;
+        }
+        let max = ConstGauge::new(i64::from(self.pool.options().get_max_connections()));
+        max.encode(encoder.encode_descriptor(
+            "db_pool_max_connections",
+            "Most connections this process's pool opens (LINKD_DB_MAX_CONNECTIONS)",
+            None,
+            max.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

@@ -145,3 +145,34 @@ async fn oversized_requests_are_refused_on_both_surfaces() {
         "{status:?}"
     );
 }
+
+/// `/metrics` says which linkd runs and how its database pool stands.
+#[tokio::test]
+async fn metrics_carry_the_build_and_the_database_pool() {
+    let app = crate::helpers::spawn_app().await;
+    let exposition = app.metrics().await;
+    assert!(
+        exposition.contains(&format!(
+            "linkd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("linkd_db_pool_max_connections 10"),
+        "{exposition}"
+    );
+    let in_use = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("linkd_db_pool_connections{state=\"in_use\"} "))
+        .unwrap_or_else(|| panic!("no in-use gauge in {exposition}"));
+    let idle = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("linkd_db_pool_connections{state=\"idle\"} "))
+        .unwrap_or_else(|| panic!("no idle gauge in {exposition}"));
+    let open: i64 = in_use.parse::<i64>().unwrap() + idle.parse::<i64>().unwrap();
+    assert!(
+        (1..=10).contains(&open),
+        "the readiness probe opened some: {exposition}"
+    );
+}
