@@ -92,13 +92,7 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
                 })
                 .transpose()?;
-            let caller = crate::auth::Caller {
-                tenant: Tenant {
-                    organization_id: app.organization_id,
-                    environment: app.environment(),
-                },
-                only_connection: None,
-            };
+            let caller = caller_of(&app);
             let set = api
                 .client_apps
                 .set_branding(
@@ -136,6 +130,17 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// The operator acting as the tenant that owns `app`.
+fn caller_of(app: &tenancy::ClientAppRow) -> crate::auth::Caller {
+    crate::auth::Caller {
+        tenant: Tenant {
+            organization_id: app.organization_id,
+            environment: app.environment(),
+        },
+        only_connection: None,
     }
 }
 
@@ -320,13 +325,7 @@ async fn set_oauth_client(
     let mut client_secret = String::new();
     std::io::stdin().read_line(&mut client_secret)?;
     let client_secret = client_secret.trim_end_matches(['\r', '\n']).to_string();
-    let caller = crate::auth::Caller {
-        tenant: Tenant {
-            organization_id: app.organization_id,
-            environment: app.environment(),
-        },
-        only_connection: None,
-    };
+    let caller = caller_of(&app);
     let set = api
         .provider_oauth
         .set_client(

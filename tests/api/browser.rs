@@ -522,6 +522,13 @@ impl ClientSite {
         }
     }
 
+    /// The app's page that opens `session` with the embed script.
+    fn host_page(&self, session: &str) -> String {
+        let mut url = Url::parse(&format!("{}/host.html", self.origin)).unwrap();
+        url.query_pairs_mut().append_pair("session", session);
+        url.to_string()
+    }
+
     fn callback(&self) -> String {
         format!("{}/callback", self.origin)
     }
@@ -879,11 +886,7 @@ async fn embedded_results_reach_the_host_page_through_post_message() {
     let app = spawn_app().await;
     let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("embedded").await;
-    let host_page = |session: &str| {
-        let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
-        url.query_pairs_mut().append_pair("session", session);
-        url.to_string()
-    };
+    let host_page = |session: &str| site.host_page(session);
 
     // Success through onSuccess; the overlay goes away.
     let url = session_url(&app, &tenant, json!({ "clientReferenceId": "emb-1" })).await;
@@ -1538,11 +1541,7 @@ async fn the_overlay_is_a_modal_dialog_that_escape_and_its_button_close() {
     let app = spawn_app().await;
     let (site, tenant) = client_site(&app).await;
     let mut browser = Browser::start("dialog").await;
-    let host_page = |session: &str| {
-        let mut url = Url::parse(&format!("{}/host.html", site.origin)).unwrap();
-        url.query_pairs_mut().append_pair("session", session);
-        url.to_string()
-    };
+    let host_page = |session: &str| site.host_page(session);
     let cancelled_flows = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM flows WHERE outcome = 'cancelled' AND cancelled_step = 'pre-login'",
