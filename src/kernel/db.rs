@@ -136,7 +136,7 @@ impl prometheus_client::collector::Collector for PoolCollector {
         let idle = i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX);
         let mut connections = encoder.encode_descriptor(
             "db_pool_connections",
-            "Database connections of this process's pool, by state (idle, in_use)",
+            "Database connections of this process's pool, by state (idle, in_use).",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -147,7 +147,7 @@ impl prometheus_client::collector::Collector for PoolCollector {
         let max = ConstGauge::new(i64::from(self.pool.options().get_max_connections()));
         max.encode(encoder.encode_descriptor(
             "db_pool_max_connections",
-            "Most connections this process's pool opens (LINKD_DB_MAX_CONNECTIONS)",
+            "Most connections this process's pool opens (LINKD_DB_MAX_CONNECTIONS).",
             None,
             max.metric_type(),
         )?)?;
