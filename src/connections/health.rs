@@ -127,12 +127,11 @@ impl Connections {
                 message: "ResetSandboxLogin is for sandbox keys only".into(),
             });
         }
-        let row = store::get(&self.db, caller.tenant, id).await?;
-        if row.status != super::ConnectionStatus::Active {
+        let held = store::get_with_session(&self.db, caller.tenant, id).await?;
+        if held.row.status != super::ConnectionStatus::Active {
             return Err(super::access::session_expired());
         }
-        let sealed = store::session_ciphertext(&self.db, caller.tenant, id).await?;
-        let ended = match self.open_session(id, sealed.as_deref()) {
+        let ended = match self.open_session(id, held.session_ciphertext.as_deref()) {
             Some(session) => crate::connectors::sandbox::end_session(&self.db, &session).await?,
             None => false,
         };

@@ -276,22 +276,28 @@ impl Connections {
     ) -> Result<pb::DeleteConnectionResponse> {
         let id = parse_connection_id(&req.connection_id)?;
         let tenant = caller.tenant;
-        let row = store::get(&self.db, tenant, id).await?;
+        let held = store::get_with_session(&self.db, tenant, id).await?;
+        let row = &held.row;
         let oauth = self
             .catalog
             .provider(&row.integration_id)
             .is_some_and(|p| p.oauth2.is_some());
-        let mut tx = self.db.begin().await?;
-        if oauth {
+        let mut tx = if oauth {
             // The tokens revoked are the current ones: no refresh rotates
             // them between the read and the wipe.
+            let mut tx = self.db.begin().await?;
             store::lock_for_refresh(&mut tx, id, true).await?;
             if let Some(sealed) = store::session_ciphertext(&mut *tx, tenant, id).await? {
-                self.logout_connection(tenant, &row, &sealed).await;
+                self.logout_connection(tenant, row, &sealed).await;
             }
-        } else if let Some(sealed) = store::session_ciphertext(&self.db, tenant, id).await? {
-            self.logout_connection(tenant, &row, &sealed).await;
-        }
+            tx
+        } else {
+            // No database connection is held while the connector logs out.
+            if let Some(sealed) = &held.session_ciphertext {
+                self.logout_connection(tenant, row, sealed).await;
+            }
+            self.db.begin().await?
+        };
         let (row, billing_stopped_at) = store::delete(&mut tx, tenant, id)
             .await?
             .ok_or(Error::NotFound("connection"))?;

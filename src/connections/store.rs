@@ -58,6 +58,15 @@ macro_rules! qualified_connection_columns {
     };
 }
 
+/// The tenant's live connection `$1` (`$2`, `$3`: its organization and
+/// environment), after a select list.
+macro_rules! live_connection {
+    () => {
+        " FROM connections
+          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL"
+    };
+}
+
 /// A connection a Link session is about to make.
 pub struct NewConnection<'a> {
     pub id: ConnectionId,
@@ -169,7 +178,19 @@ pub async fn get(
     tenant: Tenant,
     id: ConnectionId,
 ) -> Result<ConnectionRow> {
-    Ok(get_with_session(db, tenant, id).await?.row)
+    // Not through `get_with_session`: most reads need no session, which
+    // may be tens of kilobytes.
+    sqlx::query_as(concat!(
+        "SELECT ",
+        connection_columns!(),
+        live_connection!()
+    ))
+    .bind(id)
+    .bind(tenant.organization_id)
+    .bind(tenant.environment.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound("connection"))
 }
 
 /// The integration of a live connection, for a reconnect.
@@ -238,15 +259,13 @@ pub async fn session_ciphertext(
     tenant: Tenant,
     id: ConnectionId,
 ) -> Result<Option<Vec<u8>>> {
-    let row: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-        "SELECT session_ciphertext FROM connections
-         WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL",
-    )
-    .bind(id)
-    .bind(tenant.organization_id)
-    .bind(tenant.environment.as_str())
-    .fetch_optional(db)
-    .await?;
+    let row: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar(concat!("SELECT session_ciphertext", live_connection!()))
+            .bind(id)
+            .bind(tenant.organization_id)
+            .bind(tenant.environment.as_str())
+            .fetch_optional(db)
+            .await?;
     row.ok_or(Error::NotFound("connection"))
 }
 
@@ -259,8 +278,7 @@ pub async fn get_with_session(
     sqlx::query_as(concat!(
         "SELECT session_ciphertext, ",
         connection_columns!(),
-        " FROM connections
-          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL"
+        live_connection!()
     ))
     .bind(id)
     .bind(tenant.organization_id)
