@@ -201,14 +201,14 @@
       return;
     }
     const code = err.body?.code;
-    if (err.status === 410 || code === 'session_expired' || code === 'link_expired') {
+    if (err.status === 410 || code === 'SESSION_EXPIRED' || code === 'LINK_EXPIRED') {
       // The flow is finished as expired; its view carries the redirect.
       try {
         render(await api('/v1/flow'));
       } catch {
         message(t.expired);
       }
-    } else if (code === 'flow_finished') {
+    } else if (code === 'FLOW_FINISHED') {
       message(t.finished, el('p', { class: 'muted' }, t.close));
     } else if (err.status === 401) {
       message(t.invalid);

@@ -19,7 +19,7 @@ use crate::connectors::{ConnectorError, LoginContext, ProviderSession};
 use crate::events::outbox::{self, EventSubject};
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{ConnectionId, OperationRunId, token_hash};
 use crate::kernel::paging::{self, Cursor};
 use crate::kernel::proto_json;
@@ -45,7 +45,7 @@ pub const REASON_SESSION_ENDED: &str = "session_ended";
 pub(super) fn session_expired() -> Error {
     Error::FailedPrecondition {
         precondition: Precondition::WrongState,
-        reason: "SESSION_EXPIRED",
+        reason: Reason::SessionExpired,
         message: "the connection's provider session has ended: reconnect it with a Link session \
                   (InitLinkSession with this connectionId)"
             .into(),
@@ -54,7 +54,7 @@ pub(super) fn session_expired() -> Error {
 
 fn connection_busy() -> Error {
     Error::Aborted {
-        reason: "CONNECTION_BUSY",
+        reason: Reason::ConnectionBusy,
         message: "earlier calls on this connection are still running; retry later".into(),
     }
 }
@@ -69,7 +69,7 @@ fn access_error(op: &Operation, err: &ConnectorError) -> Error {
         ConnectorError::OperationFailed(_) | ConnectorError::AccountLocked => {
             Error::FailedPrecondition {
                 precondition: Precondition::WrongState,
-                reason: "OPERATION_FAILED",
+                reason: Reason::OperationFailed,
                 message: format!("{} {}: {err}", op.resource, op.action.as_str()),
             }
         }

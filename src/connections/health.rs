@@ -10,7 +10,7 @@ use super::access::REASON_SESSION_ENDED;
 use super::{Connections, connection_event_data, store};
 use crate::connectors::ConnectorError;
 use crate::events::outbox::{self, EventSubject};
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -123,7 +123,7 @@ impl Connections {
         let id = super::parse_connection_id(&req.connection_id)?;
         if caller.tenant.environment != crate::kernel::tenant::Environment::Sandbox {
             return Err(Error::PermissionDenied {
-                reason: "SANDBOX_ONLY",
+                reason: Reason::SandboxOnly,
                 message: "ResetSandboxLogin is for sandbox keys only".into(),
             });
         }
@@ -138,7 +138,7 @@ impl Connections {
         if !ended {
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::WrongState,
-                reason: "NOT_SANDBOX_SESSION",
+                reason: Reason::NotSandboxSession,
                 message:
                     "an external connector made this connection's session; end it at that provider"
                         .into(),

@@ -10,7 +10,7 @@
 use super::{ConnectionStatus, Connections, parse_connection_id, store};
 use crate::auth::Caller;
 use crate::connectors::oauth_session::OAuthTokens;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::provider_oauth::ProviderOAuth;
 use crate::provider_oauth::api::{self, ApiError, ApiRequest};
 use axum::body::Bytes;
@@ -55,7 +55,7 @@ pub struct ProxyAnswer {
 fn not_supported() -> Error {
     Error::FailedPrecondition {
         precondition: Precondition::WrongState,
-        reason: "PROXY_NOT_SUPPORTED",
+        reason: Reason::ProxyNotSupported,
         message: "the proxy is for connections to OAuth integrations; use ExecuteOperations".into(),
     }
 }
@@ -123,7 +123,7 @@ impl Connections {
         .await?;
         if !app.access_token_handoff {
             return Err(Error::PermissionDenied {
-                reason: "ACCESS_TOKEN_HANDOFF_DISABLED",
+                reason: Reason::AccessTokenHandoffDisabled,
                 message: "this client app may not read access tokens: use the proxy, or ask the \
                           operator to enable the hand-off (linkd admin set-access-token-handoff)"
                     .into(),
@@ -184,7 +184,7 @@ impl Connections {
         if response.content_length().is_some_and(|len| len > limit) {
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::BadUpstream,
-                reason: "PROXY_RESPONSE_TOO_LARGE",
+                reason: Reason::ProxyResponseTooLarge,
                 message: format!(
                     "the provider's answer is larger than {limit} bytes (LINKD_PROXY_MAX_RESPONSE_BYTES)"
                 ),

@@ -26,7 +26,7 @@ use super::{ConnectionStatus, Connections, connection_event_data};
 use crate::connectors::oauth_session::OAuthTokens;
 use crate::events::outbox::{self, EventSubject};
 use crate::kernel::crypto::Sealed;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::ConnectionId;
 use crate::provider_oauth::{ProviderOAuth, TokenError};
 use chrono::{DateTime, Utc};
@@ -213,7 +213,7 @@ impl From<RefreshFailure> for Error {
             RefreshFailure::Unavailable => Error::ProviderUnavailable,
             RefreshFailure::Refused(code) => Error::FailedPrecondition {
                 precondition: Precondition::WrongState,
-                reason: "REFRESH_FAILED",
+                reason: Reason::RefreshFailed,
                 message: format!(
                     "the provider refused to refresh the connection's access token ({code}); \
                      check the app's OAuth client for this integration"

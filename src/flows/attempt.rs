@@ -9,7 +9,7 @@
 
 use super::{Finish, FlowRow, Flows, MAX_FAILED_ATTEMPTS, store};
 use crate::connectors::ConnectorError;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::AttemptId;
 use std::time::Duration;
 use tracing::Instrument as _;
@@ -35,7 +35,7 @@ pub(crate) async fn detached<T: Send + 'static>(
 
 pub(crate) fn flow_busy() -> Error {
     Error::Aborted {
-        reason: "FLOW_BUSY",
+        reason: Reason::FlowBusy,
         message: "another request is already working on this flow; read the flow and try again"
             .into(),
     }
@@ -94,7 +94,7 @@ impl Flows {
                 .await?;
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::AlreadyUsed,
-                reason: "FLOW_FINISHED",
+                reason: Reason::FlowFinished,
                 message: "this flow has already finished".into(),
             });
         }

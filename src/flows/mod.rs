@@ -17,7 +17,7 @@ use crate::connectors::{
     ConnectorError, Connectors, Credentials, LoginContext, LoginOutcome, ProviderSession,
 };
 use crate::kernel::crypto::{Cipher, Sealed};
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::pb;
@@ -176,7 +176,7 @@ fn error_message(code: &str, lang: &str) -> &'static str {
 pub(crate) fn wrong_step(message: &str) -> Error {
     Error::FailedPrecondition {
         precondition: Precondition::WrongState,
-        reason: "WRONG_STEP",
+        reason: Reason::WrongStep,
         message: message.to_string(),
     }
 }
@@ -466,12 +466,12 @@ impl Flows {
         let expired = match flow.kind {
             FlowKind::Link => Error::FailedPrecondition {
                 precondition: Precondition::Expired,
-                reason: "LINK_EXPIRED",
+                reason: Reason::LinkExpired,
                 message: "this link has expired".into(),
             },
             FlowKind::Session => Error::FailedPrecondition {
                 precondition: Precondition::Expired,
-                reason: "SESSION_EXPIRED",
+                reason: Reason::SessionExpired,
                 message: "this Link session has expired".into(),
             },
         };
@@ -485,7 +485,7 @@ impl Flows {
             }
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::AlreadyUsed,
-                reason: "FLOW_FINISHED",
+                reason: Reason::FlowFinished,
                 message: "this flow has already finished".into(),
             });
         }

@@ -17,7 +17,7 @@ use super::{Finish, FlowRow, FlowStep, Flows, store, wrong_step};
 use crate::catalog::Provider;
 use crate::connectors::{LoginOutcome, ProviderSession};
 use crate::kernel::crypto::Sealed;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{ClientAppId, random_token, token_hash};
 use crate::pb;
 use crate::provider_oauth::{Pkce, ProviderClient, TokenError};
@@ -84,7 +84,7 @@ impl Flows {
             .await?
             .ok_or_else(|| Error::FailedPrecondition {
                 precondition: Precondition::WrongState,
-                reason: "OAUTH_CLIENT_MISSING",
+                reason: Reason::OauthClientMissing,
                 message: format!(
                     "the client app has no OAuth client for {}: set one with SetProviderOAuthClient",
                     provider.id

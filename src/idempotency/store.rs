@@ -11,7 +11,7 @@
 //! and releases the lock together, so the retry runs at once.
 
 use crate::kernel::crypto::{Cipher, Sealed};
-use crate::kernel::error::{Error, Result};
+use crate::kernel::error::{Error, Reason, Result};
 use crate::kernel::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 
@@ -53,7 +53,7 @@ pub fn read_key(value: &[u8]) -> Result<String> {
 
 fn in_use() -> Error {
     Error::Aborted {
-        reason: "IDEMPOTENCY_KEY_IN_USE",
+        reason: Reason::IdempotencyKeyInUse,
         message: "a request with this Idempotency-Key is still being processed; retry later".into(),
     }
 }

@@ -21,6 +21,86 @@ pub struct FieldViolation {
     pub message: String,
 }
 
+/// Declares [`Reason`]: each variant, its wire string and what it means. The
+/// doc line is the description the README table and the OpenAPI document
+/// give.
+macro_rules! reasons {
+    ($( #[doc = $doc:literal] $variant:ident = $name:literal, )*) => {
+        /// The machine-readable reason of every error: gRPC
+        /// `google.rpc.ErrorInfo.reason` and the REST body's `code` are this
+        /// same `UPPER_SNAKE` string.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason { $( #[doc = $doc] $variant, )* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self { $(Reason::$variant => $doc.trim(),)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// One or more fields are invalid; `issues` (REST) / `BadRequest` (gRPC) lists each.
+    ValidationFailed = "VALIDATION_FAILED",
+    /// The body is not in the media type the endpoint reads.
+    UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE",
+    /// The API key or bearer token is missing, unknown or revoked.
+    Unauthenticated = "UNAUTHENTICATED",
+    /// No such resource in the caller's tenant, or no such route.
+    NotFound = "NOT_FOUND",
+    /// The REST path exists but not with this method (`Allow` lists those it has).
+    MethodNotAllowed = "METHOD_NOT_ALLOWED",
+    /// The body is larger than `LINKD_MAX_REQUEST_BYTES`.
+    PayloadTooLarge = "PAYLOAD_TOO_LARGE",
+    /// The idempotency key was used before with a different request.
+    IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED",
+    /// A request with the same idempotency key is still running.
+    IdempotencyKeyInUse = "IDEMPOTENCY_KEY_IN_USE",
+    /// The link's lifetime is over.
+    LinkExpired = "LINK_EXPIRED",
+    /// The link was already claimed by another Link session.
+    LinkAlreadyClaimed = "LINK_ALREADY_CLAIMED",
+    /// The Link session, or the connection's provider session, is over.
+    SessionExpired = "SESSION_EXPIRED",
+    /// The Link flow already ended (connected, failed or cancelled).
+    FlowFinished = "FLOW_FINISHED",
+    /// Another request is talking to the provider for this flow; retry shortly.
+    FlowBusy = "FLOW_BUSY",
+    /// The call does not fit the flow's current step.
+    WrongStep = "WRONG_STEP",
+    /// The integration has no OAuth client configured for this client app.
+    OauthClientMissing = "OAUTH_CLIENT_MISSING",
+    /// The provider refused the operation.
+    OperationFailed = "OPERATION_FAILED",
+    /// Earlier operation runs still hold the connection; retry shortly.
+    ConnectionBusy = "CONNECTION_BUSY",
+    /// The provider refused the refresh token; the end user must reconnect.
+    RefreshFailed = "REFRESH_FAILED",
+    /// The connection's integration has no API the proxy can call.
+    ProxyNotSupported = "PROXY_NOT_SUPPORTED",
+    /// The provider's answer is larger than `LINKD_PROXY_MAX_RESPONSE_BYTES`.
+    ProxyResponseTooLarge = "PROXY_RESPONSE_TOO_LARGE",
+    /// The client app has not enabled the access-token hand-off.
+    AccessTokenHandoffDisabled = "ACCESS_TOKEN_HANDOFF_DISABLED",
+    /// A sandbox tool was called with a production key.
+    SandboxOnly = "SANDBOX_ONLY",
+    /// The connection is not a sandbox login that can be reset.
+    NotSandboxSession = "NOT_SANDBOX_SESSION",
+    /// The provider, or its connector, did not answer in time; retry later.
+    ProviderUnavailable = "PROVIDER_UNAVAILABLE",
+    /// A dependency (the database) cannot be reached; retry later.
+    Unavailable = "UNAVAILABLE",
+    /// A bug or unexpected failure; the details are in linkd's log.
+    Internal = "INTERNAL",
+}
+
 /// Why a request does not fit the current state of a resource. Each reason
 /// has its own HTTP status so REST clients can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,17 +140,13 @@ pub enum Error {
     #[error("{message}")]
     FailedPrecondition {
         precondition: Precondition,
-        /// Machine-readable reason, `UPPER_SNAKE`, e.g. `LINK_EXPIRED`.
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     /// The caller may not do this at all (a sandbox tool with a production
     /// key).
     #[error("{message}")]
-    PermissionDenied {
-        reason: &'static str,
-        message: String,
-    },
+    PermissionDenied { reason: Reason, message: String },
     /// A REST body in a media type the endpoint does not read.
     #[error("Content-Type must be {expected}")]
     UnsupportedMediaType { expected: &'static str },
@@ -79,10 +155,7 @@ pub enum Error {
     IdempotencyMismatch,
     /// A concurrent request holds the resource (e.g. same idempotency key).
     #[error("{message}")]
-    Aborted {
-        reason: &'static str,
-        message: String,
-    },
+    Aborted { reason: Reason, message: String },
     /// A token-endpoint error (RFC 6749 §5.2): `error` is the OAuth code
     /// (`invalid_grant`, `invalid_client`…), never a secret.
     #[error("{error}: {description}")]
@@ -122,64 +195,69 @@ impl Error {
         Error::Internal(err.into())
     }
 
-    /// The code table: gRPC code, HTTP status and machine-readable reason.
+    /// The code table: gRPC code, HTTP status and machine-readable reason
+    /// (an RFC 6749 error code for the OAuth endpoints, which follow the RFC).
     pub fn classify(&self) -> (Code, StatusCode, &'static str) {
-        match self {
+        let (code, status, reason) = match self {
+            Error::OAuth { error, .. } => {
+                let (code, status) = if *error == "invalid_client" {
+                    (Code::Unauthenticated, StatusCode::UNAUTHORIZED)
+                } else {
+                    (Code::InvalidArgument, StatusCode::BAD_REQUEST)
+                };
+                return (code, status, error);
+            }
             Error::Validation(_) => (
                 Code::InvalidArgument,
                 StatusCode::BAD_REQUEST,
-                "VALIDATION_FAILED",
+                Reason::ValidationFailed,
             ),
             Error::Unauthenticated => (
                 Code::Unauthenticated,
                 StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
+                Reason::Unauthenticated,
             ),
-            Error::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Error::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND, Reason::NotFound),
             Error::FailedPrecondition {
                 precondition,
                 reason,
                 ..
-            } => (Code::FailedPrecondition, precondition.http_status(), reason),
+            } => (
+                Code::FailedPrecondition,
+                precondition.http_status(),
+                *reason,
+            ),
             Error::PermissionDenied { reason, .. } => {
-                (Code::PermissionDenied, StatusCode::FORBIDDEN, reason)
+                (Code::PermissionDenied, StatusCode::FORBIDDEN, *reason)
             }
             Error::UnsupportedMediaType { .. } => (
                 Code::InvalidArgument,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
+                Reason::UnsupportedMediaType,
             ),
             Error::IdempotencyMismatch => (
                 Code::InvalidArgument,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
+                Reason::IdempotencyKeyReused,
             ),
-            Error::Aborted { reason, .. } => (Code::Aborted, StatusCode::CONFLICT, reason),
-            Error::OAuth {
-                error: "invalid_client",
-                ..
-            } => (
-                Code::Unauthenticated,
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-            ),
-            Error::OAuth { error, .. } => (Code::InvalidArgument, StatusCode::BAD_REQUEST, error),
+            Error::Aborted { reason, .. } => (Code::Aborted, StatusCode::CONFLICT, *reason),
             Error::ProviderUnavailable => (
                 Code::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "PROVIDER_UNAVAILABLE",
+                Reason::ProviderUnavailable,
             ),
             Error::Unavailable(_) => (
                 Code::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
+                Reason::Unavailable,
             ),
             Error::Internal(_) => (
                 Code::Internal,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
+                Reason::Internal,
             ),
-        }
+        };
+        (code, status, reason.as_str())
     }
 
     /// Logs what the caller will not see: the cause chain of internal and
@@ -262,3 +340,27 @@ impl From<sqlx::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    /// Integrators match on these strings: the README's error table lists
+    /// every one, in the form gRPC's `ErrorInfo.reason` requires.
+    #[test]
+    fn the_readme_lists_every_reason_in_upper_snake_case() {
+        let readme = include_str!("../../README.md");
+        for reason in Reason::ALL {
+            let name = reason.as_str();
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README's error table lacks {name}"
+            );
+            assert!(!reason.description().is_empty());
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::events::outbox::{self, EventSubject};
 use crate::flows::attempt::Attempt;
 use crate::flows::{Finish, FlowKindHooks, FlowOutcome, FlowRow, FlowStep, Flows};
 use crate::kernel::crypto::Sealed;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
 use crate::links::rules::{LinkStatus, return_url_with_link_id};
 use crate::pb;
@@ -50,13 +50,13 @@ impl Links {
                 Some((status, past)) if past || status == LinkStatus::Expired => {
                     Error::FailedPrecondition {
                         precondition: Precondition::Expired,
-                        reason: "LINK_EXPIRED",
+                        reason: Reason::LinkExpired,
                         message: "this link has expired".into(),
                     }
                 }
                 Some(_) => Error::FailedPrecondition {
                     precondition: Precondition::AlreadyUsed,
-                    reason: "LINK_ALREADY_CLAIMED",
+                    reason: Reason::LinkAlreadyClaimed,
                     message: "this link was already claimed".into(),
                 },
             });

@@ -22,7 +22,6 @@ use axum::serve::ListenerExt as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use tonic::server::NamedService;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub struct Server {
@@ -125,13 +124,13 @@ impl Server {
         let router = grpc
             .routes()
             .into_axum_router()
-            .merge(
-                rest::router(RestState {
+            .merge(rest::router(
+                RestState {
                     api: shared,
                     health: health.clone(),
-                })
-                .layer(RequestBodyLimitLayer::new(max)),
-            )
+                },
+                max,
+            ))
             .merge(crate::api::web::router())
             .fallback(fallback)
             .layer(

@@ -30,7 +30,7 @@ use crate::flows::{
 use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
-use crate::kernel::error::{Error, Precondition, Result};
+use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{ConnectionId, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
 use crate::pb;
@@ -191,7 +191,7 @@ impl Sessions {
         if !flows_store::close(&mut tx, &flow, FlowOutcome::Success, None, None).await? {
             return Err(Error::FailedPrecondition {
                 precondition: Precondition::AlreadyUsed,
-                reason: "FLOW_FINISHED",
+                reason: Reason::FlowFinished,
                 message: "this flow has already finished".into(),
             });
         }

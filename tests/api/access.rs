@@ -259,7 +259,7 @@ async fn a_failed_operation_fails_the_call_and_is_recorded() {
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
-    assert_eq!(error["code"], "operation_failed", "{error}");
+    assert_eq!(error["code"], "OPERATION_FAILED", "{error}");
     assert!(
         error["error"]
             .as_str()
@@ -358,7 +358,7 @@ async fn a_connection_that_is_not_active_is_refused_without_calling_the_provider
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
-    assert_eq!(error["code"], "session_expired");
+    assert_eq!(error["code"], "SESSION_EXPIRED");
     assert!(
         error["error"].as_str().unwrap().contains("connectionId"),
         "{error}"

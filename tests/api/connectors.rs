@@ -511,7 +511,7 @@ async fn the_access_api_uses_the_connection_at_the_provider_until_the_provider_e
     example.end_sessions("alice").await;
     let (status, error) = crate::access::execute(&app, &tenant.key, &id, bills.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
-    assert_eq!(error["code"], "session_expired");
+    assert_eq!(error["code"], "SESSION_EXPIRED");
     let connection = get_connection(&app, &tenant, &id).await.1;
     assert_eq!(connection["status"], "expired");
     let expired = app.events_of(&tenant, "connection.expired").await;

@@ -78,7 +78,7 @@ async fn single_operation_result_is_flat_and_completion_is_recorded() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["code"], "flow_finished");
+    assert_eq!(body["code"], "FLOW_FINISHED");
 }
 
 #[tokio::test]
@@ -303,7 +303,7 @@ async fn claims_are_single_use_and_exactly_one_concurrent_claim_wins() {
         .await
         .unwrap();
     assert_eq!(late.status(), StatusCode::GONE);
-    assert_eq!(late.json::<Value>().await.unwrap()["code"], "link_expired");
+    assert_eq!(late.json::<Value>().await.unwrap()["code"], "LINK_EXPIRED");
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ async fn hammer(flow: &LinkFlow<'_>, path: &str, body: Value) -> Vec<(StatusCode
     loop {
         let (status, answer) = flow.post(path, body.clone()).await;
         let code = answer["code"].as_str().unwrap_or_default().to_string();
-        let busy = status == StatusCode::CONFLICT && code == "flow_busy";
+        let busy = status == StatusCode::CONFLICT && code == "FLOW_BUSY";
         let done = answer["step"] == "done" || (status.is_client_error() && !busy);
         seen.push((status, code));
         if done {
@@ -76,7 +76,7 @@ fn assert_only_expected_answers(seen: &[(StatusCode, String)]) {
             *status == StatusCode::OK
                 || (*status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable")
                 || (*status == StatusCode::CONFLICT
-                    && ["flow_busy", "flow_finished", "wrong_step"].contains(&code.as_str())),
+                    && ["FLOW_BUSY", "FLOW_FINISHED", "WRONG_STEP"].contains(&code.as_str())),
             "unexpected answer {status} {code}; all answers: {tally:?}"
         );
     }
@@ -93,7 +93,7 @@ async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most
     let seen = attack(&flow, 30, "/v1/flow/credentials", wrong).await;
     assert_only_expected_answers(&seen);
     assert!(
-        seen.iter().any(|(_, code)| code == "flow_busy"),
+        seen.iter().any(|(_, code)| code == "FLOW_BUSY"),
         "the requests overlapped: {seen:?}"
     );
 
@@ -111,7 +111,7 @@ async fn thirty_concurrent_wrong_passwords_reach_the_provider_five_times_at_most
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["code"], "flow_finished");
+    assert_eq!(body["code"], "FLOW_FINISHED");
     assert_eq!(provider_counters(&app, "user_slow").await.0, 5);
     let failed: Vec<Value> = app
         .events()
@@ -139,7 +139,7 @@ async fn thirty_concurrent_wrong_codes_reach_the_provider_five_times_at_most() {
     )
     .await;
     assert_only_expected_answers(&seen);
-    assert!(seen.iter().any(|(_, code)| code == "flow_busy"));
+    assert!(seen.iter().any(|(_, code)| code == "FLOW_BUSY"));
 
     let (logins, codes, _) = provider_counters(&app, "user_slow_2fa").await;
     assert_eq!((logins, codes), (1, 5), "logins and codes at the provider");
@@ -150,7 +150,7 @@ async fn thirty_concurrent_wrong_codes_reach_the_provider_five_times_at_most() {
         .post("/v1/flow/second-factor", json!({ "code": "123456" }))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["code"], "flow_finished");
+    assert_eq!(body["code"], "FLOW_FINISHED");
     assert_eq!(provider_counters(&app, "user_slow_2fa").await.1, 5);
 }
 
@@ -221,7 +221,7 @@ async fn concurrent_logins_and_approvals_on_a_link_session_make_one_connection()
     assert_eq!(ok[0]["step"], "authorization");
     for (status, body) in logins.iter().filter(|(s, _)| *s != StatusCode::OK) {
         assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-        assert_eq!(body["code"], "flow_busy");
+        assert_eq!(body["code"], "FLOW_BUSY");
     }
     assert_eq!(provider_counters(&app, "user_slow").await.0, 1);
 
@@ -236,7 +236,7 @@ async fn concurrent_logins_and_approvals_on_a_link_session_make_one_connection()
     assert_eq!(approved, 1, "{approvals:?}");
     for (status, body) in approvals.iter().filter(|(s, _)| *s != StatusCode::OK) {
         assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-        assert_eq!(body["code"], "flow_finished");
+        assert_eq!(body["code"], "FLOW_FINISHED");
     }
     let created = app.events_of(&tenant, "connection.created").await;
     assert_eq!(created.len(), 1);
@@ -411,7 +411,7 @@ async fn a_cancel_that_lost_the_race_does_not_close_a_running_link() {
     };
     let ((status, answer), ()) = tokio::join!(cancel, race);
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert_eq!(answer["code"], "wrong_step", "{answer}");
+    assert_eq!(answer["code"], "WRONG_STEP", "{answer}");
     let (step, outcome): (String, Option<String>) =
         sqlx::query_as("SELECT step, outcome FROM flows")
             .fetch_one(app.api.db())

@@ -55,7 +55,7 @@ async fn a_reset_sandbox_login_makes_the_next_access_call_expire_the_connection(
     let profile = json!({ "operations": [{ "resource": "profile", "action": "read" }] });
     let (status, error) = execute(&app, &tenant.key, &id, profile.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
-    assert_eq!(error["code"], "session_expired");
+    assert_eq!(error["code"], "SESSION_EXPIRED");
     assert_eq!(status_of(&app, &tenant, &id).await, "expired");
     let expired = app.events_of(&tenant, "connection.expired").await;
     assert_eq!(expired.len(), 1);
@@ -64,7 +64,7 @@ async fn a_reset_sandbox_login_makes_the_next_access_call_expire_the_connection(
     // Not active any more: nothing to reset.
     let (status, error) = reset_login(&app, &tenant.key, &id).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(error["code"], "session_expired");
+    assert_eq!(error["code"], "SESSION_EXPIRED");
 
     // A reconnect repairs it, with connection.updated, and it works again.
     let page = app
@@ -88,7 +88,7 @@ async fn reset_login_is_for_sandbox_keys_and_live_connections_only() {
         .to_string();
     let (status, error) = reset_login(&app, &production.key, &id).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
-    assert_eq!(error["code"], "sandbox_only");
+    assert_eq!(error["code"], "SANDBOX_ONLY");
     let other = app.create_tenant(Environment::Sandbox).await;
     let (status, _) = reset_login(&app, &other.key, &id).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

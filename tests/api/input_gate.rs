@@ -443,7 +443,7 @@ async fn a_non_json_content_type_is_415_naming_the_expected_type() {
             "{content_type:?}"
         );
         let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["code"], "unsupported_media_type");
+        assert_eq!(answer["code"], "UNSUPPORTED_MEDIA_TYPE");
         assert!(
             answer["error"]
                 .as_str()

@@ -441,7 +441,7 @@ async fn idempotency_keys_replay_refuse_mismatches_and_survive_races() {
     assert_eq!(mismatch.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         mismatch.json::<Value>().await.unwrap()["code"],
-        "idempotency_key_reused"
+        "IDEMPOTENCY_KEY_REUSED"
     );
     let mut req = with_key(
         pb::CreateLinkRequest {
@@ -491,7 +491,7 @@ async fn idempotency_keys_replay_refuse_mismatches_and_survive_races() {
             StatusCode::CONFLICT => {
                 assert_eq!(
                     response.json::<Value>().await.unwrap()["code"],
-                    "idempotency_key_in_use"
+                    "IDEMPOTENCY_KEY_IN_USE"
                 );
             }
             other => panic!("unexpected {other}"),
@@ -627,7 +627,7 @@ async fn a_key_in_use_is_refused_at_once_and_keys_are_per_rpc() {
     assert_eq!(busy.status(), StatusCode::CONFLICT);
     assert_eq!(
         busy.json::<Value>().await.unwrap()["code"],
-        "idempotency_key_in_use"
+        "IDEMPOTENCY_KEY_IN_USE"
     );
     let mut grpc = LinkServiceClient::new(app.channel().await);
     let mut req = with_key(documented_proto(), &tenant.key);

@@ -180,7 +180,7 @@ async fn paths_that_would_leave_the_api_base_reach_nothing() {
     let response = proxy_get(&s, sandbox, "me").await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "proxy_not_supported", "{body}");
+    assert_eq!(body["code"], "PROXY_NOT_SUPPORTED", "{body}");
 }
 
 #[tokio::test]
@@ -232,7 +232,7 @@ async fn a_token_the_provider_refuses_is_refreshed_and_the_call_sent_once_more()
     let response = proxy_get(&s, &id, "me").await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], "session_expired", "{body}");
+    assert_eq!(body["code"], "SESSION_EXPIRED", "{body}");
     let events = s.app.events_of(&s.tenant, "connection.expired").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"]["reason"], "refresh_failed");
@@ -301,7 +301,7 @@ async fn large_answers_stream_within_the_limit_and_are_refused_past_it() {
     let announced = proxy_get(&s, &id, "big?bytes=5000000").await;
     assert_eq!(announced.status(), StatusCode::BAD_GATEWAY);
     let body: Value = announced.json().await.unwrap();
-    assert_eq!(body["code"], "proxy_response_too_large", "{body}");
+    assert_eq!(body["code"], "PROXY_RESPONSE_TOO_LARGE", "{body}");
     let mut stream = grpc
         .proxy(with_key(
             pb::ProxyRequest {
@@ -340,7 +340,7 @@ async fn the_access_token_is_handed_off_only_to_apps_the_operator_allowed() {
     let refused = s.app.get(&path, &s.tenant.key).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["code"], "access_token_handoff_disabled", "{body}");
+    assert_eq!(body["code"], "ACCESS_TOKEN_HANDOFF_DISABLED", "{body}");
 
     let db_url = s.app.database_url().await;
     let enabled = crate::process::admin(

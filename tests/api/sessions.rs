@@ -268,7 +268,7 @@ async fn a_successful_session_redirects_with_the_new_connection() {
         .call("/v1/flow/cancel", Some(json!({ "step": "authorization" })))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(error["code"], "flow_finished");
+    assert_eq!(error["code"], "FLOW_FINISHED");
 
     // The provider session is stored encrypted only.
     let sealed: Vec<u8> = sqlx::query_scalar(
@@ -433,7 +433,7 @@ async fn an_expired_session_is_unusable_and_redirects_with_session_expired() {
         )
         .await;
     assert_eq!(status, StatusCode::GONE);
-    assert_eq!(error["code"], "session_expired");
+    assert_eq!(error["code"], "SESSION_EXPIRED");
     let flow = page.flow().await;
     assert_eq!(flow["step"], "done");
     assert_eq!(

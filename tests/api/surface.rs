@@ -105,10 +105,14 @@ async fn unknown_routes_and_methods_get_clear_answers() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         missing.json::<serde_json::Value>().await.unwrap()["code"],
-        "not_found"
+        "NOT_FOUND"
     );
     let wrong_method = app.http.put(app.url("/v1/links")).send().await.unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let body: serde_json::Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["code"], "METHOD_NOT_ALLOWED", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Allow"), "{body}");
 }
 
 #[tokio::test]
@@ -128,6 +132,8 @@ async fn oversized_requests_are_refused_on_both_surfaces() {
     // Refused from its Content-Length, before the body is read.
     let response = rest.expect("the server answers an oversized body");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{body}");
 
     let mut links = pb::link_service_client::LinkServiceClient::new(app.channel().await);
     let status = links

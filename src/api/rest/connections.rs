@@ -245,6 +245,7 @@ pub(super) async fn proxy(
     let mut response = Response::new(axum::body::Body::from_stream(answer.body));
     *response.status_mut() = answer.status;
     *response.headers_mut() = answer.headers;
+    response.extensions_mut().insert(super::ProviderAnswer);
     Ok(response)
 }
 

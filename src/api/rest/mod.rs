@@ -5,7 +5,7 @@
 use crate::api::health::Health;
 use crate::api::services::Services;
 use crate::auth::{Caller, presented_key};
-use crate::kernel::error::Error;
+use crate::kernel::error::{Error, Reason};
 use crate::kernel::proto_json;
 pub(crate) use crate::kernel::views::{enum_name, iso8601};
 use crate::pb;
@@ -38,7 +38,9 @@ impl IntoResponse for Error {
         self.log();
         let (_, status, reason) = self.classify();
         let body = match &self {
-            Error::Validation(issues) => json!({ "error": "Validation failed", "issues": issues }),
+            Error::Validation(issues) => {
+                json!({ "error": "Validation failed", "code": reason, "issues": issues })
+            }
             Error::OAuth { error, description } => {
                 // RFC 6749 §5.2 body; token responses are never cached.
                 let mut response = (
@@ -57,7 +59,7 @@ impl IntoResponse for Error {
                 }
                 return response;
             }
-            other => json!({ "error": other.to_string(), "code": reason.to_ascii_lowercase() }),
+            other => json!({ "error": other.to_string(), "code": reason }),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -67,6 +69,51 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// Marks a response that carries a provider's answer (the proxy), passed on
+/// as it is whatever its status.
+#[derive(Clone, Copy)]
+pub(crate) struct ProviderAnswer;
+
+/// Axum and tower-http refuse some requests themselves (a method the path
+/// lacks, a body over the limit, a path or query that does not parse) with a
+/// bare text body; this gives those answers the one error shape. The text is
+/// not passed on: it can quote what the caller sent.
+async fn refusals_as_json(response: Response) -> Response {
+    let (reason, message) = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            Reason::MethodNotAllowed,
+            "this path does not take that method; see the Allow header",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            Reason::PayloadTooLarge,
+            "the body is larger than this server accepts (LINKD_MAX_REQUEST_BYTES)",
+        ),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => (
+            Reason::ValidationFailed,
+            "the path or query string cannot be read",
+        ),
+        _ => return response,
+    };
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
+    if is_json || response.extensions().get::<ProviderAnswer>().is_some() {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if reason == Reason::ValidationFailed {
+        json!({ "error": "Validation failed", "code": reason.as_str(),
+                "issues": [{ "path": "", "message": message }] })
+    } else {
+        json!({ "error": message, "code": reason.as_str() })
+    };
+    let (json_parts, json_body) = Json(body).into_response().into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
 }
 
 /// The authenticated API-key caller of a REST request.
@@ -259,7 +306,8 @@ async fn gate_query(request: axum::extract::Request, next: axum::middleware::Nex
     next.run(request).await
 }
 
-pub fn router(state: RestState) -> Router {
+/// Every REST route; bodies over `max_body_bytes` are refused with 413.
+pub fn router(state: RestState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -350,5 +398,9 @@ pub fn router(state: RestState) -> Router {
             get(flow::provider_callback),
         )
         .layer(axum::middleware::from_fn(gate_query))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            max_body_bytes,
+        ))
+        .layer(axum::middleware::map_response(refusals_as_json))
         .with_state(state)
 }
