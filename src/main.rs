@@ -10,6 +10,11 @@ fn main() -> ExitCode {
         println!("{}", EncryptionKey::generate().to_base64());
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Openapi) = cli.command {
+        let document = linkd::api::rest::openapi_document();
+        print!("{}", linkd::api::rest::openapi::document_json(&document));
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +50,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Command::Admin(admin) => linkd::ops::admin::run(&api, admin).await,
-                Command::Serve(_) | Command::GenKey => unreachable!("handled above"),
+                Command::Serve(_) | Command::GenKey | Command::Openapi => {
+                    unreachable!("handled above")
+                }
             };
         }
     };

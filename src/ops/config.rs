@@ -41,6 +41,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Print a fresh random encryption key for LINKD_ENCRYPTION_KEY.
     GenKey,
+    /// Print the OpenAPI 3.1 document of the REST routes (as /openapi.json serves it).
+    Openapi,
 }
 
 #[derive(Debug, Args)]

@@ -182,3 +182,58 @@ async fn metrics_carry_the_build_and_the_database_pool() {
         "the readiness probe opened some: {exposition}"
     );
 }
+
+/// `/openapi.json` is the committed `openapi.json`: a route added or changed
+/// without regenerating it (`cargo run -- openapi > openapi.json`) fails here.
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served = response.text().await.unwrap();
+    let committed = include_str!("../../openapi.json");
+    assert!(
+        served == committed,
+        "openapi.json is out of date: run `cargo run -- openapi > openapi.json`"
+    );
+    let document: serde_json::Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    // What integrators generate clients from: the documented routes with
+    // the RPC names as operation ids, and the one error shape.
+    let paths = document["paths"].as_object().unwrap();
+    assert_eq!(
+        paths["/v2/link/init"]["post"]["operationId"],
+        "InitLinkSession"
+    );
+    assert_eq!(
+        paths["/v2/connections/{connection_id}"]["delete"]["responses"]["default"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Error"
+    );
+    let codes = &document["components"]["schemas"]["ErrorCode"]["enum"];
+    assert!(
+        codes.as_array().unwrap().contains(&"FLOW_FINISHED".into()),
+        "{codes}"
+    );
+    // Every documented path answers something other than "no such route".
+    for path in paths.keys().filter(|p| !p.contains('{')) {
+        let methods = paths[path].as_object().unwrap();
+        let method = if methods.contains_key("get") {
+            "GET"
+        } else {
+            "POST"
+        };
+        let answer = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        let body = answer.text().await.unwrap_or_default();
+        assert!(
+            !body.contains("\"code\":\"NOT_FOUND\""),
+            "{method} {path}: {body}"
+        );
+    }
+}

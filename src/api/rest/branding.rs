@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
+#[utoipa::path(put, operation_id = "SetClientAppBranding", path = "/v1/client-apps/{client_app_id}/branding", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = super::ClientAppJson)))]
 pub(super) async fn set_branding(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -59,6 +60,7 @@ pub(super) async fn set_branding(
 
 /// The app's logo, for the Link page: cached for good (its URL changes with
 /// it), never sniffed, never run.
+#[utoipa::path(get, operation_id = "GetClientAppLogo", path = "/link/brand/{client_app_id}/logo", tag = "client apps", params(("client_app_id" = String, Path, description = "`app_…`")), responses((status = 200, content_type = "image/*", description = "the logo; cache forever under its `v` query")))]
 pub(super) async fn logo(
     State(state): State<RestState>,
     Path(client_app_id): Path<String>,

@@ -45,6 +45,7 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsReques
     )
 }
 
+#[utoipa::path(get, operation_id = "ListConnections", path = "/v2/connections", tag = "connections", security(("api_key" = [])), params(("limit" = Option<u32>, Query, description = "1-100, default 20"), ("offset" = Option<u32>, Query), ("status" = Option<String>, Query, description = "active, expired or revoked"), ("clientReferenceId" = Option<String>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = Object, description = "`{connections, nextPageToken}`")))]
 pub(super) async fn list(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -60,6 +61,7 @@ pub(super) async fn list(
 }
 
 /// Also accepts an OAuth access token for this one connection.
+#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "the connection")))]
 pub(super) async fn get(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -76,6 +78,7 @@ pub(super) async fn get(
     Ok(Json(connection_json(&connection)).into_response())
 }
 
+#[utoipa::path(delete, operation_id = "DeleteConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "`{connectionId, billingStoppedAt}`")))]
 pub(super) async fn delete(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -108,6 +111,7 @@ async fn connection_reader(
 
 /// `POST /v2/connections/{connectionId}/operations` with
 /// `{"operations": [...]}` as in `POST /v1/links`.
+#[utoipa::path(post, operation_id = "ExecuteOperations", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`"), ("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{connectionId, result, operationRunId}`")))]
 pub(super) async fn execute_operations(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -150,6 +154,7 @@ pub(super) async fn execute_operations(
 const RUN_PARAMS: [(&str, &str); 2] = [("limit", "limit"), ("pageToken", "page_token")];
 
 /// `GET /v2/connections/{connectionId}/operations`.
+#[utoipa::path(get, operation_id = "ListOperationRuns", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`"), ("limit" = Option<u32>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = Object, description = "`{operationRuns, nextPageToken}`")))]
 pub(super) async fn list_operation_runs(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -192,6 +197,7 @@ fn run_json(run: &pb::OperationRun) -> Value {
 }
 
 /// `POST /v2/sandbox/connections/{connectionId}/reset-login` (no fields).
+#[utoipa::path(post, operation_id = "ResetSandboxLogin", path = "/v2/sandbox/connections/{connection_id}/reset-login", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "`{connectionId}`")))]
 pub(super) async fn reset_sandbox_login(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -211,6 +217,12 @@ pub(super) async fn reset_sandbox_login(
 /// Any method on `/v2/connections/{connectionId}/proxy[/{path…}]`: the
 /// request, its query and body as they are, to the provider's API; the
 /// answer streamed back with the provider's status and headers.
+#[utoipa::path(method(get, post, put, patch, delete), operation_id = "Proxy", path = "/v2/connections/{connection_id}/proxy/{path}",
+    tag = "connections",
+    security(("api_key" = []), ("connection_token" = [])),
+    params(("connection_id" = String, Path, description = "`conn_…`"),
+           ("path" = String, Path, description = "the provider API path, any number of segments, below the integration's apiBaseUrl")),
+    responses((status = "default", description = "the provider's answer, status and body as it gave them; linkd's own refusals are `Error`")))]
 pub(super) async fn proxy(
     State(state): State<RestState>,
     method: axum::http::Method,
@@ -251,6 +263,7 @@ pub(super) async fn proxy(
 
 /// `GET /v2/connections/{connectionId}/access-token`: the hand-off, flat,
 /// never cached.
+#[utoipa::path(get, operation_id = "GetConnectionAccessToken", path = "/v2/connections/{connection_id}/access-token", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "the provider access token (only when the app enabled the hand-off)")))]
 pub(super) async fn access_token(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,

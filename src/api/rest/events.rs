@@ -64,6 +64,7 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListEventsRequest, Er
     )
 }
 
+#[utoipa::path(get, operation_id = "ListEvents", path = "/v1/events", tag = "events", security(("api_key" = [])), params(("limit" = Option<u32>, Query), ("type" = Option<String>, Query), ("connectionId" = Option<String>, Query), ("linkId" = Option<String>, Query), ("createdAfter" = Option<String>, Query, description = "RFC 3339"), ("createdBefore" = Option<String>, Query, description = "RFC 3339"), ("deliveryStatus" = Option<String>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = Object, description = "`{events, nextPageToken}`")))]
 pub(super) async fn list(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -78,6 +79,7 @@ pub(super) async fn list(
     Ok(Json(page_json("events", events, page.next_page_token)).into_response())
 }
 
+#[utoipa::path(get, operation_id = "GetEvent", path = "/v1/events/{event_id}", tag = "events", security(("api_key" = [])), params(("event_id" = String, Path, description = "`evt_…`")), responses((status = 200, body = Object, description = "`{event, attempts}`")))]
 pub(super) async fn get(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -97,6 +99,7 @@ pub(super) async fn get(
 }
 
 /// Takes no fields: an empty body or `{}`.
+#[utoipa::path(post, operation_id = "RedeliverEvent", path = "/v1/events/{event_id}/redeliver", tag = "events", security(("api_key" = [])), params(("event_id" = String, Path, description = "`evt_…`")), responses((status = 200, body = Object, description = "`{event}`, queued again")))]
 pub(super) async fn redeliver(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -129,6 +132,7 @@ fn optional_time(fields: &mut Fields<'_>, name: &str) -> Option<prost_types::Tim
     }
 }
 
+#[utoipa::path(post, operation_id = "RedeliverFailedEvents", path = "/v1/events/redeliver-failed", tag = "events", security(("api_key" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{queued}`")))]
 pub(super) async fn redeliver_failed(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -150,6 +154,7 @@ pub(super) async fn redeliver_failed(
     Ok(Json(json!({ "queued": queued.queued })).into_response())
 }
 
+#[utoipa::path(post, operation_id = "RotateWebhookSecret", path = "/v1/client-apps/{client_app_id}/rotate-webhook-secret", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the new secret, shown once")))]
 pub(super) async fn rotate_webhook_secret(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,

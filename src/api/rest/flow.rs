@@ -60,6 +60,7 @@ pub(super) fn flow_json(flow: &pb::Flow) -> Value {
     })
 }
 
+#[utoipa::path(post, operation_id = "ClaimLink", path = "/v1/flow/claim", tag = "flow", request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{flowToken, flow}`")))]
 pub(super) async fn claim(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -76,6 +77,7 @@ pub(super) async fn claim(
     Ok(Json(json!({ "flowToken": claimed.flow_token, "flow": flow_json(&flow) })).into_response())
 }
 
+#[utoipa::path(get, operation_id = "GetFlow", path = "/v1/flow", tag = "flow", security(("flow_token" = [])), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn get(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -88,6 +90,7 @@ pub(super) async fn get(
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+#[utoipa::path(post, operation_id = "SubmitCredentials", path = "/v1/flow/credentials", tag = "flow", security(("flow_token" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn credentials(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -106,6 +109,7 @@ pub(super) async fn credentials(
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+#[utoipa::path(post, operation_id = "SubmitSecondFactor", path = "/v1/flow/second-factor", tag = "flow", security(("flow_token" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn second_factor(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -124,6 +128,7 @@ pub(super) async fn second_factor(
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+#[utoipa::path(post, operation_id = "CancelFlow", path = "/v1/flow/cancel", tag = "flow", security(("flow_token" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn cancel(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -149,6 +154,7 @@ pub(super) async fn cancel(
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+#[utoipa::path(post, operation_id = "SelectIntegration", path = "/v1/flow/integration", tag = "flow", security(("flow_token" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn select_integration(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -168,6 +174,7 @@ pub(super) async fn select_integration(
 }
 
 /// Takes no fields: an empty body or `{}`.
+#[utoipa::path(post, operation_id = "ApproveAccess", path = "/v1/flow/approve", tag = "flow", security(("flow_token" = [])), responses((status = 200, body = Object, description = "the flow")))]
 pub(super) async fn approve(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -182,6 +189,7 @@ pub(super) async fn approve(
     Ok(Json(flow_json(&flow)).into_response())
 }
 
+#[utoipa::path(post, operation_id = "StartProviderAuthorization", path = "/v1/flow/oauth/start", tag = "flow", security(("flow_token" = [])), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{authorizationUrl}`")))]
 pub(super) async fn start_provider_authorization(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -212,6 +220,7 @@ pub(super) async fn start_provider_authorization(
 /// code leaves the address bar and history at once: plain for the Link
 /// page's own tab, `#oauth=popup` for a popup (the page closes itself), or
 /// `#oauth_error=invalid_state` when nothing was done.
+#[utoipa::path(get, operation_id = "ProviderCallback", path = "/link/oauth/callback", tag = "flow", params(("state" = Option<String>, Query), ("code" = Option<String>, Query), ("error" = Option<String>, Query)), responses((status = 303, description = "back to the Link page")))]
 pub(super) async fn provider_callback(
     State(state): State<RestState>,
     axum::extract::Query(callback): axum::extract::Query<crate::flows::oauth::Callback>,

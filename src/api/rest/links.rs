@@ -53,6 +53,7 @@ fn operations_json(ops: &[pb::OperationSummary]) -> Value {
         .collect()
 }
 
+#[utoipa::path(post, operation_id = "CreateLink", path = "/v1/links", tag = "links", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 201, body = Object, description = "the link, with its claim code and app clip URL")))]
 pub(super) async fn create_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -83,6 +84,7 @@ pub(super) async fn create_link(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(get, operation_id = "GetLink", path = "/v1/links/{link_id}", tag = "links", security(("api_key" = [])), params(("link_id" = String, Path, description = "`lnk_…`")), responses((status = 200, body = Object, description = "the link and its result")))]
 pub(super) async fn get_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,

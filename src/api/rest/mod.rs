@@ -12,9 +12,10 @@ use crate::pb;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 mod body;
 mod branding;
@@ -23,6 +24,7 @@ mod events;
 mod flow;
 mod links;
 mod oauth;
+pub mod openapi;
 mod provider_oauth;
 mod sessions;
 use serde_json::json;
@@ -96,11 +98,13 @@ async fn refusals_as_json(response: Response) -> Response {
         ),
         _ => return response,
     };
-    let is_json = response
+    // Only the frameworks' own bare answers: linkd's JSON and HTML pages
+    // (the OAuth error page) are already what they should be.
+    let is_bare = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
-    if is_json || response.extensions().get::<ProviderAnswer>().is_some() {
+        .is_none_or(|ct| ct.as_bytes().starts_with(b"text/plain"));
+    if !is_bare || response.extensions().get::<ProviderAnswer>().is_some() {
         return response;
     }
     let (mut parts, _) = response.into_parts();
@@ -133,19 +137,23 @@ impl FromRequestParts<RestState> for Authenticated {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Branding)]
 struct BrandingJson {
     display_name: Option<String>,
     accent_color: Option<String>,
     logo_url: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A client app: where its end users come back to and how its Link page looks.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ClientApp)]
 struct ClientAppJson {
     id: String,
     name: String,
+    #[schema(example = "sandbox")]
     environment: String,
     redirect_uris: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,15 +186,30 @@ impl From<pb::ClientApp> for ClientAppJson {
     }
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ClientAppList {
+    client_apps: Vec<ClientAppJson>,
+}
+
+/// The tenant's client apps.
+#[utoipa::path(get, operation_id = "ListClientApps", path = "/v1/client-apps", tag = "client apps",
+    security(("api_key" = [])),
+    responses((status = 200, body = ClientAppList)))]
 async fn list_client_apps(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Response, Error> {
     let apps = state.api.client_apps.list_client_apps(&caller).await?;
-    let apps: Vec<ClientAppJson> = apps.client_apps.into_iter().map(Into::into).collect();
-    Ok(Json(json!({ "clientApps": apps })).into_response())
+    let client_apps = apps.client_apps.into_iter().map(Into::into).collect();
+    Ok(Json(ClientAppList { client_apps }).into_response())
 }
 
+/// One of the tenant's client apps.
+#[utoipa::path(get, operation_id = "GetClientApp", path = "/v1/client-apps/{client_app_id}", tag = "client apps",
+    params(("client_app_id" = String, Path, description = "`app_…`")),
+    security(("api_key" = [])),
+    responses((status = 200, body = ClientAppJson)))]
 async fn get_client_app(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -208,18 +231,22 @@ struct ListProvidersQuery {
     integration_id: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Capability)]
 struct CapabilityJson {
     resource: String,
     action: String,
     description: String,
+    /// JSON Schema of the operation's `arguments`.
+    #[schema(value_type = Object)]
     arguments_schema: serde_json::Value,
     result_description: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Provider)]
 struct ProviderJson {
     integration_id: String,
     name: String,
@@ -230,6 +257,16 @@ struct ProviderJson {
     oauth_scopes: Vec<String>,
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProviderList {
+    providers: Vec<ProviderJson>,
+}
+
+/// The integrations this deployment serves and what each can do.
+#[utoipa::path(get, operation_id = "ListProviders", path = "/v1/providers", tag = "providers",
+    params(("integrationId" = Option<String>, Query, description = "only this integration (also `integration_id`)")),
+    security(("api_key" = [])),
+    responses((status = 200, body = ProviderList)))]
 async fn list_providers(
     State(state): State<RestState>,
     Authenticated(_): Authenticated,
@@ -264,10 +301,12 @@ async fn list_providers(
                 .collect(),
         })
         .collect();
-    Ok(Json(json!({ "providers": providers })).into_response())
+    Ok(Json(ProviderList { providers }).into_response())
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(get, operation_id = "Metrics", path = "/metrics", tag = "operations",
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(state): State<RestState>) -> Response {
     (
         [(
@@ -280,11 +319,18 @@ async fn metrics(State(state): State<RestState>) -> Response {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(get, operation_id = "Healthz", path = "/healthz", tag = "operations",
+    responses((status = 200, body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Readiness: the database is reachable and the server is not draining.
+#[utoipa::path(get, operation_id = "Readyz", path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 503, body = String, content_type = "text/plain", description = "not ready: draining or no database"),
+    ))]
 async fn readyz(State(state): State<RestState>) -> Response {
     if state.health.is_serving() {
         (StatusCode::OK, "ready\n").into_response()
@@ -306,62 +352,80 @@ async fn gate_query(request: axum::extract::Request, next: axum::middleware::Nex
     next.run(request).await
 }
 
+static SERVED_DOCUMENT: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+
+/// This document (OpenAPI 3.1), also committed as `openapi.json`.
+#[utoipa::path(get, operation_id = "GetOpenApiDocument", path = "/openapi.json", tag = "operations",
+    responses((status = 200, body = Object, description = "OpenAPI 3.1")))]
+async fn openapi_json() -> Response {
+    let document = SERVED_DOCUMENT.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+}
+
+/// Every REST route with its documentation: `routes!` registers each handler
+/// under the method and path of its `#[utoipa::path]`.
+fn documented_routes() -> OpenApiRouter<RestState> {
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(sessions::init))
+        .routes(routes!(links::create_link))
+        .routes(routes!(links::get_link))
+        .routes(routes!(connections::list))
+        .routes(routes!(connections::get, connections::delete))
+        .routes(routes!(
+            connections::list_operation_runs,
+            connections::execute_operations
+        ))
+        .routes(routes!(connections::access_token))
+        .routes(routes!(connections::reset_sandbox_login))
+        .routes(routes!(list_providers))
+        .routes(routes!(list_client_apps))
+        .routes(routes!(get_client_app))
+        .routes(routes!(branding::set_branding))
+        .routes(routes!(events::rotate_webhook_secret))
+        .routes(routes!(provider_oauth::list_clients))
+        .routes(routes!(
+            provider_oauth::set_client,
+            provider_oauth::delete_client
+        ))
+        .routes(routes!(events::list))
+        .routes(routes!(events::redeliver_failed))
+        .routes(routes!(events::get))
+        .routes(routes!(events::redeliver))
+        .routes(routes!(flow::claim))
+        .routes(routes!(flow::get))
+        .routes(routes!(flow::select_integration))
+        .routes(routes!(flow::approve))
+        .routes(routes!(flow::credentials))
+        .routes(routes!(flow::second_factor))
+        .routes(routes!(flow::cancel))
+        .routes(routes!(flow::start_provider_authorization))
+        .routes(routes!(flow::provider_callback))
+        .routes(routes!(oauth::authorize))
+        .routes(routes!(oauth::resume))
+        .routes(routes!(oauth::token))
+        .routes(routes!(branding::logo))
+}
+
+/// The OpenAPI document of every REST route (`/openapi.json`, `linkd openapi`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut document = documented_routes().into_openapi();
+    openapi::finish(&mut document);
+    document
+}
+
 /// Every REST route; bodies over `max_body_bytes` are refused with 413.
 pub fn router(state: RestState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/client-apps", get(list_client_apps))
-        .route("/v1/client-apps/{client_app_id}", get(get_client_app))
-        .route(
-            "/v1/client-apps/{client_app_id}/rotate-webhook-secret",
-            axum::routing::post(events::rotate_webhook_secret),
-        )
-        .route(
-            "/v1/client-apps/{client_app_id}/oauth-clients",
-            get(provider_oauth::list_clients),
-        )
-        .route(
-            "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}",
-            axum::routing::put(provider_oauth::set_client).delete(provider_oauth::delete_client),
-        )
-        .route(
-            "/v1/client-apps/{client_app_id}/branding",
-            axum::routing::put(branding::set_branding),
-        )
-        .route("/link/brand/{client_app_id}/logo", get(branding::logo))
-        .route("/v1/events", get(events::list))
-        .route(
-            "/v1/events/redeliver-failed",
-            axum::routing::post(events::redeliver_failed),
-        )
-        .route("/v1/events/{event_id}", get(events::get))
-        .route(
-            "/v1/events/{event_id}/redeliver",
-            axum::routing::post(events::redeliver),
-        )
-        .route("/v1/links", axum::routing::post(links::create_link))
-        .route("/v1/links/{link_id}", get(links::get_link))
-        .route("/v1/providers", get(list_providers))
-        .route("/v2/link/init", axum::routing::post(sessions::init))
-        .route("/v2/connections", get(connections::list))
-        .route(
-            "/v2/connections/{connection_id}",
-            get(connections::get).delete(connections::delete),
-        )
-        .route(
-            "/v2/sandbox/connections/{connection_id}/reset-login",
-            axum::routing::post(connections::reset_sandbox_login),
-        )
-        .route(
-            "/v2/connections/{connection_id}/operations",
-            get(connections::list_operation_runs).post(connections::execute_operations),
-        )
-        .route(
-            "/v2/connections/{connection_id}/access-token",
-            get(connections::access_token),
-        )
+    let (router, mut document) = documented_routes().split_for_parts();
+    openapi::finish(&mut document);
+    let _ = SERVED_DOCUMENT.set(openapi::document_json(&document).into());
+    router
+        // The proxy takes every method and any path below it; OpenAPI has
+        // no such template, so `ApiDoc` lists it as `…/proxy/{path}`.
         .route(
             "/v2/connections/{connection_id}/proxy",
             axum::routing::any(connections::proxy),
@@ -369,33 +433,6 @@ pub fn router(state: RestState, max_body_bytes: usize) -> Router {
         .route(
             "/v2/connections/{connection_id}/proxy/{*path}",
             axum::routing::any(connections::proxy),
-        )
-        .route("/v3/oauth/authorize", get(oauth::authorize))
-        .route("/v3/oauth/resume", axum::routing::post(oauth::resume))
-        .route("/v3/oauth/token", axum::routing::post(oauth::token))
-        .route("/v1/flow", get(flow::get))
-        .route("/v1/flow/claim", axum::routing::post(flow::claim))
-        .route(
-            "/v1/flow/integration",
-            axum::routing::post(flow::select_integration),
-        )
-        .route("/v1/flow/approve", axum::routing::post(flow::approve))
-        .route(
-            "/v1/flow/credentials",
-            axum::routing::post(flow::credentials),
-        )
-        .route(
-            "/v1/flow/second-factor",
-            axum::routing::post(flow::second_factor),
-        )
-        .route("/v1/flow/cancel", axum::routing::post(flow::cancel))
-        .route(
-            "/v1/flow/oauth/start",
-            axum::routing::post(flow::start_provider_authorization),
-        )
-        .route(
-            &format!("/{}", crate::provider_oauth::CALLBACK_PATH),
-            get(flow::provider_callback),
         )
         .layer(axum::middleware::from_fn(gate_query))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(

@@ -169,6 +169,7 @@ fn redirect_form(resume: &str, fields: &[(&str, &str)]) -> String {
     )
 }
 
+#[utoipa::path(get, operation_id = "Authorize", path = "/v3/oauth/authorize", tag = "oauth", params(("response_type" = String, Query), ("client_id" = String, Query), ("redirect_uri" = String, Query), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = Option<String>, Query), ("code_challenge_method" = Option<String>, Query)), responses((status = 302, description = "to the Link page, or back to the client with an error"), (status = 400, content_type = "text/html", description = "an error page (never a redirect) when the client or redirect URI is not trusted")))]
 pub(super) async fn authorize(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -257,6 +258,7 @@ pub(super) async fn authorize(
 
 /// The form of the `302` body: continues at the Link page. A redirect
 /// after a form POST is `303 See Other`, so the browser follows with GET.
+#[utoipa::path(post, operation_id = "ResumeAuthorization", path = "/v3/oauth/resume", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "continues at the Link page")))]
 pub(super) async fn resume(
     State(state): State<RestState>,
     axum::Form(form): axum::Form<HashMap<String, String>>,
@@ -311,6 +313,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Er
     }))
 }
 
+#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3: grant_type, code, redirect_uri, code_verifier; client_id/client_secret in the body or Basic"), responses((status = 200, body = Object, description = "RFC 6749 §5.1 token response"), (status = "default", body = super::openapi::OAuthErrorBody, description = "RFC 6749 §5.2")))]
 pub(super) async fn token(
     State(state): State<RestState>,
     headers: HeaderMap,

@@ -21,6 +21,7 @@ fn client_json(client: &pb::ProviderOAuthClient) -> Value {
     })
 }
 
+#[utoipa::path(put, operation_id = "SetProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`"), ("integration_id" = String, Path)), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the client, without its secret")))]
 pub(super) async fn set_client(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -58,6 +59,7 @@ pub(super) async fn set_client(
     Ok(Json(client_json(&client)).into_response())
 }
 
+#[utoipa::path(get, operation_id = "ListProviderOAuthClients", path = "/v1/client-apps/{client_app_id}/oauth-clients", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`")), responses((status = 200, body = Object, description = "`{oauthClients}`")))]
 pub(super) async fn list_clients(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -75,6 +77,7 @@ pub(super) async fn list_clients(
     Ok(Json(json!({ "oauthClients": clients })).into_response())
 }
 
+#[utoipa::path(delete, operation_id = "DeleteProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`"), ("integration_id" = String, Path)), responses((status = 200, body = Object)))]
 pub(super) async fn delete_client(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,

@@ -48,6 +48,7 @@ fn init_request(
     (req, problems)
 }
 
+#[utoipa::path(post, operation_id = "InitLinkSession", path = "/v2/link/init", tag = "link sessions", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{url, expiresAt}`: the Link page URL for the end user")))]
 pub(super) async fn init(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
