@@ -35,30 +35,84 @@ pub fn enum_name(proto_name: &str) -> String {
 /// A connection as REST returns it and webhooks carry it. Timestamps are ISO
 /// 8601; absent optional values are `null`.
 pub fn connection_json(c: &pb::Connection) -> Value {
-    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
-    let mut connection = json!({
-        "id": c.id,
-        "clientAppId": c.client_app_id,
-        "integrationId": c.integration_id,
-        "status": enum_name(c.status().as_str_name()),
-        "clientReferenceId": c.client_reference_id,
-        "geolocation": c.geolocation.as_ref().map(|g| json!({ "country": g.country, "state": g.state })),
-        "createdAt": time(&c.created_at),
-        "updatedAt": time(&c.updated_at),
-        "authenticatedAt": time(&c.authenticated_at),
-        "sessionExpiresAt": time(&c.session_expires_at),
-    });
-    if let Some(oauth) = &c.oauth {
-        connection["oauth"] = json!({
-            "tokenObtainedAt": time(&oauth.token_obtained_at),
-            "tokenExpiresAt": time(&oauth.token_expires_at),
-            "nextRefreshAt": time(&oauth.next_refresh_at),
-            "refreshFailures": oauth.refresh_failures,
-            "lastRefreshError": (!oauth.last_refresh_error.is_empty()).then_some(&oauth.last_refresh_error),
-            "refreshExhaustedAt": time(&oauth.refresh_exhausted_at),
-        });
+    serde_json::to_value(ConnectionView::from(c)).expect("a connection view serializes")
+}
+
+/// A connection, as REST returns it and webhooks carry it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Connection)]
+pub struct ConnectionView {
+    /// `conn_…`
+    id: String,
+    client_app_id: String,
+    integration_id: String,
+    /// `active`, `expired` or `revoked`.
+    status: String,
+    client_reference_id: Option<String>,
+    geolocation: Option<GeolocationView>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    /// When the end user last logged in.
+    authenticated_at: Option<String>,
+    /// When the provider session is known to end.
+    session_expires_at: Option<String>,
+    /// OAuth integrations only: the provider token's refresh state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oauth: Option<ConnectionOAuthView>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Geolocation)]
+pub struct GeolocationView {
+    /// ISO 3166-1 alpha-2.
+    country: String,
+    /// ISO 3166-2 subdivision.
+    state: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ConnectionOAuth)]
+pub struct ConnectionOAuthView {
+    token_obtained_at: Option<String>,
+    token_expires_at: Option<String>,
+    next_refresh_at: Option<String>,
+    /// Failed refreshes in a row.
+    refresh_failures: i32,
+    last_refresh_error: Option<String>,
+    /// Set once the failures reached `LINKD_OAUTH_REFRESH_ATTEMPTS`.
+    refresh_exhausted_at: Option<String>,
+}
+
+impl From<&pb::Connection> for ConnectionView {
+    fn from(c: &pb::Connection) -> Self {
+        let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
+        ConnectionView {
+            id: c.id.clone(),
+            client_app_id: c.client_app_id.clone(),
+            integration_id: c.integration_id.clone(),
+            status: enum_name(c.status().as_str_name()),
+            client_reference_id: c.client_reference_id.clone(),
+            geolocation: c.geolocation.as_ref().map(|g| GeolocationView {
+                country: g.country.clone(),
+                state: g.state.clone(),
+            }),
+            created_at: time(&c.created_at),
+            updated_at: time(&c.updated_at),
+            authenticated_at: time(&c.authenticated_at),
+            session_expires_at: time(&c.session_expires_at),
+            oauth: c.oauth.as_ref().map(|o| ConnectionOAuthView {
+                token_obtained_at: time(&o.token_obtained_at),
+                token_expires_at: time(&o.token_expires_at),
+                next_refresh_at: time(&o.next_refresh_at),
+                refresh_failures: o.refresh_failures,
+                last_refresh_error: (!o.last_refresh_error.is_empty())
+                    .then(|| o.last_refresh_error.clone()),
+                refresh_exhausted_at: time(&o.refresh_exhausted_at),
+            }),
+        }
     }
-    connection
 }
 
 /// A webhook event as REST returns it.

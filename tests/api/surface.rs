@@ -237,3 +237,60 @@ async fn the_served_openapi_document_is_the_committed_one() {
         );
     }
 }
+
+/// Answers of real calls fit the schemas the document gives them.
+#[tokio::test]
+async fn real_answers_fit_the_documented_schemas() {
+    let app = spawn_app().await;
+    let document: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fits = |schema: &str, answer: &serde_json::Value| {
+        let root = serde_json::json!({
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": document["components"],
+        });
+        let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+        let problems: Vec<String> = validator
+            .iter_errors(answer)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(problems.is_empty(), "{schema}: {problems:?} in {answer}");
+    };
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let session = app.init_session(&tenant, serde_json::json!({})).await;
+    assert_eq!(session.status(), StatusCode::OK);
+    fits("LinkSession", &session.json().await.unwrap());
+    let invalid = app
+        .init_session(&tenant, serde_json::json!({"lang": 7, "nope": 1}))
+        .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    fits("Error", &invalid.json().await.unwrap());
+    let list = |path: &'static str| app.http.get(app.url(path)).bearer_auth(&tenant.key).send();
+    fits(
+        "ConnectionPage",
+        &list("/v2/connections").await.unwrap().json().await.unwrap(),
+    );
+    fits(
+        "ClientAppList",
+        &list("/v1/client-apps").await.unwrap().json().await.unwrap(),
+    );
+    fits(
+        "ProviderList",
+        &list("/v1/providers").await.unwrap().json().await.unwrap(),
+    );
+    let refused = app
+        .http
+        .get(app.url("/v2/connections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    fits("Error", &refused.json().await.unwrap());
+}

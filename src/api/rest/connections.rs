@@ -8,7 +8,7 @@ use crate::connections::ConnectionStatus;
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
 use crate::kernel::validate::Violations;
-use crate::kernel::views::{connection_json, iso8601};
+use crate::kernel::views::{ConnectionView, iso8601};
 use crate::pb;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -45,7 +45,24 @@ fn list_request(params: &[(String, String)]) -> Result<pb::ListConnectionsReques
     )
 }
 
-#[utoipa::path(get, operation_id = "ListConnections", path = "/v2/connections", tag = "connections", security(("api_key" = [])), params(("limit" = Option<u32>, Query, description = "1-100, default 20"), ("offset" = Option<u32>, Query), ("status" = Option<String>, Query, description = "active, expired or revoked"), ("clientReferenceId" = Option<String>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = Object, description = "`{connections, nextPageToken}`")))]
+/// One page of connections, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionPage {
+    connections: Vec<ConnectionView>,
+    /// Pass as `pageToken` for the next page; `null` on the last.
+    next_page_token: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DeletedConnection {
+    connection_id: String,
+    /// When billing for the connection stopped (now).
+    billing_stopped_at: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "ListConnections", path = "/v2/connections", tag = "connections", security(("api_key" = [])), params(("limit" = Option<u32>, Query, description = "1-100, default 20"), ("offset" = Option<u32>, Query), ("status" = Option<String>, Query, description = "active, expired or revoked"), ("clientReferenceId" = Option<String>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = ConnectionPage)))]
 pub(super) async fn list(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -56,12 +73,17 @@ pub(super) async fn list(
         .connections
         .list_connections(&caller, list_request(&params)?)
         .await?;
-    let connections = page.connections.iter().map(connection_json).collect();
-    Ok(Json(page_json("connections", connections, page.next_page_token)).into_response())
+    let connections = page.connections.iter().map(ConnectionView::from).collect();
+    let next_page_token = Some(page.next_page_token).filter(|t| !t.is_empty());
+    Ok(Json(ConnectionPage {
+        connections,
+        next_page_token,
+    })
+    .into_response())
 }
 
 /// Also accepts an OAuth access token for this one connection.
-#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "the connection")))]
+#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = ConnectionView)))]
 pub(super) async fn get(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -75,10 +97,10 @@ pub(super) async fn get(
         .await?
         .connection
         .expect("get_connection returns the connection");
-    Ok(Json(connection_json(&connection)).into_response())
+    Ok(Json(ConnectionView::from(&connection)).into_response())
 }
 
-#[utoipa::path(delete, operation_id = "DeleteConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "`{connectionId, billingStoppedAt}`")))]
+#[utoipa::path(delete, operation_id = "DeleteConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = DeletedConnection)))]
 pub(super) async fn delete(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -89,10 +111,10 @@ pub(super) async fn delete(
         .connections
         .delete_connection(&caller, pb::DeleteConnectionRequest { connection_id })
         .await?;
-    Ok(Json(json!({
-        "connectionId": deleted.connection_id,
-        "billingStoppedAt": deleted.billing_stopped_at.as_ref().map(iso8601),
-    }))
+    Ok(Json(DeletedConnection {
+        connection_id: deleted.connection_id,
+        billing_stopped_at: deleted.billing_stopped_at.as_ref().map(iso8601),
+    })
     .into_response())
 }
 

@@ -11,7 +11,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+/// A started Link session.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct LinkSession {
+    /// The Link page for the end user; the session token is in its fragment.
+    url: String,
+    /// ISO 8601; `LINKD_LINK_SESSION_TTL` after the call.
+    expires_at: Option<String>,
+}
 
 /// The body as an `InitLinkSessionRequest`, plus the type problems found.
 fn init_request(
@@ -48,7 +58,7 @@ fn init_request(
     (req, problems)
 }
 
-#[utoipa::path(post, operation_id = "InitLinkSession", path = "/v2/link/init", tag = "link sessions", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{url, expiresAt}`: the Link page URL for the end user")))]
+#[utoipa::path(post, operation_id = "InitLinkSession", path = "/v2/link/init", tag = "link sessions", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = LinkSession)))]
 pub(super) async fn init(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -63,9 +73,9 @@ pub(super) async fn init(
         .sessions
         .init_link_session(&caller, req, key.as_deref())
         .await?;
-    Ok(Json(json!({
-        "url": session.url,
-        "expiresAt": session.expires_at.as_ref().map(super::iso8601),
-    }))
+    Ok(Json(LinkSession {
+        url: session.url,
+        expires_at: session.expires_at.as_ref().map(super::iso8601),
+    })
     .into_response())
 }
