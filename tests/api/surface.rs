@@ -285,6 +285,31 @@ async fn real_answers_fit_the_documented_schemas() {
         "ProviderList",
         &list("/v1/providers").await.unwrap().json().await.unwrap(),
     );
+    let created = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .json(&serde_json::json!({
+            "integrationId": "tmobile",
+            "operations": [{"resource": "paymentMethod", "action": "read"}],
+            "returnUrl": "https://app.example.com/back",
+            "debug": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: serde_json::Value = created.json().await.unwrap();
+    fits("CreatedLink", &created);
+    let link_path = format!("/v1/links/{}", created["linkId"].as_str().unwrap());
+    let link = app
+        .http
+        .get(app.url(&link_path))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    fits("Link", &link.json().await.unwrap());
     let refused = app
         .http
         .get(app.url("/v2/connections"))

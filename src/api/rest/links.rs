@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The body as a `CreateLinkRequest`, plus the type problems found on the way.
 fn create_link_request(
@@ -41,19 +41,93 @@ fn create_link_request(
     (req, problems)
 }
 
-fn epoch_ms(ts: &Option<prost_types::Timestamp>) -> Value {
-    ts.as_ref().map_or(Value::Null, |t| {
-        json!(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-    })
+fn epoch_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
+    ts.as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
-fn operations_json(ops: &[pb::OperationSummary]) -> Value {
+/// One operation a link or run asked for.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OperationSummary)]
+pub(super) struct OperationJson {
+    resource: String,
+    /// `read`, `create`, `update` or `delete`.
+    action: String,
+}
+
+pub(super) fn operations_json(ops: &[pb::OperationSummary]) -> Vec<OperationJson> {
     ops.iter()
-        .map(|op| json!({ "resource": op.resource, "action": super::enum_name(op.action().as_str_name()) }))
+        .map(|op| OperationJson {
+            resource: op.resource.clone(),
+            action: super::enum_name(op.action().as_str_name()),
+        })
         .collect()
 }
 
-#[utoipa::path(post, operation_id = "CreateLink", path = "/v1/links", tag = "links", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 201, body = Object, description = "the link, with its claim code and app clip URL")))]
+/// A link just created: give `appClipUrl` (or the claim code) to the end user.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CreatedLink {
+    /// `lnk_…`
+    link_id: String,
+    /// Single-use code the app clip or Link page claims the link with.
+    claim_code: String,
+    integration_id: String,
+    operations: Vec<OperationJson>,
+    /// Always `pending` for a new link.
+    status: &'static str,
+    app_clip_url: String,
+    /// Epoch milliseconds.
+    expires_at: Option<i64>,
+    /// Epoch milliseconds.
+    created_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_url: Option<String>,
+}
+
+/// A link and, once finished, its result.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Link)]
+struct LinkJson {
+    link_id: String,
+    integration_id: String,
+    operations: Vec<OperationJson>,
+    /// `pending`, `claimed`, `awaiting_2fa`, `processing`, `completed`, `failed`, `expired` or `cancelled`.
+    status: String,
+    debug: bool,
+    /// Epoch milliseconds (as every time of a link).
+    created_at: Option<i64>,
+    expires_at: Option<i64>,
+    claimed_at: Option<i64>,
+    finished_at: Option<i64>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    /// What the operations returned, by `resource.action`.
+    #[schema(value_type = Option<Object>)]
+    result: Option<Value>,
+    /// Only for a link created with `debug: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug_trace: Option<Vec<DebugStep>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_user_id: Option<String>,
+}
+
+/// One step of a debug link's trace.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct DebugStep {
+    /// ISO 8601.
+    at: Option<String>,
+    event: String,
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+}
+
+#[utoipa::path(post, operation_id = "CreateLink", path = "/v1/links", tag = "links", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 201, body = CreatedLink)))]
 pub(super) async fn create_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -68,23 +142,21 @@ pub(super) async fn create_link(
         .links
         .create_link(&caller, req, key.as_deref())
         .await?;
-    let mut body = json!({
-        "linkId": link.link_id,
-        "claimCode": link.claim_code,
-        "integrationId": link.integration_id,
-        "operations": operations_json(&link.operations),
-        "status": "pending",
-        "appClipUrl": link.app_clip_url,
-        "expiresAt": epoch_ms(&link.expires_at),
-        "createdAt": epoch_ms(&link.created_at),
-    });
-    if !link.return_url.is_empty() {
-        body["returnUrl"] = json!(link.return_url);
-    }
+    let body = CreatedLink {
+        operations: operations_json(&link.operations),
+        expires_at: epoch_ms(&link.expires_at),
+        created_at: epoch_ms(&link.created_at),
+        return_url: (!link.return_url.is_empty()).then_some(link.return_url),
+        link_id: link.link_id,
+        claim_code: link.claim_code,
+        integration_id: link.integration_id,
+        status: "pending",
+        app_clip_url: link.app_clip_url,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[utoipa::path(get, operation_id = "GetLink", path = "/v1/links/{link_id}", tag = "links", security(("api_key" = [])), params(("link_id" = String, Path, description = "`lnk_…`")), responses((status = 200, body = Object, description = "the link and its result")))]
+#[utoipa::path(get, operation_id = "GetLink", path = "/v1/links/{link_id}", tag = "links", security(("api_key" = [])), params(("link_id" = String, Path, description = "`lnk_…`")), responses((status = 200, body = LinkJson)))]
 pub(super) async fn get_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -97,42 +169,32 @@ pub(super) async fn get_link(
         .await?
         .link
         .expect("get_link returns the link");
-    let status = super::enum_name(link.status().as_str_name());
-    let mut body = json!({
-        "linkId": link.link_id,
-        "integrationId": link.integration_id,
-        "operations": operations_json(&link.operations),
-        "status": status,
-        "debug": link.debug,
-        "createdAt": epoch_ms(&link.created_at),
-        "expiresAt": epoch_ms(&link.expires_at),
-        "claimedAt": epoch_ms(&link.claimed_at),
-        "finishedAt": epoch_ms(&link.finished_at),
-        "errorCode": link.error_code,
-        "errorMessage": link.error_message,
-        "result": link.result.as_ref().map(proto_json::from_struct),
-    });
-    if link.debug {
-        body["debugTrace"] = link
-            .debug_trace
-            .iter()
-            .map(|step| {
-                json!({
-                    "at": step.at.as_ref().map(super::iso8601),
-                    "event": step.event,
-                    "details": step.details.as_ref().map(proto_json::from_struct),
+    let body = LinkJson {
+        status: super::enum_name(link.status().as_str_name()),
+        operations: operations_json(&link.operations),
+        created_at: epoch_ms(&link.created_at),
+        expires_at: epoch_ms(&link.expires_at),
+        claimed_at: epoch_ms(&link.claimed_at),
+        finished_at: epoch_ms(&link.finished_at),
+        result: link.result.as_ref().map(proto_json::from_struct),
+        debug_trace: link.debug.then(|| {
+            link.debug_trace
+                .iter()
+                .map(|step| DebugStep {
+                    at: step.at.as_ref().map(super::iso8601),
+                    event: step.event.clone(),
+                    details: step.details.as_ref().map(proto_json::from_struct),
                 })
-            })
-            .collect();
-    }
-    for (name, value) in [
-        ("returnUrl", link.return_url),
-        ("webhookUrl", link.webhook_url),
-        ("externalUserId", link.external_user_id),
-    ] {
-        if let Some(value) = value {
-            body[name] = json!(value);
-        }
-    }
+                .collect()
+        }),
+        link_id: link.link_id,
+        integration_id: link.integration_id,
+        debug: link.debug,
+        error_code: link.error_code,
+        error_message: link.error_message,
+        return_url: link.return_url,
+        webhook_url: link.webhook_url,
+        external_user_id: link.external_user_id,
+    };
     Ok(Json(body).into_response())
 }
