@@ -272,50 +272,30 @@ async fn real_answers_fit_the_documented_schemas() {
         .await;
     assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
     fits("Error", &invalid.json().await.unwrap());
-    let list = |path: &'static str| app.http.get(app.url(path)).bearer_auth(&tenant.key).send();
-    fits(
-        "ConnectionPage",
-        &list("/v2/connections").await.unwrap().json().await.unwrap(),
-    );
-    fits(
-        "ClientAppList",
-        &list("/v1/client-apps").await.unwrap().json().await.unwrap(),
-    );
-    fits(
-        "ProviderList",
-        &list("/v1/providers").await.unwrap().json().await.unwrap(),
-    );
+    for (schema, path) in [
+        ("ConnectionPage", "/v2/connections"),
+        ("ClientAppList", "/v1/client-apps"),
+        ("ProviderList", "/v1/providers"),
+    ] {
+        fits(
+            schema,
+            &app.get(path, &tenant.key).await.json().await.unwrap(),
+        );
+    }
     let created = app
-        .http
-        .post(app.url("/v1/links"))
-        .bearer_auth(&tenant.key)
-        .json(&serde_json::json!({
-            "integrationId": "tmobile",
-            "operations": [{"resource": "paymentMethod", "action": "read"}],
-            "returnUrl": "https://app.example.com/back",
-            "debug": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let created: serde_json::Value = created.json().await.unwrap();
+        .create_link(
+            &tenant,
+            serde_json::json!({
+                "integrationId": "tmobile",
+                "operations": [{"resource": "paymentMethod", "action": "read"}],
+                "returnUrl": "https://app.example.com/back",
+                "debug": true,
+            }),
+        )
+        .await;
     fits("CreatedLink", &created);
-    let link_path = format!("/v1/links/{}", created["linkId"].as_str().unwrap());
-    let link = app
-        .http
-        .get(app.url(&link_path))
-        .bearer_auth(&tenant.key)
-        .send()
-        .await
-        .unwrap();
-    fits("Link", &link.json().await.unwrap());
-    let refused = app
-        .http
-        .get(app.url("/v2/connections"))
-        .send()
-        .await
-        .unwrap();
+    fits("Link", &app.link_json(&tenant, &created).await);
+    let refused = app.get("/v2/connections", "").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     fits("Error", &refused.json().await.unwrap());
 }
