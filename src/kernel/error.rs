@@ -15,9 +15,13 @@ pub const ERROR_DOMAIN: &str = "linkd";
 
 /// One invalid field: where it is (`operations[1].arguments.cvv`) and what is
 /// wrong with it. The message never repeats the value.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = FieldIssue)]
 pub struct FieldViolation {
+    /// JSON path of the field (`operations[1].arguments.cvv`), `""` for the
+    /// whole body.
     pub path: String,
+    /// What is wrong with it; never repeats the value.
     pub message: String,
 }
 

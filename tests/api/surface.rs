@@ -242,15 +242,9 @@ async fn the_served_openapi_document_is_the_committed_one() {
 #[tokio::test]
 async fn real_answers_fit_the_documented_schemas() {
     let app = spawn_app().await;
-    let document: serde_json::Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The served document is this one (checked above).
+    let document: serde_json::Value =
+        serde_json::from_str(include_str!("../../openapi.json")).unwrap();
     let fits = |schema: &str, answer: &serde_json::Value| {
         let root = serde_json::json!({
             "$ref": format!("#/components/schemas/{schema}"),

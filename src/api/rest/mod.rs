@@ -27,7 +27,6 @@ mod oauth;
 pub mod openapi;
 mod provider_oauth;
 mod sessions;
-use serde_json::json;
 
 #[derive(Clone)]
 pub struct RestState {
@@ -35,21 +34,46 @@ pub struct RestState {
     pub health: Health,
 }
 
+/// The one REST error body (`Error` in the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A sentence for people; match on `code`, never on this.
+    error: String,
+    #[schema(value_type = openapi::ErrorCode)]
+    code: &'static str,
+    /// Each invalid field (only with `VALIDATION_FAILED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issues: Option<Vec<crate::kernel::error::FieldViolation>>,
+}
+
+/// An RFC 6749 §5.2 error of the token endpoint (`OAuthError`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OAuthError)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`,
+    /// `unauthorized_client`, `unsupported_grant_type` or `invalid_scope`.
+    error: &'static str,
+    error_description: String,
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log();
-        let (_, status, reason) = self.classify();
-        let body = match &self {
-            Error::Validation(issues) => {
-                json!({ "error": "Validation failed", "code": reason, "issues": issues })
-            }
+        let (_, status, code) = self.classify();
+        let body = match self {
+            Error::Validation(issues) => ErrorBody {
+                error: "Validation failed".into(),
+                code,
+                issues: Some(issues),
+            },
             Error::OAuth { error, description } => {
                 // RFC 6749 §5.2 body; token responses are never cached.
-                let mut response = (
-                    status,
-                    Json(json!({ "error": error, "error_description": description })),
-                )
-                    .into_response();
+                let body = OAuthErrorBody {
+                    error,
+                    error_description: description,
+                };
+                let mut response = (status, Json(body)).into_response();
                 let headers = response.headers_mut();
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -61,7 +85,11 @@ impl IntoResponse for Error {
                 }
                 return response;
             }
-            other => json!({ "error": other.to_string(), "code": reason }),
+            other => ErrorBody {
+                error: other.to_string(),
+                code,
+                issues: None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -83,19 +111,25 @@ pub(crate) struct ProviderAnswer;
 /// bare text body; this gives those answers the one error shape. The text is
 /// not passed on: it can quote what the caller sent.
 async fn refusals_as_json(response: Response) -> Response {
-    let (reason, message) = match response.status() {
-        StatusCode::METHOD_NOT_ALLOWED => (
-            Reason::MethodNotAllowed,
-            "this path does not take that method; see the Allow header",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            Reason::PayloadTooLarge,
-            "the body is larger than this server accepts (LINKD_MAX_REQUEST_BYTES)",
-        ),
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => (
-            Reason::ValidationFailed,
-            "the path or query string cannot be read",
-        ),
+    let body = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => ErrorBody {
+            error: "this path does not take that method; see the Allow header".into(),
+            code: Reason::MethodNotAllowed.as_str(),
+            issues: None,
+        },
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorBody {
+            error: "the body is larger than this server accepts (LINKD_MAX_REQUEST_BYTES)".into(),
+            code: Reason::PayloadTooLarge.as_str(),
+            issues: None,
+        },
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorBody {
+            error: "Validation failed".into(),
+            code: Reason::ValidationFailed.as_str(),
+            issues: Some(vec![crate::kernel::error::FieldViolation {
+                path: String::new(),
+                message: "the path or query string cannot be read".into(),
+            }]),
+        },
         _ => return response,
     };
     // Only the frameworks' own bare answers: linkd's JSON and HTML pages
@@ -109,12 +143,6 @@ async fn refusals_as_json(response: Response) -> Response {
     }
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = if reason == Reason::ValidationFailed {
-        json!({ "error": "Validation failed", "code": reason.as_str(),
-                "issues": [{ "path": "", "message": message }] })
-    } else {
-        json!({ "error": message, "code": reason.as_str() })
-    };
     let (json_parts, json_body) = Json(body).into_response().into_parts();
     parts.headers.extend(json_parts.headers);
     Response::from_parts(parts, json_body)
@@ -352,14 +380,17 @@ async fn gate_query(request: axum::extract::Request, next: axum::middleware::Nex
     next.run(request).await
 }
 
-static SERVED_DOCUMENT: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
-
 /// This document (OpenAPI 3.1), also committed as `openapi.json`.
 #[utoipa::path(get, operation_id = "GetOpenApiDocument", path = "/openapi.json", tag = "operations",
     responses((status = 200, body = Object, description = "OpenAPI 3.1")))]
 async fn openapi_json() -> Response {
-    let document = SERVED_DOCUMENT.get().cloned().unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+    static DOCUMENT: std::sync::LazyLock<axum::body::Bytes> =
+        std::sync::LazyLock::new(|| openapi::document_json(&openapi_document()).into());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.clone(),
+    )
+        .into_response()
 }
 
 /// Every REST route with its documentation: `routes!` registers each handler
@@ -420,9 +451,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// Every REST route; bodies over `max_body_bytes` are refused with 413.
 pub fn router(state: RestState, max_body_bytes: usize) -> Router {
-    let (router, mut document) = documented_routes().split_for_parts();
-    openapi::finish(&mut document);
-    let _ = SERVED_DOCUMENT.set(openapi::document_json(&document).into());
+    let (router, _) = documented_routes().split_for_parts();
     router
         // The proxy takes every method and any path below it; OpenAPI has
         // no such template, so `ApiDoc` lists it as `…/proxy/{path}`.

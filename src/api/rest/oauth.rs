@@ -313,7 +313,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Er
     }))
 }
 
-#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3: grant_type, code, redirect_uri, code_verifier; client_id/client_secret in the body or Basic"), responses((status = 200, body = Object, description = "RFC 6749 §5.1 token response"), (status = "default", body = super::openapi::OAuthErrorBody, description = "RFC 6749 §5.2")))]
+#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3: grant_type, code, redirect_uri, code_verifier; client_id/client_secret in the body or Basic"), responses((status = 200, body = Object, description = "RFC 6749 §5.1 token response"), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
 pub(super) async fn token(
     State(state): State<RestState>,
     headers: HeaderMap,

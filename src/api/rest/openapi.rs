@@ -31,7 +31,7 @@ pub const FLOW_TOKEN: &str = "flow_token";
     ),
     paths(super::connections::proxy),
     modifiers(&SecuritySchemes),
-    components(schemas(ErrorBody, OAuthErrorBody)),
+    components(schemas(super::ErrorBody, super::OAuthErrorBody)),
     tags(
         (name = "link sessions", description = "Start a Link session for an end user"),
         (name = "links", description = "Link intents (app clip / hosted page)"),
@@ -46,30 +46,6 @@ pub const FLOW_TOKEN: &str = "flow_token";
 )]
 pub struct ApiDoc;
 
-/// The one error shape (`code` from the reason registry). Validation errors
-/// also carry `issues`.
-#[derive(ToSchema)]
-#[schema(as = Error)]
-#[allow(dead_code)] // describes the body `kernel::error::Error` renders
-pub struct ErrorBody {
-    /// A sentence for people; match on `code`, never on this.
-    error: String,
-    code: ErrorCode,
-    /// Each invalid field (only with `VALIDATION_FAILED`).
-    issues: Option<Vec<FieldIssue>>,
-}
-
-/// One invalid field.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct FieldIssue {
-    /// JSON path of the field (`operations[1].arguments.cvv`), `""` for the
-    /// whole body.
-    path: String,
-    /// What is wrong with it; never repeats the value.
-    message: String,
-}
-
 /// The machine-readable reason; the README's error table says what each means.
 pub struct ErrorCode;
 
@@ -77,26 +53,16 @@ impl PartialSchema for ErrorCode {
     fn schema() -> RefOr<Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some(
-                "The gRPC `google.rpc.ErrorInfo.reason` of the same error.",
-            ))
+            .description(Some(Reason::ALL.iter().fold(
+                "The gRPC `google.rpc.ErrorInfo.reason` of the same error:\n".to_string(),
+                |text, r| format!("{text}\n- `{}`: {}", r.as_str(), r.description()),
+            )))
             .enum_values(Some(Reason::ALL.iter().map(|r| r.as_str())))
             .into()
     }
 }
 
 impl ToSchema for ErrorCode {}
-
-/// An RFC 6749 §5.2 error of the token endpoint.
-#[derive(ToSchema)]
-#[schema(as = OAuthError)]
-#[allow(dead_code)]
-pub struct OAuthErrorBody {
-    /// `invalid_request`, `invalid_client`, `invalid_grant`,
-    /// `unauthorized_client`, `unsupported_grant_type` or `invalid_scope`.
-    error: String,
-    error_description: Option<String>,
-}
 
 struct SecuritySchemes;
 
