@@ -33,6 +33,7 @@
       success: 'Connected. Returning to the app…',
       cancelled: 'Cancelled. Returning to the app…',
       failed: 'Something went wrong. Returning to the app…',
+      returning: 'Returning to the app…',
       finished: 'This session has already been used. Start again from the app.',
       expired: 'This session has expired. Start again from the app.',
       invalid: 'This link is not valid. Start again from the app.',
@@ -80,6 +81,7 @@
       success: 'Compte connecté. Retour à l’application…',
       cancelled: 'Annulé. Retour à l’application…',
       failed: 'Une erreur est survenue. Retour à l’application…',
+      returning: 'Retour à l’application…',
       finished: 'Cette session a déjà été utilisée. Recommencez depuis l’application.',
       expired: 'Cette session a expiré. Recommencez depuis l’application.',
       invalid: 'Ce lien n’est pas valide. Recommencez depuis l’application.',
@@ -440,7 +442,8 @@
     const text = flow.outcome === 'success' ? t.success
       : flow.outcome === 'cancelled' ? t.cancelled
         : flow.errorCode === 'session_expired' ? t.expired
-          : `${errorText(flow.errorCode)} ${t.failed}`;
+          // A known reason says what happened; only an unexplained failure says "something went wrong".
+          : flow.errorCode ? `${errorText(flow.errorCode)} ${t.returning}` : t.failed;
     message(text);
     const result = flow.outcome === 'success'
       ? { type: 'success', connectionId: flow.connectionId, linkId: flow.linkId, clientReferenceId: flow.clientReferenceId }

@@ -863,9 +863,7 @@ async fn a_provider_error_shows_its_message_and_returns_with_its_code() {
     browser
         .screen(
             "locked",
-            &[
-                                "This account is locked at the provider. Something went wrong. Returning to the app…",
-            ],
+            &["This account is locked at the provider. Returning to the app…"],
         )
         .await;
     let landed = browser.landed_on(&site.callback()).await;
