@@ -643,6 +643,9 @@ impl Flows {
         token: Option<&SecretString>,
         req: pb::CancelFlowRequest,
     ) -> Result<pb::Flow> {
+        // Who asks comes first: an unauthenticated call is told so, not
+        // what is wrong with its step.
+        let flow = self.load_flow(token).await?;
         let step = FlowStep::from_proto(req.step())
             .filter(|step| CANCELLABLE_STEPS.contains(step))
             .ok_or_else(|| {
@@ -651,7 +654,7 @@ impl Flows {
                     "must be the current step: pre-login, authorization, login or 2fa",
                 )
             })?;
-        let flow = self.flow_at(token, step).await?;
+        self.check_open_at(&flow, step).await?;
         if !self.finish(&flow, Finish::Cancelled(step)).await? {
             // It moved on meanwhile (a login succeeded, or it finished):
             // say so, as if this request had come a moment later.

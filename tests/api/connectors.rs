@@ -3,7 +3,8 @@
 //! the provider website it logs in to, each its own process on its own
 //! port.
 
-use crate::helpers::{TestApp, TestTenant, ensure_grpc_tools, python, spawn_app_with};
+use crate::helpers::{TestApp, TestTenant, spawn_app_with};
+use crate::python_env::python;
 use crate::sessions::get_connection;
 use linkd::kernel::tenant::Environment;
 use linkd::ops::config::{ConnectorEndpoints, Names};
@@ -35,7 +36,7 @@ async fn start(mut command: Command) -> (Child, String) {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3 is installed");
+        .expect("the program starts");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     tokio::time::timeout(
@@ -51,9 +52,8 @@ async fn start(mut command: Command) -> (Child, String) {
 impl ExampleConnector {
     pub async fn start() -> Self {
         crate::helpers::install_crypto();
-        tokio::task::spawn_blocking(ensure_grpc_tools)
-            .await
-            .unwrap();
+        // Made (once) off the runtime: it may take a minute.
+        tokio::task::spawn_blocking(python).await.unwrap();
         let stubs = tempfile::tempdir().unwrap();
         // What the example's README tells a team to run.
         let generated = python()
@@ -69,8 +69,7 @@ impl ExampleConnector {
             "{}",
             String::from_utf8_lossy(&generated.stderr)
         );
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut site = Command::new(&python);
+        let mut site = Command::from(python());
         site.arg(format!("{EXAMPLE}/provider_site.py"))
             .args(["--port", "0"]);
         let (site, line) = start(site).await;
@@ -96,8 +95,7 @@ impl ExampleConnector {
 
     /// Starts the connector with more arguments (`--token T`).
     pub async fn start_connector_with(&mut self, extra: &[&str]) {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut connector = Command::new(python);
+        let mut connector = Command::from(python());
         connector
             .arg(format!("{EXAMPLE}/connector.py"))
             .args(["--port", &self.port.to_string(), "--site", &self.site_url])

@@ -326,6 +326,16 @@ async fn cancelling_and_flow_authentication() {
 
     let anonymous = app.http.get(app.url("/v1/flow")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // Who asks is checked before what they ask: no token and a bad step is
+    // a 401, not a lesson in steps.
+    let anonymous_cancel = app
+        .http
+        .post(app.url("/v1/flow/cancel"))
+        .json(&json!({ "step": "nope" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_cancel.status(), StatusCode::UNAUTHORIZED);
     let api_key_is_not_a_flow_token = app
         .http
         .get(app.url("/v1/flow"))

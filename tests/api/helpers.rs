@@ -682,30 +682,3 @@ impl<'a> Page<'a> {
             .await
     }
 }
-
-pub fn python() -> std::process::Command {
-    std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-}
-
-/// grpcio-tools, grpcio-health-checking and grpcio-status, installed with pip when
-/// missing (once per test run), so a bare `cargo test` needs nothing more.
-pub fn ensure_grpc_tools() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let present = python()
-            .args(["-c", "import grpc_tools, grpc_health, grpc_status"])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !present {
-            let installed = python()
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(["grpcio-tools", "grpcio-health-checking", "grpcio-status"])
-                .status()
-                .expect("python3 is installed");
-            assert!(
-                installed.success(),
-                "installing grpcio-tools failed: run `pip install grpcio-tools grpcio-health-checking grpcio-status`"
-            );
-        }
-    });
-}

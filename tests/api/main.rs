@@ -24,6 +24,7 @@ mod polyglot;
 mod process;
 mod provider_oauth;
 mod providers;
+mod python_env;
 mod replicas;
 mod sessions;
 mod surface;

@@ -274,6 +274,10 @@ async fn authorize_answers_the_documented_302_and_400_shapes() {
         assert!(response.headers().get("location").is_none());
         assert_eq!(response.json::<Value>().await.unwrap(), expected);
     }
+    // Unknown parameters are ignored, even repeated (RFC 6749 §3.1).
+    let response = authorize(&app, &with(&[("utm", "a"), ("utm", "b")])).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+
     let long_tag = "t".repeat(256);
     let response = authorize(
         &app,

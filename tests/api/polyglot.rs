@@ -1,14 +1,12 @@
 use crate::helpers::spawn_app;
-use crate::helpers::{ensure_grpc_tools, python};
+use crate::python_env::python;
 use linkd::kernel::tenant::Environment;
 
 /// Python stubs generated from `proto/` call the server like a client team in
 /// another language would.
 #[tokio::test]
 async fn python_stubs_generated_from_the_protos_call_the_server() {
-    tokio::task::spawn_blocking(ensure_grpc_tools)
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(python).await.unwrap();
     let app = spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
     let stubs = tempfile::tempdir().unwrap();
@@ -28,10 +26,10 @@ async fn python_stubs_generated_from_the_protos_call_the_server() {
             "proto/linkd/v1/flow.proto",
         ])
         .output()
-        .expect("python3 is installed");
+        .unwrap();
     assert!(
         generated.status.success(),
-        "grpcio-tools failed (install with `pip install grpcio-tools grpcio-health-checking`): {}",
+        "grpcio-tools failed: {}",
         String::from_utf8_lossy(&generated.stderr)
     );
 

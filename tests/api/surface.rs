@@ -1,4 +1,5 @@
 use crate::helpers::{spawn_app, with_key};
+use crate::python_env::python_tool;
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use reqwest::StatusCode;
@@ -113,6 +114,109 @@ async fn unknown_routes_and_methods_get_clear_answers() {
     let body: serde_json::Value = wrong_method.json().await.unwrap();
     assert_eq!(body["code"], "METHOD_NOT_ALLOWED", "{body}");
     assert!(body["error"].as_str().unwrap().contains("Allow"), "{body}");
+
+    // The proxy forwards the methods providers take, no others.
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let trace = app
+        .http
+        .request(
+            reqwest::Method::TRACE,
+            app.url("/v2/connections/conn_x/proxy/accounts"),
+        )
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trace.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allowed = trace.headers()["allow"].to_str().unwrap().to_string();
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        assert!(allowed.split(',').any(|m| m == method), "{allowed}");
+    }
+    assert_eq!(
+        trace.json::<serde_json::Value>().await.unwrap()["code"],
+        "METHOD_NOT_ALLOWED"
+    );
+
+    // A form of another media type is refused in the one error shape.
+    let not_a_form = app
+        .http
+        .post(app.url("/v3/oauth/resume"))
+        .header("content-type", "text/plain")
+        .body("REF=lft_x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_a_form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        not_a_form.json::<serde_json::Value>().await.unwrap()["code"],
+        "UNSUPPORTED_MEDIA_TYPE"
+    );
+}
+
+/// schemathesis (PyPI) generates requests from the served OpenAPI document
+/// and sends them to a live linkd: no answer may be a 5xx, or break the
+/// document (status, media type, headers, schema), or take a method or skip
+/// authentication the document does not allow. The one check left out,
+/// `positive_data_acceptance`, expects every schema-valid request to
+/// succeed, which needs input constraints (id patterns, formats) the
+/// document does not carry yet.
+#[tokio::test]
+async fn schemathesis_finds_nothing_against_the_served_document() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let document = app.url("/openapi.json");
+    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis");
+    let auth = format!("Authorization: Bearer {}", tenant.key);
+    let out = tokio::task::spawn_blocking(move || {
+        python_tool("schemathesis")
+            .arg("--config-file")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/schemathesis.toml"
+            ))
+            .args(["run", &document, "-H", &auth])
+            .args([
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+            ])
+            // The same cases on every run, so a failure here reproduces.
+            .args(["--seed", "1", "--max-examples", "25", "--no-color"])
+            .arg("--report-dir")
+            .arg(&report)
+            .output()
+            .expect("schemathesis runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really ran every operation (but the document's own, which
+    // schemathesis leaves out).
+    let operations = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| *path != "/openapi.json")
+        .map(|(_, item)| item.as_object().unwrap().len())
+        .sum::<usize>();
+    assert!(
+        stdout.contains(&format!("Tested: {operations}")),
+        "expected {operations} operations tested:\n{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use super::RestState;
 use super::body::read_object;
 use crate::auth::presented_key;
-use crate::flows::{CANCELLABLE_STEPS, FlowStep, flow_step, step_name};
+use crate::flows::{flow_step, step_name};
 use crate::kernel::error::Error;
 use crate::pb;
 use axum::Json;
@@ -137,12 +137,6 @@ pub(super) async fn cancel(
     let step = read_object(&headers, &body, &["step"], |f| {
         flow_step(&f.string("step").unwrap_or_default())
     })?;
-    if !FlowStep::from_proto(step).is_some_and(|step| CANCELLABLE_STEPS.contains(&step)) {
-        return Err(Error::invalid(
-            "step",
-            "must be pre-login, authorization, login or 2fa",
-        ));
-    }
     let flow = state
         .api
         .flows

@@ -53,8 +53,8 @@ pub struct ErrorBody {
 pub struct OAuthErrorBody {
     /// `invalid_request`, `invalid_client`, `invalid_grant`,
     /// `unauthorized_client`, `unsupported_grant_type` or `invalid_scope`.
-    error: &'static str,
-    error_description: String,
+    pub(super) error: &'static str,
+    pub(super) error_description: String,
 }
 
 impl IntoResponse for Error {
@@ -107,7 +107,8 @@ impl IntoResponse for Error {
 pub(crate) struct ProviderAnswer;
 
 /// Axum and tower-http refuse some requests themselves (a method the path
-/// lacks, a body over the limit, a path or query that does not parse) with a
+/// lacks, a body over the limit, a form of another media type, a path or
+/// query that does not parse) with a
 /// bare text body; this gives those answers the one error shape. The text is
 /// not passed on: it can quote what the caller sent.
 async fn refusals_as_json(response: Response) -> Response {
@@ -120,6 +121,11 @@ async fn refusals_as_json(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => ErrorBody {
             error: "the body is larger than this server accepts (LINKD_MAX_REQUEST_BYTES)".into(),
             code: Reason::PayloadTooLarge.as_str(),
+            issues: None,
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorBody {
+            error: "the body's Content-Type is not one this endpoint reads".into(),
+            code: Reason::UnsupportedMediaType.as_str(),
             issues: None,
         },
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorBody {
@@ -449,19 +455,27 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document
 }
 
+/// The proxy's route: the methods it forwards to providers.
+fn proxied_methods() -> axum::routing::MethodRouter<RestState> {
+    let forwarded = crate::provider_oauth::api::METHODS
+        .iter()
+        .map(|m| axum::routing::MethodFilter::try_from(m.clone()).expect("a standard method"))
+        .reduce(axum::routing::MethodFilter::or)
+        .expect("the proxy forwards some method");
+    axum::routing::on(forwarded, connections::proxy)
+}
+
 /// Every REST route; bodies over `max_body_bytes` are refused with 413.
 pub fn router(state: RestState, max_body_bytes: usize) -> Router {
     let (router, _) = documented_routes().split_for_parts();
     router
-        // The proxy takes every method and any path below it; OpenAPI has
-        // no such template, so `ApiDoc` lists it as `…/proxy/{path}`.
-        .route(
-            "/v2/connections/{connection_id}/proxy",
-            axum::routing::any(connections::proxy),
-        )
+        // The proxy takes the methods it forwards and any path below it;
+        // OpenAPI has no such template, so `ApiDoc` lists it as
+        // `…/proxy/{path}`. Another method is a 405 with `Allow`.
+        .route("/v2/connections/{connection_id}/proxy", proxied_methods())
         .route(
             "/v2/connections/{connection_id}/proxy/{*path}",
-            axum::routing::any(connections::proxy),
+            proxied_methods(),
         )
         .layer(axum::middleware::from_fn(gate_query))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(

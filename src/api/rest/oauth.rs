@@ -11,8 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use secrecy::SecretString;
-use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 
 /// Escapes text for HTML element content and quoted attribute values.
 fn escape(text: &str) -> String {
@@ -30,17 +31,47 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// Query or form pairs by name; a repeated parameter is an error (RFC 6749
-/// §3.1: parameters must not be included more than once).
-fn single_values(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, String> {
+/// The `known` parameters of a query or form by name. A repeated known
+/// parameter is an error (RFC 6749 §3.1: parameters must not be included
+/// more than once); unknown ones are ignored, repeated or not, as the same
+/// section says a server must.
+fn single_values(
+    pairs: Vec<(String, String)>,
+    known: &[&str],
+) -> Result<HashMap<String, String>, String> {
     let mut values = HashMap::new();
     for (name, value) in pairs {
-        if values.insert(name.clone(), value).is_some() {
+        if known.contains(&name.as_str()) && values.insert(name.clone(), value).is_some() {
             return Err(name);
         }
     }
     Ok(values)
 }
+
+/// The query parameters `GET /v3/oauth/authorize` reads.
+const AUTHORIZE_PARAMETERS: &[&str] = &[
+    "client_id",
+    "response_type",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "institution_id",
+    "lang",
+    "tag",
+    "recipientId",
+];
+
+/// The form fields `POST /v3/oauth/token` reads.
+const TOKEN_PARAMETERS: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "client_id",
+    "client_secret",
+    "code_verifier",
+];
 
 fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
@@ -62,16 +93,30 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 /// `400 {"<parameter>": ["message", …]}`, the documented shape.
 fn parameter_errors(violations: &[crate::kernel::error::FieldViolation]) -> Response {
-    let mut body = Map::new();
+    let mut messages = BTreeMap::<String, Vec<String>>::new();
     for violation in violations {
-        body.entry(violation.path.clone())
-            .or_insert_with(|| Value::Array(Vec::new()))
-            .as_array_mut()
-            .expect("array")
-            .push(json!(violation.message));
+        messages
+            .entry(violation.path.clone())
+            .or_default()
+            .push(violation.message.clone());
     }
-    no_store((StatusCode::BAD_REQUEST, Json(Value::Object(body))).into_response())
+    let body = AuthorizeRefusal::Parameters(ParameterErrors(messages));
+    no_store((StatusCode::BAD_REQUEST, Json(body)).into_response())
 }
+
+/// The JSON `400` of the authorize endpoint: the documented per-parameter
+/// messages, or (for `Accept: application/json`) the OAuth error an
+/// untrusted client or redirect URI gets instead of the error page.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum AuthorizeRefusal {
+    Parameters(ParameterErrors),
+    Client(super::OAuthErrorBody),
+}
+
+/// `{"<parameter>": ["message", …]}`: what is wrong with each parameter.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ParameterErrors(BTreeMap<String, Vec<String>>);
 
 /// The end user's error page for an untrusted client or redirect URI, in
 /// the request's language and the Link page's styles (same card, same
@@ -86,7 +131,10 @@ fn error_page(headers: &HeaderMap, parameter: &str, message: &str, lang: &str) -
         return no_store(
             (
                 StatusCode::BAD_REQUEST,
-                Json(json!({ "error": error, "error_description": message })),
+                Json(AuthorizeRefusal::Client(super::OAuthErrorBody {
+                    error,
+                    error_description: message.to_string(),
+                })),
             )
                 .into_response(),
         );
@@ -169,13 +217,26 @@ fn redirect_form(resume: &str, fields: &[(&str, &str)]) -> String {
     )
 }
 
-#[utoipa::path(get, operation_id = "Authorize", path = "/v3/oauth/authorize", tag = "oauth", params(("response_type" = String, Query), ("client_id" = String, Query), ("redirect_uri" = String, Query), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = Option<String>, Query), ("code_challenge_method" = Option<String>, Query)), responses((status = 302, description = "to the Link page, or back to the client with an error"), (status = 400, content_type = "text/html", description = "an error page (never a redirect) when the client or redirect URI is not trusted")))]
+#[utoipa::path(get, operation_id = "Authorize", path = "/v3/oauth/authorize", tag = "oauth", params(
+    ("response_type" = String, Query, description = "`code`; another value (or none) goes back to the redirect URI as `error=unsupported_response_type` / `invalid_request`"),
+    ("client_id" = String, Query, description = "the client app's id (`app_…`); unknown or missing gives the error page, never a redirect"),
+    ("redirect_uri" = Option<String>, Query, description = "one of the app's registered redirect URIs; may be left out when it registered exactly one"),
+    ("scope" = Option<String>, Query, description = "space-separated scopes"),
+    ("state" = Option<String>, Query, description = "returned byte for byte on the redirect"),
+    ("code_challenge" = Option<String>, Query, description = "PKCE (RFC 7636) challenge"),
+    ("code_challenge_method" = Option<String>, Query, description = "`S256` (`plain` is refused)"),
+    ("institution_id" = Option<String>, Query, description = "an integration id: skips the provider choice"),
+    ("lang" = Option<String>, Query, description = "`en` (the default) or `fr`"),
+    ("tag" = Option<String>, Query, description = "your name for this request, for tracking"),
+    ("recipientId" = Option<String>, Query, description = "the data recipient, when the app has several"),
+    ("Accept" = Option<String>, Header, description = "`application/json` turns the error page into a JSON OAuth error"),
+), responses((status = 302, description = "to the Link page, or back to the client with an error"), (status = 400, description = "a parameter is invalid or repeated (per-parameter messages), or the client or redirect URI is not trusted: then an error page, never a redirect (the OAuth error as JSON for `Accept: application/json`)", content((super::openapi::AuthorizeBadRequest = "application/json"), (String = "text/html")))))]
 pub(super) async fn authorize(
     State(state): State<RestState>,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let mut params = match single_values(pairs) {
+    let mut params = match single_values(pairs, AUTHORIZE_PARAMETERS) {
         Ok(params) => params,
         Err(name) => {
             return parameter_errors(&[crate::kernel::error::FieldViolation {
@@ -332,7 +393,7 @@ pub(super) async fn token(
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     crate::api::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|err| Error::oauth("invalid_request", err.to_string()))?;
-    let mut form = single_values(pairs)
+    let mut form = single_values(pairs, TOKEN_PARAMETERS)
         .map_err(|name| Error::oauth("invalid_request", format!("{name} must not be repeated.")))?;
     let basic = basic_credentials(&headers)?;
     let mut take = |name: &str| form.remove(name);

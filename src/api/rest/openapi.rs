@@ -64,6 +64,41 @@ impl PartialSchema for ErrorCode {
 
 impl ToSchema for ErrorCode {}
 
+/// The authorize endpoint's JSON `400`: its own refusals, or the one error
+/// shape of a query the input gate refuses before the endpoint reads it.
+pub struct AuthorizeBadRequest;
+
+impl PartialSchema for AuthorizeBadRequest {
+    fn schema() -> RefOr<Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name(
+                <super::oauth::AuthorizeRefusal as ToSchema>::name(),
+            ))
+            .item(utoipa::openapi::Ref::from_schema_name(
+                <super::ErrorBody as ToSchema>::name(),
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for AuthorizeBadRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        for (name, schema) in [
+            (
+                <super::oauth::AuthorizeRefusal as ToSchema>::name(),
+                <super::oauth::AuthorizeRefusal as PartialSchema>::schema(),
+            ),
+            (
+                <super::ErrorBody as ToSchema>::name(),
+                <super::ErrorBody as PartialSchema>::schema(),
+            ),
+        ] {
+            schemas.push((name.into_owned(), schema));
+        }
+        <super::oauth::AuthorizeRefusal as ToSchema>::schemas(schemas);
+    }
+}
+
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
