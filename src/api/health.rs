@@ -18,6 +18,9 @@ pub struct Health {
     /// server as a whole).
     services: Arc<Vec<&'static str>>,
     database_up: Arc<AtomicBool>,
+    /// The probe's last ping failed (false until a probe says so, so the
+    /// first requests after start are not refused before it has run).
+    database_down: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 }
 
@@ -27,6 +30,7 @@ impl Health {
             reporter,
             services: Arc::new(services),
             database_up: Arc::new(AtomicBool::new(false)),
+            database_down: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -48,6 +52,7 @@ impl Health {
 
     pub async fn set_database_up(&self, up: bool) {
         let was = self.database_up.swap(up, Ordering::SeqCst);
+        self.database_down.store(!up, Ordering::SeqCst);
         if was != up {
             if up {
                 tracing::info!("database reachable; serving");
@@ -56,6 +61,31 @@ impl Health {
             }
         }
         self.publish().await;
+    }
+
+    /// Refuses API calls at once with `UNAVAILABLE` / `503` while the probe
+    /// finds the database down, instead of letting each wait out the pool's
+    /// acquire timeout (and pile up behind it). Health, readiness, metrics,
+    /// the OpenAPI document and the Link page's static files still answer.
+    /// Calls resume at the probe's next successful ping
+    /// (`LINKD_HEALTH_CHECK_INTERVAL`).
+    pub async fn fail_fast_while_database_down(
+        axum::extract::State(health): axum::extract::State<Health>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        if !health.database_down.load(Ordering::SeqCst) || !needs_database(request.uri().path()) {
+            return next.run(request).await;
+        }
+        let refused = crate::kernel::error::Error::Unavailable(anyhow::anyhow!(
+            "refused without trying: the database probe finds it down"
+        ));
+        if request.uri().path().starts_with("/linkd.") {
+            tonic::Status::from(refused).into_http()
+        } else {
+            refused.into_response()
+        }
     }
 
     /// First step of shutdown: report `NOT_SERVING` for good.
@@ -85,4 +115,13 @@ impl Health {
             }
         })
     }
+}
+
+/// Whether a request path reaches the database: linkd's gRPC services and
+/// the REST API (the brand logo is stored too), not health, reflection,
+/// `/metrics`, `/openapi.json` or the Link page's files.
+fn needs_database(path: &str) -> bool {
+    ["/linkd.", "/v1/", "/v2/", "/v3/", "/link/brand/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }

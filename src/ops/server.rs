@@ -133,6 +133,10 @@ impl Server {
             ))
             .merge(crate::api::web::router())
             .fallback(fallback)
+            .layer(axum::middleware::from_fn_with_state(
+                health.clone(),
+                Health::fail_fast_while_database_down,
+            ))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(crate::ops::telemetry::request_span)

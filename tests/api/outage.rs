@@ -158,3 +158,78 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
         .unwrap();
     assert_eq!(links, 1);
 }
+
+/// Once readiness reports the database down, calls that need it are
+/// refused at once with UNAVAILABLE / 503 rather than each waiting out a
+/// (here long) pool acquire timeout; health, readiness and metrics still
+/// answer; calls succeed again when the database returns.
+#[tokio::test]
+async fn calls_fail_fast_while_readiness_says_the_database_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pg");
+    let cluster = start_cluster(root.clone()).await;
+    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
+        .await
+        .unwrap();
+    let url = cluster.url("linkd");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    linkd::kernel::db::migrate(&pool).await.unwrap();
+    pool.close().await;
+
+    let acquire_timeout = Duration::from_secs(60);
+    let app = spawn_app_on(&url, acquire_timeout).await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let channel = app.channel().await;
+    let mut grpc = ClientAppServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    app.wait_for_readiness(false).await;
+
+    // Far inside the acquire timeout: the call is not waiting on the pool.
+    let within = Duration::from_secs(10);
+    let status = tokio::time::timeout(
+        within,
+        grpc.list_client_apps(with_key(ListClientAppsRequest {}, &tenant.key)),
+    )
+    .await
+    .expect("refused at once, not after the acquire timeout")
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let reason = tonic_types::StatusExt::get_error_details(&status)
+        .error_info()
+        .map(|info| info.reason.clone());
+    assert_eq!(reason.as_deref(), Some("UNAVAILABLE"));
+    let rest = tokio::time::timeout(within, app.get("/v1/client-apps", &tenant.key))
+        .await
+        .expect("refused at once");
+    assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        rest.json::<serde_json::Value>().await.unwrap()["code"],
+        "UNAVAILABLE"
+    );
+
+    // What does not need the database still answers.
+    let alive = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK);
+    let checked = health
+        .check(HealthCheckRequest {
+            service: "linkd.v1.ClientAppService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(checked.into_inner().status(), ServingStatus::NotServing);
+    assert!(app.metrics().await.contains("linkd_build_info"));
+
+    let _cluster = start_cluster(root).await;
+    app.wait_for_readiness(true).await;
+    let apps = grpc
+        .list_client_apps(with_key(ListClientAppsRequest {}, &tenant.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_apps;
+    assert_eq!(apps.len(), 1);
+}
