@@ -17,6 +17,19 @@ async fn start_cluster(root: std::path::PathBuf) -> LocalPostgres {
         .unwrap()
 }
 
+/// A cluster of its own under `root` with a migrated `linkd` database: its
+/// URL and a pool on it.
+async fn migrated_cluster(root: std::path::PathBuf) -> (LocalPostgres, String, sqlx::PgPool) {
+    let cluster = start_cluster(root).await;
+    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
+        .await
+        .unwrap();
+    let url = cluster.url("linkd");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    linkd::kernel::db::migrate(&pool).await.unwrap();
+    (cluster, url, pool)
+}
+
 /// Stops the database under a running server: calls fail fast with
 /// UNAVAILABLE / 503, health goes NOT_SERVING, and everything recovers when
 /// the database returns, without a restart.
@@ -24,13 +37,7 @@ async fn start_cluster(root: std::path::PathBuf) -> LocalPostgres {
 async fn database_outage_is_unavailable_then_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
-    let cluster = start_cluster(root.clone()).await;
-    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
-        .await
-        .unwrap();
-    let url = cluster.url("linkd");
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    linkd::kernel::db::migrate(&pool).await.unwrap();
+    let (cluster, url, pool) = migrated_cluster(root.clone()).await;
     pool.close().await;
 
     // Short enough to show the outage promptly, long enough for a fresh
@@ -102,13 +109,7 @@ async fn database_outage_is_unavailable_then_recovers_without_restart() {
 async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
-    let cluster = start_cluster(root.clone()).await;
-    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
-        .await
-        .unwrap();
-    let url = cluster.url("linkd");
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    linkd::kernel::db::migrate(&pool).await.unwrap();
+    let (cluster, url, pool) = migrated_cluster(root.clone()).await;
 
     // Short enough to show the outage promptly, long enough for a fresh
     // cluster's first connections on a busy machine.
@@ -167,13 +168,7 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
 async fn calls_fail_fast_while_readiness_says_the_database_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
-    let cluster = start_cluster(root.clone()).await;
-    linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
-        .await
-        .unwrap();
-    let url = cluster.url("linkd");
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    linkd::kernel::db::migrate(&pool).await.unwrap();
+    let (cluster, url, pool) = migrated_cluster(root.clone()).await;
     pool.close().await;
 
     let acquire_timeout = Duration::from_secs(60);
