@@ -169,6 +169,8 @@ async fn schemathesis_finds_nothing_against_the_served_document() {
     let auth = format!("Authorization: Bearer {}", tenant.key);
     let out = tokio::task::spawn_blocking(move || {
         python_tool("schemathesis")
+            // Its cache (`.schemathesis/`) goes under target/, not the tree.
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .arg("--config-file")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -284,6 +286,103 @@ async fn metrics_carry_the_build_and_the_database_pool() {
     assert!(
         (1..=10).contains(&open),
         "the readiness probe opened some: {exposition}"
+    );
+}
+
+/// Every API call is counted by surface, service, method and code, with its
+/// latency; labels are route templates, never raw paths or unknown names.
+#[tokio::test]
+async fn metrics_count_every_call_by_surface_method_and_code() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let mut apps = pb::client_app_service_client::ClientAppServiceClient::new(app.channel().await);
+    for _ in 0..2 {
+        apps.list_client_apps(with_key(pb::ListClientAppsRequest {}, &tenant.key))
+            .await
+            .unwrap();
+    }
+    let anonymous = apps
+        .list_client_apps(pb::ListClientAppsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    assert_eq!(
+        app.get("/v1/client-apps", &tenant.key).await.status(),
+        StatusCode::OK
+    );
+    for id in ["link_one", "link_two"] {
+        let missing = app.get(&format!("/v1/links/{id}"), &tenant.key).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+    let nowhere = app.get("/v1/no-such-route", &tenant.key).await;
+    assert_eq!(nowhere.status(), StatusCode::NOT_FOUND);
+    let _ = app.http.get(app.url("/healthz")).send().await.unwrap();
+
+    let exposition = app.metrics().await;
+    let value = |series: &str| -> Option<f64> {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    };
+    let grpc = r#"surface="grpc",service="linkd.v1.ClientAppService",method="ListClientApps""#;
+    assert_eq!(
+        value(&format!("linkd_requests_total{{{grpc},code=\"OK\"}}")),
+        Some(2.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(&format!(
+            "linkd_requests_total{{{grpc},code=\"UNAUTHENTICATED\"}}"
+        )),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(&format!("linkd_request_duration_seconds_count{{{grpc}}}")),
+        Some(3.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(
+            r#"linkd_requests_total{surface="rest",service="/v1/client-apps",method="GET",code="200"}"#
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    // Both ids are one series: the route's template.
+    assert_eq!(
+        value(
+            r#"linkd_requests_total{surface="rest",service="/v1/links/{link_id}",method="GET",code="404"}"#
+        ),
+        Some(2.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(
+            r#"linkd_requests_total{surface="rest",service="unmatched",method="GET",code="404"}"#
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert!(
+        !exposition.contains("link_one") && !exposition.contains("no-such-route"),
+        "{exposition}"
+    );
+    assert!(
+        !exposition.contains("/healthz"),
+        "probes are not API calls: {exposition}"
+    );
+    // Nothing is being served while /metrics answers.
+    assert_eq!(
+        value(r#"linkd_requests_in_flight{surface="grpc"}"#),
+        Some(0.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(r#"linkd_requests_in_flight{surface="rest"}"#),
+        Some(0.0),
+        "{exposition}"
     );
 }
 
