@@ -6,6 +6,7 @@
 pub mod gate;
 pub mod grpc;
 pub mod health;
+pub mod metrics;
 pub mod rest;
 pub mod services;
 pub mod web;

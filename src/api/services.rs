@@ -79,6 +79,8 @@ pub struct Services {
     catalog: Arc<Catalog>,
     /// Every metric series of this replica.
     metrics: Arc<prometheus_client::registry::Registry>,
+    /// The RED series of both surfaces, fed by their middleware.
+    pub requests: Arc<crate::api::metrics::RequestMetrics>,
 }
 
 impl Services {
@@ -121,6 +123,8 @@ impl Services {
                 .expect("public URL is a base")
         });
         let mut registry = prometheus_client::registry::Registry::with_prefix("linkd");
+        let requests = Arc::new(crate::api::metrics::RequestMetrics::default());
+        requests.register(&mut registry);
         let webhook_metrics = Arc::new(crate::webhooks::metrics::Metrics::default());
         webhook_metrics.register(&mut registry);
         connectors.metrics().register(&mut registry);
@@ -203,6 +207,7 @@ impl Services {
                 metrics: webhook_metrics,
             },
             metrics: Arc::new(registry),
+            requests,
             connectors,
             catalog,
             flows,

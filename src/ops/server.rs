@@ -137,6 +137,11 @@ impl Server {
                 health.clone(),
                 Health::fail_fast_while_database_down,
             ))
+            // Outside the fail-fast gate, so its refusals are counted too.
+            .layer(axum::middleware::from_fn_with_state(
+                api.requests.clone(),
+                crate::api::metrics::RequestMetrics::record,
+            ))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(crate::ops::telemetry::request_span)
