@@ -85,6 +85,17 @@ async fn template() -> &'static str {
         .await
 }
 
+/// A new database without linkd's schema, for tests of migrating; returns
+/// its URL.
+pub async fn empty_database() -> String {
+    let name = format!("linkd_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin_connection().await)
+        .await
+        .unwrap();
+    database_url(&name)
+}
+
 /// A new, migrated, empty database for one test; returns its URL.
 pub async fn fresh_database() -> String {
     let template = template().await;

@@ -7,6 +7,7 @@ mod browser;
 mod client_apps;
 mod connections;
 mod connectors;
+mod deploy;
 mod flow;
 mod flow_races;
 mod health;
