@@ -4,7 +4,7 @@
 //! `NOT_SERVING`, reachable again → `SERVING`, without a restart. Once
 //! shutdown starts the status stays `NOT_SERVING`.
 
-use sqlx::PgPool;
+use crate::kernel::db::Db;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -95,11 +95,7 @@ impl Health {
     }
 
     /// Probes the database every `interval` until the task is dropped.
-    pub fn spawn_database_probe(
-        &self,
-        db: PgPool,
-        interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_database_probe(&self, db: Db, interval: Duration) -> tokio::task::JoinHandle<()> {
         let health = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);

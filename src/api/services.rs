@@ -12,13 +12,13 @@ use crate::events::Events;
 use crate::flows::{FlowSettings, Flows};
 use crate::idempotency::Idempotency;
 use crate::kernel::crypto::Cipher;
+use crate::kernel::db::Db;
 use crate::links::Links;
 use crate::links::flow::LinkFlow;
 use crate::oauth::{OAuth, OAuthSettings};
 use crate::provider_oauth::ProviderOAuth;
 use crate::sessions::{SessionFlow, Sessions};
 use crate::webhooks::{Deliveries, WebhookSettings};
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -61,7 +61,7 @@ pub struct ConnectorSettings {
 /// Every service of a replica; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Services {
-    db: PgPool,
+    db: Db,
     pub auth: Authenticator,
     pub client_apps: ClientApps,
     pub links: Links,
@@ -104,12 +104,12 @@ impl Services {
     }
 
     /// The database every service uses.
-    pub fn db(&self) -> &PgPool {
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
     pub fn new(
-        db: PgPool,
+        db: Db,
         catalog: Arc<Catalog>,
         connectors: Connectors,
         provider_oauth: ProviderOAuth,
@@ -130,7 +130,7 @@ impl Services {
         connectors.metrics().register(&mut registry);
         provider_oauth.metrics().register(&mut registry);
         registry.register_collector(Box::new(crate::kernel::db::PoolCollector {
-            pool: db.clone(),
+            pool: db.pool().clone(),
         }));
         let build_info = prometheus_client::metrics::family::Family::<
             Vec<(&'static str, &'static str)>,

@@ -11,8 +11,9 @@ use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{ApiKeyId, ConnectionId, random_hex, random_token, token_hash};
 use crate::kernel::tenant::{Environment, Tenant};
 
+use crate::kernel::db::Db;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -130,14 +131,14 @@ impl KeyCache {
 /// one verified within the cache's lifetime without it.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    db: PgPool,
+    db: Db,
     cache: std::sync::Arc<KeyCache>,
 }
 
 impl Authenticator {
     /// `cache_ttl`: how long a verified key is trusted without the database
     /// (zero: never).
-    pub fn new(db: PgPool, cache_ttl: Duration) -> Self {
+    pub fn new(db: Db, cache_ttl: Duration) -> Self {
         Authenticator {
             db,
             cache: std::sync::Arc::new(KeyCache::new(cache_ttl)),
@@ -152,7 +153,7 @@ impl Authenticator {
 
 /// Resolves a presented key to its tenant, from `cache` when it was
 /// verified within the cache's lifetime.
-async fn authenticate(db: &PgPool, cache: &KeyCache, key: Option<&SecretString>) -> Result<Caller> {
+async fn authenticate(db: &Db, cache: &KeyCache, key: Option<&SecretString>) -> Result<Caller> {
     let key = key.ok_or(Error::Unauthenticated)?;
     let whole_key_hash = token_hash(key.expose_secret());
     if let Some(caller) = cache.get(&whole_key_hash) {
@@ -164,7 +165,7 @@ async fn authenticate(db: &PgPool, cache: &KeyCache, key: Option<&SecretString>)
 }
 
 /// Checks a presented key against the database.
-async fn verify(db: &PgPool, key: &SecretString) -> Result<Caller> {
+async fn verify(db: &Db, key: &SecretString) -> Result<Caller> {
     let parsed = parse_key(key.expose_secret()).ok_or(Error::Unauthenticated)?;
     let row = store::find_api_key(db, parsed.lookup_id).await?;
     let presented_hash = token_hash(parsed.secret);

@@ -1,10 +1,11 @@
 //! API keys: stored by lookup id with the hash of their secret.
 
+use crate::kernel::db::Db;
 use crate::kernel::error::Result;
 use crate::kernel::ids::{ApiKeyId, OrganizationId};
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
@@ -35,7 +36,7 @@ pub async fn insert_api_key(
     Ok(())
 }
 
-pub async fn find_api_key(db: &PgPool, lookup_id: &str) -> Result<Option<ApiKeyRow>> {
+pub async fn find_api_key(db: &Db, lookup_id: &str) -> Result<Option<ApiKeyRow>> {
     Ok(sqlx::query_as(
         "SELECT id, organization_id, environment, secret_hash, revoked_at FROM api_keys WHERE lookup_id = $1",
     )
@@ -45,7 +46,7 @@ pub async fn find_api_key(db: &PgPool, lookup_id: &str) -> Result<Option<ApiKeyR
 }
 
 /// Revokes a key; `false` when no unrevoked key has this id.
-pub async fn revoke_api_key(db: &PgPool, id: ApiKeyId) -> Result<bool> {
+pub async fn revoke_api_key(db: &Db, id: ApiKeyId) -> Result<bool> {
     let done =
         sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)

@@ -63,12 +63,12 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
 /// Client apps: create, read, rotate their secrets.
 #[derive(Debug, Clone)]
 pub struct ClientApps {
-    db: sqlx::PgPool,
+    db: crate::kernel::db::Db,
     cipher: crate::kernel::crypto::Cipher,
 }
 
 impl ClientApps {
-    pub fn new(db: sqlx::PgPool, cipher: crate::kernel::crypto::Cipher) -> Self {
+    pub fn new(db: crate::kernel::db::Db, cipher: crate::kernel::crypto::Cipher) -> Self {
         ClientApps { db, cipher }
     }
 }

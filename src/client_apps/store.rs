@@ -1,11 +1,12 @@
 //! Organizations and their client apps.
 
 use crate::client_apps::rules::NewClientApp;
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientAppRow {
@@ -111,7 +112,7 @@ pub async fn list_client_apps(
 
 /// Every app, for operators; optionally of one organization.
 pub async fn list_all_client_apps(
-    db: &PgPool,
+    db: &Db,
     organization_id: Option<OrganizationId>,
 ) -> Result<Vec<ClientAppRow>> {
     Ok(sqlx::query_as(concat!(

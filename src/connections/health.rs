@@ -10,9 +10,9 @@ use super::access::REASON_SESSION_ENDED;
 use super::{Connections, connection_event_data, store};
 use crate::connectors::ConnectorError;
 use crate::events::outbox::{self, EventSubject};
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Precondition, Reason, Result};
 use serde_json::json;
-use sqlx::PgPool;
 use std::time::Duration;
 
 /// Connections checked per claim.
@@ -153,7 +153,7 @@ impl Connections {
 /// Sends `connection.expiring` once for each active connection whose
 /// session ends within `warning` (again after a reconnect); returns how
 /// many.
-pub async fn warn_expiring(db: &PgPool, warning: Duration, batch: i64) -> Result<usize> {
+pub async fn warn_expiring(db: &Db, warning: Duration, batch: i64) -> Result<usize> {
     let mut tx = db.begin().await?;
     let warned = store::warn_expiring(&mut tx, warning, batch).await?;
     for (tenant, row) in &warned {

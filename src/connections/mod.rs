@@ -21,8 +21,8 @@ pub mod proxy;
 pub mod store;
 pub mod tokens;
 
+use crate::kernel::db::Db;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use store::{ConnectionRow, ListFilter};
 
 /// Connections per page when `limit` is not given.
@@ -178,7 +178,7 @@ fn parse_connection_id(value: &str) -> Result<ConnectionId> {
 /// ConnectionService: what it reads and what deleting logs out.
 #[derive(Debug, Clone)]
 pub struct Connections {
-    db: PgPool,
+    db: Db,
     catalog: std::sync::Arc<crate::catalog::Catalog>,
     connectors: crate::connectors::Connectors,
     cipher: crate::kernel::crypto::Cipher,
@@ -193,7 +193,7 @@ pub struct Connections {
 impl Connections {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        db: PgPool,
+        db: Db,
         catalog: std::sync::Arc<crate::catalog::Catalog>,
         connectors: crate::connectors::Connectors,
         cipher: crate::kernel::crypto::Cipher,
@@ -391,7 +391,7 @@ fn login_context<'p>(
 /// Marks up to `batch` connections whose provider session has ended
 /// `expired`, each with its `connection.expired` event, in one transaction.
 /// Safe in several replicas at once (rows are claimed with SKIP LOCKED).
-pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<usize> {
+pub async fn expire_sessions(db: &Db, batch: i64) -> Result<usize> {
     let mut tx = db.begin().await?;
     let expired = store::expire_due(&mut tx, batch).await?;
     for (tenant, row) in &expired {

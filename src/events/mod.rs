@@ -100,11 +100,11 @@ fn optional_id<Id: PublicId>(v: &mut Violations, path: &str, value: &Option<Stri
 /// EventService: the outbox as clients read it, and redeliveries.
 #[derive(Debug, Clone)]
 pub struct Events {
-    db: sqlx::PgPool,
+    db: crate::kernel::db::Db,
 }
 
 impl Events {
-    pub fn new(db: sqlx::PgPool) -> Self {
+    pub fn new(db: crate::kernel::db::Db) -> Self {
         Events { db }
     }
 }

@@ -1,12 +1,12 @@
 //! The event outbox: the reads and redeliveries of the events API, and
 //! retention.
 
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{ConnectionId, EventId, LinkId};
 use crate::kernel::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
 use sqlx::types::Json;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ pub async fn insert(
 /// Removes up to `batch` events that are done (delivered, failed or
 /// skipped) and older than `retention`, with their attempts; returns how
 /// many. Safe in several replicas at once.
-pub async fn prune_finished(db: &PgPool, retention: Duration, batch: i64) -> Result<u64> {
+pub async fn prune_finished(db: &Db, retention: Duration, batch: i64) -> Result<u64> {
     let pruned = sqlx::query(
         "DELETE FROM events WHERE id IN (
              SELECT id FROM events
@@ -99,7 +99,7 @@ pub struct EventFilter {
 
 /// Newest first; keyset on (created_at, id); `limit + 1` rows.
 pub async fn list(
-    db: &PgPool,
+    db: &Db,
     tenant: Tenant,
     filter: &EventFilter,
     after: Option<(DateTime<Utc>, EventId)>,
@@ -143,7 +143,7 @@ pub async fn list(
     Ok(q.build_query_as().fetch_all(db).await?)
 }
 
-pub async fn get(db: &PgPool, tenant: Tenant, id: EventId) -> Result<(EventRow, Vec<AttemptRow>)> {
+pub async fn get(db: &Db, tenant: Tenant, id: EventId) -> Result<(EventRow, Vec<AttemptRow>)> {
     // One snapshot for both reads: a delivery finishing in between must not
     // show its attempt next to the event as it was before (still leased).
     let mut tx = db
@@ -177,7 +177,7 @@ pub async fn get(db: &PgPool, tenant: Tenant, id: EventId) -> Result<(EventRow, 
 /// selects one event; otherwise every failed event created in the range.
 /// Returns how many were queued.
 pub async fn redeliver(
-    db: &PgPool,
+    db: &Db,
     tenant: Tenant,
     only: Option<EventId>,
     created_after: Option<DateTime<Utc>>,

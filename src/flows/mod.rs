@@ -17,6 +17,7 @@ use crate::connectors::{
     ConnectorError, Connectors, Credentials, LoginContext, LoginOutcome, ProviderSession,
 };
 use crate::kernel::crypto::{Cipher, Sealed};
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{FlowId, LinkId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
@@ -24,7 +25,7 @@ use crate::pb;
 use attempt::{Attempt, detached};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use std::sync::Arc;
 use std::time::Duration;
 pub(crate) use store::{FlowRow, NewSessionFlow};
@@ -249,7 +250,7 @@ pub struct FlowSettings {
 /// The flow engine: LinkFlowService's shared steps, over both kinds.
 #[derive(Debug, Clone)]
 pub struct Flows {
-    db: PgPool,
+    db: Db,
     catalog: Arc<Catalog>,
     connectors: Connectors,
     cipher: Cipher,
@@ -262,7 +263,7 @@ pub struct Flows {
 impl Flows {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        db: PgPool,
+        db: Db,
         catalog: Arc<Catalog>,
         connectors: Connectors,
         cipher: Cipher,
@@ -283,7 +284,7 @@ impl Flows {
         }
     }
 
-    pub(crate) fn db(&self) -> &PgPool {
+    pub(crate) fn db(&self) -> &Db {
         &self.db
     }
 

@@ -4,10 +4,11 @@
 
 use super::{FlowKind, FlowOutcome, FlowStep};
 use crate::connectors::Geolocation;
+use crate::kernel::db::Db;
 use crate::kernel::error::Result;
 use crate::kernel::ids::{AttemptId, ClientAppId, ConnectionId, FlowId, LinkId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use std::time::Duration;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -181,7 +182,7 @@ pub async fn close(
 /// purged, flow closed, a `link.failed` event, in one statement. Some
 /// operations may have reached the provider; the error says so. Skips rows
 /// another replica holds. Returns how many links failed.
-pub async fn fail_interrupted_runs(db: &PgPool, batch: i64) -> Result<u64> {
+pub async fn fail_interrupted_runs(db: &Db, batch: i64) -> Result<u64> {
     let failed = sqlx::query(
         "WITH stale AS (
              SELECT id FROM flows
@@ -221,7 +222,7 @@ const INTERRUPTED_MESSAGE: &str =
 /// Closes Link sessions past their expiry that nobody touched (the page
 /// closes its own on the next call), failing the connections they were
 /// making. Skips rows another replica holds. Returns how many closed.
-pub async fn expire_sessions(db: &PgPool, batch: i64) -> Result<i64> {
+pub async fn expire_sessions(db: &Db, batch: i64) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "WITH due AS (
              SELECT id FROM flows

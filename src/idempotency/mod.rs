@@ -5,21 +5,21 @@
 pub mod store;
 
 use crate::kernel::crypto::Cipher;
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Result};
-use sqlx::PgPool;
-use sqlx::{Connection as _, PgConnection};
+use sqlx::PgConnection;
 use store::{Claim, IdempotencyKey};
 
 /// Runs creating calls under idempotency keys; responses are stored
 /// encrypted.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
-    db: PgPool,
+    db: Db,
     cipher: Cipher,
 }
 
 impl Idempotency {
-    pub fn new(db: PgPool, cipher: Cipher) -> Self {
+    pub fn new(db: Db, cipher: Cipher) -> Self {
         Idempotency { db, cipher }
     }
 
@@ -34,12 +34,21 @@ impl Idempotency {
         key: Option<IdempotencyKey<'_>>,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<R>,
     ) -> Result<R> {
-        let mut conn = self.db.acquire().await?;
         let Some(key) = key else {
-            return work(&mut conn).await;
+            let mut conn = self.db.connection().await?;
+            return match work(&mut conn).await {
+                Ok(response) => {
+                    conn.finish().await?;
+                    Ok(response)
+                }
+                Err(err) => {
+                    let _ = conn.abandon().await;
+                    Err(err)
+                }
+            };
         };
         let cipher = &self.cipher;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.db.begin().await?;
         let result = async {
             if let Claim::Replay(encoded) = store::claim(&mut tx, cipher, &key).await? {
                 return R::decode(encoded.as_slice()).map_err(Error::internal);

@@ -11,9 +11,10 @@
 //! and releases the lock together, so the retry runs at once.
 
 use crate::kernel::crypto::{Cipher, Sealed};
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Reason, Result};
 use crate::kernel::tenant::Tenant;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 /// How long a key is remembered; a later request with it is a new request.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
@@ -170,7 +171,7 @@ pub async fn store_response(
 /// once its lease ends. Finish with [`store_response`] (on any connection)
 /// or [`release_leased`].
 pub async fn claim_leased(
-    db: &PgPool,
+    db: &Db,
     cipher: &Cipher,
     k: &IdempotencyKey<'_>,
     lease: std::time::Duration,
@@ -207,7 +208,7 @@ pub async fn claim_leased(
 }
 
 /// Gives up a leased claim whose call failed, so a retry runs at once.
-pub async fn release_leased(db: &PgPool, k: &IdempotencyKey<'_>) -> Result<()> {
+pub async fn release_leased(db: &Db, k: &IdempotencyKey<'_>) -> Result<()> {
     sqlx::query(
         "DELETE FROM idempotency_keys
          WHERE organization_id = $1 AND environment = $2 AND operation = $3 AND key = $4
@@ -223,7 +224,7 @@ pub async fn release_leased(db: &PgPool, k: &IdempotencyKey<'_>) -> Result<()> {
 }
 
 /// Forgets keys older than [`RETENTION`]; returns how many.
-pub async fn prune(db: &PgPool) -> Result<u64> {
+pub async fn prune(db: &Db) -> Result<u64> {
     let pruned = sqlx::query(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
     )

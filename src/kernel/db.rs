@@ -3,47 +3,354 @@
 //! caller's organization and environment.
 
 use anyhow::Context;
+use futures_util::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection as _, Executor, PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// What sits between linkd and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// Postgres itself, or a pooler that gives each client a server
+    /// connection for its whole session (PgBouncer `pool_mode = session`).
+    #[default]
+    None,
+    /// A pooler that may hand each transaction to another server connection
+    /// (PgBouncer `pool_mode = transaction`): nothing may outlive a
+    /// transaction, so no prepared-statement cache and every statement
+    /// inside one transaction (see [`Db`]).
+    Transaction,
+}
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    pub pooler: Pooler,
+}
+
+/// The database as the services use it: a pool, and whether each use must
+/// be pinned to one server connection by a transaction.
+///
+/// Behind a transaction pooler (PgBouncer in transaction mode before 1.21,
+/// which does not track prepared statements) two things break: a statement
+/// sqlx runs outside a transaction is two exchanges (`Parse`/`Sync`, then
+/// `Bind`/`Execute`/`Sync`) the pooler may send to two servers, and a named
+/// prepared statement outlives its transaction on a server that the next
+/// transaction, or another client, may get. So in that mode ("pinned"):
+/// - a statement run on `&Db` runs unnamed inside `BEGIN` … `COMMIT`;
+/// - [`Db::begin`] and [`Db::connection`] hand out transactions whose
+///   commit and rollback first close the statements they prepared;
+/// - a connection that comes back to the pool still holding prepared
+///   statements (a transaction dropped unfinished) is closed unflushed, so
+///   the pooler discards its server connection with them.
+///
+/// Directly on Postgres all of this is the plain pool: one round trip per
+/// statement, statements cached per connection.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+    pinned: bool,
+}
+
+/// A transaction ([`Db::begin`]): commit or roll it back; dropped, it rolls
+/// back.
+#[derive(Debug)]
+pub struct DbTransaction {
+    /// `None` only once ended.
+    tx: Option<sqlx::Transaction<'static, Postgres>>,
+    pinned: bool,
+}
+
+impl std::ops::Deref for DbTransaction {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.tx.as_ref().expect("an open transaction")
+    }
+}
+
+impl std::ops::DerefMut for DbTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.tx.as_mut().expect("an open transaction")
+    }
+}
+
+impl DbTransaction {
+    fn new(tx: sqlx::Transaction<'static, Postgres>, pinned: bool) -> Self {
+        DbTransaction {
+            tx: Some(tx),
+            pinned,
+        }
+    }
+
+    pub async fn commit(mut self) -> sqlx::Result<()> {
+        let mut tx = self.tx.take().expect("an open transaction");
+        if self.pinned {
+            tx.clear_cached_statements().await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn rollback(mut self) -> sqlx::Result<()> {
+        let tx = self.tx.take().expect("an open transaction");
+        rollback(tx, self.pinned).await
+    }
+}
+
+/// Closes what the transaction prepared while it still has its server
+/// (behind a transaction pooler), then rolls back.
+async fn rollback(mut tx: sqlx::Transaction<'static, Postgres>, pinned: bool) -> sqlx::Result<()> {
+    if pinned {
+        tx.clear_cached_statements().await?;
+    }
+    tx.rollback().await
+}
+
+impl Drop for DbTransaction {
+    fn drop(&mut self) {
+        // Pinned and dropped open (an early return): roll back in the
+        // background rather than leave the statements to the pool's safety
+        // net, which would cost the pooler a server connection.
+        if let (true, Some(tx)) = (self.pinned, self.tx.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = rollback(tx, true).await;
+            });
+        }
+    }
+}
+
+/// One connection for several statements ([`Db::connection`]);
+/// [`DbConnection::finish`] ends it (behind a transaction pooler it is a
+/// transaction, and this commits it; dropped unfinished, its work there is
+/// rolled back).
+#[derive(Debug)]
+pub enum DbConnection {
+    Direct(sqlx::pool::PoolConnection<Postgres>),
+    Pinned(DbTransaction),
+}
+
+impl std::ops::Deref for DbConnection {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            DbConnection::Direct(conn) => conn,
+            DbConnection::Pinned(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for DbConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            DbConnection::Direct(conn) => conn,
+            DbConnection::Pinned(tx) => tx,
+        }
+    }
+}
+
+impl DbConnection {
+    pub async fn finish(self) -> sqlx::Result<()> {
+        match self {
+            DbConnection::Direct(_) => Ok(()),
+            DbConnection::Pinned(tx) => tx.commit().await,
+        }
+    }
+
+    /// Ends it after a failure: behind a transaction pooler, rolls back.
+    pub async fn abandon(self) -> sqlx::Result<()> {
+        match self {
+            DbConnection::Direct(_) => Ok(()),
+            DbConnection::Pinned(tx) => tx.rollback().await,
+        }
+    }
+}
+
+impl Db {
+    /// The pool underneath, for its gauges.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every connection and refuses new uses.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn begin(&self) -> sqlx::Result<DbTransaction> {
+        Ok(DbTransaction::new(self.pool.begin().await?, self.pinned))
+    }
+
+    /// A transaction opened by `statement` (`BEGIN ISOLATION LEVEL …`).
+    pub async fn begin_with(&self, statement: &'static str) -> sqlx::Result<DbTransaction> {
+        Ok(DbTransaction::new(
+            self.pool.begin_with(statement).await?,
+            self.pinned,
+        ))
+    }
+
+    pub async fn connection(&self) -> sqlx::Result<DbConnection> {
+        Ok(if self.pinned {
+            DbConnection::Pinned(self.begin().await?)
+        } else {
+            DbConnection::Direct(self.pool.acquire().await?)
+        })
+    }
+}
+
+/// A query run without a named prepared statement (`persistent(false)`):
+/// nothing of it stays on the server after its transaction.
+struct Unnamed<E>(E);
+
+impl<'q, E: sqlx::Execute<'q, Postgres>> sqlx::Execute<'q, Postgres> for Unnamed<E> {
+    fn sql(self) -> sqlx::SqlStr {
+        self.0.sql()
+    }
+    fn statement(&self) -> Option<&sqlx::postgres::PgStatement> {
+        self.0.statement()
+    }
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        self.0.take_arguments()
+    }
+    fn persistent(&self) -> bool {
+        false
+    }
+}
+
+impl<'c> Executor<'c> for &'c Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::stream::BoxStream<
+        'e,
+        sqlx::Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Postgres>,
+    {
+        if !self.pinned {
+            return self.pool.fetch_many(query);
+        }
+        let db = self.clone();
+        Box::pin(async_stream::try_stream! {
+            let mut tx = db.begin().await?;
+            {
+                let mut results = tx.fetch_many(Unnamed(query));
+                while let Some(result) = results.try_next().await? {
+                    yield result;
+                }
+            }
+            tx.commit().await?;
+        })
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Option<sqlx::postgres::PgRow>>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Postgres>,
+    {
+        if !self.pinned {
+            return self.pool.fetch_optional(query);
+        }
+        let db = self.clone();
+        Box::pin(async move {
+            let mut tx = db.begin().await?;
+            let row = tx.fetch_optional(Unnamed(query)).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, sqlx::Result<sqlx::postgres::PgStatement>>
+    where
+        'c: 'e,
+    {
+        self.pool.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> futures_util::future::BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
+    where
+        'c: 'e,
+    {
+        self.pool.describe(sql)
+    }
 }
 
 /// A lazily connecting pool: start-up does not fail when the database is
 /// briefly down, and requests fail fast with UNAVAILABLE (bounded acquire
 /// timeout) until it is back.
-pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)
-        .context("DATABASE_URL is not a valid Postgres URL")?
+pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
+    let options = connect_options(url, settings.pooler)?
         .application_name("linkd")
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-    Ok(PgPoolOptions::new()
+    let pinned = settings.pooler == Pooler::Transaction;
+    let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         // No ping before each use: a dead connection fails its statement and
         // is dropped, and idle connections are retired after `idle_timeout`.
-        .test_before_acquire(false)
-        .connect_lazy_with(options))
+        .test_before_acquire(false);
+    let pool = if pinned {
+        // The safety net of the pinned mode: a connection still holding
+        // prepared statements is closed without flushing its queued
+        // ROLLBACK, so the pooler sees its client leave mid-transaction and
+        // closes that server connection, statements and all.
+        pool.after_release(|conn, _| {
+            Box::pin(async move {
+                match conn.cached_statements_size() {
+                    0 => Ok(true),
+                    _ => Err(sqlx::Error::Protocol(
+                        "a transaction behind the pooler ended unfinished with prepared statements; closing its connection".into(),
+                    )),
+                }
+            })
+        })
+    } else {
+        pool
+    }
+    .connect_lazy_with(options);
+    Ok(Db { pool, pinned })
+}
+
+/// How to connect to `url` through `pooler`.
+fn connect_options(url: &str, pooler: Pooler) -> anyhow::Result<PgConnectOptions> {
+    let options =
+        PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid Postgres URL")?;
+    Ok(match pooler {
+        Pooler::None => options,
+        // PgBouncer refuses startup parameters it does not know, such as
+        // the `extra_float_digits` sqlx sends (linkd reads no floats as
+        // text: the server's default does).
+        Pooler::Transaction => options.extra_float_digits(None),
+    })
 }
 
 /// Connects once to `DATABASE_URL` at start-up, so that a database that
 /// cannot be reached is one line naming the setting, the host and the cause
 /// (`connection refused`, `password authentication failed…`), not a pool
 /// time-out. Never prints the URL (it may hold a password).
-pub async fn check_reachable(url: &str, within: Duration) -> anyhow::Result<()> {
-    use sqlx::Connection as _;
-    let options =
-        PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid Postgres URL")?;
+pub async fn check_reachable(url: &str, pooler: Pooler, within: Duration) -> anyhow::Result<()> {
+    let options = connect_options(url, pooler)?;
     let target = format!(
         "DATABASE_URL: host {}, port {}, database {}",
         options.get_host(),
@@ -78,13 +385,25 @@ fn cause(err: &sqlx::Error) -> String {
     }
 }
 
-/// Applies pending migrations. Safe to run from several replicas at once
-/// (sqlx takes an advisory lock).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
+/// Applies pending migrations, all in one transaction under a
+/// transaction-level advisory lock: safe from several replicas at once, and
+/// behind a transaction pooler (a session lock, as sqlx takes by default,
+/// could stay held on a server connection the pooler hands to others). A
+/// failed migration leaves the database as it was. (So a migration cannot
+/// be `-- no-transaction`.)
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    let mut tx = db.begin().await.context("applying database migrations")?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('linkd migrations', 0))")
+        .execute(&mut *tx)
         .await
-        .context("applying database migrations")
+        .context("applying database migrations: taking the migration lock")?;
+    migrator
+        .run(&mut *tx)
+        .await
+        .context("applying database migrations")?;
+    tx.commit().await.context("applying database migrations")
 }
 
 /// Creates `database` on the server behind `admin_url` when it does not exist.
@@ -112,7 +431,7 @@ pub async fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<
 }
 
 /// One round trip that succeeds while the database answers.
-pub async fn ping(db: &PgPool) -> crate::kernel::error::Result<()> {
+pub async fn ping(db: &Db) -> crate::kernel::error::Result<()> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
 }

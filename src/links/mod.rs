@@ -26,7 +26,7 @@ use sqlx::PgConnection;
 /// LinkService's link intents, and claiming one (LinkFlowService).
 #[derive(Debug, Clone)]
 pub struct Links {
-    db: sqlx::PgPool,
+    db: crate::kernel::db::Db,
     catalog: std::sync::Arc<crate::catalog::Catalog>,
     cipher: crate::kernel::crypto::Cipher,
     /// Base of `app_clip_url`: `<base>/<link id>?code=<claim code>`.
@@ -37,7 +37,7 @@ pub struct Links {
 
 impl Links {
     pub fn new(
-        db: sqlx::PgPool,
+        db: crate::kernel::db::Db,
         catalog: std::sync::Arc<crate::catalog::Catalog>,
         cipher: crate::kernel::crypto::Cipher,
         app_clip_base_url: url::Url,

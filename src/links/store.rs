@@ -122,7 +122,7 @@ pub async fn expire_links(
 /// (see [`expire_links`]), so expiry holds on read even between sweeps. A
 /// live link costs one statement: the expiry runs only when the row read
 /// shows it is due (by this replica's clock; the sweep catches the rest).
-pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
+pub async fn get_link(db: &crate::kernel::db::Db, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
     let row = find_link(db, tenant, id).await?;
     let unfinished = matches!(
         row.status,
@@ -137,7 +137,7 @@ pub async fn get_link(db: &sqlx::PgPool, tenant: Tenant, id: LinkId) -> Result<L
     Ok(row)
 }
 
-async fn find_link(db: &sqlx::PgPool, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
+async fn find_link(db: &crate::kernel::db::Db, tenant: Tenant, id: LinkId) -> Result<LinkRow> {
     sqlx::query_as(concat!(
         "SELECT ",
         link_columns!(),

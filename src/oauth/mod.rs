@@ -20,6 +20,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::catalog::{Catalog, Category};
 use crate::client_apps::store as tenancy;
 use crate::flows::{Flows, NewSessionFlow};
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{ClientAppId, ConnectionId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
@@ -30,7 +31,7 @@ use crate::oauth::rules::{
 };
 use crate::pb;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -134,7 +135,7 @@ pub struct OAuthSettings {
 /// access tokens that read a connection.
 #[derive(Debug, Clone)]
 pub struct OAuth {
-    db: PgPool,
+    db: Db,
     catalog: Arc<Catalog>,
     settings: OAuthSettings,
     flows: Flows,
@@ -143,7 +144,7 @@ pub struct OAuth {
 
 impl OAuth {
     pub fn new(
-        db: PgPool,
+        db: Db,
         catalog: Arc<Catalog>,
         settings: OAuthSettings,
         flows: Flows,

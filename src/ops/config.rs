@@ -65,6 +65,19 @@ pub struct SharedArgs {
     #[arg(long, env = "LINKD_DB_ACQUIRE_TIMEOUT", default_value = "3s", global = true, value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
 
+    /// What sits between linkd and Postgres: `none` (Postgres itself, or
+    /// PgBouncer in session mode) or `transaction` (PgBouncer in transaction
+    /// mode: no prepared-statement cache, every statement inside a
+    /// transaction, about twice the round trips).
+    #[arg(
+        long,
+        env = "LINKD_DB_POOLER",
+        value_enum,
+        default_value = "none",
+        global = true
+    )]
+    pub db_pooler: DbPooler,
+
     /// AES-256-GCM key (base64 of 32 bytes) for secrets at rest. Required with
     /// DATABASE_URL; the local development database keeps a generated one in
     /// --data-dir.
@@ -91,6 +104,14 @@ pub struct SharedArgs {
         hide_env_values = true
     )]
     pub previous_encryption_keys: Vec<EncryptionKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbPooler {
+    /// Each pooled connection is one server session.
+    None,
+    /// A transaction pooler may switch server connections between transactions.
+    Transaction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

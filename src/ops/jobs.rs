@@ -1,7 +1,7 @@
 //! Background work every replica runs; each job is safe to run in several
 //! replicas at once (rows are claimed with `FOR UPDATE SKIP LOCKED`).
 
-use sqlx::PgPool;
+use crate::kernel::db::Db;
 use std::time::Duration;
 
 /// Rows expired or removed per statement.
@@ -37,7 +37,7 @@ where
 /// events older than `event_retention`, and forgets idempotency keys past
 /// their retention.
 pub fn spawn_expiry(
-    db: PgPool,
+    db: Db,
     interval: Duration,
     event_retention: Duration,
     expiry_warning: Duration,

@@ -8,14 +8,14 @@ use crate::catalog::Catalog;
 use crate::client_apps::rules::NewClientApp;
 use crate::client_apps::store as tenancy;
 use crate::kernel::crypto::{Cipher, EncryptionKey};
-use crate::kernel::db::PoolSettings;
+use crate::kernel::db::Db;
+use crate::kernel::db::{PoolSettings, Pooler};
 use crate::kernel::ids::{ClientAppId, OrganizationId};
 use crate::kernel::tenant::{Environment, Tenant};
 use crate::ops::config::SharedArgs;
 use crate::ops::local_postgres::{Durability, LocalPostgres};
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::time::Duration;
 /// alive for as long as this value lives).
 #[derive(Debug)]
 pub struct Database {
-    pub pool: PgPool,
+    pub pool: Db,
     pub local: Option<LocalPostgres>,
 }
 
@@ -37,6 +37,10 @@ impl SharedArgs {
         PoolSettings {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
+            pooler: match self.db_pooler {
+                crate::ops::config::DbPooler::None => Pooler::None,
+                crate::ops::config::DbPooler::Transaction => Pooler::Transaction,
+            },
         }
     }
 
@@ -78,6 +82,7 @@ impl SharedArgs {
             Some(url) => {
                 crate::kernel::db::check_reachable(
                     url,
+                    self.pool_settings().pooler,
                     self.db_acquire_timeout.max(Duration::from_secs(5)),
                 )
                 .await?;
@@ -101,7 +106,7 @@ impl SharedArgs {
 
 /// Wires the services of one replica.
 pub fn api(
-    pool: PgPool,
+    pool: Db,
     catalog: Arc<Catalog>,
     cipher: Cipher,
     settings: Settings,

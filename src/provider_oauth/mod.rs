@@ -148,7 +148,7 @@ impl Default for Pkce {
 /// The OAuth client side of linkd.
 #[derive(Debug, Clone)]
 pub struct ProviderOAuth {
-    db: sqlx::PgPool,
+    db: crate::kernel::db::Db,
     cipher: Cipher,
     catalog: Arc<Catalog>,
     http: reqwest::Client,
@@ -168,7 +168,7 @@ pub fn oauth_of(provider: &Provider) -> Result<&OAuth2Integration> {
 
 impl ProviderOAuth {
     pub fn new(
-        db: sqlx::PgPool,
+        db: crate::kernel::db::Db,
         cipher: Cipher,
         catalog: Arc<Catalog>,
         settings: ProviderOAuthSettings,

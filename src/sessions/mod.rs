@@ -30,6 +30,7 @@ use crate::flows::{
 use crate::idempotency::Idempotency;
 use crate::idempotency::store::IdempotencyKey;
 use crate::kernel::crypto::Sealed;
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{ConnectionId, token_hash};
 use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
@@ -39,7 +40,7 @@ use crate::sessions::rules::{
 };
 use prost::Message as _;
 use secrecy::SecretString;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ use std::time::Duration;
 /// LinkFlowService: choosing the integration and consent.
 #[derive(Debug, Clone)]
 pub struct Sessions {
-    db: PgPool,
+    db: Db,
     cipher: crate::kernel::crypto::Cipher,
     idempotency: Idempotency,
     flows: Flows,
@@ -57,7 +58,7 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(
-        db: PgPool,
+        db: Db,
         cipher: crate::kernel::crypto::Cipher,
         idempotency: Idempotency,
         flows: Flows,

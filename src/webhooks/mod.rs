@@ -73,7 +73,7 @@ pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client
 /// secrets, the settings and the metrics it updates.
 #[derive(Debug, Clone)]
 pub struct Deliveries {
-    pub db: sqlx::PgPool,
+    pub db: crate::kernel::db::Db,
     pub cipher: crate::kernel::crypto::Cipher,
     pub settings: WebhookSettings,
     pub metrics: Arc<metrics::Metrics>,

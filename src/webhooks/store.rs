@@ -2,12 +2,13 @@
 //! recording attempts, destination breakers, disabled endpoints, queue
 //! statistics.
 
+use crate::kernel::db::Db;
 use crate::kernel::error::Result;
 use crate::kernel::ids::{ClientAppId, EventId, OrganizationId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::PgExecutor;
 use sqlx::types::Json;
-use sqlx::{PgExecutor, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -81,7 +82,7 @@ struct ClaimRow {
 /// Each claim counts an attempt and pushes `next_attempt_at` out by `lease`:
 /// if this process dies, the event is due again when the lease ends.
 pub async fn claim_due(
-    db: &PgPool,
+    db: &Db,
     limit: i64,
     lease: Duration,
     per_destination: i32,
@@ -441,7 +442,7 @@ pub struct QueueStats {
     pub paused_destinations: i64,
 }
 
-pub async fn queue_stats(db: &PgPool) -> Result<QueueStats> {
+pub async fn queue_stats(db: &Db) -> Result<QueueStats> {
     Ok(sqlx::query_as(
         "SELECT count(*) AS depth,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)

@@ -77,12 +77,25 @@ async fn template() -> &'static str {
                 .execute(&mut conn)
                 .await
                 .unwrap();
-            let pool = sqlx::PgPool::connect(&database_url(&name)).await.unwrap();
+            let pool = crate::helpers::connect(&database_url(&name));
             db::migrate(&pool).await.unwrap();
             pool.close().await;
             name
         })
         .await
+}
+
+/// A pool on `url`, as linkd opens one (connecting on first use).
+pub fn connect(url: &str) -> linkd::kernel::db::Db {
+    db::pool(
+        url,
+        &PoolSettings {
+            max_connections: 10,
+            acquire_timeout: ACQUIRE_TIMEOUT,
+            pooler: Default::default(),
+        },
+    )
+    .unwrap()
 }
 
 /// A new database without linkd's schema, for tests of migrating; returns
@@ -246,6 +259,7 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
         &PoolSettings {
             max_connections: 10,
             acquire_timeout,
+            pooler: Default::default(),
         },
     )
     .unwrap();
@@ -277,6 +291,19 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
 }
 
 impl TestApp {
+    /// A server this test did not start (a `linkd` process) at `addr`, with
+    /// `api` on the same database for the helpers' own reads and set-up.
+    pub fn elsewhere(addr: SocketAddr, api: Services) -> TestApp {
+        install_crypto();
+        TestApp {
+            addr,
+            api,
+            http: reqwest::Client::new(),
+            shutdown: None,
+            running: None,
+        }
+    }
+
     /// Shuts the server down and waits until it has stopped: its listener
     /// is closed and its background jobs (sweeps, webhook dispatch) ended.
     pub async fn stop(mut self) {
@@ -446,7 +473,7 @@ pub fn good_login() -> linkd::pb::SubmitCredentialsRequest {
 /// Waits until a statement whose text matches `pattern` (SQL `LIKE`) is
 /// waiting on a lock in the database behind `db`: the request running it is
 /// held exactly where a test wants it.
-pub async fn wait_for_lock_wait(db: &sqlx::PgPool, pattern: &str) {
+pub async fn wait_for_lock_wait(db: &linkd::kernel::db::Db, pattern: &str) {
     let started = std::time::Instant::now();
     loop {
         let waiting: i64 = sqlx::query_scalar(

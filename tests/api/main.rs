@@ -22,6 +22,7 @@ mod oauth_refresh;
 mod oauth_server;
 mod outage;
 mod polyglot;
+mod pooler;
 mod process;
 mod provider_oauth;
 mod providers;

@@ -19,13 +19,15 @@ async fn start_cluster(root: std::path::PathBuf) -> LocalPostgres {
 
 /// A cluster of its own under `root` with a migrated `linkd` database: its
 /// URL and a pool on it.
-async fn migrated_cluster(root: std::path::PathBuf) -> (LocalPostgres, String, sqlx::PgPool) {
+async fn migrated_cluster(
+    root: std::path::PathBuf,
+) -> (LocalPostgres, String, linkd::kernel::db::Db) {
     let cluster = start_cluster(root).await;
     linkd::kernel::db::ensure_database(&cluster.url("postgres"), "linkd")
         .await
         .unwrap();
     let url = cluster.url("linkd");
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let pool = crate::helpers::connect(&url);
     linkd::kernel::db::migrate(&pool).await.unwrap();
     (cluster, url, pool)
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 /// A tenant whose app sends its webhooks to `webhook_url`; returns it and
 /// the app's webhook secret.
-pub async fn tenant(db_url: &str, webhook_url: &str) -> (sqlx::PgPool, Tenant, String) {
-    let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+pub async fn tenant(db_url: &str, webhook_url: &str) -> (linkd::kernel::db::Db, Tenant, String) {
+    let pool = crate::helpers::connect(db_url);
     linkd::kernel::db::migrate(&pool).await.unwrap();
     let api = linkd::ops::startup::api(
         pool.clone(),
@@ -68,7 +68,7 @@ fn replicas(db_url: &str, n: usize, env: &[(&str, &str)]) -> Vec<Running> {
         .collect()
 }
 
-async fn insert_events(pool: &sqlx::PgPool, tenant: Tenant, n: i32) {
+async fn insert_events(pool: &linkd::kernel::db::Db, tenant: Tenant, n: i32) {
     sqlx::query(
         "INSERT INTO events (id, organization_id, environment, type, payload)
          SELECT gen_random_uuid(), $1, $2, 'link.failed',
@@ -106,7 +106,7 @@ async fn wait_for_ids(receiver: &Receiver, path: &str, n: usize, within: Duratio
 
 /// Waits until `n` events are marked delivered (the mark follows the
 /// response by a moment).
-async fn wait_delivered(pool: &sqlx::PgPool, n: i64) {
+async fn wait_delivered(pool: &linkd::kernel::db::Db, n: i64) {
     let started = Instant::now();
     loop {
         let delivered: i64 =

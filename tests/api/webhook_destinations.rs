@@ -42,7 +42,7 @@ async fn paused_destinations(app: &TestApp) -> f64 {
 
 /// Writes `count` due events for the tenant's app straight into the outbox,
 /// in one statement (the destination comes from the outbox's trigger).
-async fn seed_events(db: &sqlx::PgPool, tenant: &TestTenant, count: i64) {
+async fn seed_events(db: &linkd::kernel::db::Db, tenant: &TestTenant, count: i64) {
     sqlx::query(
         "INSERT INTO events (id, organization_id, environment, type, payload)
          SELECT gen_random_uuid(), $1, 'sandbox', 'link.completed',
@@ -281,7 +281,7 @@ async fn a_backlog_for_one_destination_drains_through_its_cap() {
     first.stop().await;
     // The backlog is there when the dispatcher starts: its first claim
     // takes 4, and only deliveries ending can bring the next claims.
-    let db = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let db = crate::helpers::connect(&db_url);
     seed_events(&db, &tenant, 500).await;
     let mut args = crate::helpers::serve_args();
     args.webhook_poll_interval = Duration::from_secs(3600);

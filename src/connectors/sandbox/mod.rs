@@ -28,11 +28,11 @@ use super::{
     SessionCheck,
 };
 use crate::catalog::Action;
+use crate::kernel::db::Db;
 use chrono::{Datelike, Duration, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 
 pub const PASSWORD: &str = "pass_good";
 pub const SECOND_FACTOR_CODE: &str = "123456";
@@ -42,11 +42,11 @@ pub const SHORT_SESSION_SECS: i64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct SandboxConnector {
-    db: PgPool,
+    db: Db,
 }
 
 impl SandboxConnector {
-    pub fn new(db: PgPool) -> Self {
+    pub fn new(db: Db) -> Self {
         SandboxConnector { db }
     }
 }
@@ -84,10 +84,7 @@ impl SandboxConnector {
 
 /// Ends a session the sandbox made, as a provider-side logout would;
 /// `false` for a session it did not make.
-pub async fn end_session(
-    db: &PgPool,
-    session: &ProviderSession,
-) -> crate::kernel::error::Result<bool> {
+pub async fn end_session(db: &Db, session: &ProviderSession) -> crate::kernel::error::Result<bool> {
     let Some(id) = session_id(session) else {
         return Ok(false);
     };
