@@ -107,6 +107,12 @@ impl Health {
                     tokio::time::timeout(interval.max(Duration::from_secs(1)), ping).await,
                     Ok(Ok(_))
                 );
+                if up && health.database_down.load(Ordering::SeqCst) {
+                    // Back from an outage: connections idle since before it
+                    // are dead, and each would fail one request. Weed them
+                    // out before reporting ready.
+                    crate::kernel::db::drop_dead_idle_connections(&db).await;
+                }
                 health.set_database_up(up).await;
             }
         })

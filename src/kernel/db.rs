@@ -436,6 +436,21 @@ pub async fn ping(db: &Db) -> crate::kernel::error::Result<()> {
     Ok(())
 }
 
+/// Pings every idle connection once, closing those that fail (a server
+/// restart leaves them dead, and each would fail the next request that got
+/// it, the pool testing none before use).
+pub async fn drop_dead_idle_connections(db: &Db) {
+    let mut idle = Vec::new();
+    while let Some(conn) = db.pool.try_acquire() {
+        idle.push(conn);
+    }
+    for mut conn in idle {
+        if conn.ping().await.is_err() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// The pool's state on every scrape: connections idle and in use, and the
 /// most it may open (`linkd_db_pool_connections{state}`,
 /// `linkd_db_pool_max_connections`).

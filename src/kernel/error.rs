@@ -278,6 +278,17 @@ impl Error {
         }
     }
 
+    /// When to try again, for errors that pass with time: REST sends it as
+    /// `Retry-After`, gRPC as `RetryInfo`.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            // The database probe runs every couple of seconds; a pool that
+            // timed out frees up as calls finish.
+            Error::Unavailable(_) => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
     pub fn violations(&self) -> &[FieldViolation] {
         match self {
             Error::Validation(v) => v,
@@ -292,6 +303,9 @@ impl From<Error> for tonic::Status {
         let (code, _, reason) = err.classify();
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        if let Some(delay) = err.retry_after() {
+            details.set_retry_info(Some(delay));
+        }
         if let Error::Validation(violations) = &err {
             details.set_bad_request(
                 violations

@@ -74,6 +74,7 @@ async fn database_outage_is_unavailable_then_recovers_without_restart() {
     );
     let rest = app.get("/v1/client-apps", &tenant.key).await;
     assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rest.headers()["retry-after"], "1");
 
     app.wait_for_readiness(false).await;
     let checked = health
@@ -147,12 +148,13 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
     let _cluster = start_cluster(root).await;
     app.wait_for_readiness(true).await;
     let retried = create(&app).await.unwrap();
-    assert_eq!(
-        retried.status(),
-        StatusCode::CREATED,
-        "the retry runs at once"
-    );
+    let status = retried.status();
     let first: serde_json::Value = retried.json().await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry runs at once: {first}"
+    );
     let repeated: serde_json::Value = create(&app).await.unwrap().json().await.unwrap();
     assert_eq!(repeated["linkId"], first["linkId"], "the repeat replays");
     let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
@@ -199,10 +201,15 @@ async fn calls_fail_fast_while_readiness_says_the_database_is_down() {
         .error_info()
         .map(|info| info.reason.clone());
     assert_eq!(reason.as_deref(), Some("UNAVAILABLE"));
+    let retry = tonic_types::StatusExt::get_error_details(&status)
+        .retry_info()
+        .and_then(|info| info.retry_delay);
+    assert_eq!(retry, Some(Duration::from_secs(1)), "RetryInfo says when");
     let rest = tokio::time::timeout(within, app.get("/v1/client-apps", &tenant.key))
         .await
         .expect("refused at once");
     assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rest.headers()["retry-after"], "1");
     assert_eq!(
         rest.json::<serde_json::Value>().await.unwrap()["code"],
         "UNAVAILABLE"

@@ -61,6 +61,11 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log();
         let (_, status, code) = self.classify();
+        let retry_after = self.retry_after().map(|delay| {
+            // Whole seconds (RFC 9110 §10.2.3), rounded up.
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            HeaderValue::from(seconds.max(1))
+        });
         let body = match self {
             Error::Validation(issues) => ErrorBody {
                 error: "Validation failed".into(),
@@ -96,6 +101,9 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }

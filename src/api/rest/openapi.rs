@@ -132,8 +132,15 @@ impl Modify for SecuritySchemes {
 /// serves several methods (the proxy) gets one operation id per method.
 pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
     {
+        let retry_after = utoipa::openapi::header::HeaderBuilder::new()
+            .schema(Some(u64::schema()))
+            .description(Some(
+                "Seconds to wait before trying again; sent with `UNAVAILABLE` (503).",
+            ))
+            .build();
         let error = ResponseBuilder::new()
             .description("Any error; `code` says which (see the README's error table).")
+            .header("Retry-After", retry_after)
             .content(
                 "application/json",
                 ContentBuilder::new()
