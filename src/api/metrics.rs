@@ -319,3 +319,141 @@ where
         self.body.size_hint()
     }
 }
+
+/// One background job (`expire_links`, `prune_events`, `token_refresh`…).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Job {
+    pub job: &'static str,
+}
+
+/// What the background jobs did: passes, rows, failures and the time of
+/// the last pass that succeeded (the series to alert on when a job stalls).
+#[derive(Default)]
+pub struct JobMetrics {
+    runs: Family<Job, Counter>,
+    rows: Family<Job, Counter>,
+    failures: Family<Job, Counter>,
+    last_success: Family<Job, Gauge>,
+}
+
+impl std::fmt::Debug for JobMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobMetrics")
+    }
+}
+
+impl JobMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "job_runs",
+            "Passes of each background job, whether they succeeded or not",
+            self.runs.clone(),
+        );
+        registry.register(
+            "job_rows",
+            "Rows each background job expired, removed, checked or refreshed",
+            self.rows.clone(),
+        );
+        registry.register(
+            "job_failures",
+            "Passes of each background job that failed (the error is logged)",
+            self.failures.clone(),
+        );
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "Unix time of each background job's last pass that succeeded",
+            self.last_success.clone(),
+        );
+    }
+
+    /// Records one pass of `job`: the rows it handled, or its failure.
+    pub fn record(&self, job: &'static str, outcome: Result<u64, ()>) {
+        let job = Job { job };
+        self.runs.get_or_create(&job).inc();
+        match outcome {
+            Ok(rows) => {
+                self.rows.get_or_create(&job).inc_by(rows);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                self.last_success
+                    .get_or_create(&job)
+                    .set(i64::try_from(now).unwrap_or(i64::MAX));
+            }
+            Err(()) => {
+                self.failures.get_or_create(&job).inc();
+            }
+        }
+    }
+}
+
+/// The standard `process_*` series (CPU, memory, file descriptors, threads,
+/// start time), read from `/proc/self` on each scrape; unprefixed, as
+/// dashboards and alerts for any service expect them.
+#[derive(Debug)]
+pub struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use procfs::WithCurrentSystemInfo as _;
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let Ok(stat) = me.stat() else {
+            return Ok(());
+        };
+        let ticks = procfs::ticks_per_second() as f64;
+        let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let mut gauge = |name: &str, help: &str, value: f64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        };
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes",
+            stat.rss_bytes().get() as f64,
+        )?;
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size, in bytes",
+            stat.vsize as f64,
+        )?;
+        gauge(
+            "process_threads",
+            "Operating system threads",
+            stat.num_threads as f64,
+        )?;
+        if let Ok(boot) = procfs::boot_time_secs() {
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                boot as f64 + stat.starttime as f64 / ticks,
+            )?;
+        }
+        if let Ok(open) = me.fd_count() {
+            gauge("process_open_fds", "Open file descriptors", open as f64)?;
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            gauge(
+                "process_max_fds",
+                "Most file descriptors the process may open",
+                max as f64,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -81,6 +81,8 @@ pub struct Services {
     metrics: Arc<prometheus_client::registry::Registry>,
     /// The RED series of both surfaces, fed by their middleware.
     pub requests: Arc<crate::api::metrics::RequestMetrics>,
+    /// What the background jobs did, fed by the jobs themselves.
+    pub jobs: Arc<crate::api::metrics::JobMetrics>,
 }
 
 impl Services {
@@ -122,13 +124,17 @@ impl Services {
                 .join("appclip")
                 .expect("public URL is a base")
         });
-        let mut registry = prometheus_client::registry::Registry::with_prefix("linkd");
+        let mut root = prometheus_client::registry::Registry::default();
+        root.register_collector(Box::new(crate::api::metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("linkd");
         let requests = Arc::new(crate::api::metrics::RequestMetrics::default());
-        requests.register(&mut registry);
+        requests.register(registry);
+        let jobs = Arc::new(crate::api::metrics::JobMetrics::default());
+        jobs.register(registry);
         let webhook_metrics = Arc::new(crate::webhooks::metrics::Metrics::default());
-        webhook_metrics.register(&mut registry);
-        connectors.metrics().register(&mut registry);
-        provider_oauth.metrics().register(&mut registry);
+        webhook_metrics.register(registry);
+        connectors.metrics().register(registry);
+        provider_oauth.metrics().register(registry);
         registry.register_collector(Box::new(crate::kernel::db::PoolCollector {
             pool: db.pool().clone(),
         }));
@@ -206,8 +212,9 @@ impl Services {
                 settings: settings.webhooks,
                 metrics: webhook_metrics,
             },
-            metrics: Arc::new(registry),
+            metrics: Arc::new(root),
             requests,
+            jobs,
             connectors,
             catalog,
             flows,

@@ -1,30 +1,38 @@
 //! Background work every replica runs; each job is safe to run in several
 //! replicas at once (rows are claimed with `FOR UPDATE SKIP LOCKED`).
 
+use crate::api::metrics::JobMetrics;
 use crate::kernel::db::Db;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Rows expired or removed per statement.
 const EXPIRY_BATCH: i64 = 500;
 
 /// Runs `sweep` (returning how many rows it handled) until a batch comes
-/// back short; logs what it did and any error.
-async fn drain<F, Fut>(what: &str, mut sweep: F)
+/// back short; logs what it did and any error, and records the pass as
+/// `job` in the job metrics.
+async fn drain<F, Fut>(jobs: &JobMetrics, job: &'static str, what: &str, mut sweep: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = crate::kernel::error::Result<u64>>,
 {
+    let mut rows = 0;
     loop {
         match sweep().await {
-            Ok(n) if n as i64 == EXPIRY_BATCH => continue,
-            Ok(0) => break,
+            Ok(n) if n as i64 == EXPIRY_BATCH => rows += n,
             Ok(n) => {
-                tracing::info!(count = n, "{what}");
-                break;
+                rows += n;
+                if rows > 0 {
+                    tracing::info!(count = rows, "{what}");
+                }
+                jobs.record(job, Ok(rows));
+                return;
             }
             Err(err) => {
                 err.log();
-                break;
+                jobs.record(job, Err(()));
+                return;
             }
         }
     }
@@ -38,6 +46,7 @@ where
 /// their retention.
 pub fn spawn_expiry(
     db: Db,
+    jobs: Arc<JobMetrics>,
     interval: Duration,
     event_retention: Duration,
     expiry_warning: Duration,
@@ -47,39 +56,64 @@ pub fn spawn_expiry(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            drain("expired links", || {
+            drain(&jobs, "expire_links", "expired links", || {
                 crate::links::store::expire_links(&db, None, EXPIRY_BATCH)
             })
             .await;
-            drain("failed links whose run was interrupted", || {
-                crate::flows::store::fail_interrupted_runs(&db, EXPIRY_BATCH)
-            })
+            drain(
+                &jobs,
+                "fail_interrupted_runs",
+                "failed links whose run was interrupted",
+                || crate::flows::store::fail_interrupted_runs(&db, EXPIRY_BATCH),
+            )
             .await;
-            drain("expired Link sessions", || async {
-                crate::flows::store::expire_sessions(&db, EXPIRY_BATCH)
-                    .await
-                    .map(|n| n as u64)
-            })
+            drain(
+                &jobs,
+                "expire_sessions",
+                "expired Link sessions",
+                || async {
+                    crate::flows::store::expire_sessions(&db, EXPIRY_BATCH)
+                        .await
+                        .map(|n| n as u64)
+                },
+            )
             .await;
-            drain("expired connections", || async {
-                crate::connections::expire_sessions(&db, EXPIRY_BATCH)
-                    .await
-                    .map(|n| n as u64)
-            })
+            drain(
+                &jobs,
+                "expire_connections",
+                "expired connections",
+                || async {
+                    crate::connections::expire_sessions(&db, EXPIRY_BATCH)
+                        .await
+                        .map(|n| n as u64)
+                },
+            )
             .await;
-            drain("connections announced as expiring", || async {
-                crate::connections::health::warn_expiring(&db, expiry_warning, EXPIRY_BATCH)
-                    .await
-                    .map(|n| n as u64)
-            })
+            drain(
+                &jobs,
+                "warn_expiring",
+                "connections announced as expiring",
+                || async {
+                    crate::connections::health::warn_expiring(&db, expiry_warning, EXPIRY_BATCH)
+                        .await
+                        .map(|n| n as u64)
+                },
+            )
             .await;
-            drain("removed finished events past their retention", || {
-                crate::events::store::prune_finished(&db, event_retention, EXPIRY_BATCH)
-            })
+            drain(
+                &jobs,
+                "prune_events",
+                "removed finished events past their retention",
+                || crate::events::store::prune_finished(&db, event_retention, EXPIRY_BATCH),
+            )
             .await;
-            if let Err(err) = crate::idempotency::store::prune(&db).await {
-                err.log();
-            }
+            drain(
+                &jobs,
+                "prune_idempotency_keys",
+                "forgot idempotency keys past their retention",
+                || crate::idempotency::store::prune(&db),
+            )
+            .await;
         }
     })
 }
@@ -90,12 +124,21 @@ pub fn spawn_expiry(
 /// times per interval (between every 100 ms and every minute).
 pub fn spawn_connection_checks(
     connections: crate::connections::Connections,
+    jobs: Arc<JobMetrics>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let pause = (interval / 100).clamp(Duration::from_millis(100), Duration::from_secs(60));
     tokio::spawn(async move {
         loop {
-            match connections.check_due_sessions(interval).await {
+            let checked = connections.check_due_sessions(interval).await;
+            jobs.record(
+                "connection_checks",
+                checked
+                    .as_ref()
+                    .map(|found| found.checked as u64)
+                    .map_err(|_| ()),
+            );
+            match checked {
                 // A full batch: more may be due at once.
                 Ok(found) if found.checked as i64 == crate::connections::health::CHECK_BATCH => {
                     if found.expired > 0 {
@@ -119,11 +162,17 @@ pub fn spawn_connection_checks(
 /// once again after a full batch). Safe in several replicas at once.
 pub fn spawn_token_refresher(
     connections: crate::connections::Connections,
+    jobs: Arc<JobMetrics>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match connections.refresh_due_tokens().await {
+            let refreshed = connections.refresh_due_tokens().await;
+            jobs.record(
+                "token_refresh",
+                refreshed.as_ref().map(|n| *n as u64).map_err(|_| ()),
+            );
+            match refreshed {
                 Ok(n) if n as i64 == crate::connections::tokens::REFRESH_BATCH => continue,
                 Ok(_) => {}
                 Err(err) => err.log(),

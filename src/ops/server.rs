@@ -180,16 +180,19 @@ impl Server {
         let probe = health.spawn_database_probe(api.db().clone(), args.health_check_interval);
         let expiry = crate::ops::jobs::spawn_expiry(
             api.db().clone(),
+            api.jobs.clone(),
             args.expiry_interval,
             args.event_retention,
             args.connection_expiry_warning,
         );
         let checks = crate::ops::jobs::spawn_connection_checks(
             api.connections.clone(),
+            api.jobs.clone(),
             args.connection_check_interval,
         );
         let refresher = crate::ops::jobs::spawn_token_refresher(
             api.connections.clone(),
+            api.jobs.clone(),
             args.oauth_refresh_interval,
         );
         let dispatcher = crate::webhooks::Dispatcher::spawn(api.deliveries.clone())?;

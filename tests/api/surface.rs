@@ -289,6 +289,86 @@ async fn metrics_carry_the_build_and_the_database_pool() {
     );
 }
 
+/// The background jobs report each pass, the rows it touched and when it
+/// last succeeded; the process reports its CPU, memory and descriptors.
+#[tokio::test]
+async fn metrics_show_what_the_jobs_did_and_the_process_uses() {
+    let app = crate::helpers::spawn_app_with(|args| {
+        args.link_session_ttl = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    for _ in 0..2 {
+        let session = app.init_session(&tenant, serde_json::json!({})).await;
+        assert_eq!(session.status(), StatusCode::OK);
+    }
+    let started = std::time::Instant::now();
+    let value = |exposition: &str, series: &str| -> Option<f64> {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    };
+    // The sweep runs every 300 ms here; the sessions end after 1 s.
+    let exposition = loop {
+        let exposition = app.metrics().await;
+        if value(
+            &exposition,
+            r#"linkd_job_rows_total{job="expire_sessions"}"#,
+        ) == Some(2.0)
+        {
+            break exposition;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{exposition}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for job in [
+        "expire_links",
+        "expire_sessions",
+        "prune_events",
+        "prune_idempotency_keys",
+    ] {
+        let runs = value(
+            &exposition,
+            &format!("linkd_job_runs_total{{job=\"{job}\"}}"),
+        );
+        assert!(runs.is_some_and(|n| n >= 1.0), "{job}: {exposition}");
+        let last = value(
+            &exposition,
+            &format!("linkd_job_last_success_timestamp_seconds{{job=\"{job}\"}}"),
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - last).abs() < 60.0, "{job}: {last} vs {now}");
+    }
+    assert_eq!(
+        value(&exposition, r#"linkd_job_rows_total{job="expire_links"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &exposition,
+            r#"linkd_job_failures_total{job="expire_sessions"}"#
+        ),
+        None,
+        "no failure, no series"
+    );
+    // The test process is this replica's process.
+    assert!(value(&exposition, "process_cpu_seconds_total").is_some_and(|s| s > 0.0));
+    assert!(value(&exposition, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
+    assert!(value(&exposition, "process_open_fds").is_some_and(|n| n >= 3.0));
+    assert!(value(&exposition, "process_max_fds").is_some_and(|n| n >= 64.0));
+    assert!(value(&exposition, "process_threads").is_some_and(|n| n >= 1.0));
+    let start = value(&exposition, "process_start_time_seconds").unwrap();
+    assert!(start > 1.7e9, "{start}");
+}
+
 /// Every API call is counted by surface, service, method and code, with its
 /// latency; labels are route templates, never raw paths or unknown names.
 #[tokio::test]
