@@ -3,7 +3,6 @@
 //! descriptor set that server reflection serves) and the connector protocol
 //! (a client only).
 
-use prost::Message;
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
@@ -20,11 +19,19 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(PROTOS)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded from protox's own pool, not from `descriptors`: prost's
+    // `MethodOptions` would drop the `google.api.http` annotations, which
+    // reflection clients and transcoders read.
     std::fs::write(
         out_dir.join("linkd_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
     // Type names let the gRPC codec (`src/api/gate.rs`) find each message's
     // descriptor to check its strings field by field.

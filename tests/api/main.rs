@@ -30,5 +30,6 @@ mod python_env;
 mod replicas;
 mod sessions;
 mod surface;
+mod transcoding;
 mod webhook_destinations;
 mod webhooks;
