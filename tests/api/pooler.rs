@@ -5,7 +5,9 @@
 //! link intents, run Link sessions end to end and deliver every webhook
 //! once, while Postgres sees no more linkd connections than the pooler's.
 
-use crate::helpers::{Page, TestApp, database_url, empty_database, serve_args, test_key};
+use crate::helpers::{
+    Page, TestApp, TestTenant, database_url, empty_database, serve_args, test_key,
+};
 use crate::process::{Running, linkd, spawn_linkd};
 use crate::webhooks::{Receiver, hooked_tenant};
 use linkd::kernel::crypto::Cipher;
@@ -173,6 +175,20 @@ fn watch_server_connections(
     })
 }
 
+/// `POST /v1/links` under the one Idempotency-Key the retries share.
+async fn retry_link(app: &TestApp, tenant: &TestTenant, body: &Value) -> (StatusCode, Value) {
+    let response = app
+        .http
+        .post(app.url("/v1/links"))
+        .bearer_auth(&tenant.key)
+        .header("Idempotency-Key", "pooled-retry")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn three_linkd_processes_share_a_transaction_pooler_with_fewer_server_connections() {
     let bouncer = PgBouncer::start();
@@ -254,20 +270,8 @@ async fn three_linkd_processes_share_a_transaction_pooler_with_fewer_server_conn
             if i % 4 == 3 {
                 body["externalUserId"] = json!("someone-else");
             }
-            let response = app
-                .http
-                .post(app.url("/v1/links"))
-                .bearer_auth(&tenant.key)
-                .header("Idempotency-Key", "pooled-retry")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (
-                i,
-                response.status(),
-                response.json::<Value>().await.unwrap(),
-            )
+            let (status, answer) = retry_link(app, tenant, &body).await;
+            (i, status, answer)
         }
     }))
     .await;
@@ -292,17 +296,7 @@ async fn three_linkd_processes_share_a_transaction_pooler_with_fewer_server_conn
         if i == 2 {
             body["externalUserId"] = json!("someone-else");
         }
-        let response = app
-            .http
-            .post(app.url("/v1/links"))
-            .bearer_auth(&tenant.key)
-            .header("Idempotency-Key", "pooled-retry")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = retry_link(app, &tenant, &body).await;
         if i == 2 {
             assert_eq!(
                 answer["code"], "IDEMPOTENCY_KEY_REUSED",
