@@ -75,13 +75,15 @@ impl Health {
         next: axum::middleware::Next,
     ) -> axum::response::Response {
         use axum::response::IntoResponse as _;
-        if !health.database_down.load(Ordering::SeqCst) || !needs_database(request.uri().path()) {
+        if !health.database_down.load(Ordering::SeqCst)
+            || crate::api::api_path(request.uri().path()).is_none()
+        {
             return next.run(request).await;
         }
         let refused = crate::kernel::error::Error::Unavailable(anyhow::anyhow!(
             "refused without trying: the database probe finds it down"
         ));
-        if request.uri().path().starts_with("/linkd.") {
+        if crate::api::api_path(request.uri().path()) == Some(crate::api::ApiPath::Grpc) {
             tonic::Status::from(refused).into_http()
         } else {
             refused.into_response()
@@ -107,23 +109,8 @@ impl Health {
                     tokio::time::timeout(interval.max(Duration::from_secs(1)), ping).await,
                     Ok(Ok(_))
                 );
-                if up && health.database_down.load(Ordering::SeqCst) {
-                    // Back from an outage: connections idle since before it
-                    // are dead, and each would fail one request. Weed them
-                    // out before reporting ready.
-                    crate::kernel::db::drop_dead_idle_connections(&db).await;
-                }
                 health.set_database_up(up).await;
             }
         })
     }
-}
-
-/// Whether a request path reaches the database: linkd's gRPC services and
-/// the REST API (the brand logo is stored too), not health, reflection,
-/// `/metrics`, `/openapi.json` or the Link page's files.
-fn needs_database(path: &str) -> bool {
-    ["/linkd.", "/v1/", "/v2/", "/v3/", "/link/brand/"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix))
 }

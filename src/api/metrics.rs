@@ -148,19 +148,13 @@ impl RequestMetrics {
 /// What a request is, for the metrics; `None` for what is not an API call.
 fn classify(request: &Request) -> Option<Call> {
     let path = request.uri().path();
-    if let Some(rpc) = path.strip_prefix("/linkd.") {
-        let (service, method) = rpc.split_once('/')?;
+    if crate::api::api_path(path)? == crate::api::ApiPath::Grpc {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         return Some(Call {
             surface: "grpc",
-            service: format!("linkd.{service}"),
+            service: service.to_string(),
             method: method.to_string(),
         });
-    }
-    if !["/v1/", "/v2/", "/v3/", "/link/brand/"]
-        .iter()
-        .any(|p| path.starts_with(p))
-    {
-        return None;
     }
     let service = request
         .extensions()

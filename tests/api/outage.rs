@@ -156,7 +156,10 @@ async fn an_idempotency_key_is_free_again_after_an_outage_mid_request() {
         "the retry runs at once: {first}"
     );
     let repeated: serde_json::Value = create(&app).await.unwrap().json().await.unwrap();
-    assert_eq!(repeated["linkId"], first["linkId"], "the repeat replays");
+    assert_eq!(
+        repeated["linkId"], first["linkId"],
+        "the repeat replays: {repeated}"
+    );
     let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
         .fetch_one(app.api.db())
         .await
