@@ -28,9 +28,6 @@ pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub pooler: Pooler,
-    /// A connection idle at least this long is pinged before it is handed
-    /// out, and replaced when dead.
-    pub idle_check_after: Duration,
 }
 
 /// The database as the services use it: a pool, and whether each use must
@@ -310,20 +307,9 @@ pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
         .min_connections(0)
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        // No ping before each use of a busy connection (it would double the
-        // round trips); one idle for `idle_check_after` is pinged and, dead
-        // (the database restarted, a failover, a cut connection), replaced
-        // by a new one, so the request after an outage does not fail on it.
+        // No ping before each use: a dead connection fails its statement and
+        // is dropped, and idle connections are retired after `idle_timeout`.
         .test_before_acquire(false);
-    let idle_check_after = settings.idle_check_after;
-    let pool = pool.before_acquire(move |conn, meta| {
-        Box::pin(async move {
-            if meta.idle_for < idle_check_after {
-                return Ok(true);
-            }
-            Ok(conn.ping().await.is_ok())
-        })
-    });
     let pool = if pinned {
         // The safety net of the pinned mode: a connection still holding
         // prepared statements is closed without flushing its queued

@@ -78,12 +78,6 @@ pub struct SharedArgs {
     )]
     pub db_pooler: DbPooler,
 
-    /// A pooled database connection idle at least this long is pinged
-    /// before use and replaced when dead (after a database restart or
-    /// failover), so no request fails on it; busier ones skip the ping.
-    #[arg(long, env = "LINKD_DB_IDLE_CHECK_AFTER", default_value = "1s", global = true, value_parser = parse_duration)]
-    pub db_idle_check_after: Duration,
-
     /// AES-256-GCM key (base64 of 32 bytes) for secrets at rest. Required with
     /// DATABASE_URL; the local development database keeps a generated one in
     /// --data-dir.

@@ -37,7 +37,6 @@ impl SharedArgs {
         PoolSettings {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
-            idle_check_after: self.db_idle_check_after,
             pooler: match self.db_pooler {
                 crate::ops::config::DbPooler::None => Pooler::None,
                 crate::ops::config::DbPooler::Transaction => Pooler::Transaction,

@@ -93,7 +93,6 @@ pub fn connect(url: &str) -> linkd::kernel::db::Db {
             max_connections: 10,
             acquire_timeout: ACQUIRE_TIMEOUT,
             pooler: Default::default(),
-            idle_check_after: Duration::from_secs(1),
         },
     )
     .unwrap()
@@ -257,7 +256,6 @@ pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: Ser
         max_connections: 10,
         acquire_timeout,
         pooler: Default::default(),
-        idle_check_after: Duration::from_secs(1),
     };
     spawn_with_pool(db_url, &pool, args).await
 }

@@ -2,7 +2,7 @@
 //! options of accepted connections and the database round trips per call.
 //! (Throughput and latency are the benchmark's job, never a test's.)
 
-use crate::helpers::{TestApp, fresh_database, serve_args, spawn_app, with_key};
+use crate::helpers::{TestApp, fresh_database, serve_args, spawn_app, spawn_configured, with_key};
 use linkd::kernel::tenant::Environment;
 use linkd::pb;
 use linkd::pb::link_flow_service_client::LinkFlowServiceClient;
@@ -96,14 +96,7 @@ async fn counted_app() -> (TestApp, CountingProxy) {
     // machine outlasted the 5 s default between rounds: one more trip per
     // keyed call).
     args.api_key_cache_ttl = quiet;
-    // Nor pings of connections that sat idle between rounds.
-    let pool = linkd::kernel::db::PoolSettings {
-        max_connections: 10,
-        acquire_timeout: crate::helpers::ACQUIRE_TIMEOUT,
-        pooler: Default::default(),
-        idle_check_after: quiet,
-    };
-    let app = crate::helpers::spawn_with_pool(&proxy.url, &pool, args).await;
+    let app = spawn_configured(&proxy.url, crate::helpers::ACQUIRE_TIMEOUT, args).await;
     (app, proxy)
 }
 

@@ -211,7 +211,6 @@ async fn three_linkd_processes_share_a_transaction_pooler_with_fewer_server_conn
             max_connections: LINKD_POOL as u32,
             acquire_timeout: Duration::from_secs(30),
             pooler: Pooler::Transaction,
-            idle_check_after: Duration::from_secs(1),
         },
     )
     .unwrap();
