@@ -252,19 +252,17 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
 
 /// Starts the server on `db_url` with `args`.
 pub async fn spawn_configured(db_url: &str, acquire_timeout: Duration, args: ServeArgs) -> TestApp {
-    let pool = PoolSettings {
-        max_connections: 10,
-        acquire_timeout,
-        pooler: Default::default(),
-    };
-    spawn_with_pool(db_url, &pool, args).await
-}
-
-/// Starts the server on `db_url` with its pool set as `pool` says.
-pub async fn spawn_with_pool(db_url: &str, pool: &PoolSettings, args: ServeArgs) -> TestApp {
     let listener = Server::bind(&args).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let pool = db::pool(db_url, pool).unwrap();
+    let pool = db::pool(
+        db_url,
+        &PoolSettings {
+            max_connections: 10,
+            acquire_timeout,
+            pooler: Default::default(),
+        },
+    )
+    .unwrap();
     let catalog = linkd::ops::startup::load_catalog(None).unwrap();
     let api = linkd::ops::startup::api(
         pool,
