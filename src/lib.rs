@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod links;
 pub mod ops;
 pub mod provider_oauth;
+pub mod ratelimit;
 pub mod sessions;
 pub mod webhooks;
 

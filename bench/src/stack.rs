@@ -122,6 +122,8 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+const BENCH_RATE_LIMIT: &str = "1000000/s,burst=10000000";
+
 impl Linkd {
     /// Starts `bin` on `db_url` (migrating it) and waits until it is ready.
     pub async fn start(
@@ -140,6 +142,12 @@ impl Linkd {
             .env("LINKD_LOG", "warn")
             .env("LINKD_LOG_FORMAT", "json")
             .env("LINKD_DB_MAX_CONNECTIONS", "32")
+            // On, so every call passes the buckets, but never reached: the
+            // bench measures what they cost, not where they stop.
+            .env("LINKD_RATE_LIMIT_API_KEY", BENCH_RATE_LIMIT)
+            .env("LINKD_RATE_LIMIT_CLIENT_APP", BENCH_RATE_LIMIT)
+            .env("LINKD_RATE_LIMIT_FLOW", BENCH_RATE_LIMIT)
+            .env("LINKD_RATE_LIMIT_CLIENT_IP", BENCH_RATE_LIMIT)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
             .stderr(log);

@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod rest;
 pub mod services;
+pub mod throttle;
 pub mod web;
 
 /// Which API a request path calls, if any: linkd's gRPC services, or the

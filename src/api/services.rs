@@ -33,6 +33,7 @@ pub struct Settings {
     pub provider_timeout: Duration,
     /// How long a verified API key is trusted without the database.
     pub api_key_cache_ttl: Duration,
+    pub rate_limits: crate::ratelimit::RateLimitSettings,
     pub max_list_offset: i64,
     pub oauth: OAuthSettings,
     pub webhooks: WebhookSettings,
@@ -150,7 +151,9 @@ impl Services {
             "Always 1; the running linkd's version as a label",
             build_info,
         );
-        let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl);
+        let limits = crate::ratelimit::RateLimiter::new(db.clone(), settings.rate_limits.clone());
+        limits.register(registry);
+        let auth = Authenticator::new(db.clone(), settings.api_key_cache_ttl, limits.clone());
         let idempotency = Idempotency::new(db.clone(), cipher.clone());
         let flows = Flows::new(
             db.clone(),
@@ -165,10 +168,15 @@ impl Services {
             },
             Arc::new(LinkFlow),
             Arc::new(SessionFlow),
+            limits,
         );
         Services {
             auth: auth.clone(),
-            client_apps: ClientApps::new(db.clone(), cipher.clone()),
+            client_apps: ClientApps::new(
+                db.clone(),
+                cipher.clone(),
+                settings.rate_limits.client_app,
+            ),
             links: Links::new(
                 db.clone(),
                 catalog.clone(),

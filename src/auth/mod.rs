@@ -12,6 +12,7 @@ use crate::kernel::ids::{ApiKeyId, ConnectionId, random_hex, random_token, token
 use crate::kernel::tenant::{Environment, Tenant};
 
 use crate::kernel::db::Db;
+use crate::ratelimit::RateLimiter;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgExecutor;
 use std::collections::HashMap;
@@ -92,7 +93,15 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<SecretString> {
 #[derive(Debug)]
 struct KeyCache {
     ttl: Duration,
-    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+    entries: Mutex<HashMap<Vec<u8>, (Verified, Instant)>>,
+}
+
+/// A key the database confirmed: whose it is, and its id (its rate limit's
+/// bucket).
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    caller: Caller,
+    key_id: ApiKeyId,
 }
 
 /// Beyond this many distinct keys the cache starts over rather than grow.
@@ -106,13 +115,13 @@ impl KeyCache {
         }
     }
 
-    fn get(&self, hash: &[u8]) -> Option<Caller> {
+    fn get(&self, hash: &[u8]) -> Option<Verified> {
         let entries = self.entries.lock().expect("key cache lock");
-        let (caller, verified_at) = entries.get(hash)?;
-        (verified_at.elapsed() < self.ttl).then_some(*caller)
+        let (verified, verified_at) = entries.get(hash)?;
+        (verified_at.elapsed() < self.ttl).then_some(*verified)
     }
 
-    fn put(&self, hash: Vec<u8>, caller: Caller) {
+    fn put(&self, hash: Vec<u8>, verified: Verified) {
         if self.ttl.is_zero() {
             return;
         }
@@ -123,49 +132,62 @@ impl KeyCache {
                 entries.clear();
             }
         }
-        entries.insert(hash, (caller, Instant::now()));
+        entries.insert(hash, (verified, Instant::now()));
     }
 }
 
-/// Authenticates API keys: verifies them against the database, and trusts
-/// one verified within the cache's lifetime without it.
+/// Authenticates API keys: verifies them against the database, trusts one
+/// verified within the cache's lifetime without it, and charges each call
+/// to the key's rate limit.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     db: Db,
     cache: std::sync::Arc<KeyCache>,
+    limits: RateLimiter,
 }
 
 impl Authenticator {
     /// `cache_ttl`: how long a verified key is trusted without the database
     /// (zero: never).
-    pub fn new(db: Db, cache_ttl: Duration) -> Self {
+    pub fn new(db: Db, cache_ttl: Duration, limits: RateLimiter) -> Self {
         Authenticator {
             db,
             cache: std::sync::Arc::new(KeyCache::new(cache_ttl)),
+            limits,
         }
     }
 
-    /// The caller a presented key belongs to, or `UNAUTHENTICATED`.
+    /// The caller a presented key belongs to, or `UNAUTHENTICATED`; or
+    /// `RESOURCE_EXHAUSTED` past the key's rate limit.
     pub async fn authenticate(&self, key: Option<&SecretString>) -> Result<Caller> {
-        authenticate(&self.db, &self.cache, key).await
+        let key = key.ok_or(Error::Unauthenticated)?;
+        let whole_key_hash = token_hash(key.expose_secret());
+        let verified = match self.cache.get(&whole_key_hash) {
+            Some(verified) => verified,
+            None => {
+                let verified = verify(&self.db, key).await?;
+                self.cache.put(whole_key_hash, verified);
+                verified
+            }
+        };
+        self.limits.charge_api_key(verified.key_id).await?;
+        Ok(verified.caller)
     }
-}
 
-/// Resolves a presented key to its tenant, from `cache` when it was
-/// verified within the cache's lifetime.
-async fn authenticate(db: &Db, cache: &KeyCache, key: Option<&SecretString>) -> Result<Caller> {
-    let key = key.ok_or(Error::Unauthenticated)?;
-    let whole_key_hash = token_hash(key.expose_secret());
-    if let Some(caller) = cache.get(&whole_key_hash) {
-        return Ok(caller);
+    /// The rate limits every authenticated call is charged to.
+    pub fn limits(&self) -> &RateLimiter {
+        &self.limits
     }
-    let caller = verify(db, key).await?;
-    cache.put(whole_key_hash, caller);
-    Ok(caller)
+
+    /// Whether `key` was verified recently enough to be trusted without the
+    /// database.
+    pub fn is_trusted(&self, key: &SecretString) -> bool {
+        self.cache.get(&token_hash(key.expose_secret())).is_some()
+    }
 }
 
 /// Checks a presented key against the database.
-async fn verify(db: &Db, key: &SecretString) -> Result<Caller> {
+async fn verify(db: &Db, key: &SecretString) -> Result<Verified> {
     let parsed = parse_key(key.expose_secret()).ok_or(Error::Unauthenticated)?;
     let row = store::find_api_key(db, parsed.lookup_id).await?;
     let presented_hash = token_hash(parsed.secret);
@@ -179,12 +201,15 @@ async fn verify(db: &Db, key: &SecretString) -> Result<Caller> {
                 && row.revoked_at.is_none()
                 && row.environment == parsed.environment.as_str() =>
         {
-            Ok(Caller {
-                tenant: Tenant {
-                    organization_id: row.organization_id,
-                    environment: parsed.environment,
+            Ok(Verified {
+                caller: Caller {
+                    tenant: Tenant {
+                        organization_id: row.organization_id,
+                        environment: parsed.environment,
+                    },
+                    only_connection: None,
                 },
-                only_connection: None,
+                key_id: row.id,
             })
         }
         _ => Err(Error::Unauthenticated),

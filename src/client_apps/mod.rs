@@ -12,6 +12,7 @@ use crate::kernel::ids::{ClientAppId, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::time::timestamp;
 use crate::pb;
+use crate::ratelimit::Policy;
 use rules::NewClientApp;
 use secrecy::SecretString;
 use store::ClientAppRow;
@@ -38,7 +39,23 @@ pub fn logo_path(app: ClientAppId, sha256: &str) -> String {
     )
 }
 
-fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
+fn client_app_to_proto(row: ClientAppRow, default_limit: Option<Policy>) -> pb::ClientApp {
+    let own_limit =
+        row.rate_limit_per_second
+            .zip(row.rate_limit_burst)
+            .map(|(per_second, burst)| Policy {
+                per_second,
+                burst: burst as u32,
+            });
+    // Without a server default, no app is limited (see RateLimiter).
+    let rate_limit = default_limit.map(|default| {
+        let effective = own_limit.unwrap_or(default);
+        pb::ClientAppRateLimit {
+            per_second: effective.per_second,
+            burst: effective.burst,
+            custom: own_limit.is_some(),
+        }
+    });
     let branding = pb::ClientAppBranding {
         display_name: row.brand_display_name.clone().unwrap_or_default(),
         accent_color: row.brand_accent_color.clone().unwrap_or_default(),
@@ -57,6 +74,7 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
         webhook_url: row.webhook_url,
         created_at: Some(timestamp(row.created_at)),
         access_token_handoff: row.access_token_handoff,
+        rate_limit,
     }
 }
 
@@ -65,11 +83,21 @@ fn client_app_to_proto(row: ClientAppRow) -> pb::ClientApp {
 pub struct ClientApps {
     db: crate::kernel::db::Db,
     cipher: crate::kernel::crypto::Cipher,
+    /// `LINKD_RATE_LIMIT_CLIENT_APP`, shown on apps without their own.
+    default_limit: Option<Policy>,
 }
 
 impl ClientApps {
-    pub fn new(db: crate::kernel::db::Db, cipher: crate::kernel::crypto::Cipher) -> Self {
-        ClientApps { db, cipher }
+    pub fn new(
+        db: crate::kernel::db::Db,
+        cipher: crate::kernel::crypto::Cipher,
+        default_limit: Option<Policy>,
+    ) -> Self {
+        ClientApps {
+            db,
+            cipher,
+            default_limit,
+        }
     }
 }
 
@@ -77,7 +105,10 @@ impl ClientApps {
     pub async fn list_client_apps(&self, caller: &Caller) -> Result<pb::ListClientAppsResponse> {
         let apps = store::list_client_apps(&self.db, caller.tenant).await?;
         Ok(pb::ListClientAppsResponse {
-            client_apps: apps.into_iter().map(client_app_to_proto).collect(),
+            client_apps: apps
+                .into_iter()
+                .map(|app| client_app_to_proto(app, self.default_limit))
+                .collect(),
         })
     }
 
@@ -89,7 +120,7 @@ impl ClientApps {
         let id = ClientAppId::from_request("clientAppId", &req.client_app_id)?;
         let app = store::get_client_app(&self.db, caller.tenant, id).await?;
         Ok(pb::GetClientAppResponse {
-            client_app: Some(client_app_to_proto(app)),
+            client_app: Some(client_app_to_proto(app, self.default_limit)),
         })
     }
 
@@ -222,7 +253,7 @@ impl ClientApps {
         tx.commit().await?;
         let app = store::get_client_app(&self.db, caller.tenant, id).await?;
         Ok(pb::SetClientAppBrandingResponse {
-            client_app: Some(client_app_to_proto(app)),
+            client_app: Some(client_app_to_proto(app, self.default_limit)),
         })
     }
 

@@ -23,6 +23,9 @@ pub struct ClientAppRow {
     pub brand_accent_color: Option<String>,
     /// The logo's version (its SHA-256, hex) when it has one.
     pub logo_sha256: Option<String>,
+    /// The app's own rate limit (operator setting), both or neither.
+    pub rate_limit_per_second: Option<f64>,
+    pub rate_limit_burst: Option<i32>,
 }
 
 impl ClientAppRow {
@@ -35,7 +38,7 @@ impl ClientAppRow {
 macro_rules! app_columns {
     () => {
         "id, organization_id, environment, name, redirect_uris, webhook_url, created_at, access_token_handoff, \
-         brand_display_name, brand_accent_color, \
+         brand_display_name, brand_accent_color, rate_limit_per_second, rate_limit_burst, \
          (SELECT sha256 FROM client_app_logos l WHERE l.client_app_id = client_apps.id) AS logo_sha256"
     };
 }

@@ -258,6 +258,7 @@ pub struct Flows {
     settings: FlowSettings,
     link: Arc<dyn FlowKindHooks>,
     session: Arc<dyn FlowKindHooks>,
+    limits: crate::ratelimit::RateLimiter,
 }
 
 impl Flows {
@@ -271,6 +272,7 @@ impl Flows {
         settings: FlowSettings,
         link: Arc<dyn FlowKindHooks>,
         session: Arc<dyn FlowKindHooks>,
+        limits: crate::ratelimit::RateLimiter,
     ) -> Self {
         Flows {
             db,
@@ -281,6 +283,7 @@ impl Flows {
             settings,
             link,
             session,
+            limits,
         }
     }
 
@@ -351,15 +354,23 @@ impl Flows {
         Ok(url.to_string())
     }
 
+    /// The flow of a flow token, charged to the flow's rate limit (before
+    /// the lookup) and its client app's (after).
     async fn load_flow(&self, token: Option<&SecretString>) -> Result<FlowRow> {
         let token = token.ok_or(Error::Unauthenticated)?;
         let token = token.expose_secret();
         if !token.starts_with("lft_") {
             return Err(Error::Unauthenticated);
         }
-        store::by_token_hash(&self.db, &token_hash(token))
+        let hash = token_hash(token);
+        self.limits.charge_flow(&hash)?;
+        let flow = store::by_token_hash(&self.db, &hash)
             .await?
-            .ok_or(Error::Unauthenticated)
+            .ok_or(Error::Unauthenticated)?;
+        if let Some(app) = flow.client_app_id {
+            self.limits.charge_client_app(app).await?;
+        }
+        Ok(flow)
     }
 
     async fn flow_by_id(&self, flow_id: FlowId) -> Result<FlowRow> {

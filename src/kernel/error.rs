@@ -99,6 +99,8 @@ reasons! {
     NotSandboxSession = "NOT_SANDBOX_SESSION",
     /// The provider, or its connector, did not answer in time; retry later.
     ProviderUnavailable = "PROVIDER_UNAVAILABLE",
+    /// Too many calls for one of the rate limits; retry after `Retry-After` / `RetryInfo`.
+    RateLimited = "RATE_LIMITED",
     /// A dependency (the database) cannot be reached; retry later.
     Unavailable = "UNAVAILABLE",
     /// A bug or unexpected failure; the details are in linkd's log.
@@ -171,6 +173,16 @@ pub enum Error {
     /// time; retry later.
     #[error("the provider cannot be reached right now; retry later")]
     ProviderUnavailable,
+    /// A rate limit's bucket is empty: `scope` names which one
+    /// (`api_key`, `client_app`, `flow`, `client_ip`), `subject` what it
+    /// counts (never a secret), `limit` its policy.
+    #[error("rate limit exceeded ({scope} {limit}); retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        scope: &'static str,
+        subject: String,
+        limit: String,
+        retry_after: std::time::Duration,
+    },
     /// A dependency (the database) cannot be reached; retry later.
     #[error("service temporarily unavailable, retry later")]
     Unavailable(#[source] anyhow::Error),
@@ -250,6 +262,11 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Reason::ProviderUnavailable,
             ),
+            Error::RateLimited { .. } => (
+                Code::ResourceExhausted,
+                StatusCode::TOO_MANY_REQUESTS,
+                Reason::RateLimited,
+            ),
             Error::Unavailable(_) => (
                 Code::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -285,6 +302,7 @@ impl Error {
             // The database probe runs every couple of seconds; a pool that
             // timed out frees up as calls finish.
             Error::Unavailable(_) => Some(std::time::Duration::from_secs(1)),
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -302,7 +320,22 @@ impl From<Error> for tonic::Status {
         err.log();
         let (code, _, reason) = err.classify();
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        let mut metadata = HashMap::new();
+        if let Error::RateLimited {
+            scope,
+            subject,
+            limit,
+            ..
+        } = &err
+        {
+            metadata.insert("scope".to_string(), scope.to_string());
+            metadata.insert("limit".to_string(), limit.clone());
+            details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                subject.clone(),
+                format!("{scope} rate limit {limit}"),
+            )]);
+        }
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
         if let Some(delay) = err.retry_after() {
             details.set_retry_info(Some(delay));
         }

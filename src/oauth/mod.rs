@@ -328,6 +328,7 @@ impl OAuth {
         if !matches {
             return Err(failed());
         }
+        self.auth.limits().charge_client_app(app_id).await?;
         Ok(app_id)
     }
 
@@ -402,7 +403,9 @@ impl OAuth {
             return self.auth.authenticate(credential).await;
         };
         let row = store::live_token(&self.db, &token_hash(token.expose_secret())).await?;
-        let (organization_id, environment, connection_id) = row.ok_or(Error::Unauthenticated)?;
+        let (organization_id, environment, connection_id, client_app_id) =
+            row.ok_or(Error::Unauthenticated)?;
+        self.auth.limits().charge_client_app(client_app_id).await?;
         Ok(Caller {
             tenant: Tenant {
                 organization_id,

@@ -120,9 +120,9 @@ pub async fn mark_code_used(tx: &mut PgConnection, code_id: Uuid) -> Result<()> 
 pub async fn live_token(
     db: impl PgExecutor<'_>,
     token_hash: &[u8],
-) -> Result<Option<(OrganizationId, Environment, ConnectionId)>> {
+) -> Result<Option<(OrganizationId, Environment, ConnectionId, ClientAppId)>> {
     Ok(sqlx::query_as(
-        "SELECT organization_id, environment, connection_id FROM oauth_tokens
+        "SELECT organization_id, environment, connection_id, client_app_id FROM oauth_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
     )
     .bind(token_hash)

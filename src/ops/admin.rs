@@ -119,6 +119,25 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AdminCommand::SetRateLimit { app_id, limit } => {
+            let id = ClientAppId::from_request("app_id", &app_id)?;
+            let policy = if limit.trim().eq_ignore_ascii_case("default") {
+                None
+            } else {
+                Some(
+                    crate::ratelimit::Policy::parse(&limit)
+                        .map_err(|e| anyhow::anyhow!("--limit {e}"))?,
+                )
+            };
+            if !crate::ratelimit::store::set_client_app_policy(api.db(), id, policy).await? {
+                bail!("no client app {app_id}");
+            }
+            match policy {
+                Some(policy) => println!("client app {app_id}: rate limit {policy}"),
+                None => println!("client app {app_id}: rate limit back to the server default"),
+            }
+            Ok(())
+        }
         AdminCommand::SetAccessTokenHandoff { app_id, enabled } => {
             let id = ClientAppId::from_request("app_id", &app_id)?;
             if !tenancy::set_access_token_handoff(api.db(), id, enabled).await? {

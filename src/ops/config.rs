@@ -324,6 +324,41 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_API_KEY_CACHE_TTL", default_value = "5s", value_parser = parse_key_cache_ttl)]
     pub api_key_cache_ttl: Duration,
 
+    /// Rate limit of each API key, over all replicas together: `RATE/s` or
+    /// `RATE/m`, optionally `,burst=N` (the bucket's size; default two
+    /// seconds' worth), or `off`. Past it calls get `429` /
+    /// `RESOURCE_EXHAUSTED` with when to retry.
+    #[arg(long, env = "LINKD_RATE_LIMIT_API_KEY", default_value = "100/s,burst=200", value_parser = parse_rate_limit)]
+    pub rate_limit_api_key: RateLimit,
+
+    /// Default rate limit of each client app, over all replicas together:
+    /// what the app's end users and OAuth clients do without an API key
+    /// (Link flow calls, token requests, calls with its access tokens).
+    /// `linkd admin set-rate-limit` gives one app its own. Same syntax.
+    #[arg(long, env = "LINKD_RATE_LIMIT_CLIENT_APP", default_value = "100/s,burst=200", value_parser = parse_rate_limit)]
+    pub rate_limit_client_app: RateLimit,
+
+    /// Rate limit of each Link flow (one end user's page), per replica.
+    /// Same syntax.
+    #[arg(long, env = "LINKD_RATE_LIMIT_FLOW", default_value = "5/s,burst=30", value_parser = parse_rate_limit)]
+    pub rate_limit_flow: RateLimit,
+
+    /// Rate limit of each client address (IPv6: each /64), per replica,
+    /// for calls without any credential (OAuth authorize and token
+    /// requests, link claims) and for wrong credentials; once spent, the
+    /// address gets `429` for everything but API keys this replica verified
+    /// recently. Same syntax.
+    #[arg(long, env = "LINKD_RATE_LIMIT_CLIENT_IP", default_value = "20/s,burst=100", value_parser = parse_rate_limit)]
+    pub rate_limit_client_ip: RateLimit,
+
+    /// Header your proxy or mesh sets to the caller's address
+    /// (`x-forwarded-for`: its last entry; `x-real-ip`,
+    /// `x-envoy-external-address`); unset: the connection's peer address.
+    /// Set it only when every request passes that proxy, or callers can
+    /// choose their own address.
+    #[arg(long, env = "LINKD_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<http::HeaderName>,
+
     /// Largest `offset` a listing accepts; deeper pages are reached with
     /// `page_token`, whose cost does not grow with depth.
     #[arg(long, env = "LINKD_MAX_LIST_OFFSET", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -401,6 +436,12 @@ impl ServeArgs {
             session_ttl: self.link_session_ttl,
             provider_timeout: self.provider_timeout,
             api_key_cache_ttl: self.api_key_cache_ttl,
+            rate_limits: crate::ratelimit::RateLimitSettings {
+                api_key: self.rate_limit_api_key.0,
+                client_app: self.rate_limit_client_app.0,
+                flow: self.rate_limit_flow.0,
+                client_ip: self.rate_limit_client_ip.0,
+            },
             max_list_offset: i64::from(self.max_list_offset),
             oauth: crate::oauth::OAuthSettings {
                 require_pkce: self.oauth_require_pkce,
@@ -593,6 +634,17 @@ pub enum AdminCommand {
         #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
         enabled: bool,
     },
+    /// Give a client app (`app_…`) its own rate limit for the calls made
+    /// on its behalf without an API key (Link flows, token requests, its
+    /// access tokens), or put it back on `LINKD_RATE_LIMIT_CLIENT_APP`.
+    /// Every replica applies it from its next lease (within a second).
+    SetRateLimit {
+        app_id: String,
+        /// `RATE/s` or `RATE/m` with an optional `,burst=N`
+        /// (`500/s,burst=1000`), or `default`.
+        #[arg(long, value_name = "RATE|default")]
+        limit: String,
+    },
     /// List client apps.
     ListApps {
         /// Only this organization (`org_…`).
@@ -708,6 +760,17 @@ fn parse_key_cache_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be at most 60s (it bounds how long a revoked key still works)".into());
     }
     Ok(ttl)
+}
+
+/// A rate-limit policy, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit(pub Option<crate::ratelimit::Policy>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(RateLimit(None));
+    }
+    crate::ratelimit::Policy::parse(s).map(|p| RateLimit(Some(p)))
 }
 
 fn parse_event_retention(s: &str) -> Result<Duration, String> {

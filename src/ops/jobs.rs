@@ -42,8 +42,8 @@ where
 /// expired, fails links whose run was interrupted (its process died), marks
 /// connections whose provider session ended `expired` and announces those
 /// ending within `expiry_warning` (each with its event), removes finished
-/// events older than `event_retention`, and forgets idempotency keys past
-/// their retention.
+/// events older than `event_retention`, forgets idempotency keys past
+/// their retention, and drops rate-limit buckets that are full again.
 pub fn spawn_expiry(
     db: Db,
     jobs: Arc<JobMetrics>,
@@ -112,6 +112,13 @@ pub fn spawn_expiry(
                 "prune_idempotency_keys",
                 "forgot idempotency keys past their retention",
                 || crate::idempotency::store::prune(&db),
+            )
+            .await;
+            drain(
+                &jobs,
+                "prune_rate_limit_buckets",
+                "dropped full rate-limit buckets",
+                || crate::ratelimit::store::prune_full(&db, EXPIRY_BATCH),
             )
             .await;
         }

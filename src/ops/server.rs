@@ -134,6 +134,16 @@ impl Server {
             .merge(crate::api::web::router())
             .fallback(fallback)
             .layer(axum::middleware::from_fn_with_state(
+                crate::api::throttle::Throttle {
+                    auth: api.auth.clone(),
+                    limits: api.auth.limits().clone(),
+                    client_ip_header: args.client_ip_header.clone(),
+                },
+                crate::api::throttle::Throttle::limit,
+            ))
+            // Outside the limits: while the database is down, calls are
+            // refused before they cost a token.
+            .layer(axum::middleware::from_fn_with_state(
                 health.clone(),
                 Health::fail_fast_while_database_down,
             ))
@@ -205,11 +215,14 @@ impl Server {
         };
         let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(
-            axum::serve(listener.tap_io(set_nodelay), router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_accepting_rx.await;
-                })
-                .into_future(),
+            axum::serve(
+                listener.tap_io(set_nodelay),
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_accepting_rx.await;
+            })
+            .into_future(),
         );
         tokio::pin!(serve);
 

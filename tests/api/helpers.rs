@@ -180,6 +180,13 @@ pub fn serve_args() -> ServeArgs {
         webhook_breaker_cooldown: Duration::from_secs(1),
         webhook_queue_stats_interval: Duration::from_secs(1),
         api_key_cache_ttl: Duration::from_secs(5),
+        // On, so every test passes through the buckets, but far above what
+        // a test sends; the rate-limit tests set their own.
+        rate_limit_api_key: roomy_limit(),
+        rate_limit_client_app: roomy_limit(),
+        rate_limit_flow: roomy_limit(),
+        rate_limit_client_ip: roomy_limit(),
+        client_ip_header: None,
         max_list_offset: 10_000,
         webhook_allow: linkd::ops::config::Allow(
             linkd::kernel::ssrf::Allowlist::parse("127.0.0.1").unwrap(),
@@ -205,6 +212,12 @@ pub fn serve_args() -> ServeArgs {
         oauth_refresh_attempts: 8,
         oauth_refresh_exhausted_retry: Duration::from_secs(6 * 60 * 60),
     }
+}
+
+fn roomy_limit() -> linkd::ops::config::RateLimit {
+    linkd::ops::config::RateLimit(Some(
+        linkd::ratelimit::Policy::parse("10000/s,burst=20000").unwrap(),
+    ))
 }
 
 pub struct TestApp {

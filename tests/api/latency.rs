@@ -96,6 +96,11 @@ async fn counted_app() -> (TestApp, CountingProxy) {
     // machine outlasted the 5 s default between rounds: one more trip per
     // keyed call).
     args.api_key_cache_ttl = quiet;
+    // A shared bucket's lease is one more trip per chunk of calls (or per
+    // second, whichever comes first): counted by linkd_rate_limit_leases_total
+    // and the rate-limit tests, not here.
+    args.rate_limit_api_key = linkd::ops::config::RateLimit(None);
+    args.rate_limit_client_app = linkd::ops::config::RateLimit(None);
     let app = spawn_configured(&proxy.url, crate::helpers::ACQUIRE_TIMEOUT, args).await;
     (app, proxy)
 }

@@ -27,6 +27,7 @@ mod process;
 mod provider_oauth;
 mod providers;
 mod python_env;
+mod rate_limits;
 mod replicas;
 mod sessions;
 mod surface;

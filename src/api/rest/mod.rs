@@ -203,6 +203,20 @@ struct ClientAppJson {
     created_at: String,
     access_token_handoff: bool,
     branding: BrandingJson,
+    /// Absent when the server has client-app rate limits off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitJson>,
+}
+
+/// A client app's rate limit: a token bucket of `burst` refilled at `perSecond`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ClientAppRateLimit)]
+struct RateLimitJson {
+    per_second: f64,
+    burst: u32,
+    /// Set by an operator for this app (`linkd admin set-rate-limit`).
+    custom: bool,
 }
 
 impl From<pb::ClientApp> for ClientAppJson {
@@ -215,6 +229,11 @@ impl From<pb::ClientApp> for ClientAppJson {
             webhook_url: app.webhook_url,
             created_at: app.created_at.as_ref().map(iso8601).unwrap_or_default(),
             access_token_handoff: app.access_token_handoff,
+            rate_limit: app.rate_limit.map(|r| RateLimitJson {
+                per_second: r.per_second,
+                burst: r.burst,
+                custom: r.custom,
+            }),
             branding: {
                 let b = app.branding.unwrap_or_default();
                 let given = |s: String| (!s.is_empty()).then_some(s);
