@@ -180,6 +180,17 @@ async fn three_replicas_share_one_bucket_per_key() {
     }
 }
 
+/// The `rateLimit` a client app shows over REST.
+async fn shown_limit(app: &TestApp, tenant: &crate::helpers::TestTenant) -> Value {
+    let shown: Value = app
+        .get(&format!("/v1/client-apps/{}", tenant.app_id), &tenant.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    shown["rateLimit"].clone()
+}
+
 #[tokio::test]
 async fn a_client_app_is_limited_over_its_flows_and_an_operator_can_raise_its_limit() {
     let app = spawn_app_with(|args| args.rate_limit_client_app = limit("1/s,burst=4")).await;
@@ -199,14 +210,8 @@ async fn a_client_app_is_limited_over_its_flows_and_an_operator_can_raise_its_li
     // API-key calls of the same tenant are another bucket.
     assert_eq!(providers(&app, &tenant.key).await.status(), StatusCode::OK);
 
-    let shown: Value = app
-        .get(&format!("/v1/client-apps/{}", tenant.app_id), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        shown["rateLimit"],
+        shown_limit(&app, &tenant).await,
         json!({ "perSecond": 1.0, "burst": 4, "custom": false })
     );
 
@@ -235,14 +240,8 @@ async fn a_client_app_is_limited_over_its_flows_and_an_operator_can_raise_its_li
     for _ in 0..10 {
         assert_eq!(first.call("/v1/flow", None).await.0, StatusCode::OK);
     }
-    let shown: Value = app
-        .get(&format!("/v1/client-apps/{}", tenant.app_id), &tenant.key)
-        .await
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        shown["rateLimit"],
+        shown_limit(&app, &tenant).await,
         json!({ "perSecond": 100.0, "burst": 100, "custom": true })
     );
     app.stop().await;
