@@ -99,16 +99,13 @@ impl Health {
     /// Probes the database every `interval` until the task is dropped.
     pub fn spawn_database_probe(&self, db: Db, interval: Duration) -> tokio::task::JoinHandle<()> {
         let health = self.clone();
+        let mut probe = db.probe();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let ping = crate::kernel::db::ping(&db);
-                let up = matches!(
-                    tokio::time::timeout(interval.max(Duration::from_secs(1)), ping).await,
-                    Ok(Ok(_))
-                );
+                let up = probe.ping(interval.max(Duration::from_secs(1))).await;
                 health.set_database_up(up).await;
             }
         })

@@ -1,4 +1,4 @@
-//! The database itself: the pool, migrations, the liveness ping. Queries
+//! The database itself: the pool, migrations, the liveness probe. Queries
 //! live in each concern's `store.rs`; every tenant-scoped one takes the
 //! caller's organization and environment.
 
@@ -172,6 +172,14 @@ impl Db {
     /// The pool underneath, for its gauges.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A probe connecting as the pool does, outside it.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            options: (*self.pool.connect_options()).clone(),
+            connection: None,
+        }
     }
 
     /// Closes every connection and refuses new uses.
@@ -430,10 +438,36 @@ pub async fn ensure_database(admin_url: &str, database: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// One round trip that succeeds while the database answers.
-pub async fn ping(db: &Db) -> crate::kernel::error::Result<()> {
-    sqlx::query("SELECT 1").execute(db).await?;
-    Ok(())
+/// Asks whether the database answers, over a connection of its own: a
+/// pool whose connections are all busy (a load spike) must not read as a
+/// database that is down, or readiness and the fail-fast gate would turn
+/// the spike into an outage.
+pub struct Probe {
+    options: PgConnectOptions,
+    connection: Option<PgConnection>,
+}
+
+impl Probe {
+    /// One round trip (a simple-protocol `SELECT 1`, which leaves nothing
+    /// behind on a pooler's server connection), connecting first when the
+    /// last ping failed or none ran yet; `false` when no answer came within
+    /// `within`. A connection that failed or was cut off is dropped.
+    pub async fn ping(&mut self, within: Duration) -> bool {
+        let answered = tokio::time::timeout(within, async {
+            if self.connection.is_none() {
+                self.connection = Some(PgConnection::connect_with(&self.options).await?);
+            }
+            let connection = self.connection.as_mut().expect("connected above");
+            sqlx::raw_sql("SELECT 1").execute(connection).await?;
+            Ok::<(), sqlx::Error>(())
+        })
+        .await;
+        let up = matches!(answered, Ok(Ok(())));
+        if !up {
+            self.connection = None;
+        }
+        up
+    }
 }
 
 /// The pool's state on every scrape: connections idle and in use, and the

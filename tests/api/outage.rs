@@ -240,3 +240,40 @@ async fn calls_fail_fast_while_readiness_says_the_database_is_down() {
         .client_apps;
     assert_eq!(apps.len(), 1);
 }
+
+/// Every pooled connection busy (a load spike) is not an outage: readiness
+/// stays ready and calls wait their turn instead of being refused.
+#[tokio::test]
+async fn a_pool_whose_connections_are_all_busy_is_not_a_database_that_is_down() {
+    let app = crate::helpers::spawn_app().await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let pool = app.api.db().pool().clone();
+    let mut held = Vec::new();
+    while held.len() < pool.options().get_max_connections() as usize {
+        held.push(pool.acquire().await.unwrap());
+    }
+    // Several probe intervals (200 ms in tests), each past its 1 s time-out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "a busy pool reads as down");
+
+    let waiting = tokio::spawn({
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/client-apps"),
+            tenant.key.clone(),
+        );
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+    app.stop().await;
+}

@@ -156,14 +156,17 @@ fn watch_server_connections(
 ) -> tokio::task::JoinHandle<i64> {
     tokio::spawn(async move {
         // One connection of its own (a pool might open a second one, which
-        // would count).
+        // would count). Only client backends count: an autovacuum worker
+        // on this database is listed too.
         let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&direct_url)
             .await
             .unwrap();
         let mut most = 0;
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
             let now: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND backend_type = 'client backend'",
             )
             .fetch_one(&mut db)
             .await
