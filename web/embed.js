@@ -135,8 +135,11 @@
       var data = event.data;
       if (!data || data.source !== 'linkd') return;
       if (data.type === 'event') {
+        // Once closing, the step the end user closed at stays the one
+        // reported (the cancel that follows moves the page to `done`).
+        if (closing) return;
         lastStep = data.event && data.event.step;
-        if (!closing && typeof options.onEvent === 'function') options.onEvent(data.event);
+        if (typeof options.onEvent === 'function') options.onEvent(data.event);
       } else if (data.type === 'escape') {
         requestClose();
       } else if (closing && data.type === 'exit') {

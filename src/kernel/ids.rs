@@ -99,6 +99,29 @@ macro_rules! ids {
                 s.collect_str(self)
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let public = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                Self::parse(&public).ok_or_else(|| {
+                    serde::de::Error::custom(concat!("not an id starting with `", $prefix, "`"))
+                })
+            }
+        }
+
+        /// The public form in the OpenAPI document: the prefix and 32
+        /// lowercase hex digits.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(concat!("^", $prefix, "[0-9a-f]{32}$")))
+                    .description(Some(concat!("`", $prefix, "…`")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 

@@ -1,7 +1,7 @@
 //! Enums stored by name: one table per enum says each variant's name, and
 //! from it come `as_str`, `parse`, `Display`, `Serialize` and the `sqlx`
 //! mapping to a `text` column (a `CHECK` constraint keeps the column to
-//! these names). A row with a name the enum does not know fails to decode
+//! these names), and its OpenAPI schema. A row with a name the enum does not know fails to decode
 //! instead of being guessed.
 
 /// Declares an enum whose variants are stored as the given names, and,
@@ -88,6 +88,27 @@ macro_rules! stored_names {
                 serializer.serialize_str(self.as_str())
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                Self::parse(&name).ok_or_else(|| {
+                    serde::de::Error::custom(format!("must be one of {}", Self::names()))
+                })
+            }
+        }
+
+        /// In the OpenAPI document: a string, one of the names.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($stored),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl sqlx::postgres::PgHasArrayType for $name {
             fn array_type_info() -> sqlx::postgres::PgTypeInfo {

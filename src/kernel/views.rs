@@ -2,7 +2,7 @@
 //! shim and webhook payloads render a connection the same way.
 
 use crate::pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// ISO 8601 with milliseconds, UTC (`2026-11-22T10:00:00.000Z`).
 pub fn iso8601(ts: &prost_types::Timestamp) -> String {
@@ -115,33 +115,79 @@ impl From<&pb::Connection> for ConnectionView {
     }
 }
 
-/// A webhook event as REST returns it.
-pub fn event_json(e: &pb::Event) -> Value {
-    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
-    json!({
-        "id": e.id,
-        "type": e.r#type,
-        "data": e.data.as_ref().map(crate::kernel::proto_json::from_struct),
-        "linkId": e.link_id,
-        "connectionId": e.connection_id,
-        "createdAt": time(&e.created_at),
-        "deliveryStatus": enum_name(e.delivery_status().as_str_name()),
-        "attempts": e.attempts,
-        "nextAttemptAt": time(&e.next_attempt_at),
-        "deliveredAt": time(&e.delivered_at),
-        "lastError": e.last_error,
-        "destinationUrl": e.destination_url,
-    })
+/// A webhook event and the state of its delivery, as REST returns it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Event)]
+pub struct EventView {
+    /// `evt_…`; also the `webhook-id` of every attempt.
+    id: String,
+    /// Such as `connection.created`.
+    r#type: String,
+    /// The webhook body's `data`; never a secret.
+    #[schema(value_type = Option<Object>)]
+    data: Option<Value>,
+    link_id: Option<String>,
+    connection_id: Option<String>,
+    created_at: Option<String>,
+    /// `pending`, `delivered`, `failed` or `skipped`.
+    delivery_status: String,
+    /// Attempts since the last (re)delivery request.
+    attempts: i32,
+    /// While `pending`.
+    next_attempt_at: Option<String>,
+    delivered_at: Option<String>,
+    /// Why the last attempt failed, or why delivery stopped.
+    last_error: Option<String>,
+    destination_url: Option<String>,
 }
 
-/// One delivery attempt as REST returns it.
-pub fn attempt_json(a: &pb::DeliveryAttempt) -> Value {
-    json!({
-        "attempt": a.attempt,
-        "url": a.url,
-        "startedAt": a.started_at.as_ref().map(iso8601),
-        "latencyMs": a.latency_ms,
-        "statusCode": a.status_code,
-        "error": a.error,
-    })
+impl From<&pb::Event> for EventView {
+    fn from(e: &pb::Event) -> Self {
+        let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(iso8601);
+        EventView {
+            id: e.id.clone(),
+            r#type: e.r#type.clone(),
+            data: e.data.as_ref().map(crate::kernel::proto_json::from_struct),
+            link_id: e.link_id.clone(),
+            connection_id: e.connection_id.clone(),
+            created_at: time(&e.created_at),
+            delivery_status: enum_name(e.delivery_status().as_str_name()),
+            attempts: e.attempts,
+            next_attempt_at: time(&e.next_attempt_at),
+            delivered_at: time(&e.delivered_at),
+            last_error: e.last_error.clone(),
+            destination_url: e.destination_url.clone(),
+        }
+    }
+}
+
+/// One delivery attempt, as REST returns it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = DeliveryAttempt)]
+pub struct AttemptView {
+    /// 1 for the event's first, counting redeliveries.
+    attempt: i32,
+    url: String,
+    started_at: Option<String>,
+    /// Until the answer or the failure.
+    latency_ms: i64,
+    /// Absent when no answer came.
+    status_code: Option<i32>,
+    /// Absent on success.
+    error: Option<String>,
+}
+
+impl From<&pb::DeliveryAttempt> for AttemptView {
+    fn from(a: &pb::DeliveryAttempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            url: a.url.clone(),
+            started_at: a.started_at.as_ref().map(iso8601),
+            latency_ms: a.latency_ms,
+            status_code: a.status_code,
+            error: a.error.clone(),
+        }
+    }
 }

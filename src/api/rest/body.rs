@@ -57,8 +57,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A whole number; `5.0` is one too, as JSON Schema's `integer` says.
     pub fn integer(&mut self, name: &str, message: &str) -> Option<i64> {
-        match self.get(name)?.as_i64() {
+        let value = self.get(name)?;
+        let whole = value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        });
+        match whole {
             Some(n) => Some(n),
             None => {
                 self.problems.add(self.path(name), message);
@@ -113,8 +121,10 @@ impl<'a> Fields<'a> {
         map
     }
 
-    pub fn reject_unknown(&mut self, known: &[&str]) {
-        for name in self.object.keys().filter(|k| !known.contains(&k.as_str())) {
+    /// Every field not in `known` is a violation (pass
+    /// [`declared_fields`] of the body's schema).
+    pub fn reject_unknown(&mut self, known: &[String]) {
+        for name in self.object.keys().filter(|k| !known.contains(k)) {
             self.problems.add(self.path(name), "is not a known field");
         }
     }
@@ -160,15 +170,48 @@ pub(super) fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String
     }
 }
 
+/// The fields the OpenAPI schema `B` of a request body declares: all that
+/// its handler accepts, so the document and the check of unknown fields
+/// cannot disagree. Read from the schema once per type.
+pub(super) fn declared_fields<B: utoipa::PartialSchema + 'static>() -> &'static [String] {
+    use std::any::TypeId;
+    use std::sync::{LazyLock, RwLock};
+    static DECLARED: LazyLock<RwLock<HashMap<TypeId, &'static [String]>>> =
+        LazyLock::new(Default::default);
+    if let Some(fields) = DECLARED
+        .read()
+        .expect("declared fields lock")
+        .get(&TypeId::of::<B>())
+    {
+        return fields;
+    }
+    let fields: Vec<String> = match B::schema() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(object)) => {
+            object.properties.keys().cloned().collect()
+        }
+        _ => panic!("a request body schema is an object"),
+    };
+    DECLARED
+        .write()
+        .expect("declared fields lock")
+        .entry(TypeId::of::<B>())
+        .or_insert_with(|| fields.leak())
+}
+
+/// A body that takes no fields: nothing, or `{}`.
+#[derive(utoipa::ToSchema)]
+pub(super) struct NoFields {}
+
 /// Reads a JSON object body with `read`; its type problems and any field
-/// not in `known` are reported together, before anything is done. An
-/// endpoint that takes no fields (`known` empty) also accepts no body.
-pub(super) fn read_object<T>(
+/// its schema `B` does not declare are reported together, before anything
+/// is done. An endpoint that takes no fields ([`NoFields`]) also accepts no
+/// body.
+pub(super) fn read_object<B: utoipa::PartialSchema + 'static, T>(
     headers: &HeaderMap,
     body: &[u8],
-    known: &[&str],
     read: impl FnOnce(&mut Fields<'_>) -> T,
 ) -> Result<T, Error> {
+    let known = declared_fields::<B>();
     let object = if known.is_empty() && body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -254,19 +297,35 @@ pub(super) fn integer(v: &mut Violations, name: &'static str, value: &str) -> Op
     }
 }
 
-/// One page of a listing: `{"<items>": [...], "nextPageToken": …}`, the
-/// token `null` on the last page.
-pub(super) fn page_json(items_name: &str, items: Vec<Value>, next_page_token: String) -> Value {
-    let next = Some(next_page_token).filter(|t| !t.is_empty());
-    serde_json::json!({ items_name: items, "nextPageToken": next })
-}
-
 /// The `Idempotency-Key` header, when given.
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
     headers
         .get("idempotency-key")
         .map(|v| crate::idempotency::store::read_key(v.as_bytes()))
         .transpose()
+}
+
+/// One operation to run: a `resource` and `action` the integration
+/// offers (`GET /v1/providers`), with the arguments its schema asks for.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = OperationRequest)]
+#[allow(dead_code)] // A schema only: `operations_field` reads the body.
+pub(super) struct OperationBody {
+    #[schema(min_length = 1, max_length = 64)]
+    resource: String,
+    action: OperationAction,
+    /// As the operation's `argumentsSchema` says; `{}` when it takes none.
+    #[schema(value_type = Option<Object>)]
+    arguments: Option<serde_json::Value>,
+}
+
+/// What an operation does.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum OperationAction {
+    Read,
+    Write,
 }
 
 /// The `operations` array of a body (`POST /v1/links`,
@@ -287,7 +346,7 @@ pub(super) fn operations_field(
                     Some(object) => {
                         let mut fields =
                             Fields::new(object, &format!("operations[{i}]."), problems);
-                        fields.reject_unknown(&["resource", "action", "arguments"]);
+                        fields.reject_unknown(declared_fields::<OperationBody>());
                         op.resource = fields.string("resource").unwrap_or_default();
                         match fields.string("action").as_deref() {
                             Some("read") => op.set_action(pb::OperationAction::Read),

@@ -12,7 +12,27 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-#[utoipa::path(put, operation_id = "SetClientAppBranding", path = "/v1/client-apps/{client_app_id}/branding", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = super::ClientAppJson)))]
+/// What the Link page shows of the app; a field left out keeps its value.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // A schema only: the handler reads the body.
+struct BrandingBody {
+    /// Empty for the app's own name; at most 60 characters, no control
+    /// characters.
+    #[schema(max_length = 60, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    display_name: Option<String>,
+    /// `#rrggbb`, or empty for linkd's own colour.
+    #[schema(pattern = "^\\s*(#[0-9A-Fa-f]{6})?\\s*$")]
+    accent_color: Option<String>,
+    /// A PNG, JPEG or WebP image of at most 256 KiB, base64 (standard
+    /// alphabet).
+    #[schema(content_encoding = "base64")]
+    logo: Option<String>,
+    /// Drops the logo (not with `logo`).
+    remove_logo: Option<bool>,
+}
+
+#[utoipa::path(put, operation_id = "SetClientAppBranding", path = "/v1/client-apps/{client_app_id}/branding", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path)), request_body(content = BrandingBody, content_type = "application/json"), responses((status = 200, body = super::ClientAppJson)))]
 pub(super) async fn set_branding(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -20,19 +40,15 @@ pub(super) async fn set_branding(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let (display_name, accent_color, logo, remove_logo) = read_object(
-        &headers,
-        &body,
-        &["displayName", "accentColor", "logo", "removeLogo"],
-        |f| {
+    let (display_name, accent_color, logo, remove_logo) =
+        read_object::<BrandingBody, _>(&headers, &body, |f| {
             (
                 f.string("displayName"),
                 f.string("accentColor"),
                 f.string("logo"),
                 f.boolean("removeLogo").unwrap_or(false),
             )
-        },
-    )?;
+        })?;
     let logo = logo
         .map(|encoded| {
             base64::engine::general_purpose::STANDARD
@@ -60,7 +76,7 @@ pub(super) async fn set_branding(
 
 /// The app's logo, for the Link page: cached for good (its URL changes with
 /// it), never sniffed, never run.
-#[utoipa::path(get, operation_id = "GetClientAppLogo", path = "/link/brand/{client_app_id}/logo", tag = "client apps", params(("client_app_id" = String, Path, description = "`app_…`")), responses((status = 200, content_type = "image/*", description = "the logo; cache forever under its `v` query")))]
+#[utoipa::path(get, operation_id = "GetClientAppLogo", path = "/link/brand/{client_app_id}/logo", tag = "client apps", params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path)), responses((status = 200, content_type = "image/*", description = "the logo; cache forever under its `v` query")))]
 pub(super) async fn logo(
     State(state): State<RestState>,
     Path(client_app_id): Path<String>,

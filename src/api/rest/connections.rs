@@ -2,7 +2,9 @@
 //! `clientReferenceId` and `page_token`), get and delete; the Access API's
 //! `/v2/connections/{id}/operations` (run, and list the runs).
 
-use super::body::{Fields, creating_request, integer, list_query, operations_field, page_json};
+use super::body::{
+    Fields, creating_request, declared_fields, integer, list_query, operations_field,
+};
 use super::{Authenticated, RestState};
 use crate::connections::ConnectionStatus;
 use crate::kernel::error::Error;
@@ -13,7 +15,7 @@ use crate::pb;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Query parameters of `GET /v2/connections`, each under its documented
 /// name and its camelCase/snake_case twin.
@@ -62,7 +64,7 @@ struct DeletedConnection {
     billing_stopped_at: Option<String>,
 }
 
-#[utoipa::path(get, operation_id = "ListConnections", path = "/v2/connections", tag = "connections", security(("api_key" = [])), params(("limit" = Option<u32>, Query, description = "1-100, default 20"), ("offset" = Option<u32>, Query), ("status" = Option<String>, Query, description = "active, expired or revoked"), ("clientReferenceId" = Option<String>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = ConnectionPage)))]
+#[utoipa::path(get, operation_id = "ListConnections", path = "/v2/connections", tag = "connections", security(("api_key" = [])), params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("offset" = Option<u32>, Query, maximum = 10000, description = "at most `LINKD_MAX_LIST_OFFSET` (10000); not with `pageToken`"), ("status" = Option<crate::connections::ConnectionStatus>, Query), ("clientReferenceId" = Option<String>, Query, max_length = 255), ("pageToken" = Option<String>, Query, description = "the `nextPageToken` of the previous page, with the same filters")), responses((status = 200, body = ConnectionPage)))]
 pub(super) async fn list(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -83,7 +85,7 @@ pub(super) async fn list(
 }
 
 /// Also accepts an OAuth access token for this one connection.
-#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = ConnectionView)))]
+#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 200, body = ConnectionView)))]
 pub(super) async fn get(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -100,7 +102,7 @@ pub(super) async fn get(
     Ok(Json(ConnectionView::from(&connection)).into_response())
 }
 
-#[utoipa::path(delete, operation_id = "DeleteConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = DeletedConnection)))]
+#[utoipa::path(delete, operation_id = "DeleteConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 200, body = DeletedConnection)))]
 pub(super) async fn delete(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -131,9 +133,18 @@ async fn connection_reader(
         .await
 }
 
+/// Operations to run on the connection now, as in `POST /v1/links`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // A schema only: the handler reads the body.
+struct ExecuteOperationsBody {
+    #[schema(min_items = 1)]
+    operations: Vec<super::body::OperationBody>,
+}
+
 /// `POST /v2/connections/{connectionId}/operations` with
 /// `{"operations": [...]}` as in `POST /v1/links`.
-#[utoipa::path(post, operation_id = "ExecuteOperations", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`"), ("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "`{connectionId, result, operationRunId}`")))]
+#[utoipa::path(post, operation_id = "ExecuteOperations", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; replays of the same request within 24 h answer as the first did, another request under the same key is `422 IDEMPOTENCY_KEY_REUSED`")), request_body(content = ExecuteOperationsBody, content_type = "application/json"), responses((status = 200, body = OperationsResult)))]
 pub(super) async fn execute_operations(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -146,7 +157,8 @@ pub(super) async fn execute_operations(
         &body,
         |object| {
             let mut problems = Violations::new();
-            Fields::new(object, "", &mut problems).reject_unknown(&["operations"]);
+            Fields::new(object, "", &mut problems)
+                .reject_unknown(declared_fields::<ExecuteOperationsBody>());
             let operations = operations_field(object, &mut problems);
             (
                 pb::ExecuteOperationsRequest {
@@ -165,18 +177,18 @@ pub(super) async fn execute_operations(
         .connections
         .execute_operations(&caller, req, key.as_deref())
         .await?;
-    Ok(Json(json!({
-        "connectionId": ran.connection_id,
-        "result": ran.result.as_ref().map(proto_json::from_struct),
-        "operationRunId": ran.operation_run_id,
-    }))
+    Ok(Json(OperationsResult {
+        connection_id: ran.connection_id,
+        result: ran.result.as_ref().map(proto_json::from_struct),
+        operation_run_id: ran.operation_run_id,
+    })
     .into_response())
 }
 
 const RUN_PARAMS: [(&str, &str); 2] = [("limit", "limit"), ("pageToken", "page_token")];
 
 /// `GET /v2/connections/{connectionId}/operations`.
-#[utoipa::path(get, operation_id = "ListOperationRuns", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = String, Path, description = "`conn_…`"), ("limit" = Option<u32>, Query), ("pageToken" = Option<String>, Query)), responses((status = 200, body = Object, description = "`{operationRuns, nextPageToken}`")))]
+#[utoipa::path(get, operation_id = "ListOperationRuns", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("pageToken" = Option<String>, Query, description = "the `nextPageToken` of the previous page")), responses((status = 200, body = OperationRunPage)))]
 pub(super) async fn list_operation_runs(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -198,28 +210,97 @@ pub(super) async fn list_operation_runs(
         .connections
         .list_operation_runs(&caller, req)
         .await?;
-    let runs = page.operation_runs.iter().map(run_json).collect();
-    Ok(Json(page_json("operationRuns", runs, page.next_page_token)).into_response())
+    Ok(Json(OperationRunPage {
+        operation_runs: page
+            .operation_runs
+            .iter()
+            .map(OperationRunView::from)
+            .collect(),
+        next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    })
+    .into_response())
 }
 
-fn run_json(run: &pb::OperationRun) -> Value {
-    let empty_to_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
-    json!({
-        "id": run.id,
-        "connectionId": run.connection_id,
-        "operations": run.operations.iter()
-            .map(|op| json!({ "resource": op.resource, "action": super::enum_name(op.action().as_str_name()) }))
-            .collect::<Vec<_>>(),
-        "status": super::enum_name(run.status().as_str_name()),
-        "errorCode": empty_to_null(&run.error_code),
-        "errorMessage": empty_to_null(&run.error_message),
-        "startedAt": run.started_at.as_ref().map(iso8601),
-        "durationMs": run.duration_ms,
-    })
+/// One page of a connection's Access API calls, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OperationRunPage {
+    operation_runs: Vec<OperationRunView>,
+    /// `null` on the last page.
+    next_page_token: Option<String>,
+}
+
+/// One recorded Access API call.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OperationRun)]
+struct OperationRunView {
+    /// `opr_…`
+    id: String,
+    connection_id: String,
+    operations: Vec<super::links::OperationJson>,
+    /// `succeeded` or `failed`.
+    status: String,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    /// ISO 8601.
+    started_at: Option<String>,
+    duration_ms: i64,
+}
+
+impl From<&pb::OperationRun> for OperationRunView {
+    fn from(run: &pb::OperationRun) -> Self {
+        let given = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        OperationRunView {
+            id: run.id.clone(),
+            connection_id: run.connection_id.clone(),
+            operations: super::links::operations_json(&run.operations),
+            status: super::enum_name(run.status().as_str_name()),
+            error_code: given(&run.error_code),
+            error_message: given(&run.error_message),
+            started_at: run.started_at.as_ref().map(iso8601),
+            duration_ms: run.duration_ms,
+        }
+    }
+}
+
+/// What the operations returned.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OperationsResult {
+    connection_id: String,
+    /// By `resource.action`; a single operation's result is flat.
+    #[schema(value_type = Option<Object>)]
+    result: Option<Value>,
+    /// `opr_…`: this call in `GET …/operations`.
+    operation_run_id: String,
+}
+
+/// The connection whose sandbox login was reset.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ResetLogin {
+    connection_id: String,
+}
+
+/// The provider access token, for an app the operator allowed to take it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct AccessTokenHandOff {
+    connection_id: String,
+    access_token: String,
+    /// Usually `Bearer`.
+    token_type: String,
+    /// ISO 8601; `null` when the provider gave no lifetime.
+    expires_at: Option<String>,
+    /// Space-separated; `null` when the provider named none.
+    scope: Option<String>,
+    /// Where to call the provider's API with it.
+    api_base_url: String,
 }
 
 /// `POST /v2/sandbox/connections/{connectionId}/reset-login` (no fields).
-#[utoipa::path(post, operation_id = "ResetSandboxLogin", path = "/v2/sandbox/connections/{connection_id}/reset-login", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "`{connectionId}`")))]
+#[utoipa::path(post, operation_id = "ResetSandboxLogin", path = "/v2/sandbox/connections/{connection_id}/reset-login", tag = "connections", security(("api_key" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 200, body = ResetLogin)))]
 pub(super) async fn reset_sandbox_login(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -227,13 +308,16 @@ pub(super) async fn reset_sandbox_login(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    super::body::read_object(&headers, &body, &[], |_| ())?;
+    super::body::read_object::<super::body::NoFields, _>(&headers, &body, |_| ())?;
     let reset = state
         .api
         .connections
         .reset_sandbox_login(&caller, pb::ResetSandboxLoginRequest { connection_id })
         .await?;
-    Ok(Json(json!({ "connectionId": reset.connection_id })).into_response())
+    Ok(Json(ResetLogin {
+        connection_id: reset.connection_id,
+    })
+    .into_response())
 }
 
 /// Any method on `/v2/connections/{connectionId}/proxy[/{path…}]`: the
@@ -242,7 +326,7 @@ pub(super) async fn reset_sandbox_login(
 #[utoipa::path(method(get, post, put, patch, delete), operation_id = "Proxy", path = "/v2/connections/{connection_id}/proxy/{path}",
     tag = "connections",
     security(("api_key" = []), ("connection_token" = [])),
-    params(("connection_id" = String, Path, description = "`conn_…`"),
+    params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path),
            ("path" = String, Path, description = "the provider API path, any number of segments, below the integration's apiBaseUrl")),
     responses((status = "default", description = "the provider's answer, status and body as it gave them; linkd's own refusals are `Error`")))]
 pub(super) async fn proxy(
@@ -285,7 +369,7 @@ pub(super) async fn proxy(
 
 /// `GET /v2/connections/{connectionId}/access-token`: the hand-off, flat,
 /// never cached.
-#[utoipa::path(get, operation_id = "GetConnectionAccessToken", path = "/v2/connections/{connection_id}/access-token", tag = "connections", security(("api_key" = [])), params(("connection_id" = String, Path, description = "`conn_…`")), responses((status = 200, body = Object, description = "the provider access token (only when the app enabled the hand-off)")))]
+#[utoipa::path(get, operation_id = "GetConnectionAccessToken", path = "/v2/connections/{connection_id}/access-token", tag = "connections", security(("api_key" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 200, body = AccessTokenHandOff)))]
 pub(super) async fn access_token(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -299,14 +383,14 @@ pub(super) async fn access_token(
             pb::GetConnectionAccessTokenRequest { connection_id },
         )
         .await?;
-    let body = json!({
-        "connectionId": token.connection_id,
-        "accessToken": token.access_token,
-        "tokenType": token.token_type,
-        "expiresAt": token.expires_at.as_ref().map(iso8601),
-        "scope": (!token.scope.is_empty()).then_some(&token.scope),
-        "apiBaseUrl": token.api_base_url,
-    });
+    let body = AccessTokenHandOff {
+        expires_at: token.expires_at.as_ref().map(iso8601),
+        scope: Some(token.scope).filter(|s| !s.is_empty()),
+        connection_id: token.connection_id,
+        access_token: token.access_token,
+        token_type: token.token_type,
+        api_base_url: token.api_base_url,
+    };
     Ok((
         [(axum::http::header::CACHE_CONTROL, "no-store")],
         Json(body),

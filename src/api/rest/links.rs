@@ -1,7 +1,7 @@
 //! `POST /v1/links` and `GET /v1/links/{linkId}` in the documented shapes
 //! (camelCase, epoch milliseconds).
 
-use super::body::{Fields, creating_request, operations_field};
+use super::body::{Fields, OperationBody, creating_request, declared_fields, operations_field};
 use super::{Authenticated, RestState};
 use crate::kernel::error::Error;
 use crate::kernel::proto_json;
@@ -15,6 +15,36 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+/// A link intent: the integration and the operations to run once the end
+/// user logs in.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // A schema only: `create_link_request` reads the body.
+struct CreateLinkBody {
+    /// An integration of `GET /v1/providers`.
+    #[schema(min_length = 1, max_length = 64)]
+    integration_id: String,
+    /// Operations the integration offers, each with its arguments.
+    #[schema(min_items = 1)]
+    operations: Vec<OperationBody>,
+    /// Where `link.*` events for this link are also sent.
+    #[schema(max_length = 2048, format = "uri")]
+    webhook_url: Option<String>,
+    /// Where the end user returns (an `https://` URL or an app scheme),
+    /// with `linkId` appended.
+    #[schema(max_length = 2048)]
+    return_url: Option<String>,
+    /// Your id for the end user.
+    #[schema(max_length = 255)]
+    external_user_id: Option<String>,
+    /// Records a redacted step-by-step trace (`debugTrace`).
+    debug: Option<bool>,
+    /// Seconds until an unclaimed link expires: 1 to 2592000 (30 days);
+    /// 7 days when left out.
+    #[schema(minimum = 1, maximum = 2592000)]
+    expires_in: Option<i64>,
+}
+
 /// The body as a `CreateLinkRequest`, plus the type problems found on the way.
 fn create_link_request(
     object: &serde_json::Map<String, Value>,
@@ -22,15 +52,7 @@ fn create_link_request(
     let mut problems = Violations::new();
     let mut req = pb::CreateLinkRequest::default();
     let mut fields = Fields::new(object, "", &mut problems);
-    fields.reject_unknown(&[
-        "integrationId",
-        "operations",
-        "webhookUrl",
-        "returnUrl",
-        "externalUserId",
-        "debug",
-        "expiresIn",
-    ]);
+    fields.reject_unknown(declared_fields::<CreateLinkBody>());
     req.integration_id = fields.string("integrationId").unwrap_or_default();
     req.webhook_url = fields.string("webhookUrl");
     req.return_url = fields.string("returnUrl");
@@ -127,7 +149,7 @@ struct DebugStep {
     details: Option<Value>,
 }
 
-#[utoipa::path(post, operation_id = "CreateLink", path = "/v1/links", tag = "links", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "replays of the same request within 24 h answer as the first did")), request_body(content = Object, content_type = "application/json"), responses((status = 201, body = CreatedLink)))]
+#[utoipa::path(post, operation_id = "CreateLink", path = "/v1/links", tag = "links", security(("api_key" = [])), params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; replays of the same request within 24 h answer as the first did, another request under the same key is `422 IDEMPOTENCY_KEY_REUSED`")), request_body(content = CreateLinkBody, content_type = "application/json"), responses((status = 201, body = CreatedLink)))]
 pub(super) async fn create_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -156,7 +178,7 @@ pub(super) async fn create_link(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[utoipa::path(get, operation_id = "GetLink", path = "/v1/links/{link_id}", tag = "links", security(("api_key" = [])), params(("link_id" = String, Path, description = "`lnk_…`")), responses((status = 200, body = LinkJson)))]
+#[utoipa::path(get, operation_id = "GetLink", path = "/v1/links/{link_id}", tag = "links", security(("api_key" = [])), params(("link_id" = inline(crate::kernel::ids::LinkId), Path)), responses((status = 200, body = LinkJson)))]
 pub(super) async fn get_link(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,

@@ -268,7 +268,7 @@ async fn list_client_apps(
 
 /// One of the tenant's client apps.
 #[utoipa::path(get, operation_id = "GetClientApp", path = "/v1/client-apps/{client_app_id}", tag = "client apps",
-    params(("client_app_id" = String, Path, description = "`app_…`")),
+    params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path)),
     security(("api_key" = [])),
     responses((status = 200, body = ClientAppJson)))]
 async fn get_client_app(

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use secrecy::SecretString;
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -37,11 +36,12 @@ fn escape(text: &str) -> String {
 /// section says a server must.
 fn single_values(
     pairs: Vec<(String, String)>,
-    known: &[&str],
+    known: &[impl AsRef<str>],
 ) -> Result<HashMap<String, String>, String> {
     let mut values = HashMap::new();
     for (name, value) in pairs {
-        if known.contains(&name.as_str()) && values.insert(name.clone(), value).is_some() {
+        if known.iter().any(|k| k.as_ref() == name) && values.insert(name.clone(), value).is_some()
+        {
             return Err(name);
         }
     }
@@ -61,16 +61,6 @@ const AUTHORIZE_PARAMETERS: &[&str] = &[
     "lang",
     "tag",
     "recipientId",
-];
-
-/// The form fields `POST /v3/oauth/token` reads.
-const TOKEN_PARAMETERS: &[&str] = &[
-    "grant_type",
-    "code",
-    "redirect_uri",
-    "client_id",
-    "client_secret",
-    "code_verifier",
 ];
 
 fn no_store(mut response: Response) -> Response {
@@ -319,7 +309,16 @@ pub(super) async fn authorize(
 
 /// The form of the `302` body: continues at the Link page. A redirect
 /// after a form POST is `303 See Other`, so the browser follows with GET.
-#[utoipa::path(post, operation_id = "ResumeAuthorization", path = "/v3/oauth/resume", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "continues at the Link page")))]
+/// The form the `302` page posts.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: the handler reads the form.
+struct ResumeForm {
+    /// The sign-in reference of the page's form.
+    #[schema(rename = "REF", pattern = "^lft_[A-Za-z0-9_-]{1,123}$")]
+    reference: String,
+}
+
+#[utoipa::path(post, operation_id = "ResumeAuthorization", path = "/v3/oauth/resume", tag = "oauth", request_body(content = ResumeForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "continues at the Link page")))]
 pub(super) async fn resume(
     State(state): State<RestState>,
     axum::Form(form): axum::Form<HashMap<String, String>>,
@@ -340,6 +339,38 @@ pub(super) async fn resume(
         HeaderValue::from_str(&location).map_err(Error::internal)?,
     );
     Ok(no_store(response))
+}
+
+/// A token request (RFC 6749 §4.1.3, with PKCE).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: the handler reads the form.
+struct TokenForm {
+    /// `authorization_code`.
+    grant_type: String,
+    /// The code the authorization redirect carried.
+    code: String,
+    /// The `redirect_uri` of the authorization request, when it had one.
+    redirect_uri: Option<String>,
+    /// The client app's id (`app_…`), unless HTTP Basic carries it.
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// PKCE (RFC 7636): required when the authorization request had a
+    /// `code_challenge`.
+    code_verifier: Option<String>,
+}
+
+/// An issued access token (RFC 6749 §5.1).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenResponse {
+    access_token: String,
+    /// `Bearer`.
+    token_type: String,
+    /// Seconds.
+    expires_in: i64,
+    /// Space-separated.
+    scope: String,
+    /// The connection the token may use (`conn_…`).
+    connection_id: String,
 }
 
 /// HTTP Basic client credentials (RFC 6749 §2.3.1: both parts
@@ -374,7 +405,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Er
     }))
 }
 
-#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3: grant_type, code, redirect_uri, code_verifier; client_id/client_secret in the body or Basic"), responses((status = 200, body = Object, description = "RFC 6749 §5.1 token response"), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
+#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3; the client authenticates with `client_id`/`client_secret` here or with HTTP Basic"), responses((status = 200, body = TokenResponse), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
 pub(super) async fn token(
     State(state): State<RestState>,
     headers: HeaderMap,
@@ -393,7 +424,7 @@ pub(super) async fn token(
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     crate::api::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|err| Error::oauth("invalid_request", err.to_string()))?;
-    let mut form = single_values(pairs, TOKEN_PARAMETERS)
+    let mut form = single_values(pairs, super::body::declared_fields::<TokenForm>())
         .map_err(|name| Error::oauth("invalid_request", format!("{name} must not be repeated.")))?;
     let basic = basic_credentials(&headers)?;
     let mut take = |name: &str| form.remove(name);
@@ -407,13 +438,13 @@ pub(super) async fn token(
     };
     let issued = state.api.oauth.exchange_code(req, basic).await?;
     Ok(no_store(
-        Json(json!({
-            "access_token": issued.access_token,
-            "token_type": issued.token_type,
-            "expires_in": issued.expires_in,
-            "scope": issued.scope,
-            "connection_id": issued.connection_id,
-        }))
+        Json(TokenResponse {
+            access_token: issued.access_token,
+            token_type: issued.token_type,
+            expires_in: issued.expires_in,
+            scope: issued.scope,
+            connection_id: issued.connection_id,
+        })
         .into_response(),
     ))
 }

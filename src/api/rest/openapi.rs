@@ -26,7 +26,8 @@ pub const FLOW_TOKEN: &str = "flow_token";
                        the end-user flow, OAuth, webhook events. The same RPCs as the gRPC services \
                        (see proto/), in the documented REST shapes. Every error is `Error` \
                        (`code` is the gRPC `ErrorInfo.reason`), except the OAuth token endpoint's, \
-                       which follow RFC 6749.",
+                       which follow RFC 6749. No string anywhere may contain NUL (U+0000): it is \
+                       refused as `VALIDATION_FAILED` naming the field.",
         license(name = "Apache-2.0")
     ),
     paths(super::connections::proxy),
@@ -63,6 +64,40 @@ impl PartialSchema for ErrorCode {
 }
 
 impl ToSchema for ErrorCode {}
+
+/// An id's schema that also takes the empty string: an optional field or
+/// query parameter given as `""` reads as not given.
+fn empty_or<T: PartialSchema>() -> RefOr<Schema> {
+    let mut schema = T::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema
+        && let Some(pattern) = object.pattern.take()
+    {
+        let bare = pattern.trim_start_matches('^').trim_end_matches('$');
+        object.pattern = Some(format!("^({bare})?$"));
+    }
+    schema
+}
+
+macro_rules! empty_or {
+    ($($name:ident => $id:ty),* $(,)?) => {$(
+        #[doc = concat!("`", stringify!($id), "` or the empty string.")]
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                empty_or::<$id>()
+            }
+        }
+
+        impl ToSchema for $name {}
+    )*};
+}
+
+empty_or! {
+    EmptyOrClientAppId => crate::kernel::ids::ClientAppId,
+    EmptyOrConnectionId => crate::kernel::ids::ConnectionId,
+    EmptyOrLinkId => crate::kernel::ids::LinkId,
+}
 
 /// The authorize endpoint's JSON `400`: its own refusals, or the one error
 /// shape of a query the input gate refuses before the endpoint reads it.

@@ -9,19 +9,61 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
-fn client_json(client: &pb::ProviderOAuthClient) -> Value {
-    json!({
-        "integrationId": client.integration_id,
-        "clientId": client.client_id,
-        "scopes": client.scopes,
-        "updatedAt": client.updated_at.as_ref().map(iso8601),
-        "deploymentDefault": client.deployment_default,
-    })
+/// An app's OAuth client at a provider; the secret is never returned.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ProviderOAuthClient)]
+struct OAuthClientView {
+    integration_id: String,
+    client_id: String,
+    scopes: Vec<String>,
+    /// ISO 8601.
+    updated_at: Option<String>,
+    /// The deployment's own client, used while the app has none.
+    deployment_default: bool,
 }
 
-#[utoipa::path(put, operation_id = "SetProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`"), ("integration_id" = String, Path)), request_body(content = Object, content_type = "application/json"), responses((status = 200, body = Object, description = "the client, without its secret")))]
+fn client_json(client: &pb::ProviderOAuthClient) -> OAuthClientView {
+    OAuthClientView {
+        integration_id: client.integration_id.clone(),
+        client_id: client.client_id.clone(),
+        scopes: client.scopes.clone(),
+        updated_at: client.updated_at.as_ref().map(iso8601),
+        deployment_default: client.deployment_default,
+    }
+}
+
+/// The app's OAuth clients, one per OAuth integration of the catalog.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OAuthClientList {
+    oauth_clients: Vec<OAuthClientView>,
+}
+
+/// The app's own OAuth client at the provider.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // A schema only: the handler reads the body.
+struct OAuthClientBody {
+    #[schema(
+        min_length = 1,
+        max_length = 512,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    client_id: String,
+    /// Stored encrypted; never returned.
+    #[schema(
+        min_length = 1,
+        max_length = 512,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    client_secret: String,
+    /// Scopes the integration offers; none for its defaults.
+    scopes: Option<Vec<String>>,
+}
+
+#[utoipa::path(put, operation_id = "SetProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path), ("integration_id" = String, Path)), request_body(content = OAuthClientBody, content_type = "application/json"), responses((status = 200, body = OAuthClientView)))]
 pub(super) async fn set_client(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -29,18 +71,14 @@ pub(super) async fn set_client(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let (client_id, client_secret, scopes) = read_object(
-        &headers,
-        &body,
-        &["clientId", "clientSecret", "scopes"],
-        |f| {
+    let (client_id, client_secret, scopes) =
+        read_object::<OAuthClientBody, _>(&headers, &body, |f| {
             (
                 f.string("clientId").unwrap_or_default(),
                 f.string("clientSecret").unwrap_or_default(),
                 f.string_list("scopes"),
             )
-        },
-    )?;
+        })?;
     let set = state
         .api
         .provider_oauth
@@ -59,7 +97,7 @@ pub(super) async fn set_client(
     Ok(Json(client_json(&client)).into_response())
 }
 
-#[utoipa::path(get, operation_id = "ListProviderOAuthClients", path = "/v1/client-apps/{client_app_id}/oauth-clients", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`")), responses((status = 200, body = Object, description = "`{oauthClients}`")))]
+#[utoipa::path(get, operation_id = "ListProviderOAuthClients", path = "/v1/client-apps/{client_app_id}/oauth-clients", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path)), responses((status = 200, body = OAuthClientList)))]
 pub(super) async fn list_clients(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
@@ -73,11 +111,13 @@ pub(super) async fn list_clients(
             pb::ListProviderOAuthClientsRequest { client_app_id },
         )
         .await?;
-    let clients: Vec<Value> = listed.oauth_clients.iter().map(client_json).collect();
-    Ok(Json(json!({ "oauthClients": clients })).into_response())
+    Ok(Json(OAuthClientList {
+        oauth_clients: listed.oauth_clients.iter().map(client_json).collect(),
+    })
+    .into_response())
 }
 
-#[utoipa::path(delete, operation_id = "DeleteProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = String, Path, description = "`app_…`"), ("integration_id" = String, Path)), responses((status = 200, body = Object)))]
+#[utoipa::path(delete, operation_id = "DeleteProviderOAuthClient", path = "/v1/client-apps/{client_app_id}/oauth-clients/{integration_id}", tag = "client apps", security(("api_key" = [])), params(("client_app_id" = inline(crate::kernel::ids::ClientAppId), Path), ("integration_id" = String, Path)), responses((status = 204, description = "removed; the deployment's default applies again, when there is one")))]
 pub(super) async fn delete_client(
     State(state): State<RestState>,
     Authenticated(caller): Authenticated,
