@@ -136,9 +136,7 @@ impl Services {
         webhook_metrics.register(registry);
         connectors.metrics().register(registry);
         provider_oauth.metrics().register(registry);
-        registry.register_collector(Box::new(crate::kernel::db::PoolCollector {
-            pool: db.pool().clone(),
-        }));
+        db.register_metrics(registry);
         let build_info = prometheus_client::metrics::family::Family::<
             Vec<(&'static str, &'static str)>,
             prometheus_client::metrics::gauge::Gauge,

@@ -7,6 +7,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection as _, Executor, PgConnection, PgPool, Postgres};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What sits between linkd and Postgres.
@@ -52,6 +53,38 @@ pub struct PoolSettings {
 pub struct Db {
     pool: PgPool,
     pinned: bool,
+    acquiring: Arc<Acquiring>,
+}
+
+/// How long uses wait for a pooled connection, and how many wait now: the
+/// pool's saturation, which its size and idle count alone do not show.
+#[derive(Debug)]
+struct Acquiring {
+    waiting: prometheus_client::metrics::gauge::Gauge,
+    seconds: prometheus_client::metrics::histogram::Histogram,
+    timeouts: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for Acquiring {
+    fn default() -> Self {
+        Acquiring {
+            waiting: Default::default(),
+            // 0.1 ms to ~2 s; longer waits are near the acquire timeout.
+            seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 3.0, 10),
+            ),
+            timeouts: Default::default(),
+        }
+    }
+}
+
+/// Counts a waiter until dropped (also when its acquire is cancelled).
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A transaction ([`Db::begin`]): commit or roll it back; dropped, it rolls
@@ -188,23 +221,47 @@ impl Db {
     }
 
     pub async fn begin(&self) -> sqlx::Result<DbTransaction> {
-        Ok(DbTransaction::new(self.pool.begin().await?, self.pinned))
+        self.begin_opened_by(None).await
     }
 
     /// A transaction opened by `statement` (`BEGIN ISOLATION LEVEL …`).
     pub async fn begin_with(&self, statement: &'static str) -> sqlx::Result<DbTransaction> {
-        Ok(DbTransaction::new(
-            self.pool.begin_with(statement).await?,
-            self.pinned,
-        ))
+        self.begin_opened_by(Some(statement)).await
+    }
+
+    async fn begin_opened_by(
+        &self,
+        statement: Option<&'static str>,
+    ) -> sqlx::Result<DbTransaction> {
+        let conn = self.acquire().await?;
+        // What `Pool::begin` does, after an acquire that is measured.
+        let tx =
+            sqlx::Transaction::begin(conn, statement.map(sqlx::SqlSafeStr::into_sql_str)).await?;
+        Ok(DbTransaction::new(tx, self.pinned))
     }
 
     pub async fn connection(&self) -> sqlx::Result<DbConnection> {
         Ok(if self.pinned {
             DbConnection::Pinned(self.begin().await?)
         } else {
-            DbConnection::Direct(self.pool.acquire().await?)
+            DbConnection::Direct(self.acquire().await?)
         })
+    }
+
+    /// A connection from the pool, the wait measured
+    /// (`linkd_db_pool_acquire_seconds`, `…_waiting`, `…_timeouts_total`).
+    async fn acquire(&self) -> sqlx::Result<sqlx::pool::PoolConnection<Postgres>> {
+        let measured = &self.acquiring;
+        let started = std::time::Instant::now();
+        measured.waiting.inc();
+        let waiting = Waiting(&measured.waiting);
+        let conn = self.pool.acquire().await;
+        drop(waiting);
+        measured.seconds.observe(started.elapsed().as_secs_f64());
+        if matches!(conn, Err(sqlx::Error::PoolTimedOut)) {
+            measured.timeouts.inc();
+        }
+        conn
     }
 }
 
@@ -243,10 +300,18 @@ impl<'c> Executor<'c> for &'c Db {
         'c: 'e,
         E: 'q + sqlx::Execute<'q, Postgres>,
     {
-        if !self.pinned {
-            return self.pool.fetch_many(query);
-        }
         let db = self.clone();
+        if !self.pinned {
+            // What `Pool`'s own executor does, after an acquire that is
+            // measured.
+            return Box::pin(async_stream::try_stream! {
+                let mut conn = db.acquire().await?;
+                let mut results = conn.fetch_many(query);
+                while let Some(result) = results.try_next().await? {
+                    yield result;
+                }
+            });
+        }
         Box::pin(async_stream::try_stream! {
             let mut tx = db.begin().await?;
             {
@@ -267,10 +332,10 @@ impl<'c> Executor<'c> for &'c Db {
         'c: 'e,
         E: 'q + sqlx::Execute<'q, Postgres>,
     {
-        if !self.pinned {
-            return self.pool.fetch_optional(query);
-        }
         let db = self.clone();
+        if !self.pinned {
+            return Box::pin(async move { db.acquire().await?.fetch_optional(query).await });
+        }
         Box::pin(async move {
             let mut tx = db.begin().await?;
             let row = tx.fetch_optional(Unnamed(query)).await?;
@@ -337,7 +402,11 @@ pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
         pool
     }
     .connect_lazy_with(options);
-    Ok(Db { pool, pinned })
+    Ok(Db {
+        pool,
+        pinned,
+        acquiring: Arc::default(),
+    })
 }
 
 /// How to connect to `url` through `pooler`.
@@ -475,7 +544,33 @@ impl Probe {
 /// `linkd_db_pool_max_connections`).
 #[derive(Debug)]
 pub struct PoolCollector {
-    pub pool: PgPool,
+    pool: PgPool,
+}
+
+impl Db {
+    /// Registers the pool's series: connections by state and the most it
+    /// opens (read on each scrape), and the waits for a connection.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(PoolCollector {
+            pool: self.pool.clone(),
+        }));
+        registry.register(
+            "db_pool_waiting",
+            "Uses of the database waiting for a pooled connection now",
+            self.acquiring.waiting.clone(),
+        );
+        registry.register_with_unit(
+            "db_pool_acquire",
+            "Time a use of the database waited for a pooled connection",
+            prometheus_client::registry::Unit::Seconds,
+            self.acquiring.seconds.clone(),
+        );
+        registry.register(
+            "db_pool_acquire_timeouts",
+            "Waits for a pooled connection that gave up after LINKD_DB_ACQUIRE_TIMEOUT (answered UNAVAILABLE)",
+            self.acquiring.timeouts.clone(),
+        );
+    }
 }
 
 impl prometheus_client::collector::Collector for PoolCollector {

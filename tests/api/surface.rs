@@ -570,3 +570,88 @@ async fn real_answers_fit_the_documented_schemas() {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     fits("Error", &refused.json().await.unwrap());
 }
+
+/// A saturated pool shows on `/metrics`: calls waiting for a connection,
+/// how long they waited, and the waits that gave up (each a `503`).
+#[tokio::test]
+async fn metrics_show_calls_waiting_for_a_pooled_connection() {
+    let app = crate::helpers::spawn_app_on(
+        &crate::helpers::fresh_database().await,
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let value = |exposition: &str, series: &str| -> f64 {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in {exposition}"))
+            .parse()
+            .unwrap()
+    };
+    let before = app.metrics().await;
+    assert_eq!(value(&before, "linkd_db_pool_acquire_timeouts_total"), 0.0);
+    let waits_before = value(&before, "linkd_db_pool_acquire_seconds_count");
+    assert!(waits_before >= 1.0, "set-up used the pool: {before}");
+
+    let pool = app.api.db().pool().clone();
+    let mut held = Vec::new();
+    while held.len() < pool.options().get_max_connections() as usize {
+        held.push(pool.acquire().await.unwrap());
+    }
+    let waiting = tokio::spawn({
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/client-apps"),
+            tenant.key.clone(),
+        );
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let now = app.metrics().await;
+        if value(&now, "linkd_db_pool_waiting") >= 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(waiting.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(held);
+
+    // The background sweeps may have waited (and given up) beside the call.
+    let started = std::time::Instant::now();
+    let after = loop {
+        let now = app.metrics().await;
+        if value(&now, "linkd_db_pool_waiting") == 0.0 {
+            break now;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(value(&after, "linkd_db_pool_acquire_timeouts_total") >= 1.0);
+    assert!(value(&after, "linkd_db_pool_acquire_seconds_count") > waits_before);
+    // The wait that timed out is in the ~1 s bucket, not below 0.7 s.
+    let quick = value(
+        &after,
+        "linkd_db_pool_acquire_seconds_bucket{le=\"0.6561\"}",
+    );
+    assert!(
+        value(&after, "linkd_db_pool_acquire_seconds_count") > quick,
+        "{after}"
+    );
+    app.stop().await;
+}
