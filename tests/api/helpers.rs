@@ -366,6 +366,33 @@ impl TestApp {
             .expect("gRPC connect")
     }
 
+    /// Takes every connection of the server's pool (it shares the test's):
+    /// until they are dropped, each use of the database waits.
+    pub async fn hold_every_pooled_connection(
+        &self,
+    ) -> Vec<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        let pool = self.api.db().pool().clone();
+        let mut held = Vec::new();
+        while held.len() < pool.options().get_max_connections() as usize {
+            held.push(pool.acquire().await.unwrap());
+        }
+        held
+    }
+
+    /// `GET path` with `key`, sent in a task of its own: its status once it
+    /// is answered.
+    pub fn spawn_get(&self, path: &str, key: &str) -> tokio::task::JoinHandle<StatusCode> {
+        let (http, url, key) = (self.http.clone(), self.url(path), key.to_string());
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    }
+
     /// Polls `/readyz` until it reports `ready` (or not), for up to 10 s.
     pub async fn wait_for_readiness(&self, ready: bool) {
         for _ in 0..200 {

@@ -247,31 +247,13 @@ async fn calls_fail_fast_while_readiness_says_the_database_is_down() {
 async fn a_pool_whose_connections_are_all_busy_is_not_a_database_that_is_down() {
     let app = crate::helpers::spawn_app().await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let pool = app.api.db().pool().clone();
-    let mut held = Vec::new();
-    while held.len() < pool.options().get_max_connections() as usize {
-        held.push(pool.acquire().await.unwrap());
-    }
+    let held = app.hold_every_pooled_connection().await;
     // Several probe intervals (200 ms in tests), each past its 1 s time-out.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK, "a busy pool reads as down");
 
-    let waiting = tokio::spawn({
-        let (http, url, key) = (
-            app.http.clone(),
-            app.url("/v1/client-apps"),
-            tenant.key.clone(),
-        );
-        async move {
-            http.get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let waiting = app.spawn_get("/v1/client-apps", &tenant.key);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(held);
     assert_eq!(waiting.await.unwrap(), StatusCode::OK);

@@ -594,26 +594,8 @@ async fn metrics_show_calls_waiting_for_a_pooled_connection() {
     let waits_before = value(&before, "linkd_db_pool_acquire_seconds_count");
     assert!(waits_before >= 1.0, "set-up used the pool: {before}");
 
-    let pool = app.api.db().pool().clone();
-    let mut held = Vec::new();
-    while held.len() < pool.options().get_max_connections() as usize {
-        held.push(pool.acquire().await.unwrap());
-    }
-    let waiting = tokio::spawn({
-        let (http, url, key) = (
-            app.http.clone(),
-            app.url("/v1/client-apps"),
-            tenant.key.clone(),
-        );
-        async move {
-            http.get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let held = app.hold_every_pooled_connection().await;
+    let waiting = app.spawn_get("/v1/client-apps", &tenant.key);
     let started = std::time::Instant::now();
     loop {
         let now = app.metrics().await;
