@@ -116,9 +116,16 @@ impl Policy {
     }
 }
 
+/// As [`Policy::parse`] reads it: per minute when that is a whole number
+/// below one a second (`30/m,burst=1`), else per second.
 impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/s,burst={}", self.per_second, self.burst)
+        let per_minute = self.per_second * 60.0;
+        if self.per_second < 1.0 && (per_minute - per_minute.round()).abs() < 1e-9 {
+            write!(f, "{}/m,burst={}", per_minute.round(), self.burst)
+        } else {
+            write!(f, "{}/s,burst={}", self.per_second, self.burst)
+        }
     }
 }
 
@@ -508,6 +515,14 @@ mod tests {
             Policy::parse("100/s,burst=200").unwrap().window_seconds(),
             2
         );
+        for shown in [
+            "100/s,burst=200",
+            "30/m,burst=1",
+            "1/m,burst=3",
+            "2.5/s,burst=5",
+        ] {
+            assert_eq!(Policy::parse(shown).unwrap().to_string(), shown);
+        }
     }
 
     #[test]

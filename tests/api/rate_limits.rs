@@ -345,3 +345,41 @@ async fn buckets_that_refilled_are_swept_from_the_database() {
     }
     app.stop().await;
 }
+
+/// The OAuth token endpoint draws on the client app's bucket once the
+/// client authenticated (a wrong secret is the address's problem, above).
+#[tokio::test]
+async fn token_requests_draw_on_the_client_apps_bucket() {
+    let app = spawn_app_with(|args| args.rate_limit_client_app = limit("1/m,burst=3")).await;
+    let tenant = app.create_tenant(Environment::Sandbox).await;
+    let exchange = || async {
+        let response = app
+            .http
+            .post(app.url("/v3/oauth/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", "not-a-code"),
+                ("client_id", tenant.app_id.as_str()),
+                ("client_secret", tenant.client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, retry_after, response.json::<Value>().await.unwrap())
+    };
+    for _ in 0..3 {
+        let (status, _, body) = exchange().await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    }
+    let (status, retry_after, body) = exchange().await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry_after.is_some(), "{body}");
+    assert!(body.to_string().contains("client_app"), "{body}");
+    app.stop().await;
+}

@@ -405,7 +405,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Er
     }))
 }
 
-#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3; the client authenticates with `client_id`/`client_secret` here or with HTTP Basic"), responses((status = 200, body = TokenResponse), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
+#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3; the client authenticates with `client_id`/`client_secret` here or with HTTP Basic"), responses((status = 200, body = TokenResponse), (status = 413, body = super::ErrorBody, description = "the body is over the size limit"), (status = 429, body = super::ErrorBody, description = "the client app is over its rate limit (`Retry-After`)"), (status = 503, body = super::ErrorBody, description = "the database cannot be reached (`Retry-After`)"), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
 pub(super) async fn token(
     State(state): State<RestState>,
     headers: HeaderMap,
