@@ -78,8 +78,16 @@ impl Default for Acquiring {
     }
 }
 
-/// Counts a waiter until dropped (also when its acquire is cancelled).
+/// Counts a waiter from its start until dropped (also when its acquire is
+/// cancelled).
 struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -253,8 +261,7 @@ impl Db {
     async fn acquire(&self) -> sqlx::Result<sqlx::pool::PoolConnection<Postgres>> {
         let measured = &self.acquiring;
         let started = std::time::Instant::now();
-        measured.waiting.inc();
-        let waiting = Waiting(&measured.waiting);
+        let waiting = Waiting::start(&measured.waiting);
         let conn = self.pool.acquire().await;
         drop(waiting);
         measured.seconds.observe(started.elapsed().as_secs_f64());

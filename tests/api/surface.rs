@@ -581,14 +581,7 @@ async fn metrics_show_calls_waiting_for_a_pooled_connection() {
     )
     .await;
     let tenant = app.create_tenant(Environment::Sandbox).await;
-    let value = |exposition: &str, series: &str| -> f64 {
-        exposition
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in {exposition}"))
-            .parse()
-            .unwrap()
-    };
+    let value = crate::webhooks::metric;
     let before = app.metrics().await;
     assert_eq!(value(&before, "linkd_db_pool_acquire_timeouts_total"), 0.0);
     let waits_before = value(&before, "linkd_db_pool_acquire_seconds_count");
