@@ -256,6 +256,24 @@ impl pb::authorize_service_server::AuthorizeService for Services {
             self.oauth.exchange_code(req.into_inner(), None).await?,
         ))
     }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
+        Ok(Response::new(
+            self.oauth.revoke_token(req.into_inner(), None).await?,
+        ))
+    }
+
+    async fn introspect_token(
+        &self,
+        req: Request<pb::IntrospectTokenRequest>,
+    ) -> Reply<pb::IntrospectTokenResponse> {
+        Ok(Response::new(
+            self.oauth.introspect_token(req.into_inner(), None).await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]

@@ -75,6 +75,16 @@ fn client_app_to_proto(row: ClientAppRow, default_limit: Option<Policy>) -> pb::
         created_at: Some(timestamp(row.created_at)),
         access_token_handoff: row.access_token_handoff,
         rate_limit,
+        oauth: Some(pb::ClientAppOAuth {
+            token_endpoint_auth_method: if row.oauth_client_type == "public" {
+                "none"
+            } else {
+                "client_secret_basic"
+            }
+            .into(),
+            refresh_tokens: row.oauth_refresh_tokens,
+            web_origins: row.oauth_web_origins,
+        }),
     }
 }
 

@@ -102,6 +102,80 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
     }
 }
 
+/// How a client app acts as an OAuth client (RFC 6749 §2.1).
+pub const OAUTH_CLIENT_TYPES: [&str; 2] = ["confidential", "public"];
+/// Most web origins one app may register.
+pub const MAX_WEB_ORIGINS: usize = 20;
+
+/// A change to an app's OAuth registration, checked: `None` keeps a
+/// setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct OAuthRegistration {
+    pub client_type: Option<&'static str>,
+    pub refresh_tokens: Option<bool>,
+    pub web_origins: Option<Vec<String>>,
+}
+
+impl OAuthRegistration {
+    /// Checks every field and reports every problem at once.
+    pub fn parse(
+        client_type: Option<&str>,
+        refresh_tokens: Option<bool>,
+        web_origins: Option<&[String]>,
+    ) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let client_type = client_type.and_then(|t| {
+            let known = OAUTH_CLIENT_TYPES.iter().find(|k| **k == t).copied();
+            if known.is_none() {
+                v.add("client_type", "must be confidential or public");
+            }
+            known
+        });
+        let web_origins = web_origins.map(|origins| {
+            if origins.len() > MAX_WEB_ORIGINS {
+                v.add(
+                    "web_origins",
+                    format!("at most {MAX_WEB_ORIGINS} web origins"),
+                );
+            }
+            let mut parsed = Vec::new();
+            for (i, origin) in origins.iter().enumerate() {
+                match parse_web_origin(origin) {
+                    Ok(origin) if !parsed.contains(&origin) => parsed.push(origin),
+                    Ok(_) => {}
+                    Err(message) => v.add(format!("web_origins[{i}]"), message),
+                }
+            }
+            parsed
+        });
+        v.finish()?;
+        Ok(OAuthRegistration {
+            client_type,
+            refresh_tokens,
+            web_origins,
+        })
+    }
+}
+
+/// A browser origin as the `Origin` header sends it (RFC 6454):
+/// `https://host[:port]`, or `http://` on a loopback host; no path, query
+/// or user. Returned in its serialised form (lower-case host, default port
+/// dropped), which is what browsers send.
+pub fn parse_web_origin(origin: &str) -> Result<String, &'static str> {
+    let url = Url::parse(origin).map_err(|_| "must be an origin such as https://app.example")?;
+    let bare = url.path() == "/" && !origin.ends_with('/');
+    if !bare || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("must be an origin: scheme, host and port only, no path");
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => {}
+        "http" if is_loopback_host(&url) => {}
+        "http" => return Err("http:// is only allowed for loopback hosts; use https://"),
+        _ => return Err("must be an https:// origin"),
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 /// An OAuth client secret: `lcs_` and 256 random bits, stored only hashed.
 pub fn generate_client_secret() -> String {
     format!("lcs_{}", crate::kernel::ids::random_token())
@@ -143,6 +217,38 @@ mod tests {
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn web_origins_are_bare_https_origins() {
+        assert_eq!(
+            parse_web_origin("https://App.Example:443").unwrap(),
+            "https://app.example"
+        );
+        assert_eq!(
+            parse_web_origin("http://127.0.0.1:5173").unwrap(),
+            "http://127.0.0.1:5173"
+        );
+        for bad in [
+            "https://app.example/",
+            "https://app.example/spa",
+            "https://app.example?x=1",
+            "http://app.example",
+            "https://user@app.example",
+            "app.example",
+            "*",
+            "null",
+        ] {
+            assert!(parse_web_origin(bad).is_err(), "{bad}");
+        }
+        let err = OAuthRegistration::parse(
+            Some("secret"),
+            None,
+            Some(&["https://ok.example".into(), "ftp://x".into()]),
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.violations().iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(paths, ["client_type", "web_origins[1]"]);
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub struct ClientAppRow {
     /// The app's own rate limit (operator setting), both or neither.
     pub rate_limit_per_second: Option<f64>,
     pub rate_limit_burst: Option<i32>,
+    /// `confidential` or `public` (RFC 6749 §2.1).
+    pub oauth_client_type: String,
+    /// Whether its OAuth grants get refresh tokens.
+    pub oauth_refresh_tokens: bool,
+    /// Browser origins allowed to call the token endpoints (CORS).
+    pub oauth_web_origins: Vec<String>,
 }
 
 impl ClientAppRow {
@@ -39,6 +45,7 @@ macro_rules! app_columns {
     () => {
         "id, organization_id, environment, name, redirect_uris, webhook_url, created_at, access_token_handoff, \
          brand_display_name, brand_accent_color, rate_limit_per_second, rate_limit_burst, \
+         oauth_client_type, oauth_refresh_tokens, oauth_web_origins, \
          (SELECT sha256 FROM client_app_logos l WHERE l.client_app_id = client_apps.id) AS logo_sha256"
     };
 }
@@ -161,18 +168,63 @@ pub async fn find_client_app(
     .await?)
 }
 
-/// The stored hash of an app's OAuth client secret, if one was issued.
-pub async fn client_secret_hash(
+/// A client app as an OAuth client authenticates and is served.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OAuthClientRow {
+    /// SHA-256 of its client secret, if one was issued.
+    pub client_secret_hash: Option<Vec<u8>>,
+    pub oauth_client_type: String,
+    pub oauth_refresh_tokens: bool,
+    pub oauth_web_origins: Vec<String>,
+}
+
+/// What the token endpoints need to know of client `id`.
+pub async fn oauth_client(
     db: impl PgExecutor<'_>,
     id: ClientAppId,
-) -> Result<Option<Vec<u8>>> {
-    Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
-        "SELECT client_secret_hash FROM client_apps WHERE id = $1",
+) -> Result<Option<OAuthClientRow>> {
+    Ok(sqlx::query_as(
+        "SELECT client_secret_hash, oauth_client_type, oauth_refresh_tokens, oauth_web_origins
+         FROM client_apps WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db)
+    .await?)
+}
+
+/// Whether any client app registered `origin` as one of its web origins.
+pub async fn web_origin_registered(db: impl PgExecutor<'_>, origin: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM client_apps WHERE oauth_web_origins @> ARRAY[$1])",
+    )
+    .bind(origin)
+    .fetch_one(db)
+    .await?)
+}
+
+/// How an app acts as an OAuth client; `None` leaves a setting as it is.
+/// False when no such app.
+pub async fn set_oauth_registration(
+    db: impl PgExecutor<'_>,
+    id: ClientAppId,
+    client_type: Option<&str>,
+    refresh_tokens: Option<bool>,
+    web_origins: Option<&[String]>,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE client_apps SET oauth_client_type = COALESCE($2, oauth_client_type),
+             oauth_refresh_tokens = COALESCE($3, oauth_refresh_tokens),
+             oauth_web_origins = COALESCE($4, oauth_web_origins)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(client_type)
+    .bind(refresh_tokens)
+    .bind(web_origins)
+    .execute(db)
     .await?
-    .flatten())
+    .rows_affected()
+        == 1)
 }
 
 /// Replaces an app's OAuth client secret hash; false when no such app.

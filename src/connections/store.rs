@@ -288,7 +288,8 @@ pub async fn get_with_session(
     .ok_or(Error::NotFound("connection"))
 }
 
-/// Soft-deletes a live connection, wiping its session and stopping billing.
+/// Soft-deletes a live connection, wiping its session, stopping billing and
+/// revoking the OAuth grants to it.
 /// `None` when it was not live (already deleted, unknown, other tenant).
 pub async fn delete(
     tx: &mut PgConnection,
@@ -301,8 +302,15 @@ pub async fn delete(
         row: ConnectionRow,
         billing_stopped_at: DateTime<Utc>,
     }
+    // Every OAuth grant to the connection ends with it (its access and
+    // refresh tokens with them), in the same statement.
     let deleted: Option<Deleted> = sqlx::query_as(concat!(
-        "UPDATE connections SET deleted_at = now(), billing_stopped_at = now(),
+        "WITH ended_grants AS (
+             UPDATE oauth_grants SET revoked_at = now()
+             WHERE connection_id = $1 AND organization_id = $2 AND environment = $3
+               AND revoked_at IS NULL
+         )
+         UPDATE connections SET deleted_at = now(), billing_stopped_at = now(),
              session_ciphertext = NULL, updated_at = now()
          WHERE id = $1 AND organization_id = $2 AND environment = $3 AND deleted_at IS NULL
          RETURNING billing_stopped_at, ",

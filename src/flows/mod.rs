@@ -343,6 +343,11 @@ impl Flows {
         Ok((self.link_page_url(&token)?, expires_at))
     }
 
+    /// The URL end users and clients reach this deployment at.
+    pub fn public_url(&self) -> &url::Url {
+        &self.settings.public_url
+    }
+
     /// The Link page URL of a flow token (in the fragment).
     pub(crate) fn link_page_url(&self, token: &str) -> Result<String> {
         let mut url = self

@@ -216,7 +216,9 @@ impl Error {
     pub fn classify(&self) -> (Code, StatusCode, &'static str) {
         let (code, status, reason) = match self {
             Error::OAuth { error, .. } => {
-                let (code, status) = if *error == "invalid_client" {
+                // A client that failed to authenticate, or an access token a
+                // protected resource refused (RFC 6750 §3.1), is a 401.
+                let (code, status) = if matches!(*error, "invalid_client" | "invalid_token") {
                     (Code::Unauthenticated, StatusCode::UNAUTHORIZED)
                 } else {
                     (Code::InvalidArgument, StatusCode::BAD_REQUEST)

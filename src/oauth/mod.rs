@@ -10,11 +10,17 @@
 //! `error`/`error_description`/`state`. A valid request opens a Link session
 //! for the client's tenant; consent issues a single-use code (256 random
 //! bits, stored hashed, short-lived) in the same transaction that makes the
-//! connection. `exchange_code` turns the code into an opaque access token
-//! scoped to that one connection.
+//! connection. The token endpoint (`tokens.rs`) turns the code into a grant
+//! with an access token scoped to that one connection and a rotating
+//! refresh token, and revokes and introspects them; `clients.rs`
+//! authenticates the clients that call it.
 
+mod clients;
 pub mod rules;
 pub mod store;
+mod tokens;
+
+pub use clients::ClientAuth;
 
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::{Catalog, Category};
@@ -25,15 +31,14 @@ use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{ClientAppId, ConnectionId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
+use crate::oauth::rules::ACCESS_TOKEN_PREFIX;
 use crate::oauth::rules::{
-    AuthorizationRequest, MAX_STATE_LEN, Redemption, error_redirect, is_valid_pkce_value,
-    redirect_uri_matches,
+    AuthorizationRequest, MAX_STATE_LEN, RESPONSE_MODES, error_redirect, redirect_uri_matches,
 };
 use crate::pb;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// Why an authorization request cannot even be answered by redirect.
 #[derive(Debug)]
@@ -67,13 +72,6 @@ impl From<AuthorizeError> for Error {
     }
 }
 
-/// Client credentials of a token request: HTTP Basic or the body.
-#[derive(Debug, Default)]
-pub struct BasicCredentials {
-    pub client_id: String,
-    pub client_secret: SecretString,
-}
-
 fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
@@ -98,6 +96,7 @@ fn check_parameters(
             &req.code_challenge_method,
             limits::ID,
         ),
+        ("response_mode", &req.response_mode, limits::ID),
     ] {
         if let Some(value) = value {
             v.max_len(name, value, max);
@@ -129,6 +128,8 @@ pub struct OAuthSettings {
     pub state_min_length: usize,
     pub code_ttl: std::time::Duration,
     pub token_ttl: std::time::Duration,
+    /// How long a grant's refresh tokens work after the code exchange.
+    pub refresh_ttl: std::time::Duration,
 }
 
 /// AuthorizeService: authorization requests, code exchange, and the
@@ -200,15 +201,25 @@ impl OAuth {
             },
         };
         let state = req.state.clone();
+        let issuer = self.issuer();
         let redirect_error = |error: &'static str, description: &str| pb::AuthorizeResponse {
             location: error_redirect(
                 &effective_redirect_uri,
                 error,
                 description,
                 state.as_deref(),
+                &issuer,
             ),
             error: error.to_string(),
         };
+        if let Some(mode) = given(&req.response_mode)
+            && !RESPONSE_MODES.contains(&mode)
+        {
+            return Ok(redirect_error(
+                "invalid_request",
+                "response_mode must be query (form_post and fragment are not supported).",
+            ));
+        }
         match given(&Some(req.response_type.clone())) {
             None => {
                 return Ok(redirect_error(
@@ -240,10 +251,13 @@ impl OAuth {
             ));
         }
         let challenge = given(&req.code_challenge);
+        // A public client has no secret: PKCE is what binds its code to it
+        // (RFC 9700 §2.1.1), whatever the server-wide setting.
+        let public = app.oauth_client_type == "public";
         if let Err(why) = rules::check_pkce_challenge(
             challenge,
             given(&req.code_challenge_method),
-            self.settings.require_pkce,
+            self.settings.require_pkce || public,
         ) {
             return Ok(redirect_error("invalid_request", why));
         }
@@ -286,111 +300,9 @@ impl OAuth {
         })
     }
 
-    /// Authenticates the client of a token request (RFC 6749 §2.3.1): HTTP
-    /// Basic or `client_id` + `client_secret` in the body, not both.
-    async fn authenticate_client(
-        &self,
-        req: &pb::ExchangeCodeRequest,
-        basic: Option<BasicCredentials>,
-    ) -> Result<ClientAppId> {
-        let (client_id, secret) = match basic {
-            Some(_) if req.client_secret.is_some() => {
-                return Err(Error::oauth(
-                    "invalid_request",
-                    "Use one client authentication method, not both.",
-                ));
-            }
-            Some(basic) => {
-                if !req.client_id.is_empty() && req.client_id != basic.client_id {
-                    return Err(Error::oauth(
-                        "invalid_request",
-                        "client_id differs from the authenticated client.",
-                    ));
-                }
-                (basic.client_id, basic.client_secret)
-            }
-            None => match &req.client_secret {
-                Some(secret) => (req.client_id.clone(), SecretString::from(secret.clone())),
-                None => {
-                    return Err(Error::oauth(
-                        "invalid_client",
-                        "Client authentication is required.",
-                    ));
-                }
-            },
-        };
-        let failed = || Error::oauth("invalid_client", "Client authentication failed.");
-        let app_id = ClientAppId::parse(&client_id).ok_or_else(failed)?;
-        let stored = tenancy::client_secret_hash(&self.db, app_id).await?;
-        let presented = token_hash(secret.expose_secret());
-        let stored = stored.unwrap_or_default();
-        let matches = stored.len() == presented.len() && bool::from(presented.ct_eq(&stored));
-        if !matches {
-            return Err(failed());
-        }
-        self.auth.limits().charge_client_app(app_id).await?;
-        Ok(app_id)
-    }
-
-    /// Exchanges an authorization code for an access token (RFC 6749
-    /// §4.1.3). The code is locked while checked, so of concurrent
-    /// redemptions exactly one succeeds; a redemption of a used code fails
-    /// and revokes what the first one issued.
-    pub async fn exchange_code(
-        &self,
-        req: pb::ExchangeCodeRequest,
-        basic: Option<BasicCredentials>,
-    ) -> Result<pb::ExchangeCodeResponse> {
-        let client = self.authenticate_client(&req, basic).await?;
-        check_token_request(&req)?;
-        let invalid_grant = |why: &str| Error::oauth("invalid_grant", why);
-        let mut tx = self.db.begin().await?;
-        let code = store::lock_code(&mut tx, &token_hash(&req.code))
-            .await?
-            .ok_or_else(|| invalid_grant("The code is invalid."))?;
-        if code.client_app_id != client {
-            return Err(invalid_grant("The code was issued to another client."));
-        }
-        if code.used {
-            store::revoke_tokens_of_code(&mut tx, code.id).await?;
-            tx.commit().await?;
-            tracing::warn!(
-                client_app_id = %client.to_string(),
-                "authorization code replayed; its tokens are revoked"
-            );
-            return Err(invalid_grant(
-                "The code was already used; tokens issued for it are revoked.",
-            ));
-        }
-        if code.expired {
-            return Err(invalid_grant("The code has expired."));
-        }
-        rules::check_redemption(
-            &Redemption {
-                redirect_uri: code.redirect_uri.as_deref(),
-                effective_redirect_uri: &code.effective_redirect_uri,
-                code_challenge: code.code_challenge.as_deref(),
-            },
-            given(&req.redirect_uri),
-            req.code_verifier.as_deref(),
-        )
-        .map_err(invalid_grant)?;
-        let live = crate::connections::store::exists(&mut *tx, code.connection_id).await?;
-        if !live {
-            return Err(invalid_grant("The connection no longer exists."));
-        }
-        let token = format!("lat_{}", random_token());
-        let ttl = self.settings.token_ttl;
-        store::insert_token(&mut tx, &token_hash(&token), &code, client, ttl).await?;
-        store::mark_code_used(&mut tx, code.id).await?;
-        tx.commit().await?;
-        Ok(pb::ExchangeCodeResponse {
-            access_token: token,
-            token_type: "Bearer".into(),
-            expires_in: ttl.as_secs() as i64,
-            connection_id: code.connection_id.to_string(),
-            scope: code.scope,
-        })
+    /// The issuer identifier: the metadata's `issuer` and every `iss`.
+    pub fn issuer(&self) -> String {
+        rules::issuer(self.flows.public_url())
     }
 
     /// Authenticates a caller of `GetConnection`: an API key (the tenant's
@@ -399,12 +311,20 @@ impl OAuth {
         &self,
         credential: Option<&SecretString>,
     ) -> Result<Caller> {
-        let Some(token) = credential.filter(|t| t.expose_secret().starts_with("lat_")) else {
+        let Some(token) = credential.filter(|t| t.expose_secret().starts_with(ACCESS_TOKEN_PREFIX))
+        else {
             return self.auth.authenticate(credential).await;
         };
         let row = store::live_token(&self.db, &token_hash(token.expose_secret())).await?;
+        // RFC 6750 §3.1: the resource says the token is the problem, so an
+        // OAuth client knows to refresh it rather than give up.
         let (organization_id, environment, connection_id, client_app_id) =
-            row.ok_or(Error::Unauthenticated)?;
+            row.ok_or_else(|| {
+                Error::oauth(
+                    "invalid_token",
+                    "The access token is invalid, expired or revoked.",
+                )
+            })?;
         self.auth.limits().charge_client_app(client_app_id).await?;
         Ok(Caller {
             tenant: Tenant {
@@ -414,33 +334,6 @@ impl OAuth {
             only_connection: Some(connection_id),
         })
     }
-}
-
-/// The token request's own syntax (RFC 6749 §4.1.3), before the code is
-/// looked up.
-fn check_token_request(req: &pb::ExchangeCodeRequest) -> Result<()> {
-    match req.grant_type.as_str() {
-        "" => return Err(Error::oauth("invalid_request", "grant_type is required.")),
-        "authorization_code" => {}
-        _ => {
-            return Err(Error::oauth(
-                "unsupported_grant_type",
-                "Only grant_type=authorization_code is supported.",
-            ));
-        }
-    }
-    if req.code.is_empty() {
-        return Err(Error::oauth("invalid_request", "code is required."));
-    }
-    if let Some(verifier) = &req.code_verifier
-        && !is_valid_pkce_value(verifier)
-    {
-        return Err(Error::oauth(
-            "invalid_request",
-            "code_verifier must be 43 to 128 unreserved characters.",
-        ));
-    }
-    Ok(())
 }
 
 /// Issues the authorization code of a consented OAuth session, inside

@@ -68,6 +68,24 @@ pub fn check_redemption(
     }
 }
 
+/// What the endpoints accept; the metadata document (RFC 8414) lists the
+/// same constants, so the two cannot disagree.
+pub const RESPONSE_TYPES: [&str; 1] = ["code"];
+/// `form_post` and `fragment` are refused: the Link page returns by
+/// redirect.
+pub const RESPONSE_MODES: [&str; 1] = ["query"];
+pub const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
+pub const PKCE_METHODS: [&str; 1] = ["S256"];
+/// How clients authenticate at the token, revocation and introspection
+/// endpoints: confidential clients with their secret (either way), public
+/// ones (`none`) by `client_id` alone.
+pub const CLIENT_AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
+/// `token_type_hint` values of revocation and introspection (RFC 7009 §2.1).
+pub const TOKEN_TYPE_HINTS: [&str; 2] = ["access_token", "refresh_token"];
+/// Token prefixes: what a token is can be told without a lookup.
+pub const ACCESS_TOKEN_PREFIX: &str = "lat_";
+pub const REFRESH_TOKEN_PREFIX: &str = "lrt_";
+
 /// Scopes a client may ask for; the consent page lists them.
 pub const SCOPES: [&str; 4] = ["accounts", "transactions", "statements", "identity"];
 /// Granted when `scope` is omitted.
@@ -92,6 +110,26 @@ pub fn parse_scope(scope: Option<&str>) -> Result<String, String> {
         }
     }
     Ok(granted.join(" "))
+}
+
+/// The scopes of a refresh request (RFC 6749 §6): omitted, the grant's;
+/// otherwise each must be one the grant has. Err is the `invalid_scope`
+/// description.
+pub fn narrow_scope(granted: &str, requested: Option<&str>) -> Result<String, &'static str> {
+    let Some(requested) = requested.filter(|s| !s.is_empty()) else {
+        return Ok(granted.to_string());
+    };
+    let has: Vec<&str> = granted.split(' ').collect();
+    let mut wanted: Vec<&str> = Vec::new();
+    for item in requested.split(' ') {
+        if !has.contains(&item) {
+            return Err("scope asks for more than the grant has.");
+        }
+        if !wanted.contains(&item) {
+            wanted.push(item);
+        }
+    }
+    Ok(wanted.join(" "))
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -162,22 +200,39 @@ pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     format!("{uri}{separator}{}", encoded.finish())
 }
 
-/// The successful authorization response (RFC 6749 §4.1.2).
-pub fn code_redirect(uri: &str, code: &str, state: Option<&str>) -> String {
+/// The successful authorization response (RFC 6749 §4.1.2), with the
+/// issuer that answered (RFC 9207) so a client of several servers can tell
+/// which one this is.
+pub fn code_redirect(uri: &str, code: &str, state: Option<&str>, issuer: &str) -> String {
     let mut params = vec![("code", code)];
     if let Some(state) = state {
         params.push(("state", state));
     }
+    params.push(("iss", issuer));
     with_query(uri, &params)
 }
 
-/// An error response to the redirect URI (RFC 6749 §4.1.2.1).
-pub fn error_redirect(uri: &str, error: &str, description: &str, state: Option<&str>) -> String {
+/// An error response to the redirect URI (RFC 6749 §4.1.2.1), with `iss`
+/// (RFC 9207).
+pub fn error_redirect(
+    uri: &str,
+    error: &str,
+    description: &str,
+    state: Option<&str>,
+    issuer: &str,
+) -> String {
     let mut params = vec![("error", error), ("error_description", description)];
     if let Some(state) = state {
         params.push(("state", state));
     }
+    params.push(("iss", issuer));
     with_query(uri, &params)
+}
+
+/// The issuer identifier (RFC 8414 §2): the public URL without a trailing
+/// slash, as the metadata and every `iss` say it.
+pub fn issuer(public_url: &url::Url) -> String {
+    public_url.as_str().trim_end_matches('/').to_string()
 }
 
 /// The authorization-endpoint error for a Link session that ended without
@@ -274,11 +329,20 @@ mod tests {
     #[test]
     fn state_survives_the_redirect_byte_for_byte() {
         for state in ["a&b=c", "x#y", "100%", "é✓ 漢字", "+ sign"] {
-            let location = code_redirect("https://app.example.com/cb?keep=1", "c0de", Some(state));
+            let location = code_redirect(
+                "https://app.example.com/cb?keep=1",
+                "c0de",
+                Some(state),
+                "https://linkd.example",
+            );
             assert!(location.starts_with("https://app.example.com/cb?keep=1&code=c0de&state="));
             let url = url::Url::parse(&location).unwrap();
             let echoed: Vec<(String, String)> = url.query_pairs().into_owned().collect();
             assert_eq!(echoed[2], ("state".to_string(), state.to_string()));
+            assert_eq!(
+                echoed[3],
+                ("iss".to_string(), "https://linkd.example".to_string())
+            );
         }
     }
 
@@ -296,5 +360,31 @@ mod tests {
         );
         assert!(parse_scope(Some("accounts  transactions")).is_err());
         assert!(parse_scope(Some("admin")).is_err());
+    }
+
+    #[test]
+    fn a_refresh_may_narrow_the_scope_never_widen_it() {
+        assert_eq!(
+            narrow_scope("accounts identity", None).unwrap(),
+            "accounts identity"
+        );
+        assert_eq!(
+            narrow_scope("accounts identity", Some("")).unwrap(),
+            "accounts identity"
+        );
+        assert_eq!(
+            narrow_scope("accounts identity", Some("identity")).unwrap(),
+            "identity"
+        );
+        assert!(narrow_scope("accounts", Some("accounts transactions")).is_err());
+        assert!(narrow_scope("accounts", Some("accounts  accounts")).is_err());
+    }
+
+    #[test]
+    fn the_issuer_has_no_trailing_slash() {
+        let url = url::Url::parse("https://linkd.example/").unwrap();
+        assert_eq!(issuer(&url), "https://linkd.example");
+        let url = url::Url::parse("https://example.com/linkd/").unwrap();
+        assert_eq!(issuer(&url), "https://example.com/linkd");
     }
 }

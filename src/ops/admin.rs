@@ -138,6 +138,46 @@ pub async fn run(api: &Services, command: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCommand::SetOauthRegistration {
+            app_id,
+            client_type,
+            refresh_tokens,
+            web_origins,
+            clear_web_origins,
+        } => {
+            let id = ClientAppId::from_request("app_id", &app_id)?;
+            let origins = (clear_web_origins || !web_origins.is_empty()).then_some(web_origins);
+            let change = crate::client_apps::rules::OAuthRegistration::parse(
+                client_type.as_deref(),
+                refresh_tokens,
+                origins.as_deref(),
+            )?;
+            if !tenancy::set_oauth_registration(
+                api.db(),
+                id,
+                change.client_type,
+                change.refresh_tokens,
+                change.web_origins.as_deref(),
+            )
+            .await?
+            {
+                bail!("no client app {app_id}");
+            }
+            let app = tenancy::find_client_app(api.db(), id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no client app {app_id}"))?;
+            println!(
+                "client app {app_id}: OAuth client type {}, refresh tokens {}, web origins [{}]",
+                app.oauth_client_type,
+                if app.oauth_refresh_tokens {
+                    "on"
+                } else {
+                    "off"
+                },
+                app.oauth_web_origins.join(", ")
+            );
+            Ok(())
+        }
         AdminCommand::SetAccessTokenHandoff { app_id, enabled } => {
             let id = ClientAppId::from_request("app_id", &app_id)?;
             if !tenancy::set_access_token_handoff(api.db(), id, enabled).await? {

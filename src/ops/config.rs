@@ -254,6 +254,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LINKD_OAUTH_TOKEN_TTL", default_value = "1h", value_parser = parse_session_ttl)]
     pub oauth_token_ttl: Duration,
 
+    /// How long an OAuth grant's refresh tokens work, counted from the code
+    /// exchange (rotation does not extend it): then the end user logs in
+    /// again.
+    #[arg(long, env = "LINKD_OAUTH_REFRESH_TTL", default_value = "30d", value_parser = parse_refresh_ttl)]
+    pub oauth_refresh_ttl: Duration,
+
     /// Webhook attempt timeout (connect to response headers).
     #[arg(long, env = "LINKD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_session_ttl)]
     pub webhook_timeout: Duration,
@@ -448,6 +454,7 @@ impl ServeArgs {
                 state_min_length: usize::from(self.oauth_state_min_length),
                 code_ttl: self.oauth_code_ttl,
                 token_ttl: self.oauth_token_ttl,
+                refresh_ttl: self.oauth_refresh_ttl,
             },
             webhooks: crate::webhooks::WebhookSettings {
                 timeout: self.webhook_timeout,
@@ -634,6 +641,27 @@ pub enum AdminCommand {
         #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
         enabled: bool,
     },
+    /// Set how a client app (`app_…`) acts as an OAuth client of linkd's
+    /// authorization server; options left out keep their setting.
+    SetOauthRegistration {
+        app_id: String,
+        /// `confidential` (authenticates with its client secret, the
+        /// default) or `public` (a native or single-page app: sends only its
+        /// client_id, token_endpoint_auth_method `none`, PKCE required).
+        #[arg(long, value_name = "confidential|public")]
+        client_type: Option<String>,
+        /// Whether its grants get refresh tokens (on by default).
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        refresh_tokens: Option<bool>,
+        /// A browser origin (`https://app.example`) its JavaScript may call
+        /// the token, revocation and introspection endpoints from (CORS);
+        /// repeat for several. Replaces the registered list.
+        #[arg(long = "web-origin", value_name = "ORIGIN")]
+        web_origins: Vec<String>,
+        /// Remove every registered web origin.
+        #[arg(long, conflicts_with = "web_origins")]
+        clear_web_origins: bool,
+    },
     /// Give a client app (`app_…`) its own rate limit for the calls made
     /// on its behalf without an API key (Link flows, token requests, its
     /// access tokens), or put it back on `LINKD_RATE_LIMIT_CLIENT_APP`.
@@ -789,6 +817,14 @@ fn parse_code_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+fn parse_refresh_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 60 * 60)).contains(&ttl) {
+        return Err("must be between 1m and 365d".into());
+    }
+    Ok(ttl)
+}
+
 /// Delays of the webhook retry schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule(pub Vec<Duration>);
@@ -927,6 +963,7 @@ mod tests {
         assert_eq!(serve.link_session_ttl, secs(30 * 60));
         assert_eq!(serve.oauth_code_ttl, secs(600));
         assert_eq!(serve.oauth_token_ttl, secs(3600));
+        assert_eq!(serve.oauth_refresh_ttl, secs(30 * 24 * 3600));
         assert_eq!(serve.api_key_cache_ttl, secs(5));
         assert_eq!(serve.max_list_offset, 10_000);
         assert!(serve.connectors.0.is_empty());

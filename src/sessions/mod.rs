@@ -33,7 +33,7 @@ use crate::kernel::crypto::Sealed;
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Precondition, Reason, Result};
 use crate::kernel::ids::{ConnectionId, token_hash};
-use crate::oauth::rules::{code_redirect, error_redirect, flow_error};
+use crate::oauth::rules::{code_redirect, error_redirect, flow_error, issuer};
 use crate::pb;
 use crate::sessions::rules::{
     NewSession, SessionRequest, SessionResult, session_redirect_url, web_origin,
@@ -251,6 +251,7 @@ impl Sessions {
                     &oauth.0.effective_redirect_uri,
                     &code,
                     oauth.0.state.as_deref(),
+                    &issuer(self.flows.public_url()),
                 ))
             }
             None => None,
@@ -415,6 +416,7 @@ impl FlowKindHooks for SessionFlow {
                     error,
                     description,
                     oauth.state.as_deref(),
+                    &issuer(engine.public_url()),
                 );
             }
             (Some(result), None) => {

@@ -64,7 +64,10 @@ async fn missing_malformed_unknown_and_revoked_keys_are_rejected_alike() {
 
         let response = app.get("/v1/client-apps", key).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"linkd\""
+        );
         assert_eq!(
             response.json::<serde_json::Value>().await.unwrap(),
             missing_body

@@ -164,6 +164,7 @@ pub fn serve_args() -> ServeArgs {
         oauth_state_min_length: 0,
         oauth_code_ttl: Duration::from_secs(600),
         oauth_token_ttl: Duration::from_secs(3600),
+        oauth_refresh_ttl: Duration::from_secs(30 * 24 * 60 * 60),
         // Roomy: a receiver on a busy machine that answers late must not
         // turn into a retry. Tests of time-outs set their own.
         webhook_timeout: Duration::from_secs(5),

@@ -17,6 +17,8 @@ mod key_rotation;
 mod latency;
 mod links;
 mod oauth;
+mod oauth_clients;
+mod oauth_grants;
 mod oauth_proxy;
 mod oauth_refresh;
 mod oauth_server;

@@ -14,11 +14,11 @@ use url::Url;
 
 pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-const CB: &str = "https://client.example.com/cb";
+pub const CB: &str = "https://client.example.com/cb";
 const LOOPBACK: &str = "http://127.0.0.1/cb";
 
 /// An HTTP client that does not follow redirects.
-fn no_redirects() -> reqwest::Client {
+pub fn no_redirects() -> reqwest::Client {
     crate::helpers::install_crypto();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -27,7 +27,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// An OAuth client app with several redirect URIs.
-async fn client(app: &TestApp, redirect_uris: &[&str]) -> TestTenant {
+pub async fn client(app: &TestApp, redirect_uris: &[&str]) -> TestTenant {
     let organization_id = OrganizationId::new();
     linkd::client_apps::store::create_organization(app.api.db(), organization_id, "OAuth org")
         .await
@@ -55,7 +55,7 @@ pub async fn authorize(app: &TestApp, params: &[(&str, &str)]) -> reqwest::Respo
         .unwrap()
 }
 
-fn location(response: &reqwest::Response) -> String {
+pub fn location(response: &reqwest::Response) -> String {
     response
         .headers()
         .get("location")
@@ -65,7 +65,7 @@ fn location(response: &reqwest::Response) -> String {
         .to_string()
 }
 
-fn query(url: &str) -> Vec<(String, String)> {
+pub fn query(url: &str) -> Vec<(String, String)> {
     Url::parse(url)
         .unwrap()
         .query_pairs()
@@ -73,7 +73,7 @@ fn query(url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param(url: &str, name: &str) -> Option<String> {
+pub fn param(url: &str, name: &str) -> Option<String> {
     query(url)
         .into_iter()
         .find(|(k, _)| k == name)
@@ -114,7 +114,7 @@ pub async fn token(
 }
 
 /// A code for `client`, issued with the RFC 7636 Appendix B challenge.
-async fn code_for(app: &TestApp, client: &TestTenant, state: &str) -> String {
+pub async fn code_for(app: &TestApp, client: &TestTenant, state: &str) -> String {
     let response = authorize(
         app,
         &[
@@ -135,7 +135,7 @@ async fn code_for(app: &TestApp, client: &TestTenant, state: &str) -> String {
     param(&back, "code").unwrap()
 }
 
-fn exchange<'a>(client: &'a TestTenant, code: &'a str) -> Vec<(&'a str, &'a str)> {
+pub fn exchange<'a>(client: &'a TestTenant, code: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("grant_type", "authorization_code"),
         ("code", code),
@@ -863,6 +863,7 @@ async fn exchange_over_grpc_maps_oauth_errors() {
         client_id: client.app_id.clone(),
         client_secret: Some(secret.into()),
         code_verifier: Some(verifier.into()),
+        ..Default::default()
     };
     let bad_client = rpc
         .exchange_code(request("lcs_nope", VERIFIER))
@@ -901,7 +902,7 @@ async fn access_tokens_live_the_configured_lifetime() {
     assert_eq!(status, StatusCode::OK, "{issued}");
     assert_eq!(issued["expires_in"], 120);
     let lifetime: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM expires_at - now())::float8 FROM oauth_tokens",
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM oauth_tokens WHERE kind = 'access'",
     )
     .fetch_one(app.api.db())
     .await

@@ -17,20 +17,20 @@ fn provider_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth_provider")
 }
 
-/// `npm ci` once per test run when `node_modules` is missing.
-fn ensure_installed() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        if provider_dir().join("node_modules/oidc-provider").exists() {
-            return;
-        }
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(provider_dir())
-            .status()
-            .expect("npm is installed (Node 20+)");
-        assert!(status.success(), "npm ci in tests/oauth_provider failed");
-    });
+/// `npm ci` in `dir` (a folder under `tests/`) once per test run, when its
+/// `node_modules` lacks `package`.
+pub fn npm_ci(dir: &std::path::Path, package: &str) {
+    static INSTALLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLS.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join("node_modules").join(package).exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .expect("npm is installed (Node 20+)");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
 /// What the end user does on the provider's pages.
@@ -57,7 +57,7 @@ impl OAuthServer {
     /// Starts the provider with one confidential client whose redirect URI
     /// is `callback`, issuing access tokens that live `access_ttl` seconds.
     pub fn start(callback: &str, access_ttl: u64) -> Self {
-        ensure_installed();
+        npm_ci(&provider_dir(), "oidc-provider");
         let clients = json!([{
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,

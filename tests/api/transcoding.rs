@@ -24,6 +24,11 @@ const REST_ONLY: &[(&str, &str, &str)] = &[
         "/link/brand/{client_app_id}/logo",
         "the logo image the Link page shows",
     ),
+    (
+        "GET",
+        "/.well-known/oauth-authorization-server",
+        "RFC 8414 metadata: OAuth clients discover the REST endpoints by it",
+    ),
 ];
 
 /// Routes that are not the API: probes, scrapes, the document itself.

@@ -130,19 +130,28 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The essence of the request's media type (`type/subtype`, lower case,
+/// parameters dropped): media types compare case-insensitively (RFC 9110
+/// §8.3.1).
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
 /// Whether the request says its body is JSON (`application/json` or
 /// `application/…+json`, any case, any parameters).
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    let essence = essence.to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    media_type(headers).is_some_and(|essence| {
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    })
+}
+
+/// Whether the request says its body is a form
+/// (`application/x-www-form-urlencoded`, any case, any parameters).
+pub(super) fn is_form(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|essence| essence == "application/x-www-form-urlencoded")
 }
 
 /// The body as a JSON object, through the input gate: `415` unless it is

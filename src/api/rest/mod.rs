@@ -47,12 +47,15 @@ pub struct ErrorBody {
     issues: Option<Vec<crate::kernel::error::FieldViolation>>,
 }
 
-/// An RFC 6749 §5.2 error of the token endpoint (`OAuthError`).
+/// An OAuth error (`OAuthError`): of the token, revocation and
+/// introspection endpoints (RFC 6749 §5.2, RFC 7009 §2.2.1), or an access
+/// token refused by a protected resource (RFC 6750 §3.1).
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = OAuthError)]
 pub struct OAuthErrorBody {
     /// `invalid_request`, `invalid_client`, `invalid_grant`,
-    /// `unauthorized_client`, `unsupported_grant_type` or `invalid_scope`.
+    /// `unauthorized_client`, `unsupported_grant_type`, `invalid_scope` or
+    /// (a protected resource) `invalid_token`.
     pub(super) error: &'static str,
     pub(super) error_description: String,
 }
@@ -78,15 +81,16 @@ impl IntoResponse for Error {
                     error,
                     error_description: description,
                 };
+                let challenge = (error == "invalid_token")
+                    .then(|| bearer_challenge(Some((error, &body.error_description))));
                 let mut response = (status, Json(body)).into_response();
                 let headers = response.headers_mut();
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-                if status == StatusCode::UNAUTHORIZED {
-                    headers.insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"linkd\""),
-                    );
+                // `invalid_client` gets the Basic challenge from the token
+                // endpoints, only when the client tried Basic.
+                if let Some(challenge) = challenge {
+                    headers.insert(header::WWW_AUTHENTICATE, challenge);
                 }
                 return response;
             }
@@ -100,13 +104,35 @@ impl IntoResponse for Error {
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::WWW_AUTHENTICATE, bearer_challenge(None));
         }
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }
+}
+
+/// The `Bearer` challenge of a `401` (RFC 6750 §3): with the error and its
+/// description when a presented token was refused, bare when none was
+/// presented.
+fn bearer_challenge(error: Option<(&str, &str)>) -> HeaderValue {
+    let value = match error {
+        Some((error, description)) => {
+            // A quoted-string may not hold `"` or `\` unescaped; the
+            // descriptions are linkd's own sentences, kept to printable ASCII.
+            let description: String = description
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .filter(|c| !matches!(c, '"' | '\\'))
+                .collect();
+            format!(
+                "Bearer realm=\"linkd\", error=\"{error}\", error_description=\"{description}\""
+            )
+        }
+        None => "Bearer realm=\"linkd\"".to_string(),
+    };
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
 /// Marks a response that carries a provider's answer (the proxy), passed on
@@ -206,6 +232,20 @@ struct ClientAppJson {
     /// Absent when the server has client-app rate limits off.
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimitJson>,
+    oauth: OAuthRegistrationJson,
+}
+
+/// How a client app acts as an OAuth client (`linkd admin set-oauth-registration`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ClientAppOAuth)]
+struct OAuthRegistrationJson {
+    /// `client_secret_basic` (confidential; `client_secret_post` works
+    /// too) or `none` (public: client_id alone, PKCE required).
+    token_endpoint_auth_method: String,
+    refresh_tokens: bool,
+    /// Origins allowed to call the token endpoints from a browser (CORS).
+    web_origins: Vec<String>,
 }
 
 /// A client app's rate limit: a token bucket of `burst` refilled at `perSecond`.
@@ -234,6 +274,14 @@ impl From<pb::ClientApp> for ClientAppJson {
                 burst: r.burst,
                 custom: r.custom,
             }),
+            oauth: {
+                let o = app.oauth.unwrap_or_default();
+                OAuthRegistrationJson {
+                    token_endpoint_auth_method: o.token_endpoint_auth_method,
+                    refresh_tokens: o.refresh_tokens,
+                    web_origins: o.web_origins,
+                }
+            },
             branding: {
                 let b = app.branding.unwrap_or_default();
                 let given = |s: String| (!s.is_empty()).then_some(s);
@@ -472,6 +520,9 @@ fn documented_routes() -> OpenApiRouter<RestState> {
         .routes(routes!(oauth::authorize))
         .routes(routes!(oauth::resume))
         .routes(routes!(oauth::token))
+        .routes(routes!(oauth::revoke))
+        .routes(routes!(oauth::introspect))
+        .routes(routes!(oauth::metadata))
         .routes(routes!(branding::logo))
 }
 
@@ -503,6 +554,18 @@ pub fn router(state: RestState, max_body_bytes: usize) -> Router {
         .route(
             "/v2/connections/{connection_id}/proxy/{*path}",
             proxied_methods(),
+        )
+        // CORS preflights of what browser apps call (the OpenAPI document
+        // lists the requests themselves).
+        .route("/v3/oauth/token", axum::routing::options(oauth::preflight))
+        .route("/v3/oauth/revoke", axum::routing::options(oauth::preflight))
+        .route(
+            "/v3/oauth/introspect",
+            axum::routing::options(oauth::preflight),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::options(oauth::preflight),
         )
         .layer(axum::middleware::from_fn(gate_query))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(

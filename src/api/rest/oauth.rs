@@ -1,9 +1,13 @@
-//! `GET /v3/oauth/authorize`, `POST /v3/oauth/resume` and
-//! `POST /v3/oauth/token` in their documented and RFC 6749 shapes.
+//! `GET /v3/oauth/authorize`, `POST /v3/oauth/resume`, `POST
+//! /v3/oauth/token`, `/v3/oauth/revoke` and `/v3/oauth/introspect`, and the
+//! server metadata at `GET /.well-known/oauth-authorization-server`, in
+//! their documented and RFC 6749 / 7009 / 7662 / 8414 shapes. The token
+//! endpoints and the metadata answer CORS for registered web origins.
 
 use super::RestState;
 use crate::kernel::error::Error;
-use crate::oauth::{AuthorizeError, BasicCredentials};
+use crate::oauth::AuthorizeError;
+use crate::oauth::rules;
 use crate::pb;
 use axum::Json;
 use axum::extract::{Query, State};
@@ -61,6 +65,7 @@ const AUTHORIZE_PARAMETERS: &[&str] = &[
     "lang",
     "tag",
     "recipientId",
+    "response_mode",
 ];
 
 fn no_store(mut response: Response) -> Response {
@@ -219,6 +224,7 @@ fn redirect_form(resume: &str, fields: &[(&str, &str)]) -> String {
     ("lang" = Option<String>, Query, description = "`en` (the default) or `fr`"),
     ("tag" = Option<String>, Query, description = "your name for this request, for tracking"),
     ("recipientId" = Option<String>, Query, description = "the data recipient, when the app has several"),
+    ("response_mode" = Option<String>, Query, description = "`query` (the default and only mode); another value goes back as `error=invalid_request`"),
     ("Accept" = Option<String>, Header, description = "`application/json` turns the error page into a JSON OAuth error"),
 ), responses((status = 302, description = "to the Link page, or back to the client with an error"), (status = 400, description = "a parameter is invalid or repeated (per-parameter messages), or the client or redirect URI is not trusted: then an error page, never a redirect (the OAuth error as JSON for `Accept: application/json`)", content((super::openapi::AuthorizeBadRequest = "application/json"), (String = "text/html")))))]
 pub(super) async fn authorize(
@@ -248,6 +254,7 @@ pub(super) async fn authorize(
         lang: take("lang"),
         tag: take("tag"),
         recipient_id: take("recipientId"),
+        response_mode: take("response_mode"),
     };
     let form_fields = (
         req.client_id.clone(),
@@ -341,25 +348,33 @@ pub(super) async fn resume(
     Ok(no_store(response))
 }
 
-/// A token request (RFC 6749 §4.1.3, with PKCE).
+/// A token request: a code exchange (RFC 6749 §4.1.3, with PKCE) or a
+/// refresh (§6).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // A schema only: the handler reads the form.
 struct TokenForm {
-    /// `authorization_code`.
+    /// `authorization_code` or `refresh_token`.
     grant_type: String,
-    /// The code the authorization redirect carried.
-    code: String,
-    /// The `redirect_uri` of the authorization request, when it had one.
+    /// `authorization_code`: the code the authorization redirect carried.
+    code: Option<String>,
+    /// `authorization_code`: the `redirect_uri` of the authorization
+    /// request, when it had one.
     redirect_uri: Option<String>,
     /// The client app's id (`app_…`), unless HTTP Basic carries it.
     client_id: Option<String>,
+    /// A confidential client's secret, unless HTTP Basic carries it.
     client_secret: Option<String>,
-    /// PKCE (RFC 7636): required when the authorization request had a
-    /// `code_challenge`.
+    /// `authorization_code`: PKCE (RFC 7636), required when the
+    /// authorization request had a `code_challenge`.
     code_verifier: Option<String>,
+    /// `refresh_token`: the refresh token (`lrt_…`), single-use.
+    refresh_token: Option<String>,
+    /// `refresh_token`: space-separated scopes, each one the grant has;
+    /// omitted: all of them.
+    scope: Option<String>,
 }
 
-/// An issued access token (RFC 6749 §5.1).
+/// Issued tokens (RFC 6749 §5.1).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct TokenResponse {
     access_token: String,
@@ -371,11 +386,15 @@ struct TokenResponse {
     scope: String,
     /// The connection the token may use (`conn_…`).
     connection_id: String,
+    /// Single-use: the next refresh returns a new one. Absent when the
+    /// client app has refresh tokens turned off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
 }
 
 /// HTTP Basic client credentials (RFC 6749 §2.3.1: both parts
 /// form-urlencoded before base64).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Error> {
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, Error> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -399,52 +418,332 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<BasicCredentials>, Er
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
     };
-    Ok(Some(BasicCredentials {
-        client_id: unescape(id),
-        client_secret: SecretString::from(unescape(secret)),
-    }))
+    Ok(Some((unescape(id), SecretString::from(unescape(secret)))))
 }
 
-#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3; the client authenticates with `client_id`/`client_secret` here or with HTTP Basic"), responses((status = 200, body = TokenResponse), (status = 413, body = super::ErrorBody, description = "the body is over the size limit"), (status = 429, body = super::ErrorBody, description = "the client app is over its rate limit (`Retry-After`)"), (status = 503, body = super::ErrorBody, description = "the database cannot be reached (`Retry-After`)"), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
+/// A form-encoded request to a token endpoint, read: its known fields
+/// (declared by `Form`'s schema, each at most once) and HTTP Basic
+/// credentials.
+struct TokenEndpointRequest {
+    form: HashMap<String, String>,
+    basic: Option<(String, SecretString)>,
+}
+
+impl TokenEndpointRequest {
+    fn read<Form: utoipa::PartialSchema + 'static>(
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Self, Error> {
+        if !super::body::is_form(headers) {
+            return Err(Error::oauth(
+                "invalid_request",
+                "The body must be application/x-www-form-urlencoded.",
+            ));
+        }
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+        crate::api::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|err| Error::oauth("invalid_request", err.to_string()))?;
+        let form =
+            single_values(pairs, super::body::declared_fields::<Form>()).map_err(|name| {
+                Error::oauth("invalid_request", format!("{name} must not be repeated."))
+            })?;
+        Ok(TokenEndpointRequest {
+            form,
+            basic: basic_credentials(headers)?,
+        })
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        self.form.remove(name)
+    }
+}
+
+/// The client a token-endpoint request names (HTTP Basic user, else the
+/// form's `client_id`), for CORS, before anything is parsed.
+fn named_client(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    if let Ok(Some((id, _))) = basic_credentials(headers) {
+        return Some(id);
+    }
+    url::form_urlencoded::parse(body)
+        .find(|(name, _)| name == "client_id")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The answer of a token endpoint, completed: `no-store`, the HTTP Basic
+/// challenge when Basic credentials failed (RFC 6749 §5.2; a client that
+/// sent its secret in the body gets none, as it never tried Basic), and
+/// CORS for the client's registered web origins.
+async fn token_endpoint_answer(
+    state: &RestState,
+    headers: &HeaderMap,
+    body: &[u8],
+    answer: Result<Response, Error>,
+) -> Response {
+    let mut response = no_store(answer.unwrap_or_else(IntoResponse::into_response));
+    let tried_basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 6 && v[..6].eq_ignore_ascii_case("basic "));
+    if response.status() == StatusCode::UNAUTHORIZED && tried_basic {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"linkd\""),
+        );
+    }
+    let client = named_client(headers, body);
+    cors(state, headers, client.as_deref(), response).await
+}
+
+/// Adds CORS headers (Fetch standard) when the request's `Origin` is a web
+/// origin registered by `client_id`'s app (by any app when `None`).
+async fn cors(
+    state: &RestState,
+    headers: &HeaderMap,
+    client_id: Option<&str>,
+    mut response: Response,
+) -> Response {
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return response;
+    };
+    // A lookup failure only withholds CORS: the answer itself stands.
+    let allowed = state
+        .api
+        .oauth
+        .allows_origin(client_id, origin)
+        .await
+        .unwrap_or(false);
+    if let (true, Ok(value)) = (allowed, HeaderValue::from_str(origin)) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    }
+    response
+}
+
+#[utoipa::path(post, operation_id = "ExchangeCode", path = "/v3/oauth/token", tag = "oauth", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded", description = "RFC 6749 §4.1.3 and §6; a confidential client authenticates with `client_id`/`client_secret` here or with HTTP Basic, a public one sends `client_id` alone"), params(("Origin" = Option<String>, Header, description = "a registered web origin of the client gets `Access-Control-Allow-Origin`")), responses((status = 200, body = TokenResponse), (status = 413, body = super::ErrorBody, description = "the body is over the size limit"), (status = 429, body = super::ErrorBody, description = "the client app is over its rate limit (`Retry-After`)"), (status = 503, body = super::ErrorBody, description = "the database cannot be reached (`Retry-After`)"), (status = "default", body = super::OAuthErrorBody, description = "RFC 6749 §5.2")))]
 pub(super) async fn token(
     State(state): State<RestState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Response, Error> {
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    if !form_type {
-        return Err(Error::oauth(
-            "invalid_request",
-            "The body must be application/x-www-form-urlencoded.",
-        ));
-    }
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    crate::api::gate::check_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|err| Error::oauth("invalid_request", err.to_string()))?;
-    let mut form = single_values(pairs, super::body::declared_fields::<TokenForm>())
-        .map_err(|name| Error::oauth("invalid_request", format!("{name} must not be repeated.")))?;
-    let basic = basic_credentials(&headers)?;
-    let mut take = |name: &str| form.remove(name);
-    let req = pb::ExchangeCodeRequest {
-        grant_type: take("grant_type").unwrap_or_default(),
-        code: take("code").unwrap_or_default(),
-        redirect_uri: take("redirect_uri"),
-        client_id: take("client_id").unwrap_or_default(),
-        client_secret: take("client_secret"),
-        code_verifier: take("code_verifier"),
-    };
-    let issued = state.api.oauth.exchange_code(req, basic).await?;
-    Ok(no_store(
-        Json(TokenResponse {
+) -> Response {
+    let answer = async {
+        let mut request = TokenEndpointRequest::read::<TokenForm>(&headers, &body)?;
+        let req = pb::ExchangeCodeRequest {
+            grant_type: request.take("grant_type").unwrap_or_default(),
+            code: request.take("code").unwrap_or_default(),
+            redirect_uri: request.take("redirect_uri"),
+            client_id: request.take("client_id").unwrap_or_default(),
+            client_secret: request.take("client_secret"),
+            code_verifier: request.take("code_verifier"),
+            refresh_token: request.take("refresh_token"),
+            scope: request.take("scope"),
+        };
+        let issued = state.api.oauth.exchange_code(req, request.basic).await?;
+        Ok(Json(TokenResponse {
             access_token: issued.access_token,
             token_type: issued.token_type,
             expires_in: issued.expires_in,
             scope: issued.scope,
             connection_id: issued.connection_id,
+            refresh_token: Some(issued.refresh_token).filter(|t| !t.is_empty()),
         })
-        .into_response(),
-    ))
+        .into_response())
+    }
+    .await;
+    token_endpoint_answer(&state, &headers, &body, answer).await
+}
+
+/// A revocation (RFC 7009 §2.1) or introspection (RFC 7662 §2.1) request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: the handlers read the form.
+struct TokenActionForm {
+    /// The access token (`lat_…`) or refresh token (`lrt_…`).
+    token: String,
+    /// `access_token` or `refresh_token`; optional, an unknown value is
+    /// ignored.
+    token_type_hint: Option<String>,
+    /// The client app's id (`app_…`), unless HTTP Basic carries it.
+    client_id: Option<String>,
+    /// A confidential client's secret, unless HTTP Basic carries it.
+    client_secret: Option<String>,
+}
+
+/// The fields both token actions take, as their requests' common part.
+fn token_action(
+    request: &mut TokenEndpointRequest,
+) -> (String, Option<String>, String, Option<String>) {
+    (
+        request.take("token").unwrap_or_default(),
+        request.take("token_type_hint"),
+        request.take("client_id").unwrap_or_default(),
+        request.take("client_secret"),
+    )
+}
+
+#[utoipa::path(post, operation_id = "RevokeToken", path = "/v3/oauth/revoke", tag = "oauth", request_body(content = TokenActionForm, content_type = "application/x-www-form-urlencoded", description = "RFC 7009 §2.1; client authentication as at the token endpoint"), params(("Origin" = Option<String>, Header, description = "a registered web origin of the client gets `Access-Control-Allow-Origin`")), responses((status = 200, description = "revoked, or there was nothing to revoke (an unknown, expired or revoked token); the body is empty"), (status = 429, body = super::ErrorBody, description = "the client app is over its rate limit (`Retry-After`)"), (status = 503, body = super::ErrorBody, description = "the database cannot be reached (`Retry-After`)"), (status = "default", body = super::OAuthErrorBody, description = "RFC 7009 §2.2.1: `invalid_request`, `invalid_client` (401), `unauthorized_client` (the token is another client's)")))]
+pub(super) async fn revoke(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = async {
+        let mut request = TokenEndpointRequest::read::<TokenActionForm>(&headers, &body)?;
+        let (token, token_type_hint, client_id, client_secret) = token_action(&mut request);
+        let req = pb::RevokeTokenRequest {
+            token,
+            token_type_hint,
+            client_id,
+            client_secret,
+        };
+        state.api.oauth.revoke_token(req, request.basic).await?;
+        Ok(StatusCode::OK.into_response())
+    }
+    .await;
+    token_endpoint_answer(&state, &headers, &body, answer).await
+}
+
+/// What a token allows (RFC 7662 §2.2); only `active` when it is not live.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct IntrospectionResponse {
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    /// `Bearer` (an access token) or `refresh_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    /// Issue time, seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    /// The connection (`conn_…`): the token's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    /// The connection the token reads (`conn_…`), as the token response
+    /// names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+}
+
+#[utoipa::path(post, operation_id = "IntrospectToken", path = "/v3/oauth/introspect", tag = "oauth", request_body(content = TokenActionForm, content_type = "application/x-www-form-urlencoded", description = "RFC 7662 §2.1; client authentication as at the token endpoint"), params(("Origin" = Option<String>, Header, description = "a registered web origin of the client gets `Access-Control-Allow-Origin`")), responses((status = 200, body = IntrospectionResponse), (status = 429, body = super::ErrorBody, description = "the client app is over its rate limit (`Retry-After`)"), (status = 503, body = super::ErrorBody, description = "the database cannot be reached (`Retry-After`)"), (status = "default", body = super::OAuthErrorBody, description = "`invalid_request`, `invalid_client` (401)")))]
+pub(super) async fn introspect(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = async {
+        let mut request = TokenEndpointRequest::read::<TokenActionForm>(&headers, &body)?;
+        let (token, token_type_hint, client_id, client_secret) = token_action(&mut request);
+        let req = pb::IntrospectTokenRequest {
+            token,
+            token_type_hint,
+            client_id,
+            client_secret,
+        };
+        let found = state.api.oauth.introspect_token(req, request.basic).await?;
+        let seconds = |t: Option<prost_types::Timestamp>| t.map(|t| t.seconds);
+        let set = |s: String| Some(s).filter(|s| !s.is_empty());
+        Ok(Json(IntrospectionResponse {
+            active: found.active,
+            scope: set(found.scope),
+            client_id: set(found.client_id),
+            token_type: set(found.token_type),
+            exp: seconds(found.expire_time),
+            iat: seconds(found.issue_time),
+            sub: set(found.connection_id.clone()),
+            connection_id: set(found.connection_id),
+            iss: set(found.issuer),
+        })
+        .into_response())
+    }
+    .await;
+    token_endpoint_answer(&state, &headers, &body, answer).await
+}
+
+/// The authorization server's metadata (RFC 8414 §2): what every endpoint
+/// accepts, from the same constants the endpoints check.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ServerMetadata {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    response_types_supported: Vec<&'static str>,
+    response_modes_supported: Vec<&'static str>,
+    grant_types_supported: Vec<&'static str>,
+    code_challenge_methods_supported: Vec<&'static str>,
+    token_endpoint_auth_methods_supported: Vec<&'static str>,
+    revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    scopes_supported: Vec<&'static str>,
+    ui_locales_supported: Vec<&'static str>,
+    /// RFC 9207: every authorization response carries `iss`.
+    authorization_response_iss_parameter_supported: bool,
+    service_documentation: String,
+}
+
+#[utoipa::path(get, operation_id = "GetAuthorizationServerMetadata", path = "/.well-known/oauth-authorization-server", tag = "oauth", params(("Origin" = Option<String>, Header, description = "a web origin some client app registered gets `Access-Control-Allow-Origin`")), responses((status = 200, body = ServerMetadata, description = "RFC 8414 §3.2")))]
+pub(super) async fn metadata(State(state): State<RestState>, headers: HeaderMap) -> Response {
+    let issuer = state.api.oauth.issuer();
+    let endpoint = |path: &str| format!("{issuer}{path}");
+    let document = ServerMetadata {
+        authorization_endpoint: endpoint("/v3/oauth/authorize"),
+        token_endpoint: endpoint("/v3/oauth/token"),
+        revocation_endpoint: endpoint("/v3/oauth/revoke"),
+        introspection_endpoint: endpoint("/v3/oauth/introspect"),
+        service_documentation: endpoint("/openapi.json"),
+        response_types_supported: rules::RESPONSE_TYPES.to_vec(),
+        response_modes_supported: rules::RESPONSE_MODES.to_vec(),
+        grant_types_supported: rules::GRANT_TYPES.to_vec(),
+        code_challenge_methods_supported: rules::PKCE_METHODS.to_vec(),
+        token_endpoint_auth_methods_supported: rules::CLIENT_AUTH_METHODS.to_vec(),
+        revocation_endpoint_auth_methods_supported: rules::CLIENT_AUTH_METHODS.to_vec(),
+        introspection_endpoint_auth_methods_supported: rules::CLIENT_AUTH_METHODS.to_vec(),
+        scopes_supported: rules::SCOPES.to_vec(),
+        ui_locales_supported: crate::kernel::lang::LANGUAGES.to_vec(),
+        authorization_response_iss_parameter_supported: true,
+        issuer,
+    };
+    let mut response = Json(document).into_response();
+    // Metadata changes only with a deployment's configuration.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    cors(&state, &headers, None, response).await
+}
+
+/// A CORS preflight (Fetch standard) of the token endpoints or the
+/// metadata: allowed for an origin some client app registered. The actual
+/// request is then checked against its own client's origins.
+pub(super) async fn preflight(State(state): State<RestState>, headers: HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let allowed_headers = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .is_some();
+    let response_headers = response.headers_mut();
+    response_headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    if allowed_headers {
+        response_headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+    }
+    response_headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    cors(&state, &headers, None, response).await
 }
