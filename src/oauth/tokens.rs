@@ -13,17 +13,13 @@ use super::rules::{
     self, ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, Redemption, is_valid_pkce_value,
 };
 use super::store::{self, NewTokens};
-use super::{ClientAuth, OAuth};
+use super::{ClientAuth, OAuth, given};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::ids::{ConnectionId, random_token, token_hash};
 use crate::kernel::time::timestamp;
 use crate::pb;
 use secrecy::SecretString;
 use uuid::Uuid;
-
-fn given(value: &Option<String>) -> Option<&str> {
-    value.as_deref().filter(|v| !v.is_empty())
-}
 
 fn invalid_grant(why: &str) -> Error {
     Error::oauth("invalid_grant", why)

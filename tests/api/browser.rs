@@ -490,10 +490,80 @@ const HOST_PAGE: &str = r#"<!doctype html>
   document.getElementById('close').addEventListener('click', function () { handle && handle.close(); });
 </script></body></html>"#;
 
+/// A single-page app, a public OAuth client, as a browser runs it: from
+/// `/spa?client_id=…` it discovers linkd (RFC 8414), sends the end user to
+/// authorize with PKCE and, back at `/spa?code=…`, checks `iss` and calls
+/// the token, introspection and revocation endpoints with `fetch` — which
+/// the browser lets it read only when CORS allows its origin. What it saw
+/// lands in `window.spa` and on the page.
+const SPA_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>Budget SPA</title></head>
+<body><h1>Budget SPA</h1><p id="status">Working…</p><pre id="result"></pre>
+<script>
+(async function () {
+  const linkd = 'LINKD';
+  const here = location.origin + location.pathname;
+  const params = new URLSearchParams(location.search);
+  const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  const finish = (result) => {
+    window.spa = result;
+    document.getElementById('status').textContent = result.error ? 'Failed' : 'Connected';
+    document.getElementById('result').textContent = JSON.stringify(result, null, 2);
+  };
+  try {
+    const meta = await (await fetch(linkd + '/.well-known/oauth-authorization-server')).json();
+    if (params.has('client_id')) {
+      const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+      const challenge = b64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+      const state = b64url(crypto.getRandomValues(new Uint8Array(16)));
+      sessionStorage.setItem('pkce', JSON.stringify({ verifier, state, clientId: params.get('client_id') }));
+      const url = new URL(meta.authorization_endpoint);
+      for (const [k, v] of Object.entries({ client_id: params.get('client_id'), response_type: 'code',
+          redirect_uri: here, state, code_challenge: challenge, code_challenge_method: 'S256',
+          institution_id: 'northbank' })) url.searchParams.set(k, v);
+      location.assign(url.href);
+      return;
+    }
+    const saved = JSON.parse(sessionStorage.getItem('pkce'));
+    const result = { stateMatches: params.get('state') === saved.state, issMatches: params.get('iss') === meta.issuer };
+    const post = async (endpoint, fields) => {
+      const response = await fetch(endpoint, { method: 'POST', body: new URLSearchParams({ client_id: saved.clientId, ...fields }) });
+      return { status: response.status, body: await response.text() };
+    };
+    try {
+      const issued = await post(meta.token_endpoint, { grant_type: 'authorization_code', code: params.get('code'),
+        redirect_uri: here, code_verifier: saved.verifier });
+      result.token = issued.status;
+      const tokens = JSON.parse(issued.body);
+      const refreshed = await post(meta.token_endpoint, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token });
+      result.refresh = refreshed.status;
+      const next = JSON.parse(refreshed.body);
+      result.active = JSON.parse((await post(meta.introspection_endpoint, { token: next.access_token })).body).active;
+      result.revoke = (await post(meta.revocation_endpoint, { token: next.refresh_token })).status;
+      result.activeAfterRevoke = JSON.parse((await post(meta.introspection_endpoint, { token: next.access_token })).body).active;
+    } catch (err) {
+      result.error = String(err);
+    }
+    finish(result);
+  } catch (err) {
+    finish({ error: String(err) });
+  }
+})();
+</script></body></html>"#;
+
 impl ClientSite {
     async fn start(linkd: &TestApp) -> ClientSite {
         let page = HOST_PAGE.replace("LINKD", &linkd.url(""));
+        let spa = SPA_PAGE.replace("LINKD", linkd.url("").trim_end_matches('/'));
         let router = axum::Router::new()
+            .route(
+                "/spa",
+                axum::routing::get(move || {
+                    let spa = spa.clone();
+                    async move { Html(spa) }
+                }),
+            )
             .route(
                 "/callback",
                 axum::routing::get(|| async { Html("<h1>Back in the client app</h1>") }),
@@ -1189,6 +1259,91 @@ async fn oauth_authorize_login_2fa_callback_and_token_in_the_browser() {
     let connection: Value = read.json().await.unwrap();
     assert_eq!(connection["status"], "active");
     assert_eq!(connection["integrationId"], "banquelaurentide");
+    browser.quit().await;
+}
+
+/// A single-page app in the browser, a public client registered with its
+/// web origin, discovers linkd, logs the end user in and redeems, refreshes,
+/// introspects and revokes with `fetch`; the same page for an app that did
+/// not register its origin can run the login but not read the token
+/// endpoint's answer.
+#[tokio::test]
+async fn a_single_page_app_redeems_its_code_in_the_browser_through_cors() {
+    let app = spawn_app().await;
+    let site = ClientSite::start(&app).await;
+    let tenant = new_tenant(&app).await;
+    let spa_uri = format!("{}/spa", site.origin);
+    let register = |origin: String| {
+        let app = &app;
+        let spa_uri = spa_uri.clone();
+        async move {
+            let client = app.add_app_with(tenant, "Budget SPA", &[spa_uri]).await;
+            linkd::ops::admin::run(
+                &app.api,
+                linkd::ops::config::AdminCommand::SetOauthRegistration {
+                    app_id: client.app_id.clone(),
+                    client_type: Some("public".into()),
+                    refresh_tokens: None,
+                    web_origins: vec![origin],
+                    clear_web_origins: false,
+                },
+            )
+            .await
+            .unwrap();
+            client
+        }
+    };
+    let spa = register(site.origin.clone()).await;
+    let elsewhere = register("https://elsewhere.example".into()).await;
+    let mut browser = Browser::start("oauth-spa").await;
+    for (client, origin_registered) in [(&spa, true), (&elsewhere, false)] {
+        browser
+            .goto(&format!("{spa_uri}?client_id={}", client.app_id))
+            .await;
+        browser.heading("Log in to North Bank").await;
+        browser.login("user_good", "pass_good").await;
+        browser.heading("Budget SPA").await;
+        if origin_registered {
+            browser.shot("spa-consent").await;
+        }
+        browser.click("button.primary").await;
+        browser.landed_on(&format!("{spa_uri}?code=")).await;
+        let started = Instant::now();
+        let result = loop {
+            let result = browser.eval("return window.spa || null;").await;
+            if !result.is_null() {
+                break result;
+            }
+            assert!(started.elapsed() < WAIT, "the SPA never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        browser
+            .shot(if origin_registered {
+                "spa-connected"
+            } else {
+                "spa-refused"
+            })
+            .await;
+        assert_eq!(result["stateMatches"], true, "{result}");
+        assert_eq!(result["issMatches"], true, "{result}");
+        if origin_registered {
+            assert_eq!(
+                result,
+                json!({"stateMatches": true, "issMatches": true, "token": 200, "refresh": 200,
+                       "active": true, "revoke": 200, "activeAfterRevoke": false})
+            );
+            browser.text_of("#status", "Connected").await;
+        } else {
+            // The browser withheld the answer: fetch itself failed.
+            assert!(
+                result["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("TypeError")),
+                "{result}"
+            );
+            assert!(result.get("token").is_none(), "{result}");
+        }
+    }
     browser.quit().await;
 }
 

@@ -160,6 +160,13 @@ async fn the_metadata_says_what_the_endpoints_accept() {
         assert_eq!(s(&doc, field), format!("{issuer}{path}"), "{field}");
     }
     assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+    // §2: members with no value are left out, never an empty list.
+    for (name, value) in doc.as_object().unwrap() {
+        assert!(
+            value.as_array().is_none_or(|list| !list.is_empty()),
+            "{name} is empty"
+        );
+    }
     assert_eq!(strings(&doc["response_types_supported"]), ["code"]);
     assert_eq!(strings(&doc["response_modes_supported"]), ["query"]);
     assert_eq!(strings(&doc["code_challenge_methods_supported"]), ["S256"]);
