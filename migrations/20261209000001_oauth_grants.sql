@@ -58,3 +58,11 @@ UPDATE oauth_tokens SET grant_id = code_id;
 ALTER TABLE oauth_tokens ALTER COLUMN grant_id SET NOT NULL, ALTER COLUMN kind DROP DEFAULT;
 
 CREATE INDEX oauth_tokens_by_grant ON oauth_tokens (grant_id);
+
+-- What the retention sweep looks for: codes never redeemed, grants that
+-- ended (revoked, or past every token they could have issued), access
+-- tokens long expired.
+CREATE INDEX oauth_codes_unredeemed_by_expiry ON oauth_codes (expires_at) WHERE used_at IS NULL;
+CREATE INDEX oauth_grants_by_end ON oauth_grants ((COALESCE(refresh_expires_at, created_at)));
+CREATE INDEX oauth_grants_by_revocation ON oauth_grants (revoked_at) WHERE revoked_at IS NOT NULL;
+CREATE INDEX oauth_access_tokens_by_expiry ON oauth_tokens (expires_at) WHERE kind = 'access';

@@ -252,3 +252,41 @@ pub async fn live_token(
     .fetch_optional(db)
     .await?)
 }
+
+/// Deletes up to `batch` codes each of the kinds that can no longer matter,
+/// with their grants and tokens: codes never redeemed, a day after they
+/// expired; grants revoked a day ago; grants past their refresh tokens'
+/// end, two days on (a day longer than the longest-lived access token a
+/// last refresh could issue). Returns how many codes went.
+pub async fn prune_ended(db: impl PgExecutor<'_>, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM oauth_codes WHERE id IN (
+             (SELECT id FROM oauth_codes
+              WHERE used_at IS NULL AND expires_at < now() - interval '1 day' LIMIT $1)
+             UNION
+             (SELECT code_id FROM oauth_grants
+              WHERE revoked_at < now() - interval '1 day' LIMIT $1)
+             UNION
+             (SELECT code_id FROM oauth_grants
+              WHERE COALESCE(refresh_expires_at, created_at) < now() - interval '2 days' LIMIT $1))",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes up to `batch` access tokens of live grants that expired a day
+/// ago (used refresh tokens stay while their grant lives: a replay of one
+/// must still be recognised).
+pub async fn prune_expired_access_tokens(db: impl PgExecutor<'_>, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM oauth_tokens WHERE id IN (
+             SELECT id FROM oauth_tokens
+             WHERE kind = 'access' AND expires_at < now() - interval '1 day' LIMIT $1)",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}

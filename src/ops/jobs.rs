@@ -20,7 +20,9 @@ where
     let mut rows = 0;
     loop {
         match sweep().await {
-            Ok(n) if n as i64 == EXPIRY_BATCH => rows += n,
+            // A full batch (or more, for sweeps of several kinds): there
+            // may be more.
+            Ok(n) if n as i64 >= EXPIRY_BATCH => rows += n,
             Ok(n) => {
                 rows += n;
                 if rows > 0 {
@@ -43,7 +45,8 @@ where
 /// connections whose provider session ended `expired` and announces those
 /// ending within `expiry_warning` (each with its event), removes finished
 /// events older than `event_retention`, forgets idempotency keys past
-/// their retention, and drops rate-limit buckets that are full again.
+/// their retention, drops rate-limit buckets that are full again, and
+/// deletes OAuth codes, grants and access tokens that ended.
 pub fn spawn_expiry(
     db: Db,
     jobs: Arc<JobMetrics>,
@@ -119,6 +122,20 @@ pub fn spawn_expiry(
                 "prune_rate_limit_buckets",
                 "dropped full rate-limit buckets",
                 || crate::ratelimit::store::prune_full(&db, EXPIRY_BATCH),
+            )
+            .await;
+            drain(
+                &jobs,
+                "prune_oauth_grants",
+                "deleted OAuth codes and grants that ended",
+                || crate::oauth::store::prune_ended(&db, EXPIRY_BATCH),
+            )
+            .await;
+            drain(
+                &jobs,
+                "prune_oauth_access_tokens",
+                "deleted expired OAuth access tokens",
+                || crate::oauth::store::prune_expired_access_tokens(&db, EXPIRY_BATCH),
             )
             .await;
         }

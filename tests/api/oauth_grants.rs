@@ -1033,3 +1033,107 @@ async fn token_endpoint_challenges_and_media_types() {
         (StatusCode::BAD_REQUEST, "invalid_request")
     );
 }
+
+/// The expiry sweep deletes codes never redeemed, grants that ended and
+/// long-expired access tokens, and keeps a live grant's used refresh
+/// tokens: a replay of one is still caught.
+#[tokio::test]
+async fn the_sweep_deletes_what_ended_and_keeps_what_catches_a_replay() {
+    let app = spawn_app().await;
+    let client_app = client(&app, &[CB]).await;
+    let db = app.api.db();
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    // A live grant, refreshed once: its first access token expired long ago.
+    let live = tokens_for(&app, &client_app).await;
+    let (_, refreshed) = refresh(&app, &client_app, s(&live, "refresh_token"), None).await;
+    let aged_access = token_id(&app, s(&live, "access_token")).await;
+    sqlx::query("UPDATE oauth_tokens SET expires_at = now() - interval '2 days' WHERE id = $1")
+        .bind(aged_access)
+        .execute(db)
+        .await
+        .unwrap();
+    // A grant revoked two days ago, one whose refresh tokens ended three
+    // days ago, and a code nobody redeemed.
+    let revoked = tokens_for(&app, &client_app).await;
+    revoke(
+        &app,
+        &client_app,
+        &[("token", s(&revoked, "refresh_token"))],
+    )
+    .await;
+    sqlx::query("UPDATE oauth_grants SET revoked_at = now() - interval '2 days' WHERE revoked_at IS NOT NULL")
+        .execute(db)
+        .await
+        .unwrap();
+    let ended = tokens_for(&app, &client_app).await;
+    let ended_grant = grant_id(&app, s(&ended, "access_token")).await;
+    sqlx::query(
+        "UPDATE oauth_grants SET refresh_expires_at = now() - interval '3 days' WHERE id = $1",
+    )
+    .bind(ended_grant)
+    .execute(db)
+    .await
+    .unwrap();
+    code_for(&app, &client_app, "never redeemed").await;
+    sqlx::query(
+        "UPDATE oauth_codes SET expires_at = now() - interval '2 days' WHERE used_at IS NULL",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+    assert_eq!(count("SELECT count(*) FROM oauth_codes").await, 4);
+
+    let started = std::time::Instant::now();
+    while count("SELECT count(*) FROM oauth_codes").await > 1
+        || count("SELECT count(*) FROM oauth_tokens WHERE kind = 'access'").await > 1
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the sweep never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(count("SELECT count(*) FROM oauth_grants").await, 1);
+    // The live grant kept both refresh tokens and its current access token.
+    assert_eq!(
+        count("SELECT count(*) FROM oauth_tokens WHERE kind = 'refresh'").await,
+        2
+    );
+    let current = s(&refreshed, "access_token");
+    assert_eq!(
+        read_connection(&app, &refreshed, current).await.status(),
+        StatusCode::OK
+    );
+    // The used refresh token is still recognised: its replay ends the grant.
+    let (_, body) = refresh(&app, &client_app, s(&live, "refresh_token"), None).await;
+    assert_eq!(s(&body, "error"), "invalid_grant");
+    assert_eq!(
+        read_connection(&app, &refreshed, current).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn token_id(app: &TestApp, token: &str) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "SELECT id FROM oauth_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(token)
+    .fetch_one(app.api.db())
+    .await
+    .unwrap()
+}
+
+async fn grant_id(app: &TestApp, token: &str) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "SELECT grant_id FROM oauth_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(token)
+    .fetch_one(app.api.db())
+    .await
+    .unwrap()
+}
