@@ -219,6 +219,29 @@ impl OAuth {
         })
     }
 
+    /// The authenticated client of a revocation or introspection request
+    /// and the stored token it names, whoever's and whatever its state.
+    async fn token_named(
+        &self,
+        client_id: String,
+        client_secret: Option<String>,
+        basic: Option<(String, SecretString)>,
+        token: &str,
+    ) -> Result<(AuthenticatedClient, Option<store::TokenRow>)> {
+        let client = self
+            .authenticate_client(ClientAuth {
+                basic,
+                client_id,
+                client_secret: client_secret.map(SecretString::from),
+            })
+            .await?;
+        if token.is_empty() {
+            return Err(Error::oauth("invalid_request", "token is required."));
+        }
+        let found = store::find_token(&self.db, &token_hash(token)).await?;
+        Ok((client, found))
+    }
+
     /// Revokes a token (RFC 7009 §2): a refresh token ends its grant, an
     /// access token itself. Unknown or dead tokens are a success.
     pub async fn revoke_token(
@@ -226,17 +249,10 @@ impl OAuth {
         req: pb::RevokeTokenRequest,
         basic: Option<(String, SecretString)>,
     ) -> Result<pb::RevokeTokenResponse> {
-        let client = self
-            .authenticate_client(ClientAuth {
-                basic,
-                client_id: req.client_id,
-                client_secret: req.client_secret.map(SecretString::from),
-            })
+        let (client, found) = self
+            .token_named(req.client_id, req.client_secret, basic, &req.token)
             .await?;
-        if req.token.is_empty() {
-            return Err(Error::oauth("invalid_request", "token is required."));
-        }
-        if let Some(token) = store::find_token(&self.db, &token_hash(&req.token)).await? {
+        if let Some(token) = found {
             if token.client_app_id != client.id {
                 return Err(Error::oauth(
                     "unauthorized_client",
@@ -259,19 +275,10 @@ impl OAuth {
         req: pb::IntrospectTokenRequest,
         basic: Option<(String, SecretString)>,
     ) -> Result<pb::IntrospectTokenResponse> {
-        let client = self
-            .authenticate_client(ClientAuth {
-                basic,
-                client_id: req.client_id,
-                client_secret: req.client_secret.map(SecretString::from),
-            })
+        let (client, found) = self
+            .token_named(req.client_id, req.client_secret, basic, &req.token)
             .await?;
-        if req.token.is_empty() {
-            return Err(Error::oauth("invalid_request", "token is required."));
-        }
-        let token = store::find_token(&self.db, &token_hash(&req.token))
-            .await?
-            .filter(|t| t.active && t.client_app_id == client.id);
+        let token = found.filter(|t| t.active && t.client_app_id == client.id);
         let Some(token) = token else {
             return Ok(pb::IntrospectTokenResponse::default());
         };

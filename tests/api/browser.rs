@@ -1278,18 +1278,7 @@ async fn a_single_page_app_redeems_its_code_in_the_browser_through_cors() {
         let spa_uri = spa_uri.clone();
         async move {
             let client = app.add_app_with(tenant, "Budget SPA", &[spa_uri]).await;
-            linkd::ops::admin::run(
-                &app.api,
-                linkd::ops::config::AdminCommand::SetOauthRegistration {
-                    app_id: client.app_id.clone(),
-                    client_type: Some("public".into()),
-                    refresh_tokens: None,
-                    web_origins: vec![origin],
-                    clear_web_origins: false,
-                },
-            )
-            .await
-            .unwrap();
+            crate::oauth_grants::make_public(app, &client, &[&origin]).await;
             client
         }
     };

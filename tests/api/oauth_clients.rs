@@ -36,18 +36,7 @@ async fn registered(app: &TestApp, kind: Kind) -> (TestTenant, &'static str) {
         Kind::Confidential => (client(app, &[WEB_CB]).await, WEB_CB),
         Kind::Public => {
             let native = client(app, &[LOOPBACK_CB]).await;
-            linkd::ops::admin::run(
-                &app.api,
-                linkd::ops::config::AdminCommand::SetOauthRegistration {
-                    app_id: native.app_id.clone(),
-                    client_type: Some("public".into()),
-                    refresh_tokens: None,
-                    web_origins: Vec::new(),
-                    clear_web_origins: false,
-                },
-            )
-            .await
-            .unwrap();
+            crate::oauth_grants::make_public(app, &native, &[]).await;
             (native, LOOPBACK_CB_WITH_PORT)
         }
     }

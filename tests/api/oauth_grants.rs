@@ -123,7 +123,9 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn make_public(app: &TestApp, client: &TestTenant, web_origins: &[&str]) {
+/// Registers `client` as a public client with these web origins (none:
+/// the list is left as it is).
+pub async fn make_public(app: &TestApp, client: &TestTenant, web_origins: &[&str]) {
     let origins: Vec<String> = web_origins.iter().map(|o| o.to_string()).collect();
     linkd::ops::admin::run(
         &app.api,
