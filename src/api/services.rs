@@ -168,6 +168,14 @@ impl Services {
             Arc::new(SessionFlow),
             limits,
         );
+        let oauth = OAuth::new(
+            db.clone(),
+            catalog.clone(),
+            settings.oauth.clone(),
+            flows.clone(),
+            auth.clone(),
+        );
+        oauth.register_metrics(registry);
         Services {
             auth: auth.clone(),
             client_apps: ClientApps::new(
@@ -203,13 +211,7 @@ impl Services {
                     settings.provider_oauth.refresh.clone(),
                 ),
             ),
-            oauth: OAuth::new(
-                db.clone(),
-                catalog.clone(),
-                settings.oauth,
-                flows.clone(),
-                auth,
-            ),
+            oauth,
             provider_oauth,
             events: Events::new(db.clone()),
             deliveries: Deliveries {

@@ -53,6 +53,10 @@ impl OAuth {
             }
             None => (auth.client_id, auth.client_secret),
         };
+        // An empty secret is no secret (RFC 6749 §2.3.1 lets a client omit
+        // it then): libraries send `client_secret=` or `id:` for public
+        // clients.
+        let secret = secret.filter(|s| !s.expose_secret().is_empty());
         if client_id.is_empty() {
             return Err(Error::oauth(
                 "invalid_client",

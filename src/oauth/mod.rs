@@ -132,6 +132,14 @@ pub struct OAuthSettings {
     pub refresh_ttl: std::time::Duration,
 }
 
+/// Codes and refresh tokens presented again, by kind
+/// (`authorization_code`, `refresh_token`): each one revoked its grant. A
+/// rise means tokens leak, or a client retries in parallel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReplayLabels {
+    token: &'static str,
+}
+
 /// AuthorizeService: authorization requests, code exchange, and the
 /// access tokens that read a connection.
 #[derive(Debug, Clone)]
@@ -141,6 +149,10 @@ pub struct OAuth {
     settings: OAuthSettings,
     flows: Flows,
     auth: Authenticator,
+    replays: prometheus_client::metrics::family::Family<
+        ReplayLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 impl OAuth {
@@ -157,7 +169,27 @@ impl OAuth {
             settings,
             flows,
             auth,
+            replays: Default::default(),
         }
+    }
+
+    /// Registers `oauth_replays_total`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "oauth_replays",
+            "Authorization codes and refresh tokens presented again (each revoked its grant), by token kind",
+            self.replays.clone(),
+        );
+    }
+
+    /// Counts a replayed code or refresh token, and says so in the log.
+    fn replayed(&self, token: &'static str, client: ClientAppId) {
+        self.replays.get_or_create(&ReplayLabels { token }).inc();
+        tracing::warn!(
+            client_app_id = %client.to_string(),
+            token,
+            "a used token was presented again; its grant is revoked"
+        );
     }
 
     /// Validates an authorization request; on success opens the Link session

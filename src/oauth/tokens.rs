@@ -84,10 +84,7 @@ impl OAuth {
         if code.used {
             store::revoke_grant_of_code(&mut tx, code.id).await?;
             tx.commit().await?;
-            tracing::warn!(
-                client_app_id = %client.id.to_string(),
-                "authorization code replayed; its grant is revoked"
-            );
+            self.replayed("authorization_code", client.id);
             return Err(invalid_grant(
                 "The code was already used; tokens issued for it are revoked.",
             ));
@@ -153,10 +150,7 @@ impl OAuth {
             if let Some(replayed) = replayed {
                 store::revoke_grant(&mut *tx, replayed.grant_id).await?;
                 tx.commit().await?;
-                tracing::warn!(
-                    client_app_id = %client.id.to_string(),
-                    "refresh token replayed; its grant is revoked"
-                );
+                self.replayed("refresh_token", client.id);
                 return Err(invalid_grant(
                     "The refresh token was already used; every token of its grant is revoked.",
                 ));

@@ -389,6 +389,12 @@ async fn refresh_tokens_rotate_and_a_replayed_one_revokes_the_grant() {
         introspect(&app, &client_app, &access2).await,
         serde_json::json!({"active": false})
     );
+    // Operators see it.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("linkd_oauth_replays_total{token=\"refresh_token\"} 1\n"),
+        "{metrics}"
+    );
     // Tokens are stored as their SHA-256 only.
     let stored: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM oauth_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
@@ -766,8 +772,10 @@ async fn public_clients_use_pkce_and_no_secret() {
         with_secret.push(("client_secret", &native.client_secret));
         let (status, _, _) = token(&app, &with_secret, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        // client_id alone redeems it.
-        let (status, _, issued) = token(&app, &form, None).await;
+        // client_id alone redeems it; an empty secret is no secret.
+        let mut empty_secret = form.to_vec();
+        empty_secret.push(("client_secret", ""));
+        let (status, _, issued) = token(&app, &empty_secret, None).await;
         assert_eq!(status, StatusCode::OK, "{issued}");
         let refreshed = token(
             &app,
@@ -780,6 +788,18 @@ async fn public_clients_use_pkce_and_no_secret() {
         )
         .await;
         assert_eq!(refreshed.0, StatusCode::OK, "{}", refreshed.2);
+        // HTTP Basic with an empty password, as some libraries send it.
+        let again = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", s(&refreshed.2, "refresh_token")),
+            ],
+            Some((&native.app_id, "")),
+        )
+        .await;
+        assert_eq!(again.0, StatusCode::OK, "{}", again.2);
+        let refreshed = again;
         let (status, _, _) = post_form(
             &app,
             "/v3/oauth/revoke",
