@@ -55,7 +55,9 @@ ALTER TABLE oauth_tokens
     ADD COLUMN used_at timestamptz;
 
 UPDATE oauth_tokens SET grant_id = code_id;
-ALTER TABLE oauth_tokens ALTER COLUMN grant_id SET NOT NULL, ALTER COLUMN kind DROP DEFAULT;
+-- `kind` keeps its default: the previous release inserts access tokens
+-- without it (see the trigger below).
+ALTER TABLE oauth_tokens ALTER COLUMN grant_id SET NOT NULL;
 
 CREATE INDEX oauth_tokens_by_grant ON oauth_tokens (grant_id);
 
@@ -66,3 +68,25 @@ CREATE INDEX oauth_codes_unredeemed_by_expiry ON oauth_codes (expires_at) WHERE 
 CREATE INDEX oauth_grants_by_end ON oauth_grants ((COALESCE(refresh_expires_at, created_at)));
 CREATE INDEX oauth_grants_by_revocation ON oauth_grants (revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE INDEX oauth_access_tokens_by_expiry ON oauth_tokens (expires_at) WHERE kind = 'access';
+
+-- During a rolling upgrade, replicas of the previous release still redeem
+-- codes and insert access tokens without a grant: give such a token its
+-- code's grant (made on the spot, like the ones above), so every token has
+-- one and revoking the grant reaches it. New code always names the grant.
+CREATE FUNCTION oauth_tokens_grant_of_code() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.grant_id IS NULL THEN
+        INSERT INTO oauth_grants (id, code_id, organization_id, environment, client_app_id,
+                                  connection_id, scope)
+        VALUES (NEW.code_id, NEW.code_id, NEW.organization_id, NEW.environment,
+                NEW.client_app_id, NEW.connection_id, NEW.scope)
+        ON CONFLICT (code_id) DO NOTHING;
+        NEW.grant_id := (SELECT id FROM oauth_grants WHERE code_id = NEW.code_id);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER oauth_tokens_grant_of_code BEFORE INSERT ON oauth_tokens
+    FOR EACH ROW EXECUTE FUNCTION oauth_tokens_grant_of_code();

@@ -1070,17 +1070,10 @@ async fn the_sweep_deletes_what_ended_and_keeps_what_catches_a_replay() {
             .await
             .unwrap()
     };
-    // A live grant, refreshed once: its first access token expired long ago.
+    // A live grant, refreshed once; a grant revoked; another grant; a code
+    // nobody redeemed.
     let live = tokens_for(&app, &client_app).await;
     let (_, refreshed) = refresh(&app, &client_app, s(&live, "refresh_token"), None).await;
-    let aged_access = token_id(&app, s(&live, "access_token")).await;
-    sqlx::query("UPDATE oauth_tokens SET expires_at = now() - interval '2 days' WHERE id = $1")
-        .bind(aged_access)
-        .execute(db)
-        .await
-        .unwrap();
-    // A grant revoked two days ago, one whose refresh tokens ended three
-    // days ago, and a code nobody redeemed.
     let revoked = tokens_for(&app, &client_app).await;
     revoke(
         &app,
@@ -1088,27 +1081,46 @@ async fn the_sweep_deletes_what_ended_and_keeps_what_catches_a_replay() {
         &[("token", s(&revoked, "refresh_token"))],
     )
     .await;
-    sqlx::query("UPDATE oauth_grants SET revoked_at = now() - interval '2 days' WHERE revoked_at IS NOT NULL")
-        .execute(db)
-        .await
-        .unwrap();
     let ended = tokens_for(&app, &client_app).await;
-    let ended_grant = grant_id(&app, s(&ended, "access_token")).await;
-    sqlx::query(
-        "UPDATE oauth_grants SET refresh_expires_at = now() - interval '3 days' WHERE id = $1",
-    )
-    .bind(ended_grant)
-    .execute(db)
-    .await
-    .unwrap();
-    code_for(&app, &client_app, "never redeemed").await;
-    sqlx::query(
-        "UPDATE oauth_codes SET expires_at = now() - interval '2 days' WHERE used_at IS NULL",
-    )
-    .execute(db)
-    .await
-    .unwrap();
+    let unredeemed = code_for(&app, &client_app, "never redeemed").await;
     assert_eq!(count("SELECT count(*) FROM oauth_codes").await, 4);
+    // Then time passes for them, all at once (the sweep runs meanwhile): the
+    // live grant's first access token expired two days ago, the revocation
+    // was two days ago, the other grant's refresh tokens ended three days
+    // ago, the unredeemed code expired two days ago.
+    let mut tx = db.begin().await.unwrap();
+    for (sql, token) in [
+        (
+            "UPDATE oauth_tokens SET expires_at = now() - interval '2 days'
+             WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+            s(&live, "access_token"),
+        ),
+        (
+            "UPDATE oauth_grants SET revoked_at = now() - interval '2 days'
+             WHERE id = (SELECT grant_id FROM oauth_tokens
+                         WHERE token_hash = sha256(convert_to($1, 'UTF8')))",
+            s(&revoked, "access_token"),
+        ),
+        (
+            "UPDATE oauth_grants SET refresh_expires_at = now() - interval '3 days'
+             WHERE id = (SELECT grant_id FROM oauth_tokens
+                         WHERE token_hash = sha256(convert_to($1, 'UTF8')))",
+            s(&ended, "access_token"),
+        ),
+        (
+            "UPDATE oauth_codes SET expires_at = now() - interval '2 days'
+             WHERE code_hash = sha256(convert_to($1, 'UTF8'))",
+            unredeemed.as_str(),
+        ),
+    ] {
+        let updated = sqlx::query(sql)
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(updated.rows_affected(), 1, "{sql}");
+    }
+    tx.commit().await.unwrap();
 
     let started = std::time::Instant::now();
     while count("SELECT count(*) FROM oauth_codes").await > 1
@@ -1140,22 +1152,61 @@ async fn the_sweep_deletes_what_ended_and_keeps_what_catches_a_replay() {
     );
 }
 
-async fn token_id(app: &TestApp, token: &str) -> uuid::Uuid {
-    sqlx::query_scalar(
-        "SELECT id FROM oauth_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+/// A replica of the previous release (mid rolling upgrade) redeems a code
+/// its own way, inserting a token without a grant: the token still reads
+/// its connection, and a replay of the code through this release revokes
+/// it.
+#[tokio::test]
+async fn tokens_a_previous_release_issues_get_a_grant() {
+    let app = spawn_app().await;
+    let client_app = client(&app, &[CB]).await;
+    let code = code_for(&app, &client_app, "old").await;
+    let db = app.api.db();
+    // What the previous release's exchange wrote, statement for statement.
+    let (code_id, connection_id): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT id, connection_id FROM oauth_codes WHERE code_hash = sha256(convert_to($1, 'UTF8'))",
     )
-    .bind(token)
-    .fetch_one(app.api.db())
+    .bind(&code)
+    .fetch_one(db)
     .await
-    .unwrap()
-}
-
-async fn grant_id(app: &TestApp, token: &str) -> uuid::Uuid {
-    sqlx::query_scalar(
-        "SELECT grant_id FROM oauth_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+    .unwrap();
+    let old_token = "lat_issued_by_the_previous_release_0123456789abcdef";
+    sqlx::query(
+        "INSERT INTO oauth_tokens (id, token_hash, code_id, organization_id, environment, client_app_id,
+             connection_id, scope, expires_at)
+         SELECT gen_random_uuid(), sha256(convert_to($1, 'UTF8')), c.id, c.organization_id,
+                c.environment, c.client_app_id, c.connection_id, c.scope, now() + interval '1 hour'
+         FROM oauth_codes c WHERE c.id = $2",
     )
-    .bind(token)
-    .fetch_one(app.api.db())
+    .bind(old_token)
+    .bind(code_id)
+    .execute(db)
     .await
-    .unwrap()
+    .unwrap();
+    sqlx::query("UPDATE oauth_codes SET used_at = now() WHERE id = $1")
+        .bind(code_id)
+        .execute(db)
+        .await
+        .unwrap();
+    let path = format!(
+        "/v2/connections/{}",
+        linkd::kernel::ids::ConnectionId::from_uuid(connection_id)
+    );
+    assert_eq!(app.get(&path, old_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        introspect(&app, &client_app, old_token).await["active"],
+        true
+    );
+    // The code comes back to this release: a replay, which ends the grant.
+    let (_, _, body) = token(
+        &app,
+        &exchange(&client_app, &code),
+        Some(client_basic(&client_app)),
+    )
+    .await;
+    assert_eq!(s(&body, "error"), "invalid_grant");
+    assert_eq!(
+        app.get(&path, old_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
