@@ -20,7 +20,7 @@ pub mod rules;
 pub mod store;
 mod tokens;
 
-pub use clients::ClientAuth;
+use clients::ClientAuth;
 
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::{Catalog, Category};
@@ -31,9 +31,9 @@ use crate::kernel::error::{Error, FieldViolation, Result};
 use crate::kernel::ids::{ClientAppId, ConnectionId, random_token, token_hash};
 use crate::kernel::tenant::Tenant;
 use crate::kernel::validate::{Violations, limits};
-use crate::oauth::rules::ACCESS_TOKEN_PREFIX;
 use crate::oauth::rules::{
-    AuthorizationRequest, MAX_STATE_LEN, RESPONSE_MODES, error_redirect, redirect_uri_matches,
+    ACCESS_TOKEN_PREFIX, AuthorizationRequest, MAX_STATE_LEN, RESPONSE_MODES, error_redirect,
+    redirect_uri_matches,
 };
 use crate::pb;
 use secrecy::{ExposeSecret, SecretString};

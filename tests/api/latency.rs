@@ -246,3 +246,88 @@ async fn calls_cost_at_most_their_documented_round_trips() {
     assert_eq!(counts[1].1.count(), create_grpc.count());
     assert_eq!(counts[1].4.count(), whole_flow.count());
 }
+
+/// The OAuth token endpoints' database cost: a refresh retires the token
+/// and stores its successors in one transaction; introspection and
+/// revocation look the token up once; an access token reading its
+/// connection costs its lookup and the read.
+#[tokio::test]
+async fn oauth_token_calls_cost_at_most_their_documented_round_trips() {
+    use crate::oauth::{CB, client, code_for, exchange, token};
+    let (app, proxy) = counted_app().await;
+    let client_app = client(&app, &[CB]).await;
+    let basic = Some((
+        client_app.app_id.as_str(),
+        client_app.client_secret.as_str(),
+    ));
+    let code = code_for(&app, &client_app, "counted").await;
+    let (_, _, mut issued) = token(&app, &exchange(&client_app, &code), basic).await;
+    let mut counts = Vec::new();
+    // Warm up the statements on the pool's connections first (see above).
+    for _ in 0..3 {
+        let refresh_token = issued["refresh_token"].as_str().unwrap().to_string();
+        let (refresh, (status, _, next)) = round_trips(&proxy, async || {
+            token(
+                &app,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token.as_str()),
+                ],
+                basic,
+            )
+            .await
+        })
+        .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{next}");
+        issued = next;
+        let access = issued["access_token"].as_str().unwrap().to_string();
+        let (introspect, active) = round_trips(&proxy, async || {
+            token_action(&app, "/v3/oauth/introspect", &access, basic).await
+        })
+        .await;
+        assert!(active.contains("\"active\":true"), "{active}");
+        let path = format!(
+            "/v2/connections/{}",
+            issued["connection_id"].as_str().unwrap()
+        );
+        let (read, status) =
+            round_trips(&proxy, async || app.get(&path, &access).await.status()).await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let (revoke, _) = round_trips(&proxy, async || {
+            token_action(&app, "/v3/oauth/revoke", &access, basic).await
+        })
+        .await;
+        counts.push((refresh, introspect, read, revoke));
+    }
+    let (refresh, introspect, read, revoke) = counts[2].clone();
+    eprintln!("refresh: {refresh}\nintrospect: {introspect}\nread: {read}\nrevoke: {revoke}");
+    // Each pooled statement or transaction also costs its connection's
+    // return to the pool. Refresh: the client lookup, then BEGIN, retire,
+    // insert both tokens, COMMIT.
+    assert!(refresh.count() <= 7, "refresh: {refresh}");
+    // The client lookup and the token lookup.
+    assert!(introspect.count() <= 4, "introspect: {introspect}");
+    // The client lookup, the token lookup and the revocation.
+    assert!(revoke.count() <= 6, "revoke: {revoke}");
+    // The token lookup and the read.
+    assert!(read.count() <= 4, "access-token read: {read}");
+    assert_eq!(counts[1].0.count(), refresh.count());
+}
+
+/// Posts a revocation or introspection form for `token` with HTTP Basic
+/// `basic`; the answer's body.
+async fn token_action(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    basic: Option<(&str, &str)>,
+) -> String {
+    let mut request = app.http.post(app.url(path)).form(&[("token", token)]);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    assert!(status.is_success(), "{path}: {status}");
+    response.text().await.unwrap()
+}
