@@ -970,6 +970,13 @@ async fn a_protected_resource_refuses_tokens_as_rfc_6750_says() {
     assert!(challenge.contains("error_description=\""), "{challenge}");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token", "{body}");
+    // Also an `Error`, for clients that read every 401 as one.
+    assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+    );
 
     let bare = app
         .http

@@ -85,7 +85,7 @@ pub(super) async fn list(
 }
 
 /// Also accepts an OAuth access token for this one connection.
-#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 200, body = ConnectionView)))]
+#[utoipa::path(get, operation_id = "GetConnection", path = "/v2/connections/{connection_id}", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path)), responses((status = 401, body = super::ErrorBody, description = "no valid API key or access token; a refused OAuth access token (unknown, expired, revoked) answers as RFC 6750 §3.1 says: `WWW-Authenticate: Bearer error=\"invalid_token\"`, `error` `invalid_token`, an `error_description`, and `code` `UNAUTHENTICATED`"), (status = 200, body = ConnectionView)))]
 pub(super) async fn get(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -144,7 +144,7 @@ struct ExecuteOperationsBody {
 
 /// `POST /v2/connections/{connectionId}/operations` with
 /// `{"operations": [...]}` as in `POST /v1/links`.
-#[utoipa::path(post, operation_id = "ExecuteOperations", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; replays of the same request within 24 h answer as the first did, another request under the same key is `422 IDEMPOTENCY_KEY_REUSED`")), request_body(content = ExecuteOperationsBody, content_type = "application/json"), responses((status = 200, body = OperationsResult)))]
+#[utoipa::path(post, operation_id = "ExecuteOperations", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; replays of the same request within 24 h answer as the first did, another request under the same key is `422 IDEMPOTENCY_KEY_REUSED`")), request_body(content = ExecuteOperationsBody, content_type = "application/json"), responses((status = 401, body = super::ErrorBody, description = "no valid API key or access token; a refused OAuth access token (unknown, expired, revoked) answers as RFC 6750 §3.1 says: `WWW-Authenticate: Bearer error=\"invalid_token\"`, `error` `invalid_token`, an `error_description`, and `code` `UNAUTHENTICATED`"), (status = 200, body = OperationsResult)))]
 pub(super) async fn execute_operations(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,
@@ -188,7 +188,7 @@ pub(super) async fn execute_operations(
 const RUN_PARAMS: [(&str, &str); 2] = [("limit", "limit"), ("pageToken", "page_token")];
 
 /// `GET /v2/connections/{connectionId}/operations`.
-#[utoipa::path(get, operation_id = "ListOperationRuns", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("pageToken" = Option<String>, Query, description = "the `nextPageToken` of the previous page")), responses((status = 200, body = OperationRunPage)))]
+#[utoipa::path(get, operation_id = "ListOperationRuns", path = "/v2/connections/{connection_id}/operations", tag = "connections", security(("api_key" = []), ("connection_token" = [])), params(("connection_id" = inline(crate::kernel::ids::ConnectionId), Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "default 20"), ("pageToken" = Option<String>, Query, description = "the `nextPageToken` of the previous page")), responses((status = 401, body = super::ErrorBody, description = "no valid API key or access token; a refused OAuth access token (unknown, expired, revoked) answers as RFC 6750 §3.1 says: `WWW-Authenticate: Bearer error=\"invalid_token\"`, `error` `invalid_token`, an `error_description`, and `code` `UNAUTHENTICATED`"), (status = 200, body = OperationRunPage)))]
 pub(super) async fn list_operation_runs(
     State(state): State<RestState>,
     headers: axum::http::HeaderMap,

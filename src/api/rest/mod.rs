@@ -58,6 +58,11 @@ pub struct OAuthErrorBody {
     /// (a protected resource) `invalid_token`.
     pub(super) error: &'static str,
     pub(super) error_description: String,
+    /// Only on a refused access token: `UNAUTHENTICATED`, so the body is
+    /// also an `Error` for clients that read every `401` as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<openapi::ErrorCode>)]
+    pub(super) code: Option<&'static str>,
 }
 
 impl IntoResponse for Error {
@@ -80,6 +85,7 @@ impl IntoResponse for Error {
                 let body = OAuthErrorBody {
                     error,
                     error_description: description,
+                    code: (error == "invalid_token").then_some(Reason::Unauthenticated.as_str()),
                 };
                 let challenge = (error == "invalid_token")
                     .then(|| bearer_challenge(Some((error, &body.error_description))));

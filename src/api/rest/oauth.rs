@@ -129,6 +129,7 @@ fn error_page(headers: &HeaderMap, parameter: &str, message: &str, lang: &str) -
                 Json(AuthorizeRefusal::Client(super::OAuthErrorBody {
                     error,
                     error_description: message.to_string(),
+                    code: None,
                 })),
             )
                 .into_response(),
