@@ -65,6 +65,7 @@ fn client_app_to_proto(row: ClientAppRow, default_limit: Option<Policy>) -> pb::
             .map(|sha| logo_path(row.id, sha))
             .unwrap_or_default(),
     };
+    let public_client = row.is_public_client();
     pb::ClientApp {
         branding: Some(branding),
         id: row.id.to_string(),
@@ -76,7 +77,7 @@ fn client_app_to_proto(row: ClientAppRow, default_limit: Option<Policy>) -> pb::
         access_token_handoff: row.access_token_handoff,
         rate_limit,
         oauth: Some(pb::ClientAppOAuth {
-            token_endpoint_auth_method: if row.oauth_client_type == "public" {
+            token_endpoint_auth_method: if public_client {
                 "none"
             } else {
                 "client_secret_basic"

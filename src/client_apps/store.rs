@@ -34,7 +34,15 @@ pub struct ClientAppRow {
     pub oauth_web_origins: Vec<String>,
 }
 
+/// The stored `oauth_client_type` of a public client (RFC 6749 §2.1).
+const PUBLIC_CLIENT: &str = "public";
+
 impl ClientAppRow {
+    /// A public OAuth client: no secret, PKCE required.
+    pub fn is_public_client(&self) -> bool {
+        self.oauth_client_type == PUBLIC_CLIENT
+    }
+
     pub fn environment(&self) -> Environment {
         Environment::parse(&self.environment).expect("CHECK constraint limits environment")
     }
@@ -176,6 +184,13 @@ pub struct OAuthClientRow {
     pub oauth_client_type: String,
     pub oauth_refresh_tokens: bool,
     pub oauth_web_origins: Vec<String>,
+}
+
+impl OAuthClientRow {
+    /// A public OAuth client: no secret, PKCE required.
+    pub fn is_public(&self) -> bool {
+        self.oauth_client_type == PUBLIC_CLIENT
+    }
 }
 
 /// What the token endpoints need to know of client `id`.

@@ -68,7 +68,7 @@ impl OAuth {
         let registration = tenancy::oauth_client(&self.db, id)
             .await?
             .ok_or_else(failed)?;
-        let public = registration.oauth_client_type == "public";
+        let public = registration.is_public();
         match (public, secret) {
             (true, None) => {}
             (true, Some(_)) => {

@@ -285,7 +285,7 @@ impl OAuth {
         let challenge = given(&req.code_challenge);
         // A public client has no secret: PKCE is what binds its code to it
         // (RFC 9700 §2.1.1), whatever the server-wide setting.
-        let public = app.oauth_client_type == "public";
+        let public = app.is_public_client();
         if let Err(why) = rules::check_pkce_challenge(
             challenge,
             given(&req.code_challenge_method),

@@ -92,7 +92,7 @@ impl OAuth {
         if code.expired {
             return Err(invalid_grant("The code has expired."));
         }
-        if client.registration.oauth_client_type == "public" && code.code_challenge.is_none() {
+        if client.registration.is_public() && code.code_challenge.is_none() {
             return Err(invalid_grant(
                 "A public client's code must have been requested with PKCE.",
             ));
